@@ -1,0 +1,89 @@
+//! Staged effects: Redis writes a handler asks for, applied in the same atomic step as the
+//! event's processed mark and acknowledgement.
+//!
+//! This is how state kept in Redis changes exactly once per event, across duplicates, retries
+//! and crashes: the commit script applies the effects only if the event is not already marked
+//! processed, and marks it in the same step. Side effects outside Redis (an HTTP call, a file
+//! written) are at-least-once; make them idempotent with the event's idempotency key.
+
+/// One staged Redis write. Only commands that write a single key are offered, so the commit
+/// script can check the key's slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Effect {
+    command: &'static str,
+    key: String,
+    args: Vec<Vec<u8>>,
+}
+
+impl Effect {
+    fn new(command: &'static str, key: impl Into<String>, args: Vec<Vec<u8>>) -> Self {
+        Effect {
+            command,
+            key: key.into(),
+            args,
+        }
+    }
+
+    /// `SET key value`.
+    pub fn set(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        Effect::new("SET", key, vec![value.into()])
+    }
+
+    /// `INCRBY key by`.
+    pub fn incr_by(key: impl Into<String>, by: i64) -> Self {
+        Effect::new("INCRBY", key, vec![by.to_string().into_bytes()])
+    }
+
+    /// `HSET key field value`.
+    pub fn hset(
+        key: impl Into<String>,
+        field: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> Self {
+        Effect::new("HSET", key, vec![field.into(), value.into()])
+    }
+
+    /// `HINCRBY key field by`.
+    pub fn hincr_by(key: impl Into<String>, field: impl Into<Vec<u8>>, by: i64) -> Self {
+        Effect::new(
+            "HINCRBY",
+            key,
+            vec![field.into(), by.to_string().into_bytes()],
+        )
+    }
+
+    /// `SADD key member`.
+    pub fn sadd(key: impl Into<String>, member: impl Into<Vec<u8>>) -> Self {
+        Effect::new("SADD", key, vec![member.into()])
+    }
+
+    /// `RPUSH key value`.
+    pub fn rpush(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        Effect::new("RPUSH", key, vec![value.into()])
+    }
+
+    /// `DEL key`.
+    pub fn del(key: impl Into<String>) -> Self {
+        Effect::new("DEL", key, Vec::new())
+    }
+
+    /// `EXPIRE key seconds`.
+    pub fn expire(key: impl Into<String>, seconds: u64) -> Self {
+        Effect::new("EXPIRE", key, vec![seconds.to_string().into_bytes()])
+    }
+
+    /// The command name.
+    pub fn command(&self) -> &'static str {
+        self.command
+    }
+
+    /// The key written.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The arguments after the key.
+    pub fn args(&self) -> &[Vec<u8>] {
+        &self.args
+    }
+}

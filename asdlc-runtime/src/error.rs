@@ -1,0 +1,210 @@
+//! Errors, one enum per concern.
+//!
+//! ```text
+//! ValidationError        a field of an event, tenant or name is wrong (which field, why)
+//! DecodeError            a stream entry is not a valid event (which field, why)
+//! ConfigError            configuration from code or the environment is wrong
+//! StreamError            a stream operation (create, group, info) failed in Redis
+//! PublishError           publishing failed: Validation | Tenancy | Redis
+//! ConsumeError           a consumer could not start or run: Config | NameInUse | Redis
+//! EffectError            a staged effect was refused (wrong slot, bad command)
+//! RuntimeError           the runtime could not start: Registry | Consume | Stream
+//! ```
+//!
+//! Redis failures carry the stream (and group) they concern and the [`redis::RedisError`] as
+//! their source. No error message ever contains a password from a Redis URL.
+
+use crate::tenancy::TenantId;
+
+/// A field of an event (or a tenant id, or a name) is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid `{field}`: {reason}")]
+pub struct ValidationError {
+    /// The field that is wrong.
+    pub field: &'static str,
+    /// Why it is wrong.
+    pub reason: String,
+}
+
+impl ValidationError {
+    /// A validation error for `field`.
+    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        ValidationError {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A stream entry could not be decoded into an event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed entry: field `{field}`: {reason}")]
+pub struct DecodeError {
+    /// The field that is missing or wrong.
+    pub field: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl DecodeError {
+    pub(crate) fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        DecodeError {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<ValidationError> for DecodeError {
+    fn from(e: ValidationError) -> Self {
+        DecodeError::new(e.field, e.reason)
+    }
+}
+
+/// Configuration is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// An environment variable has a value that cannot be used.
+    #[error("environment variable {var}: {reason}")]
+    Env {
+        /// The variable.
+        var: &'static str,
+        /// Why its value is unusable.
+        reason: String,
+    },
+    /// The Redis URL cannot be parsed (the message never repeats a password).
+    #[error("invalid Redis URL `{url}`: {reason}")]
+    RedisUrl {
+        /// The URL, with any password replaced by `***`.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// A name or value is invalid.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+}
+
+/// A stream operation failed in Redis.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// Redis returned an error or could not be reached.
+    #[error("redis error on stream `{stream}`: {source}")]
+    Redis {
+        /// The stream.
+        stream: String,
+        /// The underlying error.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// A name is invalid.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+}
+
+impl StreamError {
+    pub(crate) fn redis(stream: &str) -> impl FnOnce(redis::RedisError) -> StreamError + '_ {
+        move |source| StreamError::Redis {
+            stream: stream.to_owned(),
+            source,
+        }
+    }
+}
+
+/// Publishing failed; nothing was written.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The event is invalid.
+    #[error(transparent)]
+    Validation(#[from] ValidationError),
+    /// Multi-tenant mode and no tenant in the event or the context.
+    #[error("multi-tenant mode needs a tenant: set one with TenantContext::scope or on the event")]
+    MissingTenant,
+    /// The event names a different tenant than the current context.
+    #[error("the event's tenant `{event}` differs from the context's tenant `{context}`")]
+    TenantMismatch {
+        /// The event's tenant.
+        event: TenantId,
+        /// The context's tenant.
+        context: TenantId,
+    },
+    /// The tenant is not in the configured allow-list.
+    #[error("tenant `{0}` is not in the allowed tenants")]
+    TenantNotAllowed(TenantId),
+    /// Single-tenant mode, but the event or context names a tenant.
+    #[error(
+        "single-tenant mode: the event names tenant `{0}`; enable multi-tenancy to publish for tenants"
+    )]
+    TenantInSingleMode(TenantId),
+    /// Redis returned an error or could not be reached.
+    #[error("publishing to `{stream}` failed: {source}")]
+    Redis {
+        /// The stream.
+        stream: String,
+        /// The underlying error.
+        #[source]
+        source: redis::RedisError,
+    },
+}
+
+/// A consumer could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Another live process uses this consumer name in this group.
+    #[error(
+        "consumer name `{consumer}` is in use in group `{group}` on `{stream}` by a live process; \
+         give this process another name"
+    )]
+    NameInUse {
+        /// The stream.
+        stream: String,
+        /// The group.
+        group: String,
+        /// The name.
+        consumer: String,
+    },
+    /// The consumer name lock was taken over while running.
+    #[error("consumer `{consumer}` in group `{group}` lost its name lock to another process")]
+    NameLost {
+        /// The group.
+        group: String,
+        /// The name.
+        consumer: String,
+    },
+    /// A stream operation failed.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    /// Redis returned an error or could not be reached.
+    #[error("redis error on `{stream}` group `{group}`: {source}")]
+    Redis {
+        /// The stream.
+        stream: String,
+        /// The group.
+        group: String,
+        /// The underlying error.
+        #[source]
+        source: redis::RedisError,
+    },
+}
+
+/// A staged effect was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EffectError {
+    /// The key is not in the stream's slot, so it cannot commit atomically with the ack.
+    #[error(
+        "key `{key}` is not in the slot of stream `{stream}`; build effect keys with \
+         HandlerContext::scoped_key so they commit atomically with the acknowledgement"
+    )]
+    CrossSlot {
+        /// The key.
+        key: String,
+        /// The stream.
+        stream: String,
+    },
+    /// The command is not one that can be staged.
+    #[error("command `{0}` cannot be staged as an effect")]
+    UnsupportedCommand(String),
+}

@@ -1,0 +1,63 @@
+//! The runtime of asdlc: declarative event handlers on Redis Streams.
+//!
+//! Most applications depend on the `asdlc` crate, which re-exports this one together with the
+//! `#[event_handler]` attribute. The modules, each owning one idea:
+//!
+//! - [`events`]: the event model ([`AsdlcEvent`], [`EventType`], [`HandlerResult`]).
+//! - [`encoding`]: events as stream fields, and back.
+//! - [`keys`]: the key layout and the slot rule.
+//! - [`tenancy`]: tenant ids and the task-local [`TenantContext`].
+//! - [`config`]: [`Config`], from code or the environment.
+//! - [`streams`]: stream and group operations.
+//! - [`publish`]: the validating, tenant-aware [`Publisher`].
+//! - [`handler`]: the [`EventHandler`] trait, [`HandlerContext`], the handler registry.
+//! - [`effects`]: Redis writes staged to commit exactly once.
+//! - [`error`]: one error enum per concern.
+
+pub mod config;
+pub mod connection;
+pub mod effects;
+pub mod encoding;
+pub mod error;
+pub mod events;
+pub mod handler;
+pub mod keys;
+pub mod tenancy;
+
+pub use config::{Config, RedisUrl, Tenancy};
+pub use connection::RedisConnection;
+pub use effects::Effect;
+pub use error::{
+    ConfigError, ConsumeError, DecodeError, EffectError, PublishError, StreamError, ValidationError,
+};
+pub use events::{
+    AsdlcEvent, AsdlcEventBuilder, EventType, HandlerResult, Mode, RecoveryResult,
+    generate_idempotency_key,
+};
+pub use handler::{
+    BoxFuture, EventHandler, HandlerContext, HandlerError, HandlerOptions, HandlerRegistration,
+    IntoHandlerResult, registered_handlers,
+};
+pub use keys::{StreamKeys, get_stream_name};
+pub use tenancy::{TenantContext, TenantId};
+
+/// The names nearly every handler module uses.
+pub mod prelude {
+    pub use crate::{
+        AsdlcEvent, Effect, EventType, HandlerContext, HandlerError, HandlerResult, TenantContext,
+        TenantId,
+    };
+}
+
+/// What `#[event_handler]` expands to. Not a public API: it may change in any release.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::events::{AsdlcEvent, EventType, HandlerResult};
+    pub use crate::handler::{
+        BoxFuture, EventHandler, HandlerContext, HandlerOptions, HandlerRegistration,
+        IntoHandlerResult,
+    };
+    pub use inventory;
+    pub use std::boxed::Box;
+    pub use std::time::Duration;
+}

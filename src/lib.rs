@@ -1,0 +1,22 @@
+//! asdlc: declarative event handlers on Redis Streams.
+//!
+//! ```no_run
+//! use asdlc::prelude::*;
+//!
+//! #[asdlc::event_handler(types = [TaskCreated, TaskDispatched], group = "development-handlers")]
+//! async fn on_task(event: &AsdlcEvent, ctx: &HandlerContext) -> HandlerResult {
+//!     tracing::info!(task = ?event.task_id, attempt = ctx.attempt(), "working on it");
+//!     HandlerResult::ok()
+//! }
+//! ```
+//!
+//! Everything here is re-exported from `asdlc-runtime`; see its modules for the details.
+
+pub use asdlc_macros::event_handler;
+pub use asdlc_runtime::*;
+
+/// The names nearly every handler module uses, and the attribute.
+pub mod prelude {
+    pub use asdlc_macros::event_handler;
+    pub use asdlc_runtime::prelude::*;
+}
