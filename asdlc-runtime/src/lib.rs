@@ -23,6 +23,8 @@ pub mod events;
 pub mod handler;
 pub mod keys;
 pub mod tenancy;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use config::{Config, RedisUrl, Tenancy};
 pub use connection::RedisConnection;

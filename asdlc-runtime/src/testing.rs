@@ -1,0 +1,1 @@
+//! A real Redis/Valkey server for tests, examples and benchmarks (feature `testing`).
