@@ -1,0 +1,543 @@
+//! Parsing `#[event_handler(...)]`'s arguments.
+//!
+//! Every argument is checked even after one fails, so a single build reports all the
+//! mistakes in the attribute, each spanned on its own token.
+
+use std::collections::BTreeSet;
+
+use proc_macro2::{Span, TokenStream};
+use syn::parse::Parser;
+use syn::punctuated::Punctuated;
+use syn::{Expr, ExprLit, Ident, Lit, LitStr, Meta, Token};
+
+use crate::errors::Errors;
+use crate::event_types::{EVENT_TYPES, is_event_type, suggest};
+
+/// The longest consumer group name, as `asdlc_runtime::keys::validate_group` allows.
+const MAX_GROUP_LEN: usize = 63;
+
+/// The arguments the attribute accepts, in the order the docs list them, with an example
+/// value for error messages.
+const KEYS: &[(&str, &str)] = &[
+    ("types", "types = [TaskCreated]"),
+    ("group", "group = \"my-handlers\""),
+    ("name", "name = \"my-handler\""),
+    ("max_deliveries", "max_deliveries = 5"),
+    ("timeout", "timeout = \"30s\""),
+    ("concurrency", "concurrency = 4"),
+    ("crate", "crate = \"::asdlc\""),
+];
+
+/// `#[event_handler(...)]`'s arguments, checked.
+pub(crate) struct HandlerArgs {
+    /// The event types, as `EventType` variant names, in the order written.
+    pub(crate) types: Vec<Ident>,
+    /// The consumer group.
+    pub(crate) group: LitStr,
+    /// The handler name, if given; the default is the function's path.
+    pub(crate) name: Option<LitStr>,
+    /// Deliveries before dead-lettering.
+    pub(crate) max_deliveries: Option<u32>,
+    /// The per-call timeout, in milliseconds.
+    pub(crate) timeout_ms: Option<u64>,
+    /// How many calls may run at once.
+    pub(crate) concurrency: Option<usize>,
+    /// The path generated code starts from, instead of `::asdlc`.
+    pub(crate) krate: Option<syn::Path>,
+}
+
+/// Parses and checks the attribute's arguments, reporting every mistake at once.
+pub(crate) fn parse_args(tokens: TokenStream) -> syn::Result<HandlerArgs> {
+    let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(tokens)?;
+    let mut errors = Errors::default();
+    let mut seen = BTreeSet::new();
+
+    let mut types = None;
+    let mut group = None;
+    let mut name = None;
+    let mut max_deliveries = None;
+    let mut timeout_ms = None;
+    let mut concurrency = None;
+    let mut krate = None;
+
+    for meta in metas {
+        let Some(key) = meta.path().get_ident() else {
+            errors.push(syn::Error::new_spanned(
+                meta.path(),
+                format!("expected an argument name; {}", allowed_keys()),
+            ));
+            continue;
+        };
+        let key_name = key.to_string();
+        let Some((key_name, example)) = KEYS.iter().find(|(k, _)| *k == key_name) else {
+            errors.push(unknown_key(key));
+            continue;
+        };
+        if !seen.insert(*key_name) {
+            errors.push(syn::Error::new_spanned(
+                key,
+                format!("`{key_name}` set more than once"),
+            ));
+            continue;
+        }
+        let value = match &meta {
+            Meta::NameValue(nv) => unwrap_group(&nv.value),
+            _ => {
+                errors.push(syn::Error::new_spanned(
+                    &meta,
+                    format!("`{key_name}` needs a value, like `{example}`"),
+                ));
+                continue;
+            }
+        };
+        let parsed = match *key_name {
+            "types" => parse_types(value).map(|v| types = Some(v)),
+            "group" => parse_group(value).map(|v| group = Some(v)),
+            "name" => parse_name(value).map(|v| name = Some(v)),
+            "max_deliveries" => {
+                parse_at_least_one(value, key_name, example).map(|v| max_deliveries = Some(v))
+            }
+            "timeout" => parse_timeout(value).map(|v| timeout_ms = Some(v)),
+            "concurrency" => {
+                parse_at_least_one(value, key_name, example).map(|v| concurrency = Some(v))
+            }
+            "crate" => parse_crate(value).map(|v| krate = Some(v)),
+            _ => unreachable!("every key in KEYS is handled"),
+        };
+        if let Err(e) = parsed {
+            errors.push(e);
+        }
+    }
+
+    for (key, what) in [
+        ("types", "the event types this handler handles"),
+        ("group", "the consumer group this handler belongs to"),
+    ] {
+        if !seen.contains(key) {
+            let example = KEYS.iter().find(|(k, _)| *k == key).map(|(_, e)| e);
+            errors.push(syn::Error::new(
+                Span::call_site(),
+                format!("missing `{key}`: {what}, like `{}`", example.unwrap_or(&"")),
+            ));
+        }
+    }
+
+    errors.finish()?;
+    match (types, group) {
+        (Some(types), Some(group)) => Ok(HandlerArgs {
+            types,
+            group,
+            name,
+            max_deliveries,
+            timeout_ms,
+            concurrency,
+            krate,
+        }),
+        _ => unreachable!("a missing or invalid `types` or `group` was reported above"),
+    }
+}
+
+fn allowed_keys() -> String {
+    let keys: Vec<String> = KEYS.iter().map(|(k, _)| format!("`{k}`")).collect();
+    format!("the arguments are {}", keys.join(", "))
+}
+
+fn unknown_key(key: &Ident) -> syn::Error {
+    let key_name = key.to_string();
+    let names: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
+    let hint = match suggest(&key_name, &names) {
+        Some(s) => format!("did you mean `{s}`? "),
+        None => String::new(),
+    };
+    syn::Error::new_spanned(
+        key,
+        format!("unknown argument `{key_name}`; {hint}{}", allowed_keys()),
+    )
+}
+
+/// Sees through the invisible group a `macro_rules!` fragment is wrapped in.
+fn unwrap_group(mut expr: &Expr) -> &Expr {
+    while let Expr::Group(g) = expr {
+        expr = &g.expr;
+    }
+    expr
+}
+
+fn parse_types(value: &Expr) -> syn::Result<Vec<Ident>> {
+    let Expr::Array(array) = value else {
+        return Err(syn::Error::new_spanned(
+            value,
+            "expected a list of event types in brackets, like `types = [TaskCreated]`",
+        ));
+    };
+    if array.elems.is_empty() {
+        return Err(syn::Error::new(
+            array.bracket_token.span.join(),
+            "`types` is empty: list at least one event type, like `types = [TaskCreated]`",
+        ));
+    }
+    let mut errors = Errors::default();
+    let mut types: Vec<Ident> = Vec::new();
+    for elem in &array.elems {
+        match event_type(unwrap_group(elem)) {
+            Ok(ident) if types.contains(&ident) => errors.push(syn::Error::new_spanned(
+                &ident,
+                format!("event type `{ident}` listed more than once"),
+            )),
+            Ok(ident) => types.push(ident),
+            Err(e) => errors.push(e),
+        }
+    }
+    errors.finish()?;
+    Ok(types)
+}
+
+/// One element of `types`: a variant name, optionally written `EventType::Name`.
+fn event_type(elem: &Expr) -> syn::Result<Ident> {
+    let path = match elem {
+        Expr::Path(p) if p.qself.is_none() => &p.path,
+        _ => {
+            return Err(syn::Error::new_spanned(
+                elem,
+                "expected an event type name, like `TaskCreated`",
+            ));
+        }
+    };
+    let segments: Vec<_> = path.segments.iter().collect();
+    let qualified_ok = match segments.as_slice() {
+        [_] => path.leading_colon.is_none(),
+        [.., parent, _] => parent.ident == "EventType",
+        [] => false,
+    };
+    let last = segments.last().filter(|s| s.arguments.is_none());
+    let ident = match last {
+        Some(last) if qualified_ok => &last.ident,
+        _ => {
+            return Err(syn::Error::new_spanned(
+                path,
+                "expected an event type name, like `TaskCreated`",
+            ));
+        }
+    };
+    let name = ident.to_string();
+    if is_event_type(&name) {
+        return Ok(ident.clone());
+    }
+    let message = match suggest(&name, EVENT_TYPES) {
+        Some(s) => format!("unknown event type `{name}`; did you mean `{s}`?"),
+        None => format!(
+            "unknown event type `{name}`; the event types are {}",
+            EVENT_TYPES.join(", ")
+        ),
+    };
+    Err(syn::Error::new_spanned(ident, message))
+}
+
+fn string_literal(value: &Expr, example: &str) -> syn::Result<LitStr> {
+    match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) => Ok(s.clone()),
+        _ => Err(syn::Error::new_spanned(
+            value,
+            format!("expected a string, like `{example}`"),
+        )),
+    }
+}
+
+fn parse_group(value: &Expr) -> syn::Result<LitStr> {
+    let lit = string_literal(value, "group = \"my-handlers\"")?;
+    match check_group(&lit.value()) {
+        Ok(()) => Ok(lit),
+        Err(why) => Err(syn::Error::new_spanned(&lit, why)),
+    }
+}
+
+/// The rule of `asdlc_runtime::keys::validate_group`: 1 to 63 lowercase ASCII letters,
+/// digits, `-`, `_` and `.`.
+pub(crate) fn check_group(group: &str) -> Result<(), String> {
+    const RULE: &str = "a group is 1 to 63 lowercase letters, digits, `-`, `_` or `.`";
+    if group.is_empty() {
+        return Err(format!("the group is empty; {RULE}"));
+    }
+    let len = group.chars().count();
+    if len > MAX_GROUP_LEN {
+        return Err(format!(
+            "invalid group `{group}`: it is {len} characters long; {RULE}"
+        ));
+    }
+    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c);
+    if let Some(bad) = group.chars().find(|c| !allowed(*c)) {
+        return Err(format!(
+            "invalid group `{group}`: {bad:?} is not allowed; {RULE}"
+        ));
+    }
+    Ok(())
+}
+
+fn parse_name(value: &Expr) -> syn::Result<LitStr> {
+    let lit = string_literal(value, "name = \"my-handler\"")?;
+    if lit.value().trim().is_empty() {
+        return Err(syn::Error::new_spanned(&lit, "the handler name is empty"));
+    }
+    Ok(lit)
+}
+
+fn parse_at_least_one<N>(value: &Expr, key: &str, example: &str) -> syn::Result<N>
+where
+    N: std::str::FromStr + PartialEq + From<u8>,
+    N::Err: std::fmt::Display,
+{
+    let int = match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(int), ..
+        }) if !int.base10_digits().starts_with('-') => int,
+        _ => {
+            return Err(syn::Error::new_spanned(
+                value,
+                format!("expected a positive integer, like `{example}`"),
+            ));
+        }
+    };
+    let n: N = int.base10_parse()?;
+    if n == N::from(0) {
+        return Err(syn::Error::new_spanned(
+            int,
+            format!("`{key}` must be at least 1"),
+        ));
+    }
+    Ok(n)
+}
+
+fn parse_timeout(value: &Expr) -> syn::Result<u64> {
+    let lit = string_literal(value, "timeout = \"30s\"")?;
+    parse_duration_ms(&lit.value()).map_err(|why| syn::Error::new_spanned(&lit, why))
+}
+
+/// `"500ms"`, `"30s"` or `"2m"`, in milliseconds.
+pub(crate) fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let per_unit: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        _ => 0,
+    };
+    if digits.is_empty() || per_unit == 0 {
+        return Err(format!(
+            "invalid timeout `{s}`: expected a whole number followed by `ms`, `s` or `m`, \
+             like \"500ms\", \"30s\" or \"2m\""
+        ));
+    }
+    let ms = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(per_unit))
+        .ok_or_else(|| format!("timeout `{s}` is too long"))?;
+    if ms == 0 {
+        return Err(format!("timeout `{s}` is zero; a timeout must be positive"));
+    }
+    Ok(ms)
+}
+
+fn parse_crate(value: &Expr) -> syn::Result<syn::Path> {
+    let lit = string_literal(value, "crate = \"::asdlc\"")?;
+    lit.parse::<syn::Path>().map_err(|_| {
+        syn::Error::new_spanned(
+            &lit,
+            format!(
+                "`{}` is not a path; expected the path of the asdlc crate, like `crate = \"::asdlc\"`",
+                lit.value()
+            ),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quote::quote;
+
+    fn error_of(tokens: TokenStream) -> String {
+        match parse_args(tokens) {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e
+                .into_iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+
+    #[test]
+    fn minimal_arguments_parse() {
+        let args =
+            parse_args(quote!(types = [TaskCreated, TaskDispatched], group = "dev")).unwrap();
+        let types: Vec<String> = args.types.iter().map(ToString::to_string).collect();
+        assert_eq!(types, ["TaskCreated", "TaskDispatched"]);
+        assert_eq!(args.group.value(), "dev");
+        assert!(args.name.is_none());
+        assert!(args.max_deliveries.is_none());
+        assert!(args.timeout_ms.is_none());
+        assert!(args.concurrency.is_none());
+        assert!(args.krate.is_none());
+    }
+
+    #[test]
+    fn every_option_parses() {
+        let args = parse_args(quote!(
+            types = [EventType::GateApproved],
+            group = "gates.v2",
+            name = "approve",
+            max_deliveries = 7,
+            timeout = "1500ms",
+            concurrency = 3,
+            crate = "::asdlc_runtime",
+        ))
+        .unwrap();
+        assert_eq!(args.types[0].to_string(), "GateApproved");
+        assert_eq!(args.name.unwrap().value(), "approve");
+        assert_eq!(args.max_deliveries, Some(7));
+        assert_eq!(args.timeout_ms, Some(1500));
+        assert_eq!(args.concurrency, Some(3));
+        let krate = args.krate.unwrap();
+        assert_eq!(quote!(#krate).to_string(), ":: asdlc_runtime");
+    }
+
+    #[test]
+    fn unknown_event_type_suggests_the_closest() {
+        let e = error_of(quote!(types = [TaskCreate], group = "g"));
+        assert_eq!(
+            e,
+            "unknown event type `TaskCreate`; did you mean `TaskCreated`?"
+        );
+        let e = error_of(quote!(types = [Deploy], group = "g"));
+        assert!(e.starts_with("unknown event type `Deploy`; the event types are SessionStarted, "));
+    }
+
+    #[test]
+    fn empty_and_duplicate_types_are_rejected() {
+        assert!(error_of(quote!(types = [], group = "g")).starts_with("`types` is empty"));
+        assert_eq!(
+            error_of(quote!(
+                types = [TaskCreated, TaskFailed, TaskCreated],
+                group = "g"
+            )),
+            "event type `TaskCreated` listed more than once"
+        );
+        assert!(
+            error_of(quote!(types = TaskCreated, group = "g"))
+                .starts_with("expected a list of event types in brackets")
+        );
+        assert!(
+            error_of(quote!(types = [Other::TaskCreated], group = "g"))
+                .starts_with("expected an event type name")
+        );
+    }
+
+    #[test]
+    fn required_arguments_are_reported_together() {
+        let e = error_of(quote!());
+        assert!(e.contains("missing `types`"), "{e}");
+        assert!(e.contains("missing `group`"), "{e}");
+    }
+
+    #[test]
+    fn repeated_and_unknown_keys_are_rejected() {
+        assert_eq!(
+            error_of(quote!(types = [TaskCreated], group = "a", group = "b")),
+            "`group` set more than once"
+        );
+        let e = error_of(quote!(types = [TaskCreated], group = "a", grup = "b"));
+        assert!(
+            e.starts_with("unknown argument `grup`; did you mean `group`?"),
+            "{e}"
+        );
+        assert!(e.contains(
+            "`types`, `group`, `name`, `max_deliveries`, `timeout`, `concurrency`, `crate`"
+        ));
+        assert!(
+            error_of(quote!(types = [TaskCreated], group)).starts_with("`group` needs a value")
+        );
+    }
+
+    #[test]
+    fn groups_follow_the_runtime_rule() {
+        check_group("development-handlers").unwrap();
+        check_group("a.b_c-1").unwrap();
+        assert!(check_group("").is_err());
+        assert!(
+            check_group("Dev")
+                .unwrap_err()
+                .contains("'D' is not allowed")
+        );
+        assert!(check_group("a:b").is_err());
+        assert!(check_group(&"a".repeat(63)).is_ok());
+        assert!(
+            check_group(&"a".repeat(64))
+                .unwrap_err()
+                .contains("64 characters")
+        );
+        assert!(
+            error_of(quote!(types = [TaskCreated], group = "Dev Handlers"))
+                .starts_with("invalid group")
+        );
+        assert!(
+            error_of(quote!(types = [TaskCreated], group = 5)).starts_with("expected a string")
+        );
+    }
+
+    #[test]
+    fn durations_take_ms_s_and_m() {
+        assert_eq!(parse_duration_ms("250ms"), Ok(250));
+        assert_eq!(parse_duration_ms("30s"), Ok(30_000));
+        assert_eq!(parse_duration_ms("2m"), Ok(120_000));
+        for bad in ["", "30", "s", "1.5s", "30 s", "30sec", "-1s", "1h"] {
+            assert!(parse_duration_ms(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse_duration_ms("0s").unwrap_err().contains("zero"));
+        assert!(
+            parse_duration_ms("99999999999999999999m")
+                .unwrap_err()
+                .contains("too long")
+        );
+    }
+
+    #[test]
+    fn counts_must_be_positive() {
+        let base = quote!(types = [TaskCreated], group = "g");
+        assert_eq!(
+            error_of(quote!(#base, max_deliveries = 0)),
+            "`max_deliveries` must be at least 1"
+        );
+        assert_eq!(
+            error_of(quote!(#base, concurrency = 0)),
+            "`concurrency` must be at least 1"
+        );
+        let e = error_of(quote!(#base, concurrency = -1));
+        assert!(e.starts_with("expected a positive integer"), "{e}");
+        assert!(error_of(quote!(#base, max_deliveries = 5000000000)).contains("too large"));
+    }
+
+    #[test]
+    fn several_mistakes_are_reported_at_once() {
+        let e = error_of(quote!(
+            types = [TaskCreate, Foo],
+            group = "Bad",
+            timeout = "soon"
+        ));
+        let lines: Vec<&str> = e.lines().collect();
+        assert_eq!(lines.len(), 4, "{e}");
+        assert!(lines[0].starts_with("unknown event type `TaskCreate`"));
+        assert!(lines[1].starts_with("unknown event type `Foo`"));
+        assert!(lines[2].starts_with("invalid group `Bad`"));
+        assert!(lines[3].starts_with("invalid timeout `soon`"));
+    }
+
+    #[test]
+    fn crate_must_be_a_path() {
+        let base = quote!(types = [TaskCreated], group = "g");
+        assert!(error_of(quote!(#base, crate = "not a path")).contains("is not a path"));
+    }
+}

@@ -1,0 +1,370 @@
+//! What `#[event_handler]` expands to.
+//!
+//! The function itself is emitted unchanged, so it stays an ordinary `async fn` a unit test
+//! can call. Beside it, in an anonymous `const _: () = { ... };`, a unit struct implements
+//! `EventHandler` by calling it, and `inventory::submit!` registers that struct. Everything
+//! generated names `<crate>::__private::...`, so users depend on nothing but asdlc.
+//!
+//! The parameter types, the return type and the future's `Send`-ness are checked by rustc,
+//! through code spanned on the user's own tokens, so its messages land where the mistake is.
+
+use proc_macro2::{Group, Span, TokenStream, TokenTree};
+use quote::{ToTokens, quote, quote_spanned};
+use syn::ext::IdentExt;
+use syn::{Ident, ItemFn, Type};
+
+use crate::args::{HandlerArgs, parse_args};
+use crate::errors::Errors;
+use crate::signature::{HandlerSignature, Param, check_signature};
+
+/// Expands `#[event_handler(args)] item`.
+///
+/// On any error the output is the item, unchanged, followed by one `compile_error!` per
+/// problem: the function keeps existing for the IDE and for the code that calls it, and no
+/// follow-up errors about a half-generated handler bury the real ones.
+pub(crate) fn event_handler(args: TokenStream, item: TokenStream) -> TokenStream {
+    let mut errors = Errors::default();
+    let args = errors.check(parse_args(args));
+    let Ok(function) = syn::parse2::<ItemFn>(item.clone()) else {
+        errors.push(syn::Error::new(
+            Span::call_site(),
+            "`#[event_handler]` goes on an `async fn`",
+        ));
+        return with_errors(item, errors);
+    };
+    let signature = errors.check(check_signature(&function.sig));
+    match (args, signature) {
+        (Some(args), Some(signature)) => expand(&function, &args, &signature),
+        _ => with_errors(item, errors),
+    }
+}
+
+fn with_errors(item: TokenStream, errors: Errors) -> TokenStream {
+    let errors = errors.finish().err().map(|e| e.to_compile_error());
+    quote!(#item #errors)
+}
+
+fn expand(function: &ItemFn, args: &HandlerArgs, signature: &HandlerSignature) -> TokenStream {
+    let krate = match &args.krate {
+        Some(path) => path.to_token_stream(),
+        None => quote!(::asdlc),
+    };
+    let private = quote!(#krate::__private);
+    let fn_name = &function.sig.ident;
+
+    let name = match &args.name {
+        Some(name) => name.to_token_stream(),
+        None => {
+            let fn_name = fn_name.unraw().to_string();
+            quote!(::core::concat!(::core::module_path!(), "::", #fn_name))
+        }
+    };
+    let group = &args.group;
+    let types: Vec<TokenStream> = args
+        .types
+        .iter()
+        .map(|t| quote!(#private::EventType::#t))
+        .collect();
+    let some_or_none = |value: Option<TokenStream>| match value {
+        Some(v) => quote!(::core::option::Option::Some(#v)),
+        None => quote!(::core::option::Option::None),
+    };
+    let max_deliveries = some_or_none(args.max_deliveries.map(|n| quote!(#n)));
+    let timeout = some_or_none(
+        args.timeout_ms
+            .map(|ms| quote!(#private::Duration::from_millis(#ms))),
+    );
+    let concurrency = some_or_none(args.concurrency.map(|n| {
+        let n = proc_macro2::Literal::usize_unsuffixed(n);
+        quote!(#n)
+    }));
+
+    let event_check = param_check(&signature.event, "event", "__asdlc_event");
+    let (ctx_param, ctx_check, ctx_arg) = match &signature.ctx {
+        Some(ctx) => (
+            quote!(ctx),
+            param_check(ctx, "ctx", "__asdlc_ctx"),
+            quote!(, __asdlc_ctx),
+        ),
+        None => (quote!(_ctx), quote!(), quote!()),
+    };
+
+    // Under the return type's span: "`i32` is not a handler return type" points at `i32`.
+    let convert = match &signature.output {
+        Some(ty) if !mentions_impl(ty.to_token_stream()) => {
+            let at = user_span(first_span(ty));
+            let ty = ty.to_token_stream();
+            quote_spanned!(at=> __asdlc_into_handler_result::<#ty>)
+        }
+        _ => quote!(__asdlc_into_handler_result),
+    };
+    // Under the function name's span: "future cannot be sent between threads safely" points
+    // at the handler, with rustc's note on the value held across an `.await`.
+    let at_fn = user_span(fn_name.span());
+    let boxed = {
+        let private = respan(private.clone(), at_fn);
+        quote_spanned! {at_fn=>
+            #private::Box::pin(async move { #convert(__asdlc_future.await) })
+        }
+    };
+
+    quote! {
+        #function
+
+        const _: () = {
+            struct __AsdlcHandler;
+
+            const __ASDLC_NAME: &str = #name;
+
+            fn __asdlc_into_handler_result<T: #private::IntoHandlerResult>(
+                output: T,
+            ) -> #private::HandlerResult {
+                #private::IntoHandlerResult::into_handler_result(output)
+            }
+
+            impl #private::EventHandler for __AsdlcHandler {
+                fn name(&self) -> &str {
+                    __ASDLC_NAME
+                }
+
+                fn can_handle(&self, event_type: #private::EventType) -> bool {
+                    ::core::matches!(event_type, #(#types)|*)
+                }
+
+                fn handle<'__asdlc>(
+                    &'__asdlc self,
+                    event: &'__asdlc #private::AsdlcEvent,
+                    #ctx_param: &'__asdlc #private::HandlerContext,
+                ) -> #private::BoxFuture<'__asdlc, #private::HandlerResult> {
+                    #event_check
+                    #ctx_check
+                    let __asdlc_future = #fn_name(__asdlc_event #ctx_arg);
+                    #boxed
+                }
+            }
+
+            #private::inventory::submit! {
+                #private::HandlerRegistration {
+                    name: __ASDLC_NAME,
+                    group: #group,
+                    types: &[#(#types),*],
+                    options: #private::HandlerOptions {
+                        max_deliveries: #max_deliveries,
+                        timeout: #timeout,
+                        concurrency: #concurrency,
+                    },
+                    handler: &__AsdlcHandler,
+                    location: ::core::concat!(::core::file!(), ":", ::core::line!()),
+                }
+            }
+        };
+    }
+}
+
+/// `let <binding>: <the user's type> = <argument>;`, with the argument spanned on the user's
+/// parameter name: a wrong type reads "expected `&String`, found `&AsdlcEvent`" there, and
+/// rustc underlines the type the expectation comes from.
+fn param_check(param: &Param, argument: &str, binding: &str) -> TokenStream {
+    let argument = Ident::new(argument, user_span(param.name_span));
+    let binding = Ident::new(binding, Span::call_site());
+    let ty = &param.ty;
+    quote!(let #binding: #ty = #argument;)
+}
+
+/// A span that reports at `at` but resolves names like the rest of the generated code.
+fn user_span(at: Span) -> Span {
+    Span::call_site().located_at(at)
+}
+
+fn first_span(ty: &Type) -> Span {
+    ty.to_token_stream()
+        .into_iter()
+        .next()
+        .map_or_else(Span::call_site, |t| t.span())
+}
+
+/// Gives every token of `tokens` the span `span`, so an expression built from them reports
+/// at one place.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|token| match token {
+            TokenTree::Group(group) => {
+                let mut respanned = Group::new(group.delimiter(), respan(group.stream(), span));
+                respanned.set_span(span);
+                TokenTree::Group(respanned)
+            }
+            mut other => {
+                other.set_span(span);
+                other
+            }
+        })
+        .collect()
+}
+
+/// Whether a type mentions `impl Trait`, which cannot be named in a turbofish.
+fn mentions_impl(tokens: TokenStream) -> bool {
+    tokens.into_iter().any(|token| match token {
+        TokenTree::Ident(ident) => ident == "impl",
+        TokenTree::Group(group) => mentions_impl(group.stream()),
+        _ => false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expand_str(args: TokenStream, item: TokenStream) -> String {
+        event_handler(args, item).to_string()
+    }
+
+    fn compile_errors(output: &str) -> Vec<String> {
+        output
+            .split("compile_error !")
+            .skip(1)
+            .map(|rest| {
+                let start = rest.find('"').unwrap() + 1;
+                let end = start + rest[start..].find("\" }").unwrap();
+                rest[start..end].to_owned()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_handler_expands_to_the_function_an_impl_and_a_registration() {
+        let out = expand_str(
+            quote!(
+                types = [TaskCreated, TaskDispatched],
+                group = "development-handlers"
+            ),
+            quote!(
+                async fn on_task(event: &AsdlcEvent, ctx: &HandlerContext) -> HandlerResult {
+                    HandlerResult::ok()
+                }
+            ),
+        );
+        assert!(out.starts_with("async fn on_task (event : & AsdlcEvent , ctx : & HandlerContext) -> HandlerResult { HandlerResult :: ok () }"), "{out}");
+        assert!(!out.contains("compile_error"), "{out}");
+        for expected in [
+            "const _ : () =",
+            "impl :: asdlc :: __private :: EventHandler for __AsdlcHandler",
+            ":: core :: matches ! (event_type , :: asdlc :: __private :: EventType :: TaskCreated | :: asdlc :: __private :: EventType :: TaskDispatched)",
+            "let __asdlc_event : & AsdlcEvent = event ;",
+            "let __asdlc_ctx : & HandlerContext = ctx ;",
+            "let __asdlc_future = on_task (__asdlc_event , __asdlc_ctx) ;",
+            ":: asdlc :: __private :: Box :: pin (async move { __asdlc_into_handler_result :: < HandlerResult > (__asdlc_future . await) })",
+            ":: asdlc :: __private :: inventory :: submit !",
+            "const __ASDLC_NAME : & str = :: core :: concat ! (:: core :: module_path ! () , \"::\" , \"on_task\") ;",
+            "group : \"development-handlers\"",
+            "types : & [:: asdlc :: __private :: EventType :: TaskCreated , :: asdlc :: __private :: EventType :: TaskDispatched]",
+            "max_deliveries : :: core :: option :: Option :: None",
+            "timeout : :: core :: option :: Option :: None",
+            "concurrency : :: core :: option :: Option :: None",
+            "handler : & __AsdlcHandler",
+            "location : :: core :: concat ! (:: core :: file ! () , \":\" , :: core :: line ! ())",
+        ] {
+            assert!(out.contains(expected), "missing `{expected}` in\n{out}");
+        }
+    }
+
+    #[test]
+    fn options_and_the_crate_override_are_emitted() {
+        let out = expand_str(
+            quote!(
+                types = [GateApproved],
+                group = "gates",
+                name = "approve",
+                max_deliveries = 3,
+                timeout = "2m",
+                concurrency = 8,
+                crate = "::asdlc_runtime"
+            ),
+            quote!(
+                async fn approve(_: &AsdlcEvent) {}
+            ),
+        );
+        for expected in [
+            "const __ASDLC_NAME : & str = \"approve\" ;",
+            "max_deliveries : :: core :: option :: Option :: Some (3u32)",
+            "timeout : :: core :: option :: Option :: Some (:: asdlc_runtime :: __private :: Duration :: from_millis (120000u64))",
+            "concurrency : :: core :: option :: Option :: Some (8)",
+            "impl :: asdlc_runtime :: __private :: EventHandler",
+            "_ctx : & '__asdlc :: asdlc_runtime :: __private :: HandlerContext",
+            "let __asdlc_future = approve (__asdlc_event) ;",
+            "__asdlc_into_handler_result (__asdlc_future . await)",
+        ] {
+            assert!(out.contains(expected), "missing `{expected}` in\n{out}");
+        }
+        assert!(!out.contains(":: asdlc ::"), "{out}");
+        assert!(!out.contains("__asdlc_ctx"), "{out}");
+    }
+
+    #[test]
+    fn raw_identifiers_are_named_without_the_prefix() {
+        let out = expand_str(
+            quote!(types = [TaskCreated], group = "g"),
+            quote!(
+                async fn r#match(e: &AsdlcEvent) {}
+            ),
+        );
+        assert!(out.contains("\"::\" , \"match\""), "{out}");
+        assert!(out.contains("r#match (__asdlc_event)"), "{out}");
+    }
+
+    #[test]
+    fn impl_trait_returns_skip_the_turbofish() {
+        let out = expand_str(
+            quote!(types = [TaskCreated], group = "g"),
+            quote!(
+                async fn h(e: &AsdlcEvent) -> impl IntoHandlerResult {}
+            ),
+        );
+        assert!(
+            out.contains("async move { __asdlc_into_handler_result (__asdlc_future . await) }"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn errors_keep_the_function_and_add_every_message() {
+        let out = expand_str(
+            quote!(types = [TaskCreate], group = "Bad"),
+            quote!(
+                fn h(e: AsdlcEvent) {}
+            ),
+        );
+        assert!(out.starts_with("fn h (e : AsdlcEvent) { }"), "{out}");
+        assert!(!out.contains("EventHandler"), "{out}");
+        assert!(!out.contains("submit"), "{out}");
+        let errors = compile_errors(&out);
+        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert!(errors[0].starts_with("unknown event type `TaskCreate`"));
+        assert!(errors[1].starts_with("invalid group `Bad`"));
+        assert!(errors[2].starts_with("an event handler must be an `async fn`"));
+        assert!(errors[3].starts_with("the event parameter must be a reference"));
+    }
+
+    #[test]
+    fn anything_but_a_function_is_refused_and_kept() {
+        let out = expand_str(
+            quote!(types = [TaskCreated], group = "g"),
+            quote!(
+                struct NotAFunction;
+            ),
+        );
+        assert!(out.starts_with("struct NotAFunction ;"), "{out}");
+        assert_eq!(
+            compile_errors(&out),
+            ["`#[event_handler]` goes on an `async fn`"]
+        );
+    }
+
+    #[test]
+    fn helpers_respan_and_spot_impl_trait() {
+        assert!(mentions_impl(quote!(Result<impl Send, E>)));
+        assert!(!mentions_impl(quote!(Result<Implied, E>)));
+        let out = respan(quote!(a::b(c)), Span::call_site());
+        assert_eq!(out.to_string(), "a :: b (c)");
+    }
+}
