@@ -166,6 +166,14 @@ pub enum ConsumeError {
         /// The name.
         consumer: String,
     },
+    /// `start()` was called on a consumer that is already running.
+    #[error("consumer `{consumer}` of group `{group}` is already running")]
+    AlreadyRunning {
+        /// The group.
+        group: String,
+        /// The name.
+        consumer: String,
+    },
     /// The consumer name lock was taken over while running.
     #[error("consumer `{consumer}` in group `{group}` lost its name lock to another process")]
     NameLost {

@@ -253,6 +253,19 @@ impl AsdlcEvent {
     ///
     /// Publishing calls this, so an invalid event never reaches the stream.
     pub fn validate(&self) -> Result<(), ValidationError> {
+        self.validate_fields()?;
+        let size = crate::encoding::encoded_len(self);
+        if size > MAX_EVENT_BYTES {
+            return Err(ValidationError::new(
+                "event",
+                format!("encoded size {size} bytes exceeds the limit of {MAX_EVENT_BYTES} bytes"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every check of [`AsdlcEvent::validate`] but the encoded size.
+    pub(crate) fn validate_fields(&self) -> Result<(), ValidationError> {
         check_id("session_id", &self.session_id)?;
         for (field, value) in [
             ("epic_id", &self.epic_id),
@@ -288,13 +301,6 @@ impl AsdlcEvent {
         }
         if let Some(id) = &self.event_id {
             check_id("event_id", id)?;
-        }
-        let size = crate::encoding::encoded_len(self);
-        if size > MAX_EVENT_BYTES {
-            return Err(ValidationError::new(
-                "event",
-                format!("encoded size {size} bytes exceeds the limit of {MAX_EVENT_BYTES} bytes"),
-            ));
         }
         Ok(())
     }

@@ -10,24 +10,36 @@
 //! - [`config`]: [`Config`], from code or the environment.
 //! - [`streams`]: stream and group operations.
 //! - [`publish`]: the validating, tenant-aware [`Publisher`].
+//! - [`consume`]: the [`EventConsumer`]: dispatch, retries, dead letters, recovery.
+//! - [`idempotency`]: processed marks and the [`IdempotencyTracker`].
+//! - [`deadletter`]: the dead-letter stream: list, replay, purge.
 //! - [`handler`]: the [`EventHandler`] trait, [`HandlerContext`], the handler registry.
 //! - [`effects`]: Redis writes staged to commit exactly once.
 //! - [`error`]: one error enum per concern.
 
 pub mod config;
 pub mod connection;
+pub mod consume;
+pub mod deadletter;
 pub mod effects;
 pub mod encoding;
 pub mod error;
 pub mod events;
 pub mod handler;
+pub mod idempotency;
 pub mod keys;
+pub mod publish;
+pub mod streams;
 pub mod tenancy;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use config::{Config, RedisUrl, Tenancy};
 pub use connection::RedisConnection;
+pub use consume::{
+    Backoff, ConsumerOptions, ConsumerStats, EventConsumer, EventConsumerBuilder, HandlerSpec,
+};
+pub use deadletter::DeadLetter;
 pub use effects::Effect;
 pub use error::{
     ConfigError, ConsumeError, DecodeError, EffectError, PublishError, StreamError, ValidationError,
@@ -40,7 +52,13 @@ pub use handler::{
     BoxFuture, EventHandler, HandlerContext, HandlerError, HandlerOptions, HandlerRegistration,
     IntoHandlerResult, registered_handlers,
 };
+pub use idempotency::{IdempotencyTracker, MarkLayout};
 pub use keys::{StreamKeys, get_stream_name};
+pub use publish::{Published, Publisher};
+pub use streams::{
+    ConsumerInfo, GroupInfo, GroupStart, StreamInfo, create_consumer_group, ensure_stream_exists,
+    get_stream_info,
+};
 pub use tenancy::{TenantContext, TenantId};
 
 /// The names nearly every handler module uses.

@@ -1,0 +1,153 @@
+//! Reading stream entries out of Redis replies, without ever failing a whole batch on one
+//! bad entry: field names and values are kept as bytes, and the decoder judges each entry.
+
+use redis::Value;
+
+/// One stream entry as Redis returned it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RawEntry {
+    pub(crate) id: String,
+    /// `None` when the entry was deleted from the stream but was still pending.
+    pub(crate) fields: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+}
+
+fn bytes(v: Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.into_bytes()),
+        Value::VerbatimString { text, .. } => Some(text.into_bytes()),
+        Value::Int(i) => Some(i.to_string().into_bytes()),
+        _ => None,
+    }
+}
+
+fn text(v: Value) -> Option<String> {
+    bytes(v).map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+fn array(v: Value) -> Vec<Value> {
+    match v {
+        Value::Array(items) | Value::Set(items) => items,
+        _ => Vec::new(),
+    }
+}
+
+fn entry(v: Value) -> Option<RawEntry> {
+    let mut parts = array(v).into_iter();
+    let id = text(parts.next()?)?;
+    let fields = match parts.next() {
+        None | Some(Value::Nil) => None,
+        Some(Value::Map(pairs)) => Some(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (bytes(k).unwrap_or_default(), bytes(v).unwrap_or_default()))
+                .collect(),
+        ),
+        Some(list) => {
+            let flat = array(list);
+            let mut fields = Vec::with_capacity(flat.len() / 2);
+            let mut it = flat.into_iter();
+            while let Some(k) = it.next() {
+                let v = it.next().and_then(bytes).unwrap_or_default();
+                fields.push((bytes(k).unwrap_or_default(), v));
+            }
+            Some(fields)
+        }
+    };
+    Some(RawEntry { id, fields })
+}
+
+/// Entries of an `XCLAIM` / `XRANGE` reply.
+pub(crate) fn parse_entries(v: Value) -> Vec<RawEntry> {
+    array(v).into_iter().filter_map(entry).collect()
+}
+
+/// Entries of an `XREADGROUP` reply, per stream (`Nil` on timeout gives nothing).
+pub(crate) fn parse_read(v: Value) -> Vec<(String, Vec<RawEntry>)> {
+    match v {
+        Value::Map(pairs) => pairs
+            .into_iter()
+            .filter_map(|(k, v)| Some((text(k)?, parse_entries(v))))
+            .collect(),
+        other => array(other)
+            .into_iter()
+            .filter_map(|s| {
+                let mut parts = array(s).into_iter();
+                let name = text(parts.next()?)?;
+                Some((name, parse_entries(parts.next()?)))
+            })
+            .collect(),
+    }
+}
+
+/// An `XAUTOCLAIM` reply: next cursor, claimed entries, ids deleted from the stream.
+pub(crate) fn parse_autoclaim(v: Value) -> (String, Vec<RawEntry>, Vec<String>) {
+    let mut parts = array(v).into_iter();
+    let cursor = parts.next().and_then(text).unwrap_or_else(|| "0-0".into());
+    let entries = parts.next().map(parse_entries).unwrap_or_default();
+    let deleted = parts
+        .next()
+        .map(|d| array(d).into_iter().filter_map(text).collect())
+        .unwrap_or_default();
+    (cursor, entries, deleted)
+}
+
+/// An extended `XPENDING` reply: (id, consumer, idle ms, deliveries).
+pub(crate) fn parse_pending(v: Value) -> Vec<(String, String, u64, u32)> {
+    array(v)
+        .into_iter()
+        .filter_map(|p| {
+            let mut parts = array(p).into_iter();
+            let id = text(parts.next()?)?;
+            let consumer = text(parts.next()?)?;
+            let idle = text(parts.next()?)?.parse().ok()?;
+            let count = text(parts.next()?)?.parse().ok()?;
+            Some((id, consumer, idle, count))
+        })
+        .collect()
+}
+
+/// Compares two entry ids (`ms-seq`) numerically.
+pub(crate) fn id_key(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &[u8]) -> Value {
+        Value::BulkString(s.to_vec())
+    }
+
+    #[test]
+    fn a_bad_entry_does_not_spoil_the_batch() {
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk(b"asdlc:events"),
+            Value::Array(vec![
+                Value::Array(vec![
+                    bulk(b"1-0"),
+                    Value::Array(vec![bulk(&[0xff, 0xfe]), bulk(b"x")]),
+                ]),
+                Value::Array(vec![bulk(b"2-0"), Value::Nil]),
+                Value::Array(vec![bulk(b"3-0"), Value::Array(vec![bulk(b"odd")])]),
+                Value::Int(7),
+            ]),
+        ])]);
+        let streams = parse_read(reply);
+        assert_eq!(streams.len(), 1);
+        let entries = &streams[0].1;
+        assert_eq!(entries.len(), 3);
+        assert_eq!(entries[0].fields.as_ref().unwrap()[0].0, vec![0xff, 0xfe]);
+        assert_eq!(entries[1].fields, None);
+        assert_eq!(entries[2].fields.as_ref().unwrap()[0].1, Vec::<u8>::new());
+        assert!(parse_read(Value::Nil).is_empty());
+    }
+
+    #[test]
+    fn ids_compare_numerically() {
+        assert!(id_key("10-0") > id_key("9-5"));
+        assert!(id_key("9-10") > id_key("9-9"));
+    }
+}

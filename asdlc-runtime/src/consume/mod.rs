@@ -1,0 +1,432 @@
+//! Consuming: the [`EventConsumer`] of one consumer group, over one stream or many (one per
+//! tenant).
+//!
+//! Each entry goes through one protocol, whether it arrives fresh, is recovered from this
+//! consumer's own pending list, is claimed from a dead consumer or is redelivered for a retry:
+//!
+//! 1. **Decode.** An entry that is not a valid event, or whose tenant does not match its
+//!    stream, goes to the dead-letter stream with its reason; the rest of its batch goes on.
+//! 2. **Begin** (one Lua call per batch): entries whose idempotency key this group already
+//!    processed are acknowledged; the others take an in-flight lease on their key. A copy
+//!    whose key is leased by another delivery stays pending and is checked again later.
+//! 3. **Handle**, concurrently up to a limit, with a timeout, catching panics. While it runs
+//!    the consumer keeps the entry's idle time and lease fresh, so no peer claims it.
+//! 4. **Commit** (one Lua call per batch of finished entries): on success, mark the key
+//!    processed, apply the effects the handler staged, acknowledge and drop the lease, all
+//!    atomically; on a retryable failure drop the lease and redeliver after a backoff; on a
+//!    permanent failure, or after the last allowed delivery, move the entry to the dead-letter
+//!    stream and acknowledge it, atomically.
+//!
+//! A crash anywhere before the commit leaves the entry pending and unmarked: it is handled
+//! again, by this consumer when it restarts under its (stable) name, or by a peer once it has
+//! been idle for `claim_idle`. Effects staged in Redis happen exactly once; effects outside
+//! Redis happen at least once.
+
+mod engine;
+mod entries;
+mod lock;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::error::{ConfigError, ConsumeError};
+use crate::events::RecoveryResult;
+use crate::handler::{EventHandler, HandlerOptions, HandlerRegistration};
+use crate::idempotency::MarkLayout;
+use crate::keys::{validate_consumer, validate_group};
+use crate::streams::GroupStart;
+use crate::tenancy::TenantId;
+
+pub use engine::ConsumerStats;
+
+/// Entries of an XRANGE-like reply as (id, fields); deleted entries are left out.
+pub(crate) fn parse_entries_pub(v: redis::Value) -> Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> {
+    entries::parse_entries(v)
+        .into_iter()
+        .filter_map(|e| Some((e.id, e.fields?)))
+        .collect()
+}
+
+/// How retries are spaced: exponential from `base`, capped at `max`, with jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// The delay before the second delivery.
+    pub base: Duration,
+    /// The longest delay.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay after the `delivery`-th delivery failed: `base * 2^(delivery-1)`, capped,
+    /// then scaled by a random factor in [0.5, 1] so that retries of a burst spread out.
+    pub fn delay(&self, delivery: u32) -> Duration {
+        let exp = delivery.saturating_sub(1).min(20);
+        let raw = self.base.saturating_mul(1u32 << exp).min(self.max);
+        let jitter = 0.5 + rand::random::<f64>() * 0.5;
+        raw.mul_f64(jitter)
+    }
+}
+
+/// Settings of one consumer.
+#[derive(Debug, Clone)]
+pub struct ConsumerOptions {
+    /// The consumer group.
+    pub group: String,
+    /// This consumer's name. Keep it stable across restarts (the default is the host name,
+    /// or `ASDLC_CONSUMER`), so a restarted process finds its own pending entries at once; a
+    /// second live process with the same name is refused.
+    pub consumer: String,
+    /// Entries read per round trip.
+    pub batch_size: usize,
+    /// How long a read waits for new entries. Kept well under the read connection's timeout,
+    /// so an idle consumer logs nothing.
+    pub block: Duration,
+    /// Handlers running at once.
+    pub concurrency: usize,
+    /// An entry idle this long belongs to a dead or stuck consumer and may be claimed.
+    /// Entries being handled are kept fresh, so they are never claimed.
+    pub claim_idle: Duration,
+    /// How often a running consumer claims stale entries from dead peers.
+    pub claim_interval: Duration,
+    /// How retries are spaced.
+    pub retry: Backoff,
+    /// Deliveries before an event is dead-lettered (a handler can lower or raise it).
+    pub max_deliveries: u32,
+    /// How long one handler call may run (a handler can set its own).
+    pub handler_timeout: Duration,
+    /// How long [`EventConsumer::stop`] lets running handlers finish.
+    pub shutdown_grace: Duration,
+    /// Consumers idle this long that own nothing are removed from the group (`None`: never).
+    pub forget_idle: Option<Duration>,
+    /// Processed marks: TTL and layout.
+    pub marks: MarkLayout,
+    /// Where a new group starts reading.
+    pub group_start: GroupStart,
+}
+
+/// The default consumer name: `ASDLC_CONSUMER`, else the host name, else `consumer`.
+pub fn default_consumer_name() -> String {
+    if let Ok(name) = std::env::var("ASDLC_CONSUMER")
+        && validate_consumer(&name).is_ok()
+    {
+        return name;
+    }
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(100)
+        .collect();
+    if host.is_empty() {
+        "consumer".to_owned()
+    } else {
+        host
+    }
+}
+
+impl ConsumerOptions {
+    /// Defaults for `group`.
+    pub fn new(group: impl Into<String>) -> Self {
+        ConsumerOptions {
+            group: group.into(),
+            consumer: default_consumer_name(),
+            batch_size: 100,
+            block: Duration::from_secs(2),
+            concurrency: 64,
+            claim_idle: Duration::from_secs(60),
+            claim_interval: Duration::from_secs(15),
+            retry: Backoff::default(),
+            max_deliveries: 5,
+            handler_timeout: Duration::from_secs(300),
+            shutdown_grace: Duration::from_secs(30),
+            forget_idle: Some(Duration::from_secs(3600)),
+            marks: MarkLayout::default(),
+            group_start: GroupStart::Beginning,
+        }
+    }
+
+    /// Sets the consumer name.
+    pub fn consumer(mut self, name: impl Into<String>) -> Self {
+        self.consumer = name.into();
+        self
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        validate_group(&self.group)?;
+        validate_consumer(&self.consumer)?;
+        let bad = |what: &str| {
+            Err(ConfigError::Invalid(crate::error::ValidationError::new(
+                "consumer options",
+                what.to_owned(),
+            )))
+        };
+        if self.batch_size == 0 || self.concurrency == 0 {
+            return bad("batch_size and concurrency must be at least 1");
+        }
+        if self.max_deliveries == 0 {
+            return bad("max_deliveries must be at least 1");
+        }
+        if self.block < Duration::from_millis(1) || self.block > Duration::from_secs(60) {
+            return bad("block must be between 1 ms and 60 s");
+        }
+        if self.claim_idle < Duration::from_millis(100) {
+            return bad("claim_idle must be at least 100 ms");
+        }
+        Ok(())
+    }
+}
+
+/// A handler as a consumer holds it.
+#[derive(Clone)]
+pub struct HandlerSpec {
+    pub(crate) handler: Arc<dyn EventHandler>,
+    pub(crate) options: HandlerOptions,
+}
+
+impl std::fmt::Debug for HandlerSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandlerSpec")
+            .field("name", &self.handler.name())
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+struct StaticHandler(&'static dyn EventHandler);
+
+impl EventHandler for StaticHandler {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn can_handle(&self, event_type: crate::EventType) -> bool {
+        self.0.can_handle(event_type)
+    }
+    fn handle<'a>(
+        &'a self,
+        event: &'a crate::AsdlcEvent,
+        ctx: &'a crate::HandlerContext,
+    ) -> crate::BoxFuture<'a, crate::HandlerResult> {
+        self.0.handle(event, ctx)
+    }
+}
+
+impl HandlerSpec {
+    /// A handler with default options.
+    pub fn new(handler: Arc<dyn EventHandler>) -> Self {
+        HandlerSpec {
+            handler,
+            options: HandlerOptions::default(),
+        }
+    }
+
+    /// A handler with `options`.
+    pub fn with_options(handler: Arc<dyn EventHandler>, options: HandlerOptions) -> Self {
+        HandlerSpec { handler, options }
+    }
+
+    /// A handler registered by `#[event_handler]`.
+    pub fn registered(reg: &'static HandlerRegistration) -> Self {
+        HandlerSpec {
+            handler: Arc::new(StaticHandler(reg.handler)),
+            options: reg.options,
+        }
+    }
+
+    /// The handler's name.
+    pub fn name(&self) -> &str {
+        self.handler.name()
+    }
+}
+
+/// Consumes one consumer group over one or more streams (seed T04): reads, dispatches to the
+/// handlers, acknowledges, retries, dead-letters and recovers. Cheap to clone; clones control
+/// the same consumer.
+#[derive(Clone)]
+pub struct EventConsumer {
+    shared: Arc<engine::Shared>,
+}
+
+impl std::fmt::Debug for EventConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventConsumer")
+            .field("group", &self.shared.group)
+            .field("consumer", &self.shared.consumer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`EventConsumer`].
+#[derive(Debug)]
+#[must_use]
+pub struct EventConsumerBuilder {
+    config: Config,
+    options: ConsumerOptions,
+    handlers: Vec<HandlerSpec>,
+    tenants: Vec<TenantId>,
+}
+
+impl EventConsumerBuilder {
+    /// Adds a handler.
+    pub fn handler(mut self, handler: impl EventHandler) -> Self {
+        self.handlers.push(HandlerSpec::new(Arc::new(handler)));
+        self
+    }
+
+    /// Adds a handler with its options.
+    pub fn handler_spec(mut self, spec: HandlerSpec) -> Self {
+        self.handlers.push(spec);
+        self
+    }
+
+    /// Adds a handler registered by `#[event_handler]`.
+    pub fn registered(mut self, reg: &'static HandlerRegistration) -> Self {
+        self.handlers.push(HandlerSpec::registered(reg));
+        self
+    }
+
+    /// Consumes this tenant's stream too (multi-tenant mode; more can be added while running
+    /// with [`EventConsumer::add_tenant`]).
+    pub fn tenant(mut self, tenant: TenantId) -> Self {
+        self.tenants.push(tenant);
+        self
+    }
+
+    /// Replaces the options (the group stays the one given to [`EventConsumer::builder`]
+    /// unless `options.group` says otherwise).
+    pub fn options(mut self, options: ConsumerOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Changes the options in place.
+    pub fn configure(mut self, f: impl FnOnce(&mut ConsumerOptions)) -> Self {
+        f(&mut self.options);
+        self
+    }
+
+    /// Connects and checks everything; the group is created when the consumer starts.
+    pub async fn build(self) -> Result<EventConsumer, ConsumeError> {
+        let shared =
+            engine::Shared::connect(self.config, self.options, self.handlers, self.tenants).await?;
+        Ok(EventConsumer {
+            shared: Arc::new(shared),
+        })
+    }
+}
+
+impl EventConsumer {
+    /// A builder for a consumer of `group` under `config`. In multi-tenant mode, add the
+    /// tenants to consume with [`EventConsumerBuilder::tenant`]. The processed-mark TTL comes
+    /// from `config.idempotency_ttl`.
+    pub fn builder(config: Config, group: impl Into<String>) -> EventConsumerBuilder {
+        let mut options = ConsumerOptions::new(group);
+        options.marks = MarkLayout::with_ttl(config.idempotency_ttl);
+        EventConsumerBuilder {
+            config,
+            options,
+            handlers: Vec::new(),
+            tenants: Vec::new(),
+        }
+    }
+
+    /// The group.
+    pub fn group(&self) -> &str {
+        &self.shared.group
+    }
+
+    /// This consumer's name.
+    pub fn consumer_name(&self) -> &str {
+        &self.shared.consumer
+    }
+
+    /// The streams consumed.
+    pub fn streams(&self) -> Vec<String> {
+        self.shared.stream_names()
+    }
+
+    /// Runs until [`EventConsumer::stop`]: takes the consumer name, creates the group if
+    /// needed, recovers (this consumer's pending entries, then stale ones of dead peers),
+    /// then reads and dispatches. Returns the counts of the whole run.
+    pub async fn start(&self) -> Result<ConsumerStats, ConsumeError> {
+        engine::run(self.shared.clone()).await
+    }
+
+    /// Asks a running consumer to stop: it stops reading at once (even mid-read), lets
+    /// running handlers finish up to `shutdown_grace` and commits them; whatever is left stays
+    /// pending for the next start. [`EventConsumer::start`] returns when that is done.
+    pub fn stop(&self) {
+        self.shared.stop.cancel();
+    }
+
+    /// Waits until the consumer has finished its start-up recovery and is reading.
+    pub async fn ready(&self) {
+        let mut rx = self.shared.ready.subscribe();
+        let _ = rx.wait_for(|ready| *ready).await;
+    }
+
+    /// Acknowledges entry `id` on the first stream, without handling it. Returns whether it
+    /// was pending.
+    pub async fn acknowledge(&self, id: &str) -> Result<bool, ConsumeError> {
+        let stream = self
+            .shared
+            .stream_names()
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        self.shared.acknowledge(&stream, id).await
+    }
+
+    /// Acknowledges entry `id` of `stream`.
+    pub async fn acknowledge_on(&self, stream: &str, id: &str) -> Result<bool, ConsumeError> {
+        self.shared.acknowledge(stream, id).await
+    }
+
+    /// Consumes `tenant`'s stream too, from now on (creating its group).
+    pub async fn add_tenant(&self, tenant: TenantId) -> Result<bool, ConsumeError> {
+        self.shared.add_tenant(tenant).await
+    }
+
+    /// Re-processes this consumer's own pending entries, all of them, in batches, through
+    /// the idempotency protocol (seed T06, `process_pending`). The consumer runs this at
+    /// start; call it directly to recover without starting.
+    pub async fn process_pending(&self) -> Result<RecoveryResult, ConsumeError> {
+        self.shared.prepare().await?;
+        engine::process_pending(&self.shared).await
+    }
+
+    /// Claims entries idle for at least `min_idle` from any consumer of the group (dead
+    /// ones, in practice) and processes them (seed T06, `claim_stale_messages`); entries
+    /// deleted from the stream are acknowledged and counted as skipped.
+    pub async fn claim_stale_messages(
+        &self,
+        min_idle: Duration,
+    ) -> Result<RecoveryResult, ConsumeError> {
+        self.shared.prepare().await?;
+        engine::claim_stale(&self.shared, min_idle).await
+    }
+
+    /// The counts so far.
+    pub fn stats(&self) -> ConsumerStats {
+        self.shared.stats.snapshot()
+    }
+}

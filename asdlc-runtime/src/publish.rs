@@ -1,0 +1,223 @@
+//! Publishing: validated, tenant-aware, idempotency-keyed.
+//!
+//! [`Publisher::publish`] checks the event, stamps the tenant from the
+//! [`TenantContext`](crate::TenantContext), fills a unique idempotency key if there is none,
+//! resolves the tenant's stream and returns the id Redis assigned. An invalid event writes
+//! nothing. Streams are not trimmed unless [`Config::max_len`] asks for it.
+
+use std::sync::Arc;
+
+use redis::Cmd;
+
+use crate::config::Config;
+use crate::connection::RedisConnection;
+use crate::encoding::encode;
+use crate::error::PublishError;
+use crate::error::ValidationError;
+use crate::events::{AsdlcEvent, MAX_EVENT_BYTES, unique_idempotency_key};
+use crate::tenancy::{TenantContext, TenantId};
+
+/// What a successful publish returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The entry id Redis assigned (the event's `event_id`).
+    pub event_id: String,
+    /// The stream written to.
+    pub stream: String,
+    /// The idempotency key the event was published with.
+    pub idempotency_key: String,
+}
+
+/// Publishes events. Cheap to clone; clones share one connection.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    conn: RedisConnection,
+    config: Arc<Config>,
+}
+
+struct Prepared {
+    stream: String,
+    key: String,
+    cmd: Cmd,
+}
+
+impl Publisher {
+    /// A publisher over an existing connection.
+    pub fn new(conn: RedisConnection, config: Config) -> Self {
+        Publisher {
+            conn,
+            config: Arc::new(config),
+        }
+    }
+
+    /// Connects to the configured server.
+    pub async fn connect(config: Config) -> Result<Self, PublishError> {
+        let conn = RedisConnection::connect(&config.redis_url)
+            .await
+            .map_err(|source| PublishError::Redis {
+                stream: config.stream.clone(),
+                source,
+            })?;
+        Ok(Publisher::new(conn, config))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The stream an event for the current context goes to.
+    pub fn current_stream(&self) -> Result<String, PublishError> {
+        let tenant = self.resolve_tenant(None)?;
+        Ok(self.config.stream_for(tenant.as_ref()))
+    }
+
+    /// Validates and publishes `event` (seed: `publish_event_model`).
+    pub async fn publish(&self, event: &AsdlcEvent) -> Result<Published, PublishError> {
+        let prepared = self.prepare(event)?;
+        let mut conn = self.conn.clone();
+        let event_id: String = prepared
+            .cmd
+            .query_async(&mut conn)
+            .await
+            .map_err(|source| PublishError::Redis {
+                stream: prepared.stream.clone(),
+                source,
+            })?;
+        tracing::debug!(stream = %prepared.stream, %event_id, event_type = %event.event_type, "published");
+        Ok(Published {
+            event_id,
+            stream: prepared.stream,
+            idempotency_key: prepared.key,
+        })
+    }
+
+    /// Validates every event, then publishes them all in one pipelined round trip. If any
+    /// event is invalid nothing is written and the error says which (by index).
+    pub async fn publish_batch(
+        &self,
+        events: &[AsdlcEvent],
+    ) -> Result<Vec<Published>, PublishError> {
+        let mut prepared = Vec::with_capacity(events.len());
+        for (i, event) in events.iter().enumerate() {
+            prepared.push(self.prepare(event).map_err(|e| match e {
+                PublishError::Validation(v) => PublishError::Validation(ValidationError::new(
+                    v.field,
+                    format!("event {i}: {}", v.reason),
+                )),
+                other => other,
+            })?);
+        }
+        if prepared.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for p in &prepared {
+            pipe.add_command(p.cmd.clone());
+        }
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> =
+            pipe.query_async(&mut conn)
+                .await
+                .map_err(|source| PublishError::Redis {
+                    stream: prepared[0].stream.clone(),
+                    source,
+                })?;
+        Ok(prepared
+            .into_iter()
+            .zip(ids)
+            .map(|(p, event_id)| Published {
+                event_id,
+                stream: p.stream,
+                idempotency_key: p.key,
+            })
+            .collect())
+    }
+
+    /// Writes raw fields to the current context's stream, unvalidated (seed:
+    /// `publish_event`, kept for producers that predate the event model). Consumers
+    /// dead-letter entries that do not decode.
+    pub async fn publish_event<K, V>(&self, fields: &[(K, V)]) -> Result<String, PublishError>
+    where
+        K: redis::ToRedisArgs + redis::ToSingleRedisArg,
+        V: redis::ToRedisArgs + redis::ToSingleRedisArg,
+    {
+        let stream = self.current_stream()?;
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&stream);
+        self.add_trim(&mut cmd);
+        cmd.arg("*");
+        for (k, v) in fields {
+            cmd.arg(k).arg(v);
+        }
+        let mut conn = self.conn.clone();
+        cmd.query_async(&mut conn)
+            .await
+            .map_err(|source| PublishError::Redis { stream, source })
+    }
+
+    fn resolve_tenant(
+        &self,
+        event_tenant: Option<&TenantId>,
+    ) -> Result<Option<TenantId>, PublishError> {
+        if !self.config.tenancy.is_multi() {
+            return match event_tenant {
+                Some(t) => Err(PublishError::TenantInSingleMode(t.clone())),
+                None => Ok(None),
+            };
+        }
+        let context = TenantContext::current();
+        let tenant = match (event_tenant, context) {
+            (Some(e), Some(c)) if *e != c => {
+                return Err(PublishError::TenantMismatch {
+                    event: e.clone(),
+                    context: c,
+                });
+            }
+            (Some(e), _) => e.clone(),
+            (None, Some(c)) => c,
+            (None, None) => return Err(PublishError::MissingTenant),
+        };
+        if !self.config.tenancy.allows(&tenant) {
+            return Err(PublishError::TenantNotAllowed(tenant));
+        }
+        Ok(Some(tenant))
+    }
+
+    fn add_trim(&self, cmd: &mut Cmd) {
+        if let Some(max) = self.config.max_len {
+            cmd.arg("MAXLEN").arg("~").arg(max);
+        }
+    }
+
+    fn prepare(&self, event: &AsdlcEvent) -> Result<Prepared, PublishError> {
+        let tenant = self.resolve_tenant(event.tenant_id.as_ref())?;
+        let key = event
+            .idempotency_key
+            .clone()
+            .unwrap_or_else(unique_idempotency_key);
+        let mut event = event.clone();
+        event.tenant_id = tenant;
+        event.idempotency_key = Some(key.clone());
+        event.event_id = None;
+        event.validate_fields()?;
+        let encoded = encode(&event);
+        let size = encoded.len_bytes();
+        if size > MAX_EVENT_BYTES {
+            return Err(ValidationError::new(
+                "event",
+                format!("encoded size {size} bytes exceeds the limit of {MAX_EVENT_BYTES} bytes"),
+            )
+            .into());
+        }
+        let stream = self.config.stream_for(event.tenant_id.as_ref());
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&stream);
+        self.add_trim(&mut cmd);
+        cmd.arg("*");
+        for (name, value) in encoded.fields() {
+            cmd.arg(*name).arg(value.as_slice());
+        }
+        Ok(Prepared { stream, key, cmd })
+    }
+}

@@ -1,0 +1,318 @@
+//! Stream and consumer-group operations, tenant-aware through the stream name.
+//!
+//! These are the building blocks the publisher, consumer and runtime use; they are public for
+//! operators and tests. Resolve a tenant's stream with [`crate::get_stream_name`] or
+//! [`crate::Config::stream_for`].
+
+use redis::{RedisError, Value};
+use serde::{Deserialize, Serialize};
+
+use crate::connection::RedisConnection;
+use crate::error::StreamError;
+use crate::keys::{StreamKeys, validate_group};
+
+/// Where a new consumer group starts reading.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GroupStart {
+    /// At the beginning of the stream: entries published before the group existed are
+    /// delivered too, so nothing is lost (the default).
+    #[default]
+    Beginning,
+    /// After the last entry: only events published from now on.
+    End,
+}
+
+/// Creates `stream` if it does not exist (as an empty stream). Returns whether it was created.
+pub async fn ensure_stream_exists(
+    conn: &mut RedisConnection,
+    stream: &str,
+) -> Result<bool, StreamError> {
+    // XGROUP CREATE ... MKSTREAM is the only way to make an empty stream without adding and
+    // deleting an entry; the helper group is removed in the same atomic step.
+    const SCRIPT: &str = r#"
+        if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+        redis.call('XGROUP', 'CREATE', KEYS[1], '__asdlc_init', '$', 'MKSTREAM')
+        redis.call('XGROUP', 'DESTROY', KEYS[1], '__asdlc_init')
+        return 1
+    "#;
+    let created: i64 = redis::Script::new(SCRIPT)
+        .key(stream)
+        .invoke_async(conn)
+        .await
+        .map_err(StreamError::redis(stream))?;
+    Ok(created == 1)
+}
+
+/// Creates consumer group `group` on `stream`, creating the stream if needed. An existing
+/// group is success. Returns whether the group was created.
+pub async fn create_consumer_group(
+    conn: &mut RedisConnection,
+    stream: &str,
+    group: &str,
+    start: GroupStart,
+) -> Result<bool, StreamError> {
+    validate_group(group)?;
+    let start_id = match start {
+        GroupStart::Beginning => "0",
+        GroupStart::End => "$",
+    };
+    let result: Result<(), RedisError> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(group)
+        .arg(start_id)
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await;
+    match result {
+        Ok(()) => Ok(true),
+        Err(e) if is_busy_group(&e) => Ok(false),
+        Err(e) => Err(StreamError::redis(stream)(e)),
+    }
+}
+
+pub(crate) fn is_busy_group(e: &RedisError) -> bool {
+    e.code() == Some("BUSYGROUP")
+}
+
+pub(crate) fn is_no_group(e: &RedisError) -> bool {
+    e.code() == Some("NOGROUP")
+}
+
+/// One consumer of a group.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerInfo {
+    /// Its name.
+    pub name: String,
+    /// Entries delivered to it and not yet acknowledged.
+    pub pending: u64,
+    /// Milliseconds since it last interacted with the group.
+    pub idle_ms: u64,
+}
+
+/// One consumer group of a stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    /// Its name.
+    pub name: String,
+    /// Entries delivered and not yet acknowledged.
+    pub pending: u64,
+    /// The last entry delivered to the group.
+    pub last_delivered_id: String,
+    /// How many entries the group has read (Redis 7+).
+    pub entries_read: Option<u64>,
+    /// Entries in the stream the group has not read yet (Redis 7+; `None` when the server
+    /// cannot tell, after deletions).
+    pub lag: Option<u64>,
+    /// Age of the oldest pending entry, in milliseconds (0 when nothing is pending).
+    pub oldest_pending_ms: u64,
+    /// Its consumers.
+    pub consumers: Vec<ConsumerInfo>,
+}
+
+/// The state of one stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamInfo {
+    /// The stream.
+    pub stream: String,
+    /// Whether it exists (a missing stream gives `false` and zeros, not an error).
+    pub exists: bool,
+    /// Entries in it.
+    pub length: u64,
+    /// Its first entry id.
+    pub first_id: Option<String>,
+    /// Its last entry id.
+    pub last_id: Option<String>,
+    /// Its consumer groups.
+    pub groups: Vec<GroupInfo>,
+    /// Entries in its dead-letter stream.
+    pub dead_letters: u64,
+}
+
+impl StreamInfo {
+    /// Pending entries over all groups.
+    pub fn total_pending(&self) -> u64 {
+        self.groups.iter().map(|g| g.pending).sum()
+    }
+
+    /// The group named `name`.
+    pub fn group(&self, name: &str) -> Option<&GroupInfo> {
+        self.groups.iter().find(|g| g.name == name)
+    }
+}
+
+/// Length, groups with their pending counts, lag and consumers, and the dead-letter count of
+/// `stream`. A missing stream gives `exists: false` and zeros.
+pub async fn get_stream_info(
+    conn: &mut RedisConnection,
+    stream: &str,
+) -> Result<StreamInfo, StreamError> {
+    let keys = StreamKeys::new(stream);
+    let err = StreamError::redis;
+    let dead_letters: u64 = redis::cmd("XLEN")
+        .arg(keys.dead_letter())
+        .query_async(conn)
+        .await
+        .map_err(err(stream))?;
+    let raw: Value = match redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(stream)
+        .query_async(conn)
+        .await
+    {
+        Ok(v) => v,
+        Err(e) if e.to_string().contains("no such key") => {
+            return Ok(StreamInfo {
+                stream: stream.to_owned(),
+                dead_letters,
+                ..StreamInfo::default()
+            });
+        }
+        Err(e) => return Err(err(stream)(e)),
+    };
+    let info = Fields::new(&raw);
+    let mut out = StreamInfo {
+        stream: stream.to_owned(),
+        exists: true,
+        length: info.u64("length").unwrap_or(0),
+        first_id: info.entry_id("first-entry"),
+        last_id: info.entry_id("last-entry"),
+        groups: Vec::new(),
+        dead_letters,
+    };
+    let groups: Value = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(conn)
+        .await
+        .map_err(err(stream))?;
+    for g in as_array(&groups) {
+        let g = Fields::new(g);
+        let name = g.string("name").unwrap_or_default();
+        let consumers: Value = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(stream)
+            .arg(&name)
+            .query_async(conn)
+            .await
+            .map_err(err(stream))?;
+        let consumers = as_array(&consumers)
+            .iter()
+            .map(|c| {
+                let c = Fields::new(c);
+                ConsumerInfo {
+                    name: c.string("name").unwrap_or_default(),
+                    pending: c.u64("pending").unwrap_or(0),
+                    idle_ms: c.u64("idle").unwrap_or(0),
+                }
+            })
+            .collect();
+        let pending = g.u64("pending").unwrap_or(0);
+        let oldest_pending_ms = if pending > 0 {
+            oldest_pending_age(conn, stream, &name).await?
+        } else {
+            0
+        };
+        out.groups.push(GroupInfo {
+            pending,
+            last_delivered_id: g.string("last-delivered-id").unwrap_or_default(),
+            entries_read: g.u64("entries-read"),
+            lag: g.u64("lag"),
+            oldest_pending_ms,
+            consumers,
+            name,
+        });
+    }
+    Ok(out)
+}
+
+async fn oldest_pending_age(
+    conn: &mut RedisConnection,
+    stream: &str,
+    group: &str,
+) -> Result<u64, StreamError> {
+    // The idle time of the first pending entry is how long it has waited since its last
+    // delivery; its id carries its publish time, which is what a backlog's age means.
+    let first: Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .arg("-")
+        .arg("+")
+        .arg(1)
+        .query_async(conn)
+        .await
+        .map_err(StreamError::redis(stream))?;
+    let Some(entry) = as_array(&first).first() else {
+        return Ok(0);
+    };
+    let id = as_array(entry)
+        .first()
+        .and_then(value_string)
+        .unwrap_or_default();
+    let published_ms: u64 = id
+        .split('-')
+        .next()
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or(0);
+    let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+    Ok(now_ms.saturating_sub(published_ms))
+}
+
+pub(crate) fn as_array(v: &Value) -> &[Value] {
+    match v {
+        Value::Array(items) => items,
+        _ => &[],
+    }
+}
+
+pub(crate) fn value_string(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+/// A RESP2 key/value array or a RESP3 map, read by key.
+pub(crate) struct Fields<'a>(Vec<(String, &'a Value)>);
+
+impl<'a> Fields<'a> {
+    pub(crate) fn new(v: &'a Value) -> Self {
+        let pairs = match v {
+            Value::Map(m) => m
+                .iter()
+                .filter_map(|(k, v)| Some((value_string(k)?, v)))
+                .collect(),
+            Value::Array(items) => items
+                .chunks(2)
+                .filter_map(|c| match c {
+                    [k, v] => Some((value_string(k)?, v)),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Fields(pairs)
+    }
+
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+
+    pub(crate) fn u64(&self, key: &str) -> Option<u64> {
+        match self.get(key)? {
+            Value::Int(i) => u64::try_from(*i).ok(),
+            other => value_string(other)?.parse().ok(),
+        }
+    }
+
+    pub(crate) fn string(&self, key: &str) -> Option<String> {
+        value_string(self.get(key)?)
+    }
+
+    fn entry_id(&self, key: &str) -> Option<String> {
+        as_array(self.get(key)?).first().and_then(value_string)
+    }
+}
