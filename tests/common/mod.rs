@@ -1,0 +1,188 @@
+//! Shared helpers of the integration tests: a real server per test, fast consumer settings,
+//! and a scriptable handler that records every call.
+#![allow(dead_code)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use asdlc::{
+    AsdlcEvent, BoxFuture, Config, ConsumerOptions, Effect, EventConsumer, EventHandler,
+    EventType, HandlerContext, HandlerResult, RedisConnection, Tenancy, TenantId,
+};
+pub use asdlc_runtime::testing::TestServer;
+
+/// A fresh server for one test.
+pub fn server() -> TestServer {
+    TestServer::start()
+}
+
+/// Single-tenant configuration for `server`.
+pub fn config(server: &TestServer) -> Config {
+    Config {
+        redis_url: server.redis_url(),
+        ..Config::default()
+    }
+}
+
+/// Multi-tenant configuration for `server`.
+pub fn multi_config(server: &TestServer) -> Config {
+    Config {
+        redis_url: server.redis_url(),
+        tenancy: Tenancy::multi(),
+        ..Config::default()
+    }
+}
+
+pub async fn conn(server: &TestServer) -> RedisConnection {
+    RedisConnection::connect(&server.redis_url()).await.expect("connect")
+}
+
+pub fn tenant(id: &str) -> TenantId {
+    TenantId::new(id).unwrap()
+}
+
+/// Short timings so tests run in well under a second each.
+pub fn fast(o: &mut ConsumerOptions) {
+    o.block = Duration::from_millis(100);
+    o.claim_idle = Duration::from_millis(800);
+    o.claim_interval = Duration::from_millis(200);
+    o.retry.base = Duration::from_millis(30);
+    o.retry.max = Duration::from_millis(150);
+    o.shutdown_grace = Duration::from_secs(5);
+    o.batch_size = 50;
+}
+
+/// Polls `cond` every 20 ms until it holds; panics with `what` after `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Starts `consumer` on a task and waits until it has recovered and is reading.
+pub async fn spawn(
+    consumer: &EventConsumer,
+) -> tokio::task::JoinHandle<Result<asdlc::ConsumerStats, asdlc::ConsumeError>> {
+    let c = consumer.clone();
+    let handle = tokio::spawn(async move { c.start().await });
+    tokio::time::timeout(Duration::from_secs(20), consumer.ready())
+        .await
+        .expect("consumer ready");
+    handle
+}
+
+/// What a test handler does with one call.
+#[derive(Debug, Clone)]
+pub enum Behavior {
+    Ok,
+    Retry,
+    Permanent,
+    Panic,
+    Sleep(Duration),
+}
+
+/// One recorded handler call.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub entry_id: String,
+    pub key: String,
+    pub attempt: u32,
+    pub consumer: String,
+    pub tenant: Option<String>,
+    pub event: AsdlcEvent,
+}
+
+type Decide = dyn Fn(&AsdlcEvent, u32) -> Behavior + Send + Sync;
+
+/// A handler whose behaviour a test scripts, recording every call, and staging one effect per
+/// success: `HINCRBY <scoped applied> <idempotency key> 1`.
+#[derive(Clone)]
+pub struct TestHandler {
+    pub name: String,
+    pub types: Vec<EventType>,
+    pub calls: Arc<Mutex<Vec<Call>>>,
+    decide: Arc<Decide>,
+}
+
+impl TestHandler {
+    pub fn new(name: &str, types: &[EventType]) -> Self {
+        TestHandler {
+            name: name.to_owned(),
+            types: types.to_vec(),
+            calls: Arc::default(),
+            decide: Arc::new(|_, _| Behavior::Ok),
+        }
+    }
+
+    pub fn all(name: &str) -> Self {
+        TestHandler::new(name, EventType::ALL)
+    }
+
+    pub fn behave(mut self, f: impl Fn(&AsdlcEvent, u32) -> Behavior + Send + Sync + 'static) -> Self {
+        self.decide = Arc::new(f);
+        self
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.calls.lock().unwrap().len()
+    }
+}
+
+impl EventHandler for TestHandler {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn can_handle(&self, event_type: EventType) -> bool {
+        self.types.contains(&event_type)
+    }
+
+    fn handle<'a>(&'a self, event: &'a AsdlcEvent, ctx: &'a HandlerContext) -> BoxFuture<'a, HandlerResult> {
+        Box::pin(async move {
+            let key = event.idempotency_key.clone().unwrap_or_default();
+            self.calls.lock().unwrap().push(Call {
+                entry_id: ctx.entry_id().to_owned(),
+                key: key.clone(),
+                attempt: ctx.attempt(),
+                consumer: ctx.consumer().to_owned(),
+                tenant: asdlc::TenantContext::current().map(|t| t.to_string()),
+                event: event.clone(),
+            });
+            match (self.decide)(event, ctx.attempt()) {
+                Behavior::Ok => {}
+                Behavior::Retry => return HandlerResult::retry("try again"),
+                Behavior::Permanent => return HandlerResult::permanent("cannot ever work"),
+                Behavior::Panic => panic!("handler exploded"),
+                Behavior::Sleep(d) => tokio::time::sleep(d).await,
+            }
+            ctx.stage(Effect::hincr_by(ctx.scoped_key("applied"), key.into_bytes(), 1))
+                .expect("effect in slot");
+            HandlerResult::ok()
+        })
+    }
+}
+
+/// The exactly-once effect counters of the stream of `stream_keys`: key -> times applied.
+pub async fn applied(conn: &mut RedisConnection, stream: &str) -> std::collections::HashMap<String, i64> {
+    let key = asdlc::StreamKeys::new(stream).scoped("applied");
+    redis::cmd("HGETALL").arg(key).query_async(conn).await.unwrap()
+}
+
+pub fn event(t: EventType, session: &str) -> AsdlcEvent {
+    AsdlcEvent::builder(t, session).build().unwrap()
+}
