@@ -244,6 +244,11 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
 
 /// What a handler function may return: [`HandlerResult`], `()`, or a `Result` of either
 /// with a [`HandlerError`].
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a handler return type",
+    label = "a handler returns `HandlerResult`, `()`, or a `Result` of either with `HandlerError`",
+    note = "any `std::error::Error` converts into a `HandlerError` with `?`"
+)]
 pub trait IntoHandlerResult {
     /// The result the consumer acts on.
     fn into_handler_result(self) -> HandlerResult;
