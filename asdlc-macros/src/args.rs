@@ -64,7 +64,7 @@ pub(crate) fn parse_args(tokens: TokenStream) -> syn::Result<HandlerArgs> {
         let Some(key) = meta.path().get_ident() else {
             errors.push(syn::Error::new_spanned(
                 meta.path(),
-                format!("expected an argument name; {}", allowed_keys()),
+                format!("expected an argument name, one of {}", allowed_keys()),
             ));
             continue;
         };
@@ -139,19 +139,22 @@ pub(crate) fn parse_args(tokens: TokenStream) -> syn::Result<HandlerArgs> {
 
 fn allowed_keys() -> String {
     let keys: Vec<String> = KEYS.iter().map(|(k, _)| format!("`{k}`")).collect();
-    format!("the arguments are {}", keys.join(", "))
+    keys.join(", ")
 }
 
 fn unknown_key(key: &Ident) -> syn::Error {
     let key_name = key.to_string();
     let names: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
     let hint = match suggest(&key_name, &names) {
-        Some(s) => format!("did you mean `{s}`? "),
-        None => String::new(),
+        Some(s) => format!("did you mean `{s}`? Expected"),
+        None => "expected".to_owned(),
     };
     syn::Error::new_spanned(
         key,
-        format!("unknown argument `{key_name}`; {hint}{}", allowed_keys()),
+        format!(
+            "unknown argument `{key_name}`; {hint} one of {}",
+            allowed_keys()
+        ),
     )
 }
 

@@ -25,12 +25,15 @@ use crate::signature::{HandlerSignature, Param, check_signature};
 pub(crate) fn event_handler(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
     let args = errors.check(parse_args(args));
-    let Ok(function) = syn::parse2::<ItemFn>(item.clone()) else {
-        errors.push(syn::Error::new(
-            Span::call_site(),
-            "`#[event_handler]` goes on an `async fn`",
-        ));
-        return with_errors(item, errors);
+    let function = match syn::parse2::<ItemFn>(item.clone()) {
+        Ok(function) => function,
+        Err(e) => {
+            errors.push(syn::Error::new(
+                e.span(),
+                "`#[event_handler]` goes on an `async fn`",
+            ));
+            return with_errors(item, errors);
+        }
     };
     let signature = errors.check(check_signature(&function.sig));
     match (args, signature) {
@@ -79,14 +82,20 @@ fn expand(function: &ItemFn, args: &HandlerArgs, signature: &HandlerSignature) -
         quote!(#n)
     }));
 
-    let event_check = param_check(&signature.event, "event", "__asdlc_event");
+    let event_check = param_check(&signature.event, "__asdlc_event_ref", "__asdlc_event");
     let (ctx_param, ctx_check, ctx_arg) = match &signature.ctx {
-        Some(ctx) => (
-            quote!(ctx),
-            param_check(ctx, "ctx", "__asdlc_ctx"),
-            quote!(, __asdlc_ctx),
-        ),
-        None => (quote!(_ctx), quote!(), quote!()),
+        Some(ctx) => {
+            let check = param_check(ctx, "__asdlc_ctx_ref", "__asdlc_ctx");
+            (
+                quote!(__asdlc_ctx_ref),
+                quote! {
+                    let __asdlc_ctx_ref: &#private::HandlerContext = __asdlc_ctx_ref;
+                    #check
+                },
+                quote!(, __asdlc_ctx),
+            )
+        }
+        None => (quote!(_), quote!(), quote!()),
     };
 
     // Under the return type's span: "`i32` is not a handler return type" points at `i32`.
@@ -133,9 +142,11 @@ fn expand(function: &ItemFn, args: &HandlerArgs, signature: &HandlerSignature) -
 
                 fn handle<'__asdlc>(
                     &'__asdlc self,
-                    event: &'__asdlc #private::AsdlcEvent,
+                    __asdlc_event_ref: &'__asdlc #private::AsdlcEvent,
                     #ctx_param: &'__asdlc #private::HandlerContext,
                 ) -> #private::BoxFuture<'__asdlc, #private::HandlerResult> {
+                    // Reborrowed, so a mismatch reads `&AsdlcEvent`, not `&'__asdlc AsdlcEvent`.
+                    let __asdlc_event_ref: &#private::AsdlcEvent = __asdlc_event_ref;
                     #event_check
                     #ctx_check
                     let __asdlc_future = #fn_name(__asdlc_event #ctx_arg);
@@ -162,7 +173,8 @@ fn expand(function: &ItemFn, args: &HandlerArgs, signature: &HandlerSignature) -
 }
 
 /// `let <binding>: <the user's type> = <argument>;`, with the argument spanned on the user's
-/// parameter name: a wrong type reads "expected `&String`, found `&AsdlcEvent`" there, and
+/// parameter name (the generated names are unlike any a user would give a handler, so the
+/// function's own name is never shadowed): a wrong type reads "expected `&String`, found `&AsdlcEvent`" there, and
 /// rustc underlines the type the expectation comes from.
 fn param_check(param: &Param, argument: &str, binding: &str) -> TokenStream {
     let argument = Ident::new(argument, user_span(param.name_span));
@@ -250,8 +262,8 @@ mod tests {
             "const _ : () =",
             "impl :: asdlc :: __private :: EventHandler for __AsdlcHandler",
             ":: core :: matches ! (event_type , :: asdlc :: __private :: EventType :: TaskCreated | :: asdlc :: __private :: EventType :: TaskDispatched)",
-            "let __asdlc_event : & AsdlcEvent = event ;",
-            "let __asdlc_ctx : & HandlerContext = ctx ;",
+            "let __asdlc_event_ref : & :: asdlc :: __private :: AsdlcEvent = __asdlc_event_ref ; let __asdlc_event : & AsdlcEvent = __asdlc_event_ref ;",
+            "let __asdlc_ctx_ref : & :: asdlc :: __private :: HandlerContext = __asdlc_ctx_ref ; let __asdlc_ctx : & HandlerContext = __asdlc_ctx_ref ;",
             "let __asdlc_future = on_task (__asdlc_event , __asdlc_ctx) ;",
             ":: asdlc :: __private :: Box :: pin (async move { __asdlc_into_handler_result :: < HandlerResult > (__asdlc_future . await) })",
             ":: asdlc :: __private :: inventory :: submit !",
@@ -290,7 +302,7 @@ mod tests {
             "timeout : :: core :: option :: Option :: Some (:: asdlc_runtime :: __private :: Duration :: from_millis (120000u64))",
             "concurrency : :: core :: option :: Option :: Some (8)",
             "impl :: asdlc_runtime :: __private :: EventHandler",
-            "_ctx : & '__asdlc :: asdlc_runtime :: __private :: HandlerContext",
+            "_ : & '__asdlc :: asdlc_runtime :: __private :: HandlerContext",
             "let __asdlc_future = approve (__asdlc_event) ;",
             "__asdlc_into_handler_result (__asdlc_future . await)",
         ] {
