@@ -1,0 +1,10 @@
+use asdlc::prelude::*;
+
+struct Service;
+
+impl Service {
+    #[event_handler(types = [TaskCreated], group = "dev")]
+    async fn handler(&self, _: &AsdlcEvent) {}
+}
+
+fn main() {}

@@ -1,0 +1,23 @@
+//! Every optional argument, with a trailing comma.
+
+use asdlc::prelude::*;
+
+#[event_handler(
+    types = [GateApproved, GateRejected],
+    group = "gates.v2_review-1",
+    name = "review-gates",
+    max_deliveries = 3,
+    timeout = "1500ms",
+    concurrency = 4,
+)]
+async fn review(_: &AsdlcEvent, _: &HandlerContext) -> HandlerResult {
+    HandlerResult::ok()
+}
+
+#[event_handler(types = [GateExpired], group = "gates", timeout = "2m")]
+async fn minutes(_: &AsdlcEvent) {}
+
+#[event_handler(types = [GateExpired], group = "gates", timeout = "30s")]
+async fn seconds(_: &AsdlcEvent) {}
+
+fn main() {}
