@@ -75,7 +75,7 @@ use proc_macro::TokenStream;
 /// # Errors
 ///
 /// Mistakes in the arguments or the function's shape are reported together, each at its
-/// token (`unknown event type `TaskCreate`; did you mean `TaskCreated`?`); the function is
+/// token ("unknown event type \`TaskCreate\`; did you mean \`TaskCreated\`?"); the function is
 /// still emitted, so the rest of the crate keeps compiling against it. Wrong parameter
 /// types, an unsupported return type and a future that is not `Send` are reported by rustc,
 /// at the parameter, the return type and the function name.
