@@ -477,8 +477,8 @@ impl TestServer {
         }
     }
 
-    /// Stops the server gracefully (`SHUTDOWN`, as `SIGTERM` would) and waits for it to exit;
-    /// if it has not exited after 10 seconds it is killed. The data directory is kept, so
+    /// Stops the server gracefully (`SHUTDOWN`, or `SIGTERM` if it refuses the command) and
+    /// waits for it to exit; if it has not exited after 10 seconds it is killed. The data directory is kept, so
     /// [`restart`](Self::restart) finds everything that was written. Does nothing if the
     /// server is not running.
     pub fn stop(&mut self) {
@@ -486,7 +486,9 @@ impl TestServer {
             return;
         };
         if matches!(child.try_wait(), Ok(None)) {
-            send_shutdown(self.port);
+            if !send_shutdown(self.port) {
+                send_sigterm(child.id());
+            }
             let deadline = Instant::now() + STOP_TIMEOUT;
             while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
                 thread::sleep(POLL_INTERVAL);
@@ -660,8 +662,12 @@ impl TestServer {
                 )));
             }
             let last_error = match probe(self.port) {
-                Ok(()) => return Ok(()),
-                Err(e) => e,
+                Probe::Ready => return Ok(()),
+                Probe::NeedsPassword if logged_ready(&self.log_file, log_start) => return Ok(()),
+                Probe::NeedsPassword => {
+                    "it wants a password and has not logged that it is ready".to_owned()
+                }
+                Probe::NotYet(e) => e,
             };
             if started.elapsed() >= self.options.ready_timeout {
                 if let Some(mut child) = self.child.take() {
@@ -699,47 +705,81 @@ impl Drop for TestServer {
     }
 }
 
-/// Ready means: answers `PING` (a server still loading its append-only file answers `LOADING`)
-/// and `INFO persistence` says it is not loading.
-fn probe(port: u16) -> Result<(), String> {
-    let client =
-        redis::Client::open(format!("redis://127.0.0.1:{port}")).map_err(|e| e.to_string())?;
-    let mut con = client
-        .get_connection_with_timeout(Duration::from_millis(500))
-        .map_err(|e| e.to_string())?;
-    con.set_read_timeout(Some(Duration::from_secs(1)))
-        .map_err(|e| e.to_string())?;
-    let pong: String = redis::cmd("PING")
-        .query(&mut con)
-        .map_err(|e| e.to_string())?;
-    if pong != "PONG" {
-        return Err(format!("PING answered {pong:?}"));
-    }
-    let info: String = redis::cmd("INFO")
-        .arg("persistence")
-        .query(&mut con)
-        .map_err(|e| e.to_string())?;
-    if info.lines().any(|l| l.trim() == "loading:1") {
-        return Err("still loading its data".to_owned());
-    }
-    Ok(())
+/// What a readiness probe saw.
+enum Probe {
+    /// `PING` answered and the data is loaded.
+    Ready,
+    /// The server is up but wants a password (one given through [`TestServerBuilder::arg`]).
+    NeedsPassword,
+    /// Not ready: why.
+    NotYet(String),
 }
 
-/// Asks the server to shut down; errors are ignored, since the caller kills it if it lingers.
-fn send_shutdown(port: u16) {
+/// Ready means: answers `PING` (a server still loading its append-only file answers `LOADING`)
+/// and `INFO persistence` says it is not loading.
+fn probe(port: u16) -> Probe {
+    let attempt = || -> redis::RedisResult<Probe> {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+        let mut con = client.get_connection_with_timeout(Duration::from_millis(500))?;
+        con.set_read_timeout(Some(Duration::from_secs(1)))?;
+        let pong: String = redis::cmd("PING").query(&mut con)?;
+        if pong != "PONG" {
+            return Ok(Probe::NotYet(format!("PING answered {pong:?}")));
+        }
+        let info: String = redis::cmd("INFO").arg("persistence").query(&mut con)?;
+        if info.lines().any(|l| l.trim() == "loading:1") {
+            return Ok(Probe::NotYet("still loading its data".to_owned()));
+        }
+        Ok(Probe::Ready)
+    };
+    match attempt() {
+        Ok(probe) => probe,
+        Err(e) if e.code() == Some("NOAUTH") => Probe::NeedsPassword,
+        Err(e) => Probe::NotYet(e.to_string()),
+    }
+}
+
+/// Whether the server logged, after byte `from` of its log, that it has loaded its data and
+/// accepts connections (Redis 7 and Valkey both write this line).
+fn logged_ready(log_file: &Path, from: u64) -> bool {
+    let mut text = String::new();
+    File::open(log_file)
+        .and_then(|mut f| {
+            f.seek(SeekFrom::Start(from))?;
+            f.read_to_string(&mut text)
+        })
+        .is_ok_and(|_| text.contains("Ready to accept connections"))
+}
+
+/// Asks the server to shut down, as `SIGTERM` would. Returns `false` if it refused (it wants a
+/// password, say); the caller then signals it.
+fn send_shutdown(port: u16) -> bool {
     let Ok(mut stream) = TcpStream::connect_timeout(
         &(Ipv4Addr::LOCALHOST, port).into(),
         Duration::from_millis(500),
     ) else {
-        return;
+        return false;
     };
     let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-    let _ = stream.write_all(b"*1\r\n$8\r\nSHUTDOWN\r\n");
-    // On success the server closes the connection without a reply; wait for that (or an error
-    // reply) so the exit is under way when this returns.
+    if stream.write_all(b"*1\r\n$8\r\nSHUTDOWN\r\n").is_err() {
+        return false;
+    }
+    // On success the server closes the connection without a reply; an error reply means it
+    // refused.
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
     let mut buf = [0u8; 256];
-    let _ = stream.read(&mut buf);
+    !matches!(stream.read(&mut buf), Ok(n) if n > 0 && buf[0] == b'-')
+}
+
+/// Sends `SIGTERM` through `kill(1)`, since this crate has no unsafe code to call `kill(2)`.
+fn send_sigterm(pid: u32) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 fn kill_and_reap(child: &mut Child) {

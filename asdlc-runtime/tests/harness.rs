@@ -72,6 +72,23 @@ fn kill_then_restart_keeps_every_acknowledged_write() {
 }
 
 #[test]
+fn restart_waits_for_a_port_held_briefly_by_someone_else() {
+    let mut server = TestServer::start();
+    set(&server, "k", "v");
+    server.kill();
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", server.port())).unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(squatter);
+    });
+
+    server.try_restart().unwrap();
+
+    release.join().unwrap();
+    assert_eq!(get(&server, "k").as_deref(), Some("v"));
+}
+
+#[test]
 fn stop_is_graceful_and_keeps_the_data_dir() {
     let mut server = TestServer::start();
     set(&server, "k", "v");
@@ -89,6 +106,36 @@ fn stop_is_graceful_and_keeps_the_data_dir() {
     server.stop(); // stopping a stopped server does nothing
     server.restart();
     assert_eq!(get(&server, "k").as_deref(), Some("v"));
+}
+
+#[test]
+fn a_password_protected_server_starts_stops_and_restarts() {
+    let mut server = TestServer::builder().arg("--requirepass", "s3cret").start();
+    let url = format!("redis://:s3cret@127.0.0.1:{}", server.port());
+    let mut con = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query::<()>(&mut con)
+        .unwrap();
+    drop(con);
+
+    let started = std::time::Instant::now();
+    server.stop();
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let log = std::fs::read_to_string(server.data_dir().join("server.log")).unwrap();
+    assert!(log.contains("SIGTERM"), "not stopped by SIGTERM:\n{log}");
+
+    server.restart();
+    let mut con = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let v: String = redis::cmd("GET").arg("k").query(&mut con).unwrap();
+    assert_eq!(v, "v");
 }
 
 #[test]
