@@ -9,15 +9,30 @@ use asdlc::{
 use common::*;
 use redis::Value;
 
-async fn xrange(conn: &mut asdlc::RedisConnection, stream: &str) -> Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> {
-    let v: Value = redis::cmd("XRANGE").arg(stream).arg("-").arg("+").query_async(conn).await.unwrap();
-    let Value::Array(items) = v else { return Vec::new() };
+async fn xrange(
+    conn: &mut asdlc::RedisConnection,
+    stream: &str,
+) -> Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> {
+    let v: Value = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query_async(conn)
+        .await
+        .unwrap();
+    let Value::Array(items) = v else {
+        return Vec::new();
+    };
     items
         .into_iter()
         .map(|item| {
-            let Value::Array(mut parts) = item else { panic!() };
+            let Value::Array(mut parts) = item else {
+                panic!()
+            };
             let fields = parts.pop().unwrap();
-            let Value::BulkString(id) = parts.pop().unwrap() else { panic!() };
+            let Value::BulkString(id) = parts.pop().unwrap() else {
+                panic!()
+            };
             let Value::Array(flat) = fields else { panic!() };
             let flat: Vec<Vec<u8>> = flat
                 .into_iter()
@@ -26,14 +41,22 @@ async fn xrange(conn: &mut asdlc::RedisConnection, stream: &str) -> Vec<(String,
                     _ => panic!(),
                 })
                 .collect();
-            let pairs = flat.chunks(2).map(|c| (c[0].clone(), c[1].clone())).collect();
+            let pairs = flat
+                .chunks(2)
+                .map(|c| (c[0].clone(), c[1].clone()))
+                .collect();
             (String::from_utf8(id).unwrap(), pairs)
         })
         .collect()
 }
 
 async fn exists(conn: &mut asdlc::RedisConnection, key: &str) -> bool {
-    redis::cmd("EXISTS").arg(key).query_async::<i64>(conn).await.unwrap() == 1
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query_async::<i64>(conn)
+        .await
+        .unwrap()
+        == 1
 }
 
 #[tokio::test]
@@ -52,9 +75,15 @@ async fn publish_event_validates_required_fields() {
     bad.session_id = "s".into();
     bad.git_sha = Some("not-a-sha".into());
     let err = publisher.publish(&bad).await.unwrap_err();
-    assert!(matches!(err, PublishError::Validation(ref v) if v.field == "git_sha"), "{err}");
+    assert!(
+        matches!(err, PublishError::Validation(ref v) if v.field == "git_sha"),
+        "{err}"
+    );
     let mut conn = conn(&s).await;
-    assert!(!exists(&mut conn, "asdlc:events").await, "an invalid event wrote nothing");
+    assert!(
+        !exists(&mut conn, "asdlc:events").await,
+        "an invalid event wrote nothing"
+    );
 }
 
 #[tokio::test]
@@ -91,7 +120,10 @@ async fn published_event_reads_back_equal() {
     let entries = xrange(&mut conn, "asdlc:events").await;
     let decoded = encoding::decode(&entries[0].1).unwrap();
     assert_eq!(decoded, e);
-    assert_eq!(published.idempotency_key, e.idempotency_key.clone().unwrap());
+    assert_eq!(
+        published.idempotency_key,
+        e.idempotency_key.clone().unwrap()
+    );
 }
 
 #[tokio::test]
@@ -103,7 +135,10 @@ async fn idempotency_key_generated_if_missing() {
     let a = publisher.publish(&e).await.unwrap();
     let b = publisher.publish(&e).await.unwrap();
     assert!(a.idempotency_key.starts_with("evt-"));
-    assert_ne!(a.idempotency_key, b.idempotency_key, "each event gets its own key");
+    assert_ne!(
+        a.idempotency_key, b.idempotency_key,
+        "each event gets its own key"
+    );
     // A built event keeps its key across publish retries.
     let built = event(EventType::TaskFailed, "s1");
     let c = publisher.publish(&built).await.unwrap();
@@ -115,16 +150,27 @@ async fn idempotency_key_generated_if_missing() {
         .iter()
         .map(|(_, f)| encoding::decode(f).unwrap().idempotency_key.unwrap())
         .collect();
-    assert_eq!(keys, vec![a.idempotency_key, b.idempotency_key, c.idempotency_key.clone(), c.idempotency_key]);
+    assert_eq!(
+        keys,
+        vec![
+            a.idempotency_key,
+            b.idempotency_key,
+            c.idempotency_key.clone(),
+            c.idempotency_key
+        ]
+    );
 }
 
 #[tokio::test]
 async fn publish_event_includes_tenant_context() {
     let s = server();
     let publisher = Publisher::connect(multi_config(&s)).await.unwrap();
-    let published = TenantContext::scope(tenant("acme"), publisher.publish(&event(EventType::TaskCreated, "s1")))
-        .await
-        .unwrap();
+    let published = TenantContext::scope(
+        tenant("acme"),
+        publisher.publish(&event(EventType::TaskCreated, "s1")),
+    )
+    .await
+    .unwrap();
     assert_eq!(published.stream, "tenant:{acme}:asdlc:events");
     let mut conn = conn(&s).await;
     let entries = xrange(&mut conn, "tenant:{acme}:asdlc:events").await;
@@ -137,13 +183,24 @@ async fn publish_uses_tenant_prefixed_stream() {
     let s = server();
     let publisher = Publisher::connect(multi_config(&s)).await.unwrap();
     for t in ["acme", "globex"] {
-        TenantContext::scope(tenant(t), publisher.publish(&event(EventType::TaskCreated, "s")))
-            .await
-            .unwrap();
+        TenantContext::scope(
+            tenant(t),
+            publisher.publish(&event(EventType::TaskCreated, "s")),
+        )
+        .await
+        .unwrap();
     }
     let mut conn = conn(&s).await;
-    assert_eq!(xrange(&mut conn, "tenant:{acme}:asdlc:events").await.len(), 1);
-    assert_eq!(xrange(&mut conn, "tenant:{globex}:asdlc:events").await.len(), 1);
+    assert_eq!(
+        xrange(&mut conn, "tenant:{acme}:asdlc:events").await.len(),
+        1
+    );
+    assert_eq!(
+        xrange(&mut conn, "tenant:{globex}:asdlc:events")
+            .await
+            .len(),
+        1
+    );
     assert!(!exists(&mut conn, "asdlc:events").await);
 }
 
@@ -151,12 +208,18 @@ async fn publish_uses_tenant_prefixed_stream() {
 async fn single_tenant_uses_default_stream() {
     let s = server();
     let publisher = Publisher::connect(config(&s)).await.unwrap();
-    let p = publisher.publish(&event(EventType::GateRequested, "s")).await.unwrap();
-    assert_eq!(p.stream, "asdlc:events");
-    // A tenant context does not change the stream in single-tenant mode.
-    let p = TenantContext::scope(tenant("acme"), publisher.publish(&event(EventType::GateRequested, "s")))
+    let p = publisher
+        .publish(&event(EventType::GateRequested, "s"))
         .await
         .unwrap();
+    assert_eq!(p.stream, "asdlc:events");
+    // A tenant context does not change the stream in single-tenant mode.
+    let p = TenantContext::scope(
+        tenant("acme"),
+        publisher.publish(&event(EventType::GateRequested, "s")),
+    )
+    .await
+    .unwrap();
     assert_eq!(p.stream, "asdlc:events");
 }
 
@@ -164,11 +227,16 @@ async fn single_tenant_uses_default_stream() {
 async fn tenant_errors_are_typed_and_write_nothing() {
     let s = server();
     let publisher = Publisher::connect(multi_config(&s)).await.unwrap();
-    let err = publisher.publish(&event(EventType::TaskCreated, "s")).await.unwrap_err();
+    let err = publisher
+        .publish(&event(EventType::TaskCreated, "s"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, PublishError::MissingTenant), "{err}");
     let mut e = event(EventType::TaskCreated, "s");
     e.tenant_id = Some(tenant("globex"));
-    let err = TenantContext::scope(tenant("acme"), publisher.publish(&e)).await.unwrap_err();
+    let err = TenantContext::scope(tenant("acme"), publisher.publish(&e))
+        .await
+        .unwrap_err();
     assert!(matches!(err, PublishError::TenantMismatch { .. }), "{err}");
 
     let only_acme = Config {
@@ -176,9 +244,12 @@ async fn tenant_errors_are_typed_and_write_nothing() {
         ..multi_config(&s)
     };
     let publisher = Publisher::connect(only_acme).await.unwrap();
-    let err = TenantContext::scope(tenant("globex"), publisher.publish(&event(EventType::TaskCreated, "s")))
-        .await
-        .unwrap_err();
+    let err = TenantContext::scope(
+        tenant("globex"),
+        publisher.publish(&event(EventType::TaskCreated, "s")),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, PublishError::TenantNotAllowed(_)), "{err}");
 
     let single = Publisher::connect(config(&s)).await.unwrap();
@@ -186,7 +257,11 @@ async fn tenant_errors_are_typed_and_write_nothing() {
     assert!(matches!(err, PublishError::TenantInSingleMode(_)), "{err}");
 
     let mut conn = conn(&s).await;
-    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut conn).await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert!(keys.is_empty(), "nothing written: {keys:?}");
 }
 
@@ -194,7 +269,9 @@ async fn tenant_errors_are_typed_and_write_nothing() {
 async fn batch_publish_is_all_or_nothing() {
     let s = server();
     let publisher = Publisher::connect(config(&s)).await.unwrap();
-    let mut events: Vec<AsdlcEvent> = (0..10).map(|i| event(EventType::TaskCreated, &format!("s{i}"))).collect();
+    let mut events: Vec<AsdlcEvent> = (0..10)
+        .map(|i| event(EventType::TaskCreated, &format!("s{i}")))
+        .collect();
     events[7].session_id.clear();
     let err = publisher.publish_batch(&events).await.unwrap_err();
     assert!(err.to_string().contains("event 7"), "{err}");
@@ -205,7 +282,13 @@ async fn batch_publish_is_all_or_nothing() {
     assert_eq!(published.len(), 10);
     let entries = xrange(&mut conn, "asdlc:events").await;
     let ids: Vec<_> = entries.iter().map(|(id, _)| id.clone()).collect();
-    assert_eq!(ids, published.iter().map(|p| p.event_id.clone()).collect::<Vec<_>>());
+    assert_eq!(
+        ids,
+        published
+            .iter()
+            .map(|p| p.event_id.clone())
+            .collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test]
@@ -213,7 +296,11 @@ async fn raw_publish_event_is_kept_for_old_producers() {
     let s = server();
     let publisher = Publisher::connect(config(&s)).await.unwrap();
     let id = publisher
-        .publish_event(&[("event_type", "task_created"), ("session_id", "s1"), ("timestamp", "2026-01-22T10:00:00+00:00")])
+        .publish_event(&[
+            ("event_type", "task_created"),
+            ("session_id", "s1"),
+            ("timestamp", "2026-01-22T10:00:00+00:00"),
+        ])
         .await
         .unwrap();
     let mut conn = conn(&s).await;
@@ -226,22 +313,36 @@ async fn raw_publish_event_is_kept_for_old_producers() {
 async fn no_trimming_unless_configured() {
     let s = server();
     let publisher = Publisher::connect(config(&s)).await.unwrap();
-    let events: Vec<_> = (0..12_000).map(|i| event(EventType::AgentStarted, &format!("s{i}"))).collect();
+    let events: Vec<_> = (0..12_000)
+        .map(|i| event(EventType::AgentStarted, &format!("s{i}")))
+        .collect();
     for chunk in events.chunks(1000) {
         publisher.publish_batch(chunk).await.unwrap();
     }
     let mut c = conn(&s).await;
-    let len: u64 = redis::cmd("XLEN").arg("asdlc:events").query_async(&mut c).await.unwrap();
-    assert_eq!(len, 12_000, "a backlog beyond 10,000 entries is kept");
-
-    let capped = Publisher::connect(Config { max_len: Some(100), stream: "capped".into(), ..config(&s) })
+    let len: u64 = redis::cmd("XLEN")
+        .arg("asdlc:events")
+        .query_async(&mut c)
         .await
         .unwrap();
+    assert_eq!(len, 12_000, "a backlog beyond 10,000 entries is kept");
+
+    let capped = Publisher::connect(Config {
+        max_len: Some(100),
+        stream: "capped".into(),
+        ..config(&s)
+    })
+    .await
+    .unwrap();
     for chunk in events.chunks(1000).take(2) {
         capped.publish_batch(chunk).await.unwrap();
     }
-    let len: u64 = redis::cmd("XLEN").arg("capped").query_async(&mut c).await.unwrap();
-    assert!(len < 2000 && len >= 100, "approximate cap applied: {len}");
+    let len: u64 = redis::cmd("XLEN")
+        .arg("capped")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!((100..2000).contains(&len), "approximate cap applied: {len}");
 }
 
 #[tokio::test]
@@ -265,13 +366,32 @@ async fn stream_operations_are_tenant_aware_and_idempotent() {
     assert!(info.exists && info.length == 0 && info.groups.is_empty());
 
     let globex = cfg.stream_for(Some(&tenant("globex")));
-    assert!(create_consumer_group(&mut c, &globex, "design-handlers", GroupStart::Beginning).await.unwrap());
-    assert!(!create_consumer_group(&mut c, &globex, "design-handlers", GroupStart::Beginning).await.unwrap());
+    assert!(
+        create_consumer_group(&mut c, &globex, "design-handlers", GroupStart::Beginning)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !create_consumer_group(&mut c, &globex, "design-handlers", GroupStart::Beginning)
+            .await
+            .unwrap()
+    );
     let info = get_stream_info(&mut c, &globex).await.unwrap();
     assert_eq!(info.groups.len(), 1);
     assert_eq!(info.groups[0].name, "design-handlers");
-    assert!(get_stream_info(&mut c, &acme).await.unwrap().groups.is_empty(), "tenants' streams are separate keys");
-    assert!(create_consumer_group(&mut c, &globex, "Bad Name", GroupStart::Beginning).await.is_err());
+    assert!(
+        get_stream_info(&mut c, &acme)
+            .await
+            .unwrap()
+            .groups
+            .is_empty(),
+        "tenants' streams are separate keys"
+    );
+    assert!(
+        create_consumer_group(&mut c, &globex, "Bad Name", GroupStart::Beginning)
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
@@ -280,7 +400,10 @@ async fn stream_info_handles_missing_stream() {
     let mut c = conn(&s).await;
     let info = get_stream_info(&mut c, "nope").await.unwrap();
     assert!(!info.exists);
-    assert_eq!((info.length, info.groups.len(), info.dead_letters), (0, 0, 0));
+    assert_eq!(
+        (info.length, info.groups.len(), info.dead_letters),
+        (0, 0, 0)
+    );
     assert_eq!(info.first_id, None);
 }
 
@@ -289,14 +412,32 @@ async fn stream_info_includes_pending_count() {
     let s = server();
     let publisher = Publisher::connect(config(&s)).await.unwrap();
     for i in 0..5 {
-        publisher.publish(&event(EventType::TaskCreated, &format!("s{i}"))).await.unwrap();
+        publisher
+            .publish(&event(EventType::TaskCreated, &format!("s{i}")))
+            .await
+            .unwrap();
     }
     let mut c = conn(&s).await;
-    create_consumer_group(&mut c, "asdlc:events", "development-handlers", GroupStart::Beginning).await.unwrap();
+    create_consumer_group(
+        &mut c,
+        "asdlc:events",
+        "development-handlers",
+        GroupStart::Beginning,
+    )
+    .await
+    .unwrap();
     let _: Value = redis::cmd("XREADGROUP")
-        .arg("GROUP").arg("development-handlers").arg("w1")
-        .arg("COUNT").arg(3).arg("STREAMS").arg("asdlc:events").arg(">")
-        .query_async(&mut c).await.unwrap();
+        .arg("GROUP")
+        .arg("development-handlers")
+        .arg("w1")
+        .arg("COUNT")
+        .arg(3)
+        .arg("STREAMS")
+        .arg("asdlc:events")
+        .arg(">")
+        .query_async(&mut c)
+        .await
+        .unwrap();
     let info = get_stream_info(&mut c, "asdlc:events").await.unwrap();
     assert_eq!(info.length, 5);
     let g = info.group("development-handlers").unwrap();

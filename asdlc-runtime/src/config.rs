@@ -70,13 +70,7 @@ fn redact(url: &str) -> String {
                 None if userinfo.is_empty() => "",
                 None => userinfo,
             };
-            format!(
-                "{}://{}{}***{}",
-                &url[..scheme_end],
-                user,
-                if user.is_empty() { ":" } else { ":" },
-                &rest[at..]
-            )
+            format!("{}://{user}:***{}", &url[..scheme_end], &rest[at..])
         }
     }
 }

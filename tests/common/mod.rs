@@ -6,13 +6,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use asdlc::{
-    AsdlcEvent, BoxFuture, Config, ConsumerOptions, Effect, EventConsumer, EventHandler,
-    EventType, HandlerContext, HandlerResult, RedisConnection, Tenancy, TenantId,
+    AsdlcEvent, BoxFuture, Config, ConsumerOptions, Effect, EventConsumer, EventHandler, EventType,
+    HandlerContext, HandlerResult, RedisConnection, Tenancy, TenantId,
 };
 pub use asdlc_runtime::testing::TestServer;
 
 /// A fresh server for one test.
 pub fn server() -> TestServer {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("ASDLC_TEST_LOG"))
+        .with_test_writer()
+        .try_init();
     TestServer::start()
 }
 
@@ -34,7 +38,9 @@ pub fn multi_config(server: &TestServer) -> Config {
 }
 
 pub async fn conn(server: &TestServer) -> RedisConnection {
-    RedisConnection::connect(&server.redis_url()).await.expect("connect")
+    RedisConnection::connect(&server.redis_url())
+        .await
+        .expect("connect")
 }
 
 pub fn tenant(id: &str) -> TenantId {
@@ -106,7 +112,7 @@ pub struct Call {
 type Decide = dyn Fn(&AsdlcEvent, u32) -> Behavior + Send + Sync;
 
 /// A handler whose behaviour a test scripts, recording every call, and staging one effect per
-/// success: `HINCRBY <scoped applied> <idempotency key> 1`.
+/// success: `HINCRBY <scoped applied:<group>> <idempotency key> 1`.
 #[derive(Clone)]
 pub struct TestHandler {
     pub name: String,
@@ -129,7 +135,10 @@ impl TestHandler {
         TestHandler::new(name, EventType::ALL)
     }
 
-    pub fn behave(mut self, f: impl Fn(&AsdlcEvent, u32) -> Behavior + Send + Sync + 'static) -> Self {
+    pub fn behave(
+        mut self,
+        f: impl Fn(&AsdlcEvent, u32) -> Behavior + Send + Sync + 'static,
+    ) -> Self {
         self.decide = Arc::new(f);
         self
     }
@@ -152,7 +161,11 @@ impl EventHandler for TestHandler {
         self.types.contains(&event_type)
     }
 
-    fn handle<'a>(&'a self, event: &'a AsdlcEvent, ctx: &'a HandlerContext) -> BoxFuture<'a, HandlerResult> {
+    fn handle<'a>(
+        &'a self,
+        event: &'a AsdlcEvent,
+        ctx: &'a HandlerContext,
+    ) -> BoxFuture<'a, HandlerResult> {
         Box::pin(async move {
             let key = event.idempotency_key.clone().unwrap_or_default();
             self.calls.lock().unwrap().push(Call {
@@ -170,17 +183,29 @@ impl EventHandler for TestHandler {
                 Behavior::Panic => panic!("handler exploded"),
                 Behavior::Sleep(d) => tokio::time::sleep(d).await,
             }
-            ctx.stage(Effect::hincr_by(ctx.scoped_key("applied"), key.into_bytes(), 1))
-                .expect("effect in slot");
+            ctx.stage(Effect::hincr_by(
+                ctx.scoped_key(&format!("applied:{}", ctx.group())),
+                key.into_bytes(),
+                1,
+            ))
+            .expect("effect in slot");
             HandlerResult::ok()
         })
     }
 }
 
-/// The exactly-once effect counters of the stream of `stream_keys`: key -> times applied.
-pub async fn applied(conn: &mut RedisConnection, stream: &str) -> std::collections::HashMap<String, i64> {
-    let key = asdlc::StreamKeys::new(stream).scoped("applied");
-    redis::cmd("HGETALL").arg(key).query_async(conn).await.unwrap()
+/// The exactly-once effect counters of `group` on `stream`: key -> times applied.
+pub async fn applied(
+    conn: &mut RedisConnection,
+    stream: &str,
+    group: &str,
+) -> std::collections::HashMap<String, i64> {
+    let key = asdlc::StreamKeys::new(stream).scoped(&format!("applied:{group}"));
+    redis::cmd("HGETALL")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .unwrap()
 }
 
 pub fn event(t: EventType, session: &str) -> AsdlcEvent {

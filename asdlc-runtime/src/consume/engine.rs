@@ -169,7 +169,8 @@ impl StreamCtx {
 
 /// Resources of one run of the consumer (one `start()`, or one direct recovery call).
 pub(crate) struct RunCtx {
-    commit_tx: mpsc::Sender<Outcome>,
+    /// Taken at shutdown, which ends the committer (it holds the run itself).
+    commit_tx: Mutex<Option<mpsc::Sender<Outcome>>>,
     abort: CancellationToken,
     tasks: TaskTracker,
     retries: Mutex<BinaryHeap<Reverse<Redelivery>>>,
@@ -471,7 +472,7 @@ fn new_run() -> (Arc<RunCtx>, mpsc::Receiver<Outcome>) {
     let (commit_tx, commit_rx) = mpsc::channel(4096);
     (
         Arc::new(RunCtx {
-            commit_tx,
+            commit_tx: Mutex::new(Some(commit_tx)),
             abort: CancellationToken::new(),
             tasks: TaskTracker::new(),
             retries: Mutex::new(BinaryHeap::new()),
@@ -496,7 +497,7 @@ where
     let result = f(run.clone()).await;
     run.tasks.close();
     run.tasks.wait().await;
-    drop(run);
+    lock(&run.commit_tx).take();
     let _ = committer.await;
     result
 }
@@ -909,10 +910,10 @@ fn defer(
     } else {
         shared.options.retry.delay(deliveries)
     };
-    if let Some(p) = pass {
-        if busy {
-            p.skipped.fetch_add(1, Ordering::Relaxed);
-        }
+    if let Some(p) = pass
+        && busy
+    {
+        p.skipped.fetch_add(1, Ordering::Relaxed);
     }
     lock(&run.retries).push(Reverse(Redelivery {
         due: Instant::now() + delay,
@@ -952,7 +953,12 @@ async fn begin(
 }
 
 async fn send(shared: &Shared, run: &RunCtx, outcome: Outcome) {
-    if let Err(mpsc::error::SendError(outcome)) = run.commit_tx.send(outcome).await {
+    let tx = lock(&run.commit_tx).clone();
+    let result = match tx {
+        Some(tx) => tx.send(outcome).await,
+        None => Err(mpsc::error::SendError(outcome)),
+    };
+    if let Err(mpsc::error::SendError(outcome)) = result {
         // The committer is gone (the run is ending): the entry stays pending.
         shared.untrack(&outcome.stream.name, &outcome.id);
         finish(shared, outcome.pass.as_deref());
@@ -1336,13 +1342,16 @@ async fn redeliver_loop(shared: Arc<Shared>, run: Arc<RunCtx>) {
     }
 }
 
+/// One stream's in-flight entries: (entry id, lease fingerprint).
+type InFlightSnapshot = (Arc<str>, Vec<(String, String)>);
+
 /// Keeps in-flight entries and their leases fresh, so no peer claims work in progress.
 async fn keepalive_loop(shared: Arc<Shared>) {
     let period = (shared.options.claim_idle / 3).max(Duration::from_millis(50));
     let mut conn = shared.conn.clone();
     loop {
         tokio::time::sleep(period).await;
-        let snapshot: Vec<(Arc<str>, Vec<(String, String)>)> = lock(&shared.in_flight)
+        let snapshot: Vec<InFlightSnapshot> = lock(&shared.in_flight)
             .iter()
             .filter(|(_, m)| !m.is_empty())
             .map(|(s, m)| {
@@ -1635,7 +1644,7 @@ pub(crate) async fn run(shared: Arc<Shared>) -> Result<super::ConsumerStats, Con
     run.tasks.wait().await;
     background.shutdown().await;
     *lock(&shared.run) = None;
-    drop(run);
+    lock(&run.commit_tx).take();
     let _ = committer_task.await;
     {
         let mut conn = shared.conn.clone();

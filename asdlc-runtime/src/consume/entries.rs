@@ -3,12 +3,15 @@
 
 use redis::Value;
 
+/// An entry's fields, as bytes.
+pub(crate) type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// One stream entry as Redis returned it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RawEntry {
     pub(crate) id: String,
     /// `None` when the entry was deleted from the stream but was still pending.
-    pub(crate) fields: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    pub(crate) fields: Option<Fields>,
 }
 
 fn bytes(v: Value) -> Option<Vec<u8>> {

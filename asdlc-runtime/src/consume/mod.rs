@@ -41,7 +41,7 @@ use crate::tenancy::TenantId;
 pub use engine::ConsumerStats;
 
 /// Entries of an XRANGE-like reply as (id, fields); deleted entries are left out.
-pub(crate) fn parse_entries_pub(v: redis::Value) -> Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> {
+pub(crate) fn parse_entries_pub(v: redis::Value) -> Vec<(String, entries::Fields)> {
     entries::parse_entries(v)
         .into_iter()
         .filter_map(|e| Some((e.id, e.fields?)))
