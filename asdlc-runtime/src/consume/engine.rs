@@ -220,6 +220,7 @@ pub(crate) struct Shared {
     run: Mutex<Option<Arc<RunCtx>>>,
     locks: tokio::sync::Mutex<Vec<NameLock>>,
     active: Pass,
+    pub(crate) last_recovery: Mutex<Option<RecoveryResult>>,
 }
 
 enum Kind {
@@ -333,6 +334,7 @@ impl Shared {
             run: Mutex::new(None),
             locks: tokio::sync::Mutex::new(Vec::new()),
             active: Pass::default(),
+            last_recovery: Mutex::new(None),
         })
     }
 
@@ -1616,6 +1618,7 @@ pub(crate) async fn run(shared: Arc<Shared>) -> Result<super::ConsumerStats, Con
         elapsed_ms = started.elapsed().as_millis() as u64,
         "recovery finished; consuming"
     );
+    *lock(&shared.last_recovery) = Some(recovery);
     shared.ready.send_replace(true);
     background.spawn(claim_loop(shared.clone(), run.clone()));
 

@@ -425,6 +425,15 @@ impl EventConsumer {
         engine::claim_stale(&self.shared, min_idle).await
     }
 
+    /// What the start-up recovery of the current (or last) run did, once it has finished.
+    pub fn last_recovery(&self) -> Option<RecoveryResult> {
+        *self
+            .shared
+            .last_recovery
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The counts so far.
     pub fn stats(&self) -> ConsumerStats {
         self.shared.stats.snapshot()
