@@ -14,6 +14,7 @@
 //! - [`idempotency`]: processed marks and the [`IdempotencyTracker`].
 //! - [`deadletter`]: the dead-letter stream: list, replay, purge.
 //! - [`handler`]: the [`EventHandler`] trait, [`HandlerContext`], the handler registry.
+//! - [`runtime`]: the [`Runtime`]: discovery, checks, recovery, consumers, shutdown.
 //! - [`effects`]: Redis writes staged to commit exactly once.
 //! - [`error`]: one error enum per concern.
 
@@ -29,6 +30,7 @@ pub mod handler;
 pub mod idempotency;
 pub mod keys;
 pub mod publish;
+pub mod runtime;
 pub mod streams;
 pub mod tenancy;
 #[cfg(feature = "testing")]
@@ -55,17 +57,21 @@ pub use handler::{
 pub use idempotency::{IdempotencyTracker, MarkLayout};
 pub use keys::{StreamKeys, get_stream_name};
 pub use publish::{Published, Publisher};
+pub use runtime::{
+    GroupReport, HandlerInfo, RegistryError, Runtime, RuntimeBuilder, RuntimeError, RuntimeHandle,
+    RuntimeReport, shutdown_signal,
+};
 pub use streams::{
     ConsumerInfo, GroupInfo, GroupStart, StreamInfo, create_consumer_group, ensure_stream_exists,
     get_stream_info,
 };
-pub use tenancy::{TenantContext, TenantId};
+pub use tenancy::{TenantContext, TenantId, discover_tenants};
 
 /// The names nearly every handler module uses.
 pub mod prelude {
     pub use crate::{
-        AsdlcEvent, Effect, EventType, HandlerContext, HandlerError, HandlerResult, TenantContext,
-        TenantId,
+        AsdlcEvent, Config, Effect, EventType, HandlerContext, HandlerError, HandlerResult,
+        Publisher, Runtime, TenantContext, TenantId,
     };
 }
 

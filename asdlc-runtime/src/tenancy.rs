@@ -124,6 +124,38 @@ impl TenantContext {
     }
 }
 
+/// Every tenant whose stream exists for stream base `base` (a `SCAN` for
+/// `tenant:{*}:<base>` streams), sorted.
+pub async fn discover_tenants(
+    conn: &mut crate::connection::RedisConnection,
+    base: &str,
+) -> Result<Vec<TenantId>, crate::error::StreamError> {
+    let pattern = format!("tenant:{{*}}:{base}");
+    let mut cursor: u64 = 0;
+    let mut found = std::collections::BTreeSet::new();
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .arg("TYPE")
+            .arg("stream")
+            .query_async(conn)
+            .await
+            .map_err(crate::error::StreamError::redis(base))?;
+        found.extend(
+            keys.iter()
+                .filter_map(|k| crate::keys::tenant_of_stream(k, base)),
+        );
+        if next == 0 {
+            return Ok(found.into_iter().collect());
+        }
+        cursor = next;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
