@@ -146,6 +146,33 @@ impl IdempotencyTracker {
         Ok(!self.run(key, "mark").await?)
     }
 
+    /// Marks many keys processed in one round trip (per 1,000 keys), each atomically with its
+    /// check: the answer says, key by key, whether this call marked it (`true`) or it was
+    /// already marked (`false`). A key given twice is marked by its first occurrence.
+    pub async fn mark_many<K: AsRef<str>>(&self, keys: &[K]) -> Result<Vec<bool>, StreamError> {
+        static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+            redis::Script::new(&format!(
+                "{MARKS_LUA}\n{}",
+                include_str!("tracker_many.lua")
+            ))
+        });
+        let mut out = Vec::with_capacity(keys.len());
+        let mut conn = self.conn.clone();
+        for chunk in keys.chunks(1000) {
+            let mut inv = SCRIPT.key(self.keys.stream());
+            self.layout.script_args(&self.prefix, &mut inv);
+            for key in chunk {
+                inv.arg(&fingerprint(key.as_ref())[..]);
+            }
+            let marked: Vec<i64> = inv
+                .invoke_async(&mut conn)
+                .await
+                .map_err(StreamError::redis(self.keys.stream()))?;
+            out.extend(marked.into_iter().map(|m| m == 1));
+        }
+        Ok(out)
+    }
+
     async fn run(&self, key: &str, mode: &str) -> Result<bool, StreamError> {
         static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
             redis::Script::new(&format!("{MARKS_LUA}\n{}", include_str!("tracker.lua")))
