@@ -1,0 +1,207 @@
+//! The main job: one aSDLC session flowing through handlers in the six consumer groups.
+//!
+//! ```text
+//! session_started ─discovery→ task_created ×2 ─design→ task_dispatched ─development→
+//!   patch_created ─validation→ gate_requested ─hitl→ gate_approved ─deployment→
+//!   patch_applied + task_completed ─discovery→ … session_completed
+//! ```
+//!
+//! Every follow-up event carries an idempotency key derived from the event that caused it, so
+//! a redelivery publishes nothing new; the gate and the patch use operation keys (gate and
+//! patch at one git SHA), so a duplicate approval is skipped. At the end a duplicate
+//! `gate_approved` is published on purpose, and the stream info is printed.
+//!
+//! Run it with `scripts/run-example.sh quickstart` (which starts a server and sets
+//! `REDIS_URL`), or `cargo run --example quickstart` against your own server.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use asdlc::prelude::*;
+use asdlc::{StreamInfo, get_stream_info};
+
+static PUBLISHER: OnceLock<Publisher> = OnceLock::new();
+static APPLIED: AtomicUsize = AtomicUsize::new(0);
+static DONE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+const TASKS: [&str; 2] = ["t1-parse-spec", "t2-write-tests"];
+
+fn publisher() -> &'static Publisher {
+    PUBLISHER.get().expect("publisher set in main")
+}
+
+/// A follow-up of `cause`: same session/epic/task, key derived from the cause's key.
+fn follow_up(cause: &AsdlcEvent, t: EventType, step: &str) -> asdlc::AsdlcEventBuilder {
+    let mut b = AsdlcEvent::builder(t, cause.session_id.clone()).idempotency_key(format!(
+        "{}/{step}",
+        cause.idempotency_key.as_deref().unwrap_or("?")
+    ));
+    if let Some(epic) = &cause.epic_id {
+        b = b.epic_id(epic.clone());
+    }
+    if let Some(task) = &cause.task_id {
+        b = b.task_id(task.clone());
+    }
+    b
+}
+
+async fn emit(event: Result<AsdlcEvent, asdlc::ValidationError>) -> Result<(), HandlerError> {
+    let event = event.map_err(|e| HandlerError::permanent(e.to_string()))?;
+    publisher().publish(&event).await?;
+    Ok(())
+}
+
+#[event_handler(types = [SessionStarted, TaskCompleted], group = "discovery-handlers")]
+async fn discover(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), HandlerError> {
+    match event.event_type {
+        EventType::SessionStarted => {
+            println!("[discovery]   session {} started: planning {} tasks", event.session_id, TASKS.len());
+            for task in TASKS {
+                emit(follow_up(event, EventType::TaskCreated, task).task_id(task).build()).await?;
+            }
+        }
+        _ => {
+            // Count completed tasks in Redis, exactly once per event, in the commit step.
+            ctx.stage(Effect::sadd(ctx.scoped_key("completed-tasks"), event.task_id.clone().unwrap_or_default()))?;
+            println!("[discovery]   task {} completed", event.task_id.as_deref().unwrap_or("?"));
+            if APPLIED.load(Ordering::SeqCst) == TASKS.len() {
+                // One completion per session, however many tasks announce it.
+                let done = AsdlcEvent::builder(EventType::SessionCompleted, event.session_id.clone()).operation_key();
+                emit(done.build()).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[event_handler(types = [TaskCreated], group = "design-handlers")]
+async fn design(event: &AsdlcEvent) -> Result<(), HandlerError> {
+    println!("[design]      task {} designed; dispatching to an agent", event.task_id.as_deref().unwrap_or("?"));
+    emit(follow_up(event, EventType::TaskDispatched, "dispatch").build()).await
+}
+
+#[event_handler(types = [TaskDispatched], group = "development-handlers")]
+async fn develop(event: &AsdlcEvent) -> Result<(), HandlerError> {
+    let task = event.task_id.clone().unwrap_or_default();
+    let sha = if task.starts_with("t1") { "1a2b3c4d" } else { "5e6f7a8b" };
+    println!("[development] agent wrote a patch for {task} at {sha}");
+    emit(
+        follow_up(event, EventType::PatchCreated, "patch")
+            .git_sha(sha)
+            .artifact_path(format!("patches/{task}.diff"))
+            .build(),
+    )
+    .await
+}
+
+#[event_handler(types = [PatchCreated], group = "validation-handlers")]
+async fn validate(event: &AsdlcEvent) -> Result<(), HandlerError> {
+    println!("[validation]  tests pass for {}; asking a human", event.artifact_paths.join(", "));
+    let mut gate = follow_up(event, EventType::GateRequested, "gate").artifact_paths(event.artifact_paths.clone());
+    if let Some(sha) = &event.git_sha {
+        gate = gate.git_sha(sha.clone());
+    }
+    emit(gate.build()).await
+}
+
+#[event_handler(types = [GateRequested], group = "hitl-handlers")]
+async fn approve(event: &AsdlcEvent) -> Result<(), HandlerError> {
+    println!("[hitl]        gate for {} approved", event.git_sha.as_deref().unwrap_or("?"));
+    // One approval per gate and git SHA, whatever the number of requests.
+    let mut approval = AsdlcEvent::builder(EventType::GateApproved, event.session_id.clone())
+        .artifact_paths(event.artifact_paths.clone());
+    if let Some(task) = &event.task_id {
+        approval = approval.task_id(task.clone());
+    }
+    if let Some(sha) = &event.git_sha {
+        approval = approval.git_sha(sha.clone());
+    }
+    emit(approval.operation_key().build()).await
+}
+
+#[event_handler(types = [GateApproved], group = "deployment-handlers")]
+async fn deploy(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), HandlerError> {
+    let sha = event.git_sha.clone().unwrap_or_default();
+    // The applied-patch record commits atomically with the acknowledgement: a patch is
+    // recorded once even if this event is delivered twice.
+    ctx.stage(Effect::hset(ctx.scoped_key("applied-patches"), sha.clone(), event.task_id.clone().unwrap_or_default()))?;
+    let n = APPLIED.fetch_add(1, Ordering::SeqCst) + 1;
+    println!("[deployment]  patch {sha} applied ({n}/{})", TASKS.len());
+    emit(follow_up(event, EventType::PatchApplied, "applied").git_sha(sha).build()).await?;
+    emit(follow_up(event, EventType::TaskCompleted, "completed").build()).await
+}
+
+#[event_handler(types = [SessionCompleted], group = "discovery-handlers", name = "session-done")]
+async fn finished(event: &AsdlcEvent) {
+    println!("[discovery]   session {} completed", event.session_id);
+    DONE.notify_one();
+}
+
+fn print_info(info: &StreamInfo) {
+    println!("\nstream {}: {} entries, {} dead letters", info.stream, info.length, info.dead_letters);
+    println!("  {:<22} {:>8} {:>6} {:>10}", "group", "pending", "lag", "consumers");
+    for g in &info.groups {
+        println!(
+            "  {:<22} {:>8} {:>6} {:>10}",
+            g.name,
+            g.pending,
+            g.lag.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+            g.consumers.len()
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .init();
+    let config = Config::from_env()?;
+    println!("asdlc quickstart against {}", config.redis_url);
+    PUBLISHER.set(Publisher::connect(config.clone()).await?).ok();
+
+    let runtime = Runtime::builder().config(config.clone()).consumer_name("quickstart").build().await?;
+    println!("found {} handlers in groups {:?}\n", runtime.handlers().len(), runtime.groups());
+    let handle = runtime.handle();
+    let run = tokio::spawn(runtime.run());
+    handle.ready().await;
+
+    let session = format!("session-{}", std::process::id());
+    let start = AsdlcEvent::builder(EventType::SessionStarted, session.clone()).epic_id("epic-7").build()?;
+    publisher().publish(&start).await?;
+    tokio::time::timeout(Duration::from_secs(30), DONE.notified()).await?;
+
+    // A duplicate approval for the first patch: same operation key, so it is skipped.
+    let dup = AsdlcEvent::builder(EventType::GateApproved, session.clone())
+        .task_id(TASKS[0])
+        .git_sha("1a2b3c4d")
+        .artifact_path(format!("patches/{}.diff", TASKS[0]))
+        .operation_key()
+        .build()?;
+    publisher().publish(&dup).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    handle.stop();
+    let report = run.await??;
+
+    let mut conn = asdlc::RedisConnection::connect(&config.redis_url).await?;
+    let info = get_stream_info(&mut conn, &config.stream).await?;
+    print_info(&info);
+    println!("\nper group: processed / duplicates skipped");
+    for g in &report.groups {
+        println!("  {:<22} {:>4} / {}", g.group, g.stats.processed, g.stats.duplicates);
+    }
+    let deployment = report.group("deployment-handlers").map(|g| g.stats).unwrap_or_default();
+    let ok = APPLIED.load(Ordering::SeqCst) == TASKS.len()
+        && deployment.duplicates >= 1
+        && info.total_pending() == 0;
+    println!(
+        "\noutcome: {} — {} patches applied once each, {} duplicate approval skipped, nothing pending",
+        if ok { "OK" } else { "FAILED" },
+        APPLIED.load(Ordering::SeqCst),
+        deployment.duplicates
+    );
+    if !ok {
+        std::process::exit(1);
+    }
+    Ok(())
+}
