@@ -16,6 +16,7 @@
 //! - [`handler`]: the [`EventHandler`] trait, [`HandlerContext`], the handler registry.
 //! - [`runtime`]: the [`Runtime`]: discovery, checks, recovery, consumers, shutdown.
 //! - [`effects`]: Redis writes staged to commit exactly once.
+//! - [`monitor`]: stream discovery, health, safe retention, metrics, trace context.
 //! - [`error`]: one error enum per concern.
 
 pub mod config;
@@ -29,6 +30,7 @@ pub mod events;
 pub mod handler;
 pub mod idempotency;
 pub mod keys;
+pub mod monitor;
 pub mod publish;
 pub mod runtime;
 pub mod streams;
@@ -56,6 +58,11 @@ pub use handler::{
 };
 pub use idempotency::{IdempotencyTracker, MarkLayout};
 pub use keys::{StreamKeys, get_stream_name};
+pub use monitor::{
+    HealthReport, HealthStatus, HealthThresholds, RetentionPolicy, TraceParent, TrimReport,
+    check_health, extract_trace_context, inject_trace_context, list_streams, run_retention,
+    trim_acknowledged,
+};
 pub use publish::{Published, Publisher};
 pub use runtime::{
     GroupReport, HandlerInfo, RegistryError, Runtime, RuntimeBuilder, RuntimeError, RuntimeHandle,

@@ -101,8 +101,10 @@ pub struct GroupInfo {
     pub last_delivered_id: String,
     /// How many entries the group has read (Redis 7+).
     pub entries_read: Option<u64>,
-    /// Entries in the stream the group has not read yet (Redis 7+; `None` when the server
-    /// cannot tell, after deletions).
+    /// Entries in the stream the group has not read yet. Redis 7+ reports it; where it does
+    /// not (Redis 6, or entries deleted after the group's position) it is counted, as long as
+    /// one side of the group's position holds at most [`LAG_COUNT_LIMIT`] entries. `None`
+    /// when neither the server nor a bounded count can tell.
     pub lag: Option<u64>,
     /// Age of the oldest pending entry, in milliseconds (0 when nothing is pending).
     pub oldest_pending_ms: u64,
@@ -140,6 +142,10 @@ impl StreamInfo {
         self.groups.iter().find(|g| g.name == name)
     }
 }
+
+/// The most entries counted on either side of a group's position to work out its lag when the
+/// server does not report it (see [`GroupInfo::lag`]).
+pub const LAG_COUNT_LIMIT: u64 = 10_000;
 
 /// Length, groups with their pending counts, lag and consumers, and the dead-letter count of
 /// `stream`. A missing stream gives `exists: false` and zeros.
@@ -213,17 +219,67 @@ pub async fn get_stream_info(
         } else {
             0
         };
+        let last_delivered_id = g.string("last-delivered-id").unwrap_or_default();
+        let lag = match g.u64("lag") {
+            Some(lag) => Some(lag),
+            None => count_lag(conn, &out, &last_delivered_id).await?,
+        };
         out.groups.push(GroupInfo {
             pending,
-            last_delivered_id: g.string("last-delivered-id").unwrap_or_default(),
+            last_delivered_id,
             entries_read: g.u64("entries-read"),
-            lag: g.u64("lag"),
+            lag,
             oldest_pending_ms,
             consumers,
             name,
         });
     }
     Ok(out)
+}
+
+/// Counts the entries after `last_delivered` when the server does not report a group's lag:
+/// directly when they are few, else as the length minus the entries up to it when those are
+/// few; `None` when both sides are larger than [`LAG_COUNT_LIMIT`].
+async fn count_lag(
+    conn: &mut RedisConnection,
+    info: &StreamInfo,
+    last_delivered: &str,
+) -> Result<Option<u64>, StreamError> {
+    let stream = info.stream.as_str();
+    let (Some(first), Some(last)) = (info.first_id.as_deref(), info.last_id.as_deref()) else {
+        return Ok(Some(0));
+    };
+    let position = id_parts(last_delivered);
+    if position >= id_parts(last) {
+        return Ok(Some(0));
+    }
+    if position < id_parts(first) {
+        return Ok(Some(info.length));
+    }
+    // Counted inside the server so no entry crosses the network; `(` (exclusive) ranges need
+    // Redis 6.2.
+    const SCRIPT: &str = r#"
+        local limit = tonumber(ARGV[2])
+        local after = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', limit + 1)
+        if #after <= limit then return #after end
+        local upto = redis.call('XRANGE', KEYS[1], '-', ARGV[1], 'COUNT', limit + 1)
+        if #upto <= limit then return redis.call('XLEN', KEYS[1]) - #upto end
+        return -1
+    "#;
+    let n: i64 = redis::Script::new(SCRIPT)
+        .key(stream)
+        .arg(last_delivered)
+        .arg(LAG_COUNT_LIMIT)
+        .invoke_async(conn)
+        .await
+        .map_err(StreamError::redis(stream))?;
+    Ok(u64::try_from(n).ok())
+}
+
+/// An entry id's (milliseconds, sequence), for ordering; malformed parts count as 0.
+pub(crate) fn id_parts(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
 async fn oldest_pending_age(

@@ -1,0 +1,3 @@
+//! `asdlc`: the operator's command-line tool for asdlc event streams.
+
+fn main() {}

@@ -1,0 +1,330 @@
+//! Metrics through the [`metrics`] facade: the application picks the exporter (or, with the
+//! `prometheus` feature, calls [`serve_prometheus`]); without one, recording costs next to
+//! nothing.
+//!
+//! Every series is labelled `group`, `tenant` (empty in single-tenant mode) and `handler`
+//! (empty where no handler was chosen, e.g. a claim).
+
+#![allow(
+    dead_code,
+    reason = "the recorders are called by the consumer engine; until it is wired they are unused"
+)]
+
+use std::time::Duration;
+
+use metrics::{Unit, counter, describe_counter, describe_histogram, histogram};
+
+/// The names of the series asdlc records.
+pub mod metric_names {
+    /// Events handled and committed.
+    pub const PROCESSED: &str = "asdlc_events_processed_total";
+    /// Handler calls that failed (retryable or not).
+    pub const FAILED: &str = "asdlc_events_failed_total";
+    /// Failures left pending for another delivery.
+    pub const RETRIED: &str = "asdlc_events_retried_total";
+    /// Entries moved to the dead-letter stream.
+    pub const DEAD_LETTERED: &str = "asdlc_events_dead_lettered_total";
+    /// Deliveries skipped because their idempotency key was already processed.
+    pub const DUPLICATES: &str = "asdlc_events_duplicates_total";
+    /// Entries claimed from other (dead or stuck) consumers.
+    pub const CLAIMED: &str = "asdlc_events_claimed_total";
+    /// How long one handler call took, in seconds.
+    pub const HANDLER_SECONDS: &str = "asdlc_handler_seconds";
+    /// From publish (the entry id's time, on the server's clock) to the start of handling, in
+    /// seconds.
+    pub const PUBLISH_TO_HANDLE_SECONDS: &str = "asdlc_publish_to_handle_seconds";
+}
+
+use metric_names::*;
+
+/// Registers a description and unit for every asdlc series with the installed recorder. Call
+/// it once after installing one ([`serve_prometheus`] does).
+pub fn describe_metrics() {
+    describe_counter!(PROCESSED, "Events handled and committed");
+    describe_counter!(FAILED, "Handler calls that failed");
+    describe_counter!(RETRIED, "Failed events left pending for another delivery");
+    describe_counter!(DEAD_LETTERED, "Events moved to the dead-letter stream");
+    describe_counter!(
+        DUPLICATES,
+        "Deliveries skipped because their idempotency key was already processed"
+    );
+    describe_counter!(CLAIMED, "Entries claimed from dead or stuck consumers");
+    describe_histogram!(HANDLER_SECONDS, Unit::Seconds, "Handler call duration");
+    describe_histogram!(
+        PUBLISH_TO_HANDLE_SECONDS,
+        Unit::Seconds,
+        "Time from publish to the start of handling"
+    );
+}
+
+fn labels(group: &str, tenant: Option<&str>, handler: &str) -> [(&'static str, String); 3] {
+    [
+        ("group", group.to_owned()),
+        ("tenant", tenant.unwrap_or("").to_owned()),
+        ("handler", handler.to_owned()),
+    ]
+}
+
+/// An event was handled and committed.
+pub(crate) fn record_processed(group: &str, tenant: Option<&str>, handler: &str) {
+    counter!(PROCESSED, &labels(group, tenant, handler)).increment(1);
+}
+
+/// A handler call failed (whatever happens next).
+pub(crate) fn record_failed(group: &str, tenant: Option<&str>, handler: &str) {
+    counter!(FAILED, &labels(group, tenant, handler)).increment(1);
+}
+
+/// A failed event was left pending for another delivery.
+pub(crate) fn record_retried(group: &str, tenant: Option<&str>, handler: &str) {
+    counter!(RETRIED, &labels(group, tenant, handler)).increment(1);
+}
+
+/// An entry was moved to the dead-letter stream (`handler` empty when none was chosen).
+pub(crate) fn record_dead_lettered(group: &str, tenant: Option<&str>, handler: &str) {
+    counter!(DEAD_LETTERED, &labels(group, tenant, handler)).increment(1);
+}
+
+/// A delivery was skipped: its key was already processed.
+pub(crate) fn record_duplicate(group: &str, tenant: Option<&str>, handler: &str) {
+    counter!(DUPLICATES, &labels(group, tenant, handler)).increment(1);
+}
+
+/// `n` entries were claimed from other consumers.
+pub(crate) fn record_claimed(group: &str, tenant: Option<&str>, n: u64) {
+    counter!(CLAIMED, &labels(group, tenant, "")).increment(n);
+}
+
+/// One handler call took `elapsed`.
+pub(crate) fn record_handler_latency(
+    group: &str,
+    tenant: Option<&str>,
+    handler: &str,
+    elapsed: Duration,
+) {
+    histogram!(HANDLER_SECONDS, &labels(group, tenant, handler)).record(elapsed.as_secs_f64());
+}
+
+/// Handling of entry `entry_id` starts now: records the time since it was published (the
+/// millisecond part of its id, stamped by the server). Ids not of the `ms-seq` form, or from
+/// the future (clock skew), record nothing.
+pub(crate) fn record_publish_to_handle(
+    group: &str,
+    tenant: Option<&str>,
+    handler: &str,
+    entry_id: &str,
+) {
+    if let Some(seconds) =
+        publish_to_handle_seconds(entry_id, chrono::Utc::now().timestamp_millis())
+    {
+        histogram!(PUBLISH_TO_HANDLE_SECONDS, &labels(group, tenant, handler)).record(seconds);
+    }
+}
+
+fn publish_to_handle_seconds(entry_id: &str, now_ms: i64) -> Option<f64> {
+    let published: i64 = entry_id.split_once('-')?.0.parse().ok()?;
+    let waited = now_ms.checked_sub(published)?;
+    (waited >= 0).then(|| waited as f64 / 1000.0)
+}
+
+/// The Prometheus exporter could not start.
+#[cfg(feature = "prometheus")]
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serve Prometheus metrics on {addr}: {source}")]
+pub struct MetricsError {
+    /// The address asked for.
+    pub addr: std::net::SocketAddr,
+    /// Why (the address is taken, or another recorder is installed).
+    #[source]
+    pub source: metrics_exporter_prometheus::BuildError,
+}
+
+/// Installs the Prometheus exporter as the global metrics recorder and serves
+/// `GET /metrics` (any path, in fact) on `addr`, then describes the asdlc series. Call it
+/// once, from inside a Tokio runtime (feature `prometheus`).
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// asdlc_runtime::monitor::serve_prometheus("127.0.0.1:9187".parse()?)?;
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "prometheus")]
+pub fn serve_prometheus(addr: std::net::SocketAddr) -> Result<(), MetricsError> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .map_err(|source| MetricsError { addr, source })?;
+    describe_metrics();
+    tracing::info!(%addr, "serving Prometheus metrics");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString};
+
+    /// Records every counter and histogram by its name and labels.
+    #[derive(Default)]
+    struct Capture {
+        counters: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
+        histograms: Mutex<BTreeMap<String, Arc<Samples>>>,
+    }
+
+    #[derive(Default)]
+    struct Samples(Mutex<Vec<f64>>);
+
+    impl metrics::HistogramFn for Samples {
+        fn record(&self, value: f64) {
+            self.0.lock().unwrap().push(value);
+        }
+    }
+
+    fn render(key: &Key) -> String {
+        let labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        format!("{}{{{}}}", key.name(), labels.join(","))
+    }
+
+    impl Recorder for Capture {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            let c = self
+                .counters
+                .lock()
+                .unwrap()
+                .entry(render(key))
+                .or_default()
+                .clone();
+            Counter::from_arc(c)
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+            let h = self
+                .histograms
+                .lock()
+                .unwrap()
+                .entry(render(key))
+                .or_default()
+                .clone();
+            Histogram::from_arc(h)
+        }
+    }
+
+    #[test]
+    fn counters_and_histograms_carry_group_tenant_and_handler() {
+        let capture = Capture::default();
+        metrics::with_local_recorder(&capture, || {
+            record_processed("g", Some("acme"), "h");
+            record_processed("g", Some("acme"), "h");
+            record_failed("g", None, "h");
+            record_retried("g", None, "h");
+            record_dead_lettered("g", None, "");
+            record_duplicate("g", Some("acme"), "h");
+            record_claimed("g", None, 3);
+            record_handler_latency("g", None, "h", Duration::from_millis(250));
+        });
+        let counters: BTreeMap<String, u64> = capture
+            .counters
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.load(Ordering::Relaxed)))
+            .collect();
+        assert_eq!(
+            counters[&"asdlc_events_processed_total{group=g,tenant=acme,handler=h}".to_owned()],
+            2
+        );
+        assert_eq!(
+            counters[&"asdlc_events_claimed_total{group=g,tenant=,handler=}".to_owned()],
+            3
+        );
+        for name in [FAILED, RETRIED, DEAD_LETTERED, DUPLICATES] {
+            assert_eq!(
+                counters
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(name))
+                    .map(|(_, v)| v)
+                    .sum::<u64>(),
+                1,
+                "{name}"
+            );
+        }
+        let histograms = capture.histograms.lock().unwrap();
+        let samples = histograms[&"asdlc_handler_seconds{group=g,tenant=,handler=h}".to_owned()]
+            .0
+            .lock()
+            .unwrap()
+            .clone();
+        assert_eq!(samples, vec![0.25]);
+    }
+
+    #[test]
+    fn publish_to_handle_latency_comes_from_the_entry_id() {
+        assert_eq!(publish_to_handle_seconds("1000-0", 3500), Some(2.5));
+        assert_eq!(publish_to_handle_seconds("1000-7", 1000), Some(0.0));
+        assert_eq!(publish_to_handle_seconds("5000-0", 1000), None, "future");
+        assert_eq!(publish_to_handle_seconds("garbage", 1000), None);
+        let capture = Capture::default();
+        metrics::with_local_recorder(&capture, || {
+            record_publish_to_handle("g", None, "h", "1-0");
+            record_publish_to_handle("g", None, "h", "not-an-id");
+        });
+        let histograms = capture.histograms.lock().unwrap();
+        let samples = histograms
+            [&"asdlc_publish_to_handle_seconds{group=g,tenant=,handler=h}".to_owned()]
+            .0
+            .lock()
+            .unwrap()
+            .clone();
+        assert_eq!(samples.len(), 1);
+        assert!(samples[0] > 1.0e9, "published at the epoch: {samples:?}");
+    }
+
+    #[cfg(feature = "prometheus")]
+    #[tokio::test]
+    async fn prometheus_endpoint_serves_the_asdlc_series() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        serve_prometheus(addr).unwrap();
+        record_processed("design-handlers", Some("acme"), "review");
+        record_handler_latency(
+            "design-handlers",
+            Some("acme"),
+            "review",
+            Duration::from_millis(5),
+        );
+        let mut body = String::new();
+        for _ in 0..100 {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+                s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+                    .await
+                    .unwrap();
+                body.clear();
+                s.read_to_string(&mut body).await.unwrap();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            body.contains(r#"asdlc_events_processed_total{group="design-handlers",tenant="acme",handler="review"} 1"#),
+            "{body}"
+        );
+        assert!(body.contains("asdlc_handler_seconds"), "{body}");
+    }
+}

@@ -1,0 +1,284 @@
+//! Retention that never loses work.
+//!
+//! A consumer group needs an entry until it has both read it (its last-delivered id is at or
+//! past it) and acknowledged it (it is older than the group's oldest pending entry). The safe
+//! bound of a stream is the smallest of those positions over all its groups;
+//! [`trim_acknowledged`] removes exactly the entries below it (`XTRIM MINID`, exact), with the
+//! bound computed in the same Lua script (`XINFO GROUPS` and the `XPENDING` summary are allowed
+//! in scripts), so no read, claim or acknowledgement can slip in between.
+//!
+//! What this keeps, by construction: every entry some group has not read yet (a slow group's
+//! backlog), every entry some group still has pending (in flight, waiting for a retry, owned by
+//! a dead consumer), and, with [`TrimOptions::min_age`], everything younger than that. A stream
+//! without groups is left alone: nobody has read anything. Entries whose handling failed for
+//! good are already copied to the dead-letter stream before they are acknowledged.
+//!
+//! One thing no trim can know: a group that does not exist yet. A group created later "from
+//! the beginning" sees only what retention kept, so create groups before trimming.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::connection::RedisConnection;
+use crate::error::StreamError;
+use crate::streams::value_string;
+
+static TRIM: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("retention.lua")));
+
+/// Options of one trim.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrimOptions {
+    /// Keep entries younger than this (by the server's clock and the entry id's time), even if
+    /// every group is done with them.
+    pub min_age: Option<Duration>,
+    /// Compute and count, remove nothing.
+    pub dry_run: bool,
+}
+
+/// What bounded a trim: why the first kept entry was kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TrimLimit {
+    /// The stream does not exist.
+    NoStream,
+    /// The stream has no consumer groups, so nobody has read anything: nothing is removed.
+    NoGroups,
+    /// `group` still has `oldest_pending_id` pending (read, not acknowledged).
+    Pending {
+        /// The group.
+        group: String,
+        /// Its oldest pending entry.
+        oldest_pending_id: String,
+    },
+    /// `group` has not read past `last_delivered_id`.
+    Unread {
+        /// The group.
+        group: String,
+        /// The last entry delivered to it.
+        last_delivered_id: String,
+    },
+    /// Entries younger than the minimum age are kept.
+    MinAge {
+        /// Entries from this id on are young enough to keep.
+        cutoff_id: String,
+    },
+    /// Nothing bounds the trim: every group has read and acknowledged every possible id.
+    None,
+}
+
+impl std::fmt::Display for TrimLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TrimLimit::NoStream => f.write_str("the stream does not exist"),
+            TrimLimit::NoGroups => f.write_str(
+                "the stream has no consumer groups, so nobody has read anything: nothing removed",
+            ),
+            TrimLimit::Pending {
+                group,
+                oldest_pending_id,
+            } => write!(
+                f,
+                "group `{group}` has not acknowledged entry {oldest_pending_id} yet (its oldest pending)"
+            ),
+            TrimLimit::Unread {
+                group,
+                last_delivered_id,
+            } => write!(
+                f,
+                "group `{group}` has not read past entry {last_delivered_id}"
+            ),
+            TrimLimit::MinAge { cutoff_id } => write!(
+                f,
+                "entries from {cutoff_id} on are younger than the minimum age"
+            ),
+            TrimLimit::None => f.write_str("every group has read and acknowledged everything"),
+        }
+    }
+}
+
+/// What a trim removed, what it kept and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrimReport {
+    /// The stream.
+    pub stream: String,
+    /// Whether this was a dry run (`removed` then counts what would be removed).
+    pub dry_run: bool,
+    /// Entries removed.
+    pub removed: u64,
+    /// Entries before the trim.
+    pub length_before: u64,
+    /// Entries after the trim.
+    pub length_after: u64,
+    /// Entries with ids below this were removed; `None` when nothing could be (no stream, no
+    /// groups).
+    pub safe_min_id: Option<String>,
+    /// What bounded the trim.
+    pub limit: TrimLimit,
+    /// The same, in words, for people and logs.
+    pub kept_reason: String,
+}
+
+/// Removes the entries of `stream` that every consumer group has read and acknowledged, and
+/// nothing else; see the [module docs](self). With no groups nothing is removed.
+pub async fn trim_acknowledged(
+    conn: &mut RedisConnection,
+    stream: &str,
+) -> Result<TrimReport, StreamError> {
+    trim_acknowledged_with(conn, stream, TrimOptions::default()).await
+}
+
+/// [`trim_acknowledged`] with a minimum age, or as a dry run.
+pub async fn trim_acknowledged_with(
+    conn: &mut RedisConnection,
+    stream: &str,
+    options: TrimOptions,
+) -> Result<TrimReport, StreamError> {
+    let min_age_ms = options.min_age.map_or(0, |d| d.as_millis().max(1) as u64);
+    let reply: Vec<redis::Value> = TRIM
+        .key(stream)
+        .arg(min_age_ms)
+        .arg(if options.dry_run { "1" } else { "0" })
+        .invoke_async(conn)
+        .await
+        .map_err(StreamError::redis(stream))?;
+    let text = |i: usize| reply.get(i).and_then(value_string).unwrap_or_default();
+    let number = |i: usize| text(i).parse::<u64>().unwrap_or(0);
+    let (outcome, removed, length_before) = (text(0), number(1), number(2));
+    let (kind, group, limit_id) = (text(4), text(5), text(6));
+    let limit = match (outcome.as_str(), kind.as_str()) {
+        ("no-stream", _) => TrimLimit::NoStream,
+        ("no-groups", _) => TrimLimit::NoGroups,
+        (_, "pending") => TrimLimit::Pending {
+            group,
+            oldest_pending_id: limit_id,
+        },
+        (_, "unread") => TrimLimit::Unread {
+            group,
+            last_delivered_id: limit_id,
+        },
+        (_, "min-age") => TrimLimit::MinAge {
+            cutoff_id: limit_id,
+        },
+        _ => TrimLimit::None,
+    };
+    let length_after = if options.dry_run {
+        length_before
+    } else {
+        length_before.saturating_sub(removed)
+    };
+    let remaining = length_before.saturating_sub(removed);
+    let kept_reason = match &limit {
+        TrimLimit::NoStream | TrimLimit::NoGroups => limit.to_string(),
+        _ if remaining == 0 => {
+            "nothing kept: every group has read and acknowledged every entry".to_owned()
+        }
+        _ => format!("kept {remaining}: {limit}"),
+    };
+    let safe_min_id = Some(text(3)).filter(|s| !s.is_empty());
+    let report = TrimReport {
+        stream: stream.to_owned(),
+        dry_run: options.dry_run,
+        removed,
+        length_before,
+        length_after,
+        safe_min_id,
+        limit,
+        kept_reason,
+    };
+    tracing::debug!(
+        stream,
+        removed,
+        dry_run = options.dry_run,
+        kept = %report.kept_reason,
+        "trimmed acknowledged entries"
+    );
+    Ok(report)
+}
+
+/// A periodic [`trim_acknowledged`] over every stream of a deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Time between two rounds.
+    pub interval: Duration,
+    /// Keep entries younger than this even when every group is done with them (room to
+    /// inspect recent history, and for groups about to be created).
+    pub min_age: Duration,
+}
+
+impl Default for RetentionPolicy {
+    /// Every 5 minutes, keeping the last hour.
+    fn default() -> Self {
+        RetentionPolicy {
+            interval: Duration::from_secs(300),
+            min_age: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// What [`run_retention`] did before it stopped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionTotals {
+    /// Rounds run.
+    pub rounds: u64,
+    /// Entries removed over all rounds and streams.
+    pub removed: u64,
+    /// Stream trims that failed (logged, retried next round).
+    pub errors: u64,
+}
+
+/// Runs [`trim_acknowledged_with`] (with `policy.min_age`) on every stream of `config`
+/// ([`super::list_streams`], found again each round, so new tenants are covered) every
+/// `policy.interval`, starting at once, until `cancel` is cancelled. Failures are logged and
+/// retried next round.
+pub async fn run_retention(
+    mut conn: RedisConnection,
+    config: Config,
+    policy: RetentionPolicy,
+    cancel: CancellationToken,
+) -> RetentionTotals {
+    let mut totals = RetentionTotals::default();
+    let options = TrimOptions {
+        min_age: Some(policy.min_age).filter(|d| !d.is_zero()),
+        dry_run: false,
+    };
+    loop {
+        if cancel.is_cancelled() {
+            return totals;
+        }
+        totals.rounds += 1;
+        match super::list_streams(&mut conn, &config).await {
+            Ok(streams) => {
+                for stream in streams {
+                    if cancel.is_cancelled() {
+                        return totals;
+                    }
+                    match trim_acknowledged_with(&mut conn, &stream, options).await {
+                        Ok(report) => {
+                            totals.removed += report.removed;
+                            if report.removed > 0 {
+                                tracing::info!(%stream, removed = report.removed, kept = %report.kept_reason, "retention trimmed acknowledged entries");
+                            }
+                        }
+                        Err(e) => {
+                            totals.errors += 1;
+                            tracing::warn!(%stream, error = %e, "retention trim failed; trying next round");
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                totals.errors += 1;
+                tracing::warn!(error = %e, "retention could not list the streams; trying next round");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(policy.interval) => {}
+            _ = cancel.cancelled() => return totals,
+        }
+    }
+}
