@@ -170,6 +170,66 @@ impl StreamKeys {
     }
 }
 
+/// Groups `streams` by cluster slot, keeping the order in which each slot first appears (and
+/// the order of the streams within a slot).
+///
+/// One `XREADGROUP` reads all of an [`EventConsumer`](crate::EventConsumer)'s streams, and on a
+/// Redis Cluster a multi-key command must stay in one slot. So a multi-tenant application on a
+/// cluster runs one consumer per group of streams this returns; on a single server one
+/// consumer can read them all.
+///
+/// ```
+/// use asdlc_runtime::keys::{hash_slot, partition_by_slot};
+/// let streams = ["tenant:{a}:asdlc:events", "tenant:{b}:asdlc:events", "{a}:other"];
+/// let parts = partition_by_slot(streams);
+/// assert_eq!(parts.len(), 2);
+/// assert_eq!(parts[0], ["tenant:{a}:asdlc:events", "{a}:other"]);
+/// ```
+pub fn partition_by_slot<S: AsRef<str>>(streams: impl IntoIterator<Item = S>) -> Vec<Vec<S>> {
+    let mut slots: Vec<u16> = Vec::new();
+    let mut parts: Vec<Vec<S>> = Vec::new();
+    for stream in streams {
+        let slot = hash_slot(stream.as_ref().as_bytes());
+        match slots.iter().position(|s| *s == slot) {
+            Some(i) => parts[i].push(stream),
+            None => {
+                slots.push(slot);
+                parts.push(vec![stream]);
+            }
+        }
+    }
+    parts
+}
+
+/// Groups `tenants` by the cluster slot of their stream under the base name `base` (see
+/// [`partition_by_slot`]): each group can share one consumer on a Redis Cluster.
+///
+/// ```
+/// use asdlc_runtime::{TenantId, keys::partition_tenants_by_slot};
+/// let tenants = ["acme", "globex", "initech"].map(|t| TenantId::new(t).unwrap());
+/// let parts = partition_tenants_by_slot("asdlc:events", tenants);
+/// // Each tenant has its own hash tag, so (unless two tags collide) its own slot.
+/// assert_eq!(parts.len(), 3);
+/// ```
+pub fn partition_tenants_by_slot(
+    base: &str,
+    tenants: impl IntoIterator<Item = TenantId>,
+) -> Vec<Vec<TenantId>> {
+    let mut slots: Vec<u16> = Vec::new();
+    let mut parts: Vec<Vec<TenantId>> = Vec::new();
+    for tenant in tenants {
+        let slot = hash_slot(get_stream_name(base, Some(&tenant)).as_bytes());
+        match slots.iter().position(|s| *s == slot) {
+            Some(i) => parts[i].push(tenant),
+            None => {
+                slots.push(slot);
+                parts.push(vec![tenant]);
+            }
+        }
+    }
+    parts
+}
+
 /// The part of `key` Redis Cluster hashes: the content of the first `{...}` when non-empty.
 pub fn hash_tag(key: &[u8]) -> Option<&[u8]> {
     let open = key.iter().position(|&b| b == b'{')?;
@@ -273,6 +333,36 @@ mod tests {
         assert_ne!(a.stream(), b.stream());
         assert_ne!(a.dead_letter(), b.dead_letter());
         assert_ne!(a.marks_prefix("g"), b.marks_prefix("g"));
+    }
+
+    #[test]
+    fn streams_are_partitioned_by_slot() {
+        let tenants: Vec<TenantId> = (0..50)
+            .map(|i| TenantId::new(format!("t{i}")).unwrap())
+            .collect();
+        let streams: Vec<String> = tenants
+            .iter()
+            .map(|t| get_stream_name(DEFAULT_STREAM, Some(t)))
+            .collect();
+        let parts = partition_by_slot(streams.clone());
+        assert_eq!(parts.iter().map(Vec::len).sum::<usize>(), streams.len());
+        let mut seen = std::collections::HashSet::new();
+        for part in &parts {
+            let slot = hash_slot(part[0].as_bytes());
+            assert!(part.iter().all(|s| hash_slot(s.as_bytes()) == slot));
+            assert!(seen.insert(slot), "slot {slot} split over two parts");
+        }
+        let by_tenant = partition_tenants_by_slot(DEFAULT_STREAM, tenants);
+        assert_eq!(by_tenant.len(), parts.len());
+        // Same grouping, same order.
+        for (t, s) in by_tenant.iter().zip(&parts) {
+            let names: Vec<String> = t
+                .iter()
+                .map(|t| get_stream_name(DEFAULT_STREAM, Some(t)))
+                .collect();
+            assert_eq!(&names, s);
+        }
+        assert!(partition_by_slot(Vec::<String>::new()).is_empty());
     }
 
     #[test]

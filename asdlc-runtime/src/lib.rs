@@ -18,7 +18,10 @@
 //! - [`effects`]: Redis writes staged to commit exactly once.
 //! - [`monitor`]: stream discovery, health, safe retention, metrics, trace context.
 //! - [`error`]: one error enum per concern.
+//! - [`connection`]: the [`RedisConnection`] to one server or a Redis Cluster.
+//! - [`acl`]: one Redis ACL user per tenant, so the server enforces tenant isolation.
 
+pub mod acl;
 pub mod config;
 pub mod connection;
 pub mod consume;

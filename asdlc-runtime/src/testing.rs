@@ -812,3 +812,890 @@ fn read_tail(path: &Path, from: u64) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
 }
+
+/// How long [`TestCluster`] waits for the cluster to form, or to fail over, by default.
+pub const DEFAULT_CLUSTER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a [`TestCluster`] could not be started or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum TestClusterError {
+    /// A node could not be started.
+    #[error("cluster node {node}: {source}")]
+    Server {
+        /// The node's index.
+        node: usize,
+        /// Why.
+        #[source]
+        source: Box<TestServerError>,
+    },
+    /// A node refused a cluster command.
+    #[error("cluster node {node} (127.0.0.1:{port}): `{command}` failed: {source}")]
+    Command {
+        /// The node's index.
+        node: usize,
+        /// Its port.
+        port: u16,
+        /// The command.
+        command: String,
+        /// The error.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// The cluster did not reach the expected state in time.
+    #[error("the test cluster is not {what} after {waited:?}: {last}")]
+    Timeout {
+        /// The state waited for.
+        what: String,
+        /// How long.
+        waited: Duration,
+        /// What was seen last.
+        last: String,
+    },
+    /// The request does not fit the cluster (no such node, no replica...).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Options for a [`TestCluster`]; from [`TestCluster::builder`].
+#[derive(Debug, Clone)]
+pub struct TestClusterBuilder {
+    masters: usize,
+    replicas: usize,
+    node_timeout: Duration,
+    aof: bool,
+    args: Vec<(String, String)>,
+    binary: Option<PathBuf>,
+    timeout: Duration,
+}
+
+impl Default for TestClusterBuilder {
+    fn default() -> Self {
+        TestClusterBuilder {
+            masters: 3,
+            replicas: 1,
+            node_timeout: Duration::from_millis(1000),
+            aof: false,
+            args: Vec::new(),
+            binary: None,
+            timeout: DEFAULT_CLUSTER_TIMEOUT,
+        }
+    }
+}
+
+impl TestClusterBuilder {
+    /// How many masters share the 16384 slots (default 3; at least 1).
+    pub fn masters(mut self, masters: usize) -> Self {
+        self.masters = masters;
+        self
+    }
+
+    /// How many replicas each master has (default 1).
+    pub fn replicas_per_master(mut self, replicas: usize) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
+    /// `cluster-node-timeout` (default 1 s): how long a silent master takes to be declared
+    /// failed, and so roughly how long an automatic failover takes (about twice this).
+    pub fn node_timeout(mut self, timeout: Duration) -> Self {
+        self.node_timeout = timeout;
+        self
+    }
+
+    /// Whether each node keeps an append-only file fsynced on every write (default `false`:
+    /// the replicas are the cluster's copy, as in most deployments).
+    pub fn aof(mut self, aof: bool) -> Self {
+        self.aof = aof;
+        self
+    }
+
+    /// Passes an extra option to every node.
+    pub fn arg(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.args.push((name.into(), value.into()));
+        self
+    }
+
+    /// Uses this server binary instead of [`server_binary`].
+    pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.binary = Some(path.into());
+        self
+    }
+
+    /// How long to wait for the cluster to form (default [`DEFAULT_CLUSTER_TIMEOUT`]).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Starts the cluster, panicking with the reason if it cannot.
+    #[track_caller]
+    pub fn start(self) -> TestCluster {
+        match self.try_start() {
+            Ok(cluster) => cluster,
+            Err(e) => panic!("cannot start a test Redis Cluster: {e}"),
+        }
+    }
+
+    /// Starts every node, assigns the slots to the masters, joins the nodes, attaches the
+    /// replicas, and waits until every node reports `cluster_state:ok` and every replica is
+    /// in sync.
+    pub fn try_start(self) -> Result<TestCluster, TestClusterError> {
+        if self.masters == 0 || self.masters > 100 {
+            return Err(TestClusterError::Invalid(
+                "a test cluster needs 1 to 100 masters".to_owned(),
+            ));
+        }
+        let total = self.masters * (1 + self.replicas);
+        let mut nodes = Vec::with_capacity(total);
+        for index in 0..total {
+            let bus = BusPort(reserve_port().map_err(|source| TestClusterError::Server {
+                node: index,
+                source: Box::new(TestServerError::NoPort { source }),
+            })?);
+            let mut builder = TestServer::builder()
+                .aof(self.aof)
+                .arg("--cluster-enabled", "yes")
+                .arg("--cluster-config-file", "nodes.conf")
+                .arg("--cluster-port", bus.0.to_string())
+                .arg(
+                    "--cluster-node-timeout",
+                    self.node_timeout.as_millis().to_string(),
+                )
+                .arg("--cluster-replica-validity-factor", "0")
+                .arg("--repl-diskless-sync-delay", "0")
+                .ready_timeout(self.timeout);
+            for (name, value) in &self.args {
+                builder = builder.arg(name, value);
+            }
+            if let Some(binary) = &self.binary {
+                builder = builder.binary(binary);
+            }
+            let server = builder
+                .try_start()
+                .map_err(|source| TestClusterError::Server {
+                    node: index,
+                    source: Box::new(source),
+                })?;
+            nodes.push(ClusterNode {
+                server,
+                bus,
+                id: String::new(),
+            });
+        }
+        let cluster = TestCluster {
+            nodes,
+            masters: self.masters,
+            timeout: self.timeout,
+            watchdog: None,
+        };
+        cluster.form()
+    }
+}
+
+/// A bus port reserved for a node while it lives.
+#[derive(Debug)]
+struct BusPort(u16);
+
+impl Drop for BusPort {
+    fn drop(&mut self) {
+        release_port(self.0);
+    }
+}
+
+#[derive(Debug)]
+struct ClusterNode {
+    server: TestServer,
+    bus: BusPort,
+    id: String,
+}
+
+/// A real Redis Cluster of child processes on loopback ports, started from the same binary as
+/// [`TestServer`]: by default 3 masters, each with 1 replica, slots split evenly, a 1 s node
+/// timeout so an automatic failover takes a couple of seconds. Every node is killed when the
+/// cluster is dropped.
+///
+/// Nodes are numbered from 0; at the start nodes `0..masters` are the masters and node
+/// `masters + i` replicates master `i % masters`. After a failover the roles change: ask
+/// [`master_of_slot`](Self::master_of_slot) and [`replica_of`](Self::replica_of).
+///
+/// ```no_run
+/// use asdlc_runtime::testing::TestCluster;
+/// use asdlc_runtime::keys::hash_slot;
+///
+/// let mut cluster = TestCluster::start();
+/// let url = cluster.redis_url(); // redis+cluster://127.0.0.1:P0,127.0.0.1:P1,127.0.0.1:P2
+/// let killed = cluster.kill_master_of_slot(hash_slot(b"tenant:{acme}:asdlc:events"));
+/// let promoted = cluster.wait_for_failover(killed).unwrap();
+/// assert_ne!(killed, promoted);
+/// ```
+///
+/// The methods that wait (start, failover, restart) block the calling thread; from async code
+/// use a multi-threaded runtime with `tokio::task::block_in_place`, or `spawn_blocking`.
+#[derive(Debug)]
+pub struct TestCluster {
+    nodes: Vec<ClusterNode>,
+    masters: usize,
+    timeout: Duration,
+    /// Kills the nodes if this process exits without dropping the cluster (a static, a
+    /// `process::exit`, a `SIGKILL`): see [`TestCluster::shared`].
+    watchdog: Option<Child>,
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        // The watchdog goes first: closing its pipe would make it kill the nodes itself.
+        if let Some(mut watchdog) = self.watchdog.take() {
+            kill_and_reap(&mut watchdog);
+        }
+    }
+}
+
+/// What one node says about one node of the cluster (a line of `CLUSTER NODES`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NodeLine {
+    id: String,
+    port: u16,
+    flags: Vec<String>,
+    master_id: Option<String>,
+    slots: Vec<(u16, u16)>,
+}
+
+impl NodeLine {
+    fn parse(line: &str) -> Option<NodeLine> {
+        let mut parts = line.split_whitespace();
+        let id = parts.next()?.to_owned();
+        let addr = parts.next()?;
+        let port = addr
+            .split('@')
+            .next()?
+            .rsplit(':')
+            .next()?
+            .parse()
+            .unwrap_or(0);
+        let flags = parts.next()?.split(',').map(str::to_owned).collect();
+        let master = parts.next()?;
+        let master_id = (master != "-").then(|| master.to_owned());
+        let slots = parts
+            .skip(4)
+            .filter(|s| !s.starts_with('['))
+            .filter_map(|s| match s.split_once('-') {
+                Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                None => {
+                    let n = s.parse().ok()?;
+                    Some((n, n))
+                }
+            })
+            .collect();
+        Some(NodeLine {
+            id,
+            port,
+            flags,
+            master_id,
+            slots,
+        })
+    }
+
+    fn has(&self, flag: &str) -> bool {
+        self.flags.iter().any(|f| f == flag)
+    }
+
+    fn serves(&self, slot: u16) -> bool {
+        self.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot))
+    }
+}
+
+impl TestCluster {
+    /// Starts a cluster with the defaults (3 masters, 1 replica each), panicking with the
+    /// reason if it cannot.
+    #[track_caller]
+    pub fn start() -> TestCluster {
+        TestClusterBuilder::default().start()
+    }
+
+    /// Starts a cluster with the defaults.
+    pub fn try_start() -> Result<TestCluster, TestClusterError> {
+        TestClusterBuilder::default().try_start()
+    }
+
+    /// Options: masters, replicas, node timeout, binary, extra arguments.
+    pub fn builder() -> TestClusterBuilder {
+        TestClusterBuilder::default()
+    }
+
+    /// The cluster URL naming the initial masters as seeds:
+    /// `redis+cluster://127.0.0.1:P0,127.0.0.1:P1,...`.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self.nodes[..self.masters]
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.server.port()))
+            .collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+
+    /// [`url`](Self::url) as a [`RedisUrl`], for a [`Config`](crate::Config).
+    pub fn redis_url(&self) -> RedisUrl {
+        RedisUrl::parse(self.url()).expect("a loopback cluster URL is valid")
+    }
+
+    /// The `redis://` URLs of the initial masters (seed nodes).
+    pub fn seed_urls(&self) -> Vec<String> {
+        self.nodes[..self.masters]
+            .iter()
+            .map(|n| n.server.url())
+            .collect()
+    }
+
+    /// How many nodes the cluster has (masters and replicas).
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// How many masters it was started with.
+    pub fn master_count(&self) -> usize {
+        self.masters
+    }
+
+    /// The `redis://` URL of node `node`.
+    pub fn node_url(&self, node: usize) -> String {
+        self.nodes[node].server.url()
+    }
+
+    /// The cluster id of node `node`.
+    pub fn node_id(&self, node: usize) -> &str {
+        &self.nodes[node].id
+    }
+
+    /// A client for node `node` alone (it answers `MOVED` for slots it does not serve).
+    pub fn node_client(&self, node: usize) -> redis::Client {
+        self.nodes[node].server.client()
+    }
+
+    /// The test server behind node `node`, for its log and data directory.
+    pub fn node(&self, node: usize) -> &TestServer {
+        &self.nodes[node].server
+    }
+
+    /// Whether node `node` is running.
+    pub fn is_running(&mut self, node: usize) -> bool {
+        self.nodes[node].server.is_running()
+    }
+
+    /// The node that serves `slot` now, as a live node sees it.
+    pub fn master_of_slot(&self, slot: u16) -> Result<usize, TestClusterError> {
+        let view = self.any_view()?;
+        view.iter()
+            .find(|l| l.has("master") && !l.has("fail") && l.serves(slot))
+            .and_then(|l| self.index_of(&l.id))
+            .ok_or_else(|| TestClusterError::Invalid(format!("no live master serves slot {slot}")))
+    }
+
+    /// A live replica of master `node`, if it has one.
+    pub fn replica_of(&mut self, node: usize) -> Result<Option<usize>, TestClusterError> {
+        let master_id = self.nodes[node].id.clone();
+        let view = self.any_view()?;
+        let replica = view
+            .iter()
+            .filter(|l| l.master_id.as_deref() == Some(&master_id) && !l.has("fail"))
+            .find_map(|l| self.index_of(&l.id));
+        Ok(replica.filter(|r| self.nodes[*r].server.is_running()))
+    }
+
+    /// Kills node `node` with `SIGKILL`, as a crash would. Its data directory (and its
+    /// `nodes.conf`) is kept for [`restart_node`](Self::restart_node).
+    pub fn kill_node(&mut self, node: usize) {
+        self.nodes[node].server.kill();
+    }
+
+    /// Kills the master serving `slot` and returns its index. Its replica takes over after
+    /// about two node timeouts: [`wait_for_failover`](Self::wait_for_failover).
+    pub fn kill_master_of_slot(&mut self, slot: u16) -> usize {
+        let master = self
+            .master_of_slot(slot)
+            .unwrap_or_else(|e| panic!("cannot find the master of slot {slot}: {e}"));
+        self.kill_node(master);
+        master
+    }
+
+    /// Kills master `node` (an index) and returns it; see
+    /// [`wait_for_failover`](Self::wait_for_failover).
+    pub fn kill_master(&mut self, node: usize) -> usize {
+        self.kill_node(node);
+        node
+    }
+
+    /// Waits until the slots of the dead master `killed` are served by another (promoted)
+    /// node and every live node reports `cluster_state:ok`; returns the new master's index.
+    pub fn wait_for_failover(&mut self, killed: usize) -> Result<usize, TestClusterError> {
+        let killed_id = self.nodes[killed].id.clone();
+        let slots = self
+            .initial_slots(killed)
+            .or_else(|| {
+                self.any_view().ok().and_then(|v| {
+                    v.iter()
+                        .find(|l| l.id == killed_id)
+                        .and_then(|l| l.slots.first().copied())
+                })
+            })
+            .map(|(a, _)| a);
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let last = match self.failover_done(&killed_id, slots) {
+                Ok(Some(index)) => return Ok(index),
+                Ok(None) => "the slots are not served by a new master yet".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                return Err(TestClusterError::Timeout {
+                    what: format!("failed over from node {killed}"),
+                    waited: self.timeout,
+                    last,
+                });
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A graceful failover: replica `replica` takes over from its master (`CLUSTER FAILOVER`),
+    /// after catching up with it, so no acknowledged write is lost. Waits until every live node
+    /// sees it as a master and reports `cluster_state:ok`.
+    pub fn failover(&mut self, replica: usize) -> Result<(), TestClusterError> {
+        self.run(replica, redis::cmd("CLUSTER").arg("FAILOVER"))?;
+        let id = self.nodes[replica].id.clone();
+        self.wait_until("failed over gracefully", |this| {
+            for node in this.live_nodes() {
+                let view = this.view(node)?;
+                if !view.iter().any(|l| l.id == id && l.has("master")) {
+                    return Ok(Some(format!("node {node} does not see the new master yet")));
+                }
+                if let Some(why) = this.not_ok(node)? {
+                    return Ok(Some(why));
+                }
+            }
+            Ok(None)
+        })
+    }
+
+    /// Starts a killed or stopped node again on its port and data directory. A former master
+    /// whose slots were taken over rejoins as a replica. Waits until every live node reports
+    /// `cluster_state:ok` and the node's replication link (if it is a replica) is up.
+    pub fn restart_node(&mut self, node: usize) -> Result<(), TestClusterError> {
+        self.nodes[node]
+            .server
+            .try_restart()
+            .map_err(|source| TestClusterError::Server {
+                node,
+                source: Box::new(source),
+            })?;
+        self.wait_until("healthy after a restart", |this| {
+            for n in this.live_nodes() {
+                if let Some(why) = this.not_ok(n)? {
+                    return Ok(Some(why));
+                }
+                let view = this.view(n)?;
+                if view.iter().any(|l| l.has("fail") || l.has("fail?")) {
+                    return Ok(Some(format!("node {n} still sees a failed node")));
+                }
+            }
+            this.replica_synced(node)
+        })?;
+        self.arm_watchdog();
+        Ok(())
+    }
+
+    /// Moves `slot` to master `to` while clients keep using it, as `redis-cli --cluster
+    /// reshard` does: marks it importing on `to` and migrating on its owner, moves its keys
+    /// with `MIGRATE` until none are left, keeps it in that state for `hold` (every command
+    /// for the slot is then answered with an `ASK` redirection to `to`), and finally assigns
+    /// it to `to` on every master (`MOVED` from then on).
+    pub fn migrate_slot(
+        &mut self,
+        slot: u16,
+        to: usize,
+        hold: Duration,
+    ) -> Result<(), TestClusterError> {
+        let from = self.master_of_slot(slot)?;
+        if from == to {
+            return Ok(());
+        }
+        let (from_id, to_id) = (self.nodes[from].id.clone(), self.nodes[to].id.clone());
+        let setslot = |state: &str, id: &str| {
+            redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg(state)
+                .arg(id)
+                .clone()
+        };
+        self.run(to, &setslot("IMPORTING", &from_id))?;
+        self.run(from, &setslot("MIGRATING", &to_id))?;
+        let to_port = self.nodes[to].server.port();
+        loop {
+            let keys: Vec<Vec<u8>> = redis::from_redis_value(
+                self.run(
+                    from,
+                    redis::cmd("CLUSTER")
+                        .arg("GETKEYSINSLOT")
+                        .arg(slot)
+                        .arg(1000),
+                )?,
+            )
+            .map_err(|e| TestClusterError::Invalid(format!("GETKEYSINSLOT: {e}")))?;
+            if keys.is_empty() {
+                break;
+            }
+            self.run(
+                from,
+                redis::cmd("MIGRATE")
+                    .arg("127.0.0.1")
+                    .arg(to_port)
+                    .arg("")
+                    .arg(0)
+                    .arg(5000)
+                    .arg("KEYS")
+                    .arg(keys),
+            )?;
+        }
+        thread::sleep(hold);
+        let mut order = vec![to, from];
+        order.extend((0..self.nodes.len()).filter(|n| *n != to && *n != from));
+        for node in order {
+            if !self.nodes[node].server.is_running() {
+                continue;
+            }
+            let is_master = self
+                .view(node)?
+                .iter()
+                .any(|l| l.has("myself") && l.has("master"));
+            if is_master {
+                self.run(node, &setslot("NODE", &to_id))?;
+            }
+        }
+        self.wait_until("agreed on the moved slot", |this| {
+            for node in this.live_nodes() {
+                let view = this.view(node)?;
+                if !view.iter().any(|l| l.id == to_id && l.serves(slot)) {
+                    return Ok(Some(format!(
+                        "node {node} does not see slot {slot} moved yet"
+                    )));
+                }
+            }
+            Ok(None)
+        })
+    }
+
+    /// A cluster shared by every test of this process that asks for it, started by the first
+    /// call (3 masters, 1 replica each). Starting a cluster takes about two seconds (a master
+    /// waits that long before it serves), so tests that only read and write their own keys
+    /// share one; tests that kill or move nodes start their own.
+    ///
+    /// Statics are never dropped, so the nodes are watched by a small shell process that
+    /// kills them, and deletes their directories, when this process exits in any way.
+    #[track_caller]
+    pub fn shared() -> &'static TestCluster {
+        static SHARED: std::sync::OnceLock<TestCluster> = std::sync::OnceLock::new();
+        SHARED.get_or_init(TestCluster::start)
+    }
+
+    /// (Re)starts the watchdog: `sh` reading a pipe this process holds; when the pipe closes
+    /// (this process is gone) it kills the nodes and removes their directories.
+    fn arm_watchdog(&mut self) {
+        if let Some(mut old) = self.watchdog.take() {
+            kill_and_reap(&mut old);
+        }
+        let mut args: Vec<String> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.server.child.as_ref().map(|c| c.id().to_string()))
+            .collect();
+        args.extend(
+            self.nodes
+                .iter()
+                .map(|n| n.server.dir.path().display().to_string()),
+        );
+        let script = "cat >/dev/null; for a in \"$@\"; do case \"$a\" in \
+                      /*) rm -rf \"$a\" ;; *) kill -9 \"$a\" 2>/dev/null ;; esac; done";
+        self.watchdog = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg("asdlc-cluster-watchdog")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok();
+    }
+
+    fn index_of(&self, id: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.id == id)
+    }
+
+    fn initial_slots(&self, node: usize) -> Option<(u16, u16)> {
+        (node < self.masters).then(|| slot_range(node, self.masters))
+    }
+
+    fn live_nodes(&mut self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].server.is_running())
+            .collect()
+    }
+
+    fn run(&self, node: usize, cmd: &redis::Cmd) -> Result<redis::Value, TestClusterError> {
+        let server = &self.nodes[node].server;
+        let fail = |source| TestClusterError::Command {
+            node,
+            port: server.port(),
+            command: describe_cmd(cmd),
+            source,
+        };
+        let mut con = server
+            .client()
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .map_err(fail)?;
+        con.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(fail)?;
+        cmd.query(&mut con).map_err(fail)
+    }
+
+    fn text(&self, node: usize, cmd: &redis::Cmd) -> Result<String, TestClusterError> {
+        let value = self.run(node, cmd)?;
+        redis::from_redis_value::<String>(value).map_err(|e| TestClusterError::Command {
+            node,
+            port: self.nodes[node].server.port(),
+            command: describe_cmd(cmd),
+            source: e.into(),
+        })
+    }
+
+    fn view(&self, node: usize) -> Result<Vec<NodeLine>, TestClusterError> {
+        let text = self.text(node, redis::cmd("CLUSTER").arg("NODES"))?;
+        Ok(text.lines().filter_map(NodeLine::parse).collect())
+    }
+
+    fn any_view(&self) -> Result<Vec<NodeLine>, TestClusterError> {
+        let mut last = None;
+        for node in 0..self.nodes.len() {
+            match self.view(node) {
+                Ok(v) => return Ok(v),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| TestClusterError::Invalid("no node is running".to_owned())))
+    }
+
+    /// `None` if `node` reports `cluster_state:ok`, else what it reports.
+    fn not_ok(&self, node: usize) -> Result<Option<String>, TestClusterError> {
+        let info = self.text(node, redis::cmd("CLUSTER").arg("INFO"))?;
+        if info.lines().any(|l| l.trim() == "cluster_state:ok") {
+            Ok(None)
+        } else {
+            let state = info
+                .lines()
+                .find(|l| l.starts_with("cluster_state"))
+                .unwrap_or("no cluster_state");
+            Ok(Some(format!("node {node}: {}", state.trim())))
+        }
+    }
+
+    /// `None` if `node` is a master or a replica whose link to its master is up.
+    fn replica_synced(&self, node: usize) -> Result<Option<String>, TestClusterError> {
+        let info = self.text(node, redis::cmd("INFO").arg("replication"))?;
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))
+                .map(str::to_owned)
+        };
+        if field("role").as_deref() == Some("master") {
+            return Ok(None);
+        }
+        if field("master_link_status").as_deref() == Some("up")
+            && field("master_sync_in_progress").as_deref() != Some("1")
+        {
+            return Ok(None);
+        }
+        Ok(Some(format!("replica {node} is not in sync yet")))
+    }
+
+    fn failover_done(
+        &mut self,
+        killed_id: &str,
+        slot: Option<u16>,
+    ) -> Result<Option<usize>, TestClusterError> {
+        let mut promoted = None;
+        for node in self.live_nodes() {
+            if self.not_ok(node)?.is_some() {
+                return Ok(None);
+            }
+            let view = self.view(node)?;
+            let server = view.iter().find(|l| {
+                l.id != killed_id && l.has("master") && slot.is_some_and(|s| l.serves(s))
+            });
+            let Some(server) = server else {
+                return Ok(None);
+            };
+            match (promoted, self.index_of(&server.id)) {
+                (None, Some(i)) => promoted = Some(i),
+                (Some(p), Some(i)) if p == i => {}
+                _ => return Ok(None),
+            }
+        }
+        Ok(promoted)
+    }
+
+    /// Polls `check` (which returns why the cluster is not there yet, or `None`) until it
+    /// passes or the timeout is over.
+    fn wait_until(
+        &mut self,
+        what: &str,
+        mut check: impl FnMut(&mut Self) -> Result<Option<String>, TestClusterError>,
+    ) -> Result<(), TestClusterError> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let last = match check(self) {
+                Ok(None) => return Ok(()),
+                Ok(Some(why)) => why,
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                return Err(TestClusterError::Timeout {
+                    what: what.to_owned(),
+                    waited: self.timeout,
+                    last,
+                });
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Assigns slots, joins the nodes, attaches the replicas, and waits for a healthy cluster.
+    fn form(mut self) -> Result<TestCluster, TestClusterError> {
+        for i in 0..self.nodes.len() {
+            let id = self.text(i, redis::cmd("CLUSTER").arg("MYID"))?;
+            self.nodes[i].id = id;
+            // Distinct epochs from the start spare the nodes a round of epoch collisions.
+            self.run(
+                i,
+                redis::cmd("CLUSTER")
+                    .arg("SET-CONFIG-EPOCH")
+                    .arg(i as u64 + 1),
+            )?;
+        }
+        for m in 0..self.masters {
+            let (first, last) = slot_range(m, self.masters);
+            self.run(
+                m,
+                redis::cmd("CLUSTER")
+                    .arg("ADDSLOTSRANGE")
+                    .arg(first)
+                    .arg(last),
+            )?;
+        }
+        for i in 1..self.nodes.len() {
+            let (port, bus) = (self.nodes[i].server.port(), self.nodes[i].bus.0);
+            self.run(
+                0,
+                redis::cmd("CLUSTER")
+                    .arg("MEET")
+                    .arg("127.0.0.1")
+                    .arg(port)
+                    .arg(bus),
+            )?;
+        }
+        let total = self.nodes.len();
+        self.wait_until("joined", |this| {
+            for n in 0..total {
+                let view = this.view(n)?;
+                let known = view
+                    .iter()
+                    .filter(|l| !l.has("handshake") && !l.has("noaddr"))
+                    .count();
+                if known < total {
+                    return Ok(Some(format!("node {n} knows {known} of {total} nodes")));
+                }
+            }
+            Ok(None)
+        })?;
+        for r in self.masters..total {
+            let master_id = self.nodes[(r - self.masters) % self.masters].id.clone();
+            self.run(r, redis::cmd("CLUSTER").arg("REPLICATE").arg(&master_id))?;
+        }
+        let masters = self.masters;
+        self.wait_until("healthy", |this| {
+            for n in 0..total {
+                if let Some(why) = this.not_ok(n)? {
+                    return Ok(Some(why));
+                }
+                let view = this.view(n)?;
+                for r in masters..total {
+                    let want = &this.nodes[(r - masters) % masters].id;
+                    let id = &this.nodes[r].id;
+                    if !view
+                        .iter()
+                        .any(|l| l.id == *id && l.master_id.as_ref() == Some(want))
+                    {
+                        return Ok(Some(format!("node {n} does not see replica {r} yet")));
+                    }
+                }
+                if let Some(why) = this.replica_synced(n)? {
+                    return Ok(Some(why));
+                }
+            }
+            Ok(None)
+        })?;
+        self.arm_watchdog();
+        Ok(self)
+    }
+}
+
+/// The slots of master `m` of `masters`: an even split of 0..=16383.
+fn slot_range(m: usize, masters: usize) -> (u16, u16) {
+    let first = m * 16384 / masters;
+    let last = (m + 1) * 16384 / masters - 1;
+    (first as u16, last as u16)
+}
+
+fn describe_cmd(cmd: &redis::Cmd) -> String {
+    cmd.args_iter()
+        .map(|a| match a {
+            redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
+            _ => "?".to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod cluster_tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_split_evenly_and_completely() {
+        for masters in 1..=5 {
+            let mut next = 0u32;
+            for m in 0..masters {
+                let (a, b) = slot_range(m, masters);
+                assert_eq!(u32::from(a), next);
+                next = u32::from(b) + 1;
+            }
+            assert_eq!(next, 16384);
+        }
+    }
+
+    #[test]
+    fn cluster_nodes_lines_parse() {
+        let line = "07c37dfeb235213a872192d90877d0cd55635b91 127.0.0.1:30004@31004,host slave \
+                    e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 0 1426238317239 4 connected";
+        let l = NodeLine::parse(line).unwrap();
+        assert_eq!(l.port, 30004);
+        assert!(l.has("slave"));
+        assert_eq!(
+            l.master_id.as_deref(),
+            Some("e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca")
+        );
+        let line = "e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@31001 myself,master - \
+                    0 0 1 connected 0-5460 6000 [5461->-abc]";
+        let l = NodeLine::parse(line).unwrap();
+        assert_eq!(l.slots, vec![(0, 5460), (6000, 6000)]);
+        assert!(l.serves(17 - 17) && l.serves(6000) && !l.serves(5461));
+    }
+}
