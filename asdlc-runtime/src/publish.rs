@@ -221,3 +221,82 @@ impl Publisher {
         Ok(Prepared { stream, key, cmd })
     }
 }
+
+// Durable publishing (Redis Cluster and replication work, issue 8): kept apart from the
+// publishing hot path above.
+
+/// How many replicas must have an event before [`Publisher::publish_durable`] returns, and
+/// how long to wait for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaWait {
+    /// Replicas that must have the write (`WAIT numreplicas`).
+    pub replicas: u32,
+    /// How long to wait for them (`WAIT timeout`); the wait ends early once they have it.
+    pub timeout: std::time::Duration,
+}
+
+impl ReplicaWait {
+    /// Wait for one replica, up to `timeout`.
+    pub fn one(timeout: std::time::Duration) -> Self {
+        ReplicaWait {
+            replicas: 1,
+            timeout,
+        }
+    }
+}
+
+/// What [`Publisher::publish_durable`] returns: the publish, and how many replicas had it when
+/// the wait ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DurablyPublished {
+    /// The publish itself: it happened whatever the replicas say.
+    pub published: Published,
+    /// How many replicas had the event when the wait ended.
+    pub replicas: u32,
+    /// How many were asked for.
+    pub wanted: u32,
+}
+
+impl DurablyPublished {
+    /// Whether as many replicas as asked for had the event: then it survives a failover to
+    /// one of them.
+    pub fn is_replicated(&self) -> bool {
+        self.replicas >= self.wanted
+    }
+}
+
+impl Publisher {
+    /// Publishes `event`, then waits until `wait.replicas` replicas of the node holding its
+    /// stream have it (Redis `WAIT`), up to `wait.timeout`.
+    ///
+    /// Redis replicates asynchronously: [`publish`](Self::publish) returns once the master has
+    /// the event, and a master that dies before its replica copied it loses it when the
+    /// replica takes over. An event for which this returns
+    /// [`is_replicated`](DurablyPublished::is_replicated) survives such a failover (unless
+    /// those replicas fail too). When it returns fewer replicas the event is still published
+    /// (a retry would publish it again; keep its idempotency key so a duplicate is handled
+    /// once). Costs one replication round trip per call.
+    pub async fn publish_durable(
+        &self,
+        event: &AsdlcEvent,
+        wait: ReplicaWait,
+    ) -> Result<DurablyPublished, PublishError> {
+        let published = self.publish(event).await?;
+        let mut conn = self.conn.clone();
+        let replicas = conn
+            .wait_for_replicas(&published.stream, wait.replicas, wait.timeout)
+            .await
+            .map_err(|source| PublishError::Redis {
+                stream: published.stream.clone(),
+                source,
+            })?;
+        if replicas < wait.replicas {
+            tracing::warn!(stream = %published.stream, event_id = %published.event_id, replicas, wanted = wait.replicas, "event published but not on enough replicas");
+        }
+        Ok(DurablyPublished {
+            published,
+            replicas,
+            wanted: wait.replicas,
+        })
+    }
+}
