@@ -20,3 +20,13 @@ pub mod prelude {
     pub use asdlc_macros::event_handler;
     pub use asdlc_runtime::prelude::*;
 }
+
+/// The user guide's chapters (`book/src`), so `cargo test --doc` compiles every Rust sample in
+/// them, and runs those that need no server.
+#[cfg(doctest)]
+mod book {
+    #[doc = include_str!("../book/src/introduction.md")]
+    mod introduction {}
+    #[doc = include_str!("../book/src/quickstart.md")]
+    mod quickstart {}
+}
