@@ -418,7 +418,18 @@ async fn handler_retry_nacks_message() {
             Behavior::Ok
         }
     });
-    let c = consumer(&s, "development-handlers", "w1", &h).await;
+    let c = EventConsumer::builder(config(&s), "development-handlers")
+        .handler(h.clone())
+        .configure(|o| {
+            fast(o);
+            o.consumer = "w1".into();
+            // No claim would pick the entry up in this test's time: the redelivery must
+            // come from the retry path.
+            o.claim_idle = Duration::from_secs(60);
+        })
+        .build()
+        .await
+        .unwrap();
     let run = spawn(&c).await;
     p.publish(&event(EventType::TaskDispatched, "s"))
         .await

@@ -39,6 +39,8 @@ static COMMIT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(&format!("{MARKS_LUA}\n{}", include_str!("commit.lua"))));
 static KEEPALIVE: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("keepalive.lua")));
+static REDELIVER: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("redeliver.lua")));
 static FORGET: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("forget.lua")));
 
@@ -227,6 +229,7 @@ enum Kind {
     Success {
         fp: [u8; FINGERPRINT_LEN],
         effects: Vec<Effect>,
+        deliveries: u32,
     },
     Retry {
         deliveries: u32,
@@ -756,12 +759,7 @@ async fn dispatch(
                 send(
                     shared,
                     run,
-                    dead(
-                        format!("malformed: {e}"),
-                        String::new(),
-                        fields,
-                        String::new(),
-                    ),
+                    dead(e.to_string(), String::new(), fields, String::new()),
                 )
                 .await;
                 continue;
@@ -1063,6 +1061,7 @@ async fn spawn_handler(
                 Kind::Success {
                     fp: c.fp,
                     effects: ctx.take_effects(),
+                    deliveries: c.deliveries,
                 }
             } else {
                 let error = result
@@ -1171,6 +1170,13 @@ async fn commit_batch(
                 bump(&shared.stats.processed, 1);
                 count(|p| &p.processed);
             }
+            (Kind::Success { deliveries, .. }, Value::Int(2)) => {
+                // Our lease lapsed and another delivery of the key took it: that one decides.
+                count(|p| &p.skipped);
+                tracing::info!(stream = %stream.name, id = %o.id, "another delivery holds this key's lease; checking again later");
+                let (id, deliveries) = (o.id.clone(), *deliveries);
+                defer(shared, run, &stream, id, deliveries, None, true);
+            }
             (Kind::Success { .. }, Value::Int(_)) => {
                 bump(&shared.stats.duplicates, 1);
                 count(|p| &p.skipped);
@@ -1231,7 +1237,7 @@ async fn commit(
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     for o in outcomes {
         match &o.kind {
-            Kind::Success { fp, effects } => {
+            Kind::Success { fp, effects, .. } => {
                 inv.arg("S")
                     .arg(&o.id)
                     .arg(&fp[..])
@@ -1312,32 +1318,42 @@ async fn redeliver_loop(shared: Arc<Shared>, run: Arc<RunCtx>) {
                 }
             }
         }
+        // One call per stream for everything due on it.
+        let mut by_stream: HashMap<Arc<str>, Vec<Redelivery>> = HashMap::new();
         for r in due {
-            // XCLAIM with a minimum idle time: if a peer claimed the entry meanwhile, its
-            // idle time was reset and this claim does nothing.
-            let reply: redis::RedisResult<Value> = redis::cmd("XCLAIM")
-                .arg(&*r.stream.name)
-                .arg(&*shared.group)
-                .arg(&*shared.consumer)
-                .arg(50)
-                .arg(&r.id)
-                .query_async(&mut conn)
-                .await;
-            match reply {
+            by_stream.entry(r.stream.name.clone()).or_default().push(r);
+        }
+        for (_, items) in by_stream {
+            let stream = items[0].stream.clone();
+            let mut inv = REDELIVER.key(&*stream.name);
+            inv.arg(&*shared.group).arg(&*shared.consumer);
+            for r in &items {
+                inv.arg(&r.id);
+            }
+            match inv.invoke_async::<Value>(&mut conn).await {
                 Ok(v) => {
-                    let entries = parse_entries(v);
-                    let batch: Vec<(RawEntry, u32)> = entries
-                        .into_iter()
-                        .map(|e| (e, r.deliveries.saturating_add(1)))
+                    let deliveries: HashMap<&str, u32> = items
+                        .iter()
+                        .map(|r| (r.id.as_str(), r.deliveries))
                         .collect();
-                    dispatch(&shared, &run, &r.stream, batch, None).await;
+                    let batch: Vec<(RawEntry, u32)> = parse_entries(v)
+                        .into_iter()
+                        .map(|e| {
+                            let d = deliveries.get(e.id.as_str()).copied().unwrap_or(1);
+                            (e, d.saturating_add(1))
+                        })
+                        .collect();
+                    dispatch(&shared, &run, &stream, batch, None).await;
                 }
                 Err(e) => {
-                    tracing::warn!(stream = %r.stream.name, id = %r.id, error = %e, "redelivery failed; trying later");
-                    lock(&run.retries).push(Reverse(Redelivery {
-                        due: Instant::now() + Duration::from_secs(1),
-                        ..r
-                    }));
+                    tracing::warn!(stream = %stream.name, error = %e, "redelivery failed; trying later");
+                    let mut heap = lock(&run.retries);
+                    for r in items {
+                        heap.push(Reverse(Redelivery {
+                            due: Instant::now() + Duration::from_secs(1),
+                            ..r
+                        }));
+                    }
                 }
             }
         }
