@@ -25,7 +25,8 @@
 //! letters; `EVAL`/`EVALSHA`/`SCRIPT LOAD` for the protocol's scripts, and the data commands
 //! those scripts and staged [`Effect`](crate::Effect)s run (checked against the key pattern at
 //! each call inside the script); `TIME` (read by the scripts); `WAIT` (durable publishing);
-//! `PING`, `CLIENT ID`/`SETNAME`/`SETINFO`/`GETNAME` about its own connection; `ASKING` and
+//! `PING`, `CLIENT ID`/`SETNAME`/`GETNAME` about its own connection (not `CLIENT SETINFO`,
+//! which Redis 7.0 lacks and redis-rs sends only as a hint whose refusal it ignores); `ASKING` and
 //! `CLUSTER SLOTS`/`SHARDS` so a cluster client can find its way. Add more for handlers that
 //! need them with [`TenantAcl::command`].
 //!
@@ -113,7 +114,6 @@ pub const TENANT_COMMANDS: &[&str] = &[
     "client|id",
     "client|setname",
     "client|getname",
-    "client|setinfo",
     // Finding the way around a cluster.
     "asking",
     "cluster|slots",

@@ -1,0 +1,899 @@
+//! The framework on a real Redis Cluster (3 masters, 1 replica each): publishing, consuming
+//! (one tenant, and many tenants spread over slots with one consumer per slot), idempotency,
+//! recovery, dead letters and stream info; the core scenarios of `tests/consuming.rs` again;
+//! then a master failing over and a slot moving while consumers run.
+//!
+//! Tests that only use their own keys share one cluster ([`TestCluster::shared`]), each under
+//! its own stream name; the failover and resharding tests start their own.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use asdlc::keys::{hash_slot, partition_tenants_by_slot};
+use asdlc::publish::ReplicaWait;
+use asdlc::{
+    AsdlcEvent, Config, EventConsumer, EventType, IdempotencyTracker, Publisher, RedisConnection,
+    StreamKeys, Tenancy, TenantContext, TenantId, acl, deadletter, get_stream_info,
+};
+use asdlc_runtime::testing::TestCluster;
+use common::*;
+use redis::Value;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn trace() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("ASDLC_TEST_LOG"))
+        .with_test_writer()
+        .try_init();
+}
+
+/// The cluster shared by the tests of this file that only touch their own keys.
+fn cluster() -> &'static TestCluster {
+    trace();
+    TestCluster::shared()
+}
+
+/// Single-tenant configuration on stream `stream`.
+fn single(c: &TestCluster, stream: &str) -> Config {
+    Config {
+        redis_url: c.redis_url(),
+        stream: stream.to_owned(),
+        ..Config::default()
+    }
+}
+
+/// Multi-tenant configuration on stream base `stream`.
+fn multi(c: &TestCluster, stream: &str) -> Config {
+    Config {
+        redis_url: c.redis_url(),
+        stream: stream.to_owned(),
+        tenancy: Tenancy::multi(),
+        ..Config::default()
+    }
+}
+
+async fn connect(c: &TestCluster) -> RedisConnection {
+    let conn = RedisConnection::connect(&c.redis_url()).await.unwrap();
+    assert!(conn.is_cluster());
+    conn
+}
+
+async fn consumer(config: &Config, group: &str, name: &str, h: &TestHandler) -> EventConsumer {
+    EventConsumer::builder(config.clone(), group)
+        .handler(h.clone())
+        .configure(|o| {
+            fast(o);
+            o.consumer = name.to_owned();
+        })
+        .build()
+        .await
+        .unwrap()
+}
+
+async fn pending(c: &mut RedisConnection, stream: &str, group: &str) -> u64 {
+    let info = get_stream_info(c, stream).await.unwrap();
+    info.group(group).map(|g| g.pending).unwrap_or(0)
+}
+
+/// Reads `n` entries as consumer `name` without acknowledging them: a consumer that dies.
+async fn read_and_die(c: &mut RedisConnection, stream: &str, group: &str, name: &str, n: usize) {
+    asdlc::create_consumer_group(c, stream, group, asdlc::GroupStart::Beginning)
+        .await
+        .unwrap();
+    let _: Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(group)
+        .arg(name)
+        .arg("COUNT")
+        .arg(n)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(">")
+        .query_async(c)
+        .await
+        .unwrap();
+}
+
+/// `count` tenants whose streams (under `base`) are served by different masters, as far as
+/// the cluster has masters, then round-robin.
+fn tenants_across_masters(
+    c: &TestCluster,
+    base: &str,
+    prefix: &str,
+    count: usize,
+) -> Vec<TenantId> {
+    let mut by_master: HashMap<usize, Vec<TenantId>> = HashMap::new();
+    for i in 0..200 {
+        let t = TenantId::new(format!("{prefix}{i}")).unwrap();
+        let slot = hash_slot(asdlc::get_stream_name(base, Some(&t)).as_bytes());
+        by_master
+            .entry(c.master_of_slot(slot).unwrap())
+            .or_default()
+            .push(t);
+    }
+    let mut masters: Vec<_> = by_master.into_iter().collect();
+    masters.sort_by_key(|(m, _)| *m);
+    (0..count)
+        .map(|i| {
+            let (_, list) = &masters[i % masters.len()];
+            list[i / masters.len()].clone()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn publish_consume_and_acknowledge_on_a_cluster() {
+    let c = cluster();
+    let config = single(c, "cl-basic:events");
+    let p = Publisher::connect(config.clone()).await.unwrap();
+    let h = TestHandler::all("h");
+    let consumer = consumer(&config, "development-handlers", "w1", &h).await;
+    let run = spawn(&consumer).await;
+    let events: Vec<AsdlcEvent> = (0..40)
+        .map(|i| event(EventType::TaskCreated, &format!("s{i}")))
+        .collect();
+    p.publish_batch(&events[..20]).await.unwrap();
+    for e in &events[20..] {
+        p.publish(e).await.unwrap();
+    }
+    eventually(WAIT, "all handled", || async { h.count() == 40 }).await;
+    let mut conn = connect(c).await;
+    eventually(WAIT, "all acknowledged", || {
+        let mut conn = conn.clone();
+        async move { pending(&mut conn, "cl-basic:events", "development-handlers").await == 0 }
+    })
+    .await;
+    let info = get_stream_info(&mut conn, "cl-basic:events").await.unwrap();
+    assert_eq!(info.length, 40);
+    assert_eq!(info.dead_letters, 0);
+    let group = info.group("development-handlers").unwrap();
+    assert_eq!(group.pending, 0);
+    let applied = applied(&mut conn, "cl-basic:events", "development-handlers").await;
+    assert_eq!(applied.len(), 40);
+    assert!(applied.values().all(|n| *n == 1));
+    consumer.stop();
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn tenants_in_different_slots_get_one_consumer_per_slot() {
+    let c = cluster();
+    let base = "cl-multi:events";
+    let config = multi(c, base);
+    let tenants = tenants_across_masters(c, base, "mt", 6);
+    let parts = partition_tenants_by_slot(base, tenants.clone());
+    assert_eq!(parts.len(), 6, "six tenants, six slots");
+    let masters: HashSet<usize> = tenants
+        .iter()
+        .map(|t| {
+            let slot = hash_slot(asdlc::get_stream_name(base, Some(t)).as_bytes());
+            c.master_of_slot(slot).unwrap()
+        })
+        .collect();
+    assert_eq!(masters.len(), 3, "the tenants live on all three masters");
+
+    // One consumer cannot read streams of two slots with one XREADGROUP.
+    let mut conn = connect(c).await;
+    let s0 = config.stream_for(Some(&tenants[0]));
+    let s1 = config.stream_for(Some(&tenants[1]));
+    let err = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g")
+        .arg("c")
+        .arg("STREAMS")
+        .arg(&s0)
+        .arg(&s1)
+        .arg(">")
+        .arg(">")
+        .query_async::<Value>(&mut conn)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        redis::ErrorKind::Server(redis::ServerErrorKind::CrossSlot),
+        "{err}"
+    );
+
+    let h = TestHandler::all("h");
+    let mut consumers = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        let mut b = EventConsumer::builder(config.clone(), "hitl-handlers")
+            .handler(h.clone())
+            .configure(|o| {
+                fast(o);
+                o.consumer = format!("w-slot{i}");
+            });
+        for t in part {
+            b = b.tenant(t.clone());
+        }
+        let consumer = b.build().await.unwrap();
+        let run = spawn(&consumer).await;
+        consumers.push((consumer, run));
+    }
+    // One batch holding every tenant's events: split by slot under the hood.
+    let p = Publisher::connect(config.clone()).await.unwrap();
+    let mut batch = Vec::new();
+    for round in 0..5 {
+        for t in &tenants {
+            batch.push(
+                AsdlcEvent::builder(EventType::GateRequested, format!("{t}-{round}"))
+                    .tenant_id(t.clone())
+                    .build()
+                    .unwrap(),
+            );
+        }
+    }
+    let published = p.publish_batch(&batch).await.unwrap();
+    for (e, out) in batch.iter().zip(&published) {
+        assert_eq!(out.stream, config.stream_for(e.tenant_id.as_ref()));
+    }
+    // And one through the task-local tenant context.
+    TenantContext::scope(
+        tenants[2].clone(),
+        p.publish(&event(EventType::GateApproved, "ctx")),
+    )
+    .await
+    .unwrap();
+    eventually(WAIT, "every tenant's events handled", || async {
+        h.count() == 31
+    })
+    .await;
+    for call in h.calls() {
+        let tenant = call.tenant.clone().expect("handled in a tenant context");
+        if call.event.session_id != "ctx" {
+            assert!(
+                call.event.session_id.starts_with(&format!("{tenant}-")),
+                "{call:?}"
+            );
+        }
+    }
+    for t in &tenants {
+        let stream = config.stream_for(Some(t));
+        let applied = applied(&mut conn, &stream, "hitl-handlers").await;
+        let want = if *t == tenants[2] { 6 } else { 5 };
+        assert_eq!(applied.len(), want, "{stream}");
+        assert_eq!(pending(&mut conn, &stream, "hitl-handlers").await, 0);
+    }
+    for (consumer, run) in consumers {
+        consumer.stop();
+        run.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn duplicate_publish_is_handled_once_on_a_cluster() {
+    let c = cluster();
+    let config = single(c, "cl-dup:events");
+    let p = Publisher::connect(config.clone()).await.unwrap();
+    let h = TestHandler::all("h");
+    let consumer = consumer(&config, "hitl-handlers", "w1", &h).await;
+    let run = spawn(&consumer).await;
+    let e = AsdlcEvent::builder(EventType::GateApproved, "s1")
+        .idempotency_key("gate-7@abc1234")
+        .build()
+        .unwrap();
+    p.publish(&e).await.unwrap();
+    p.publish(&e).await.unwrap();
+    p.publish_batch(&[e.clone(), e.clone()]).await.unwrap();
+    let mut conn = connect(c).await;
+    eventually(WAIT, "all four copies acknowledged", || {
+        let mut conn = conn.clone();
+        async move {
+            let info = get_stream_info(&mut conn, "cl-dup:events").await.unwrap();
+            info.length == 4 && info.total_pending() == 0
+        }
+    })
+    .await;
+    assert_eq!(h.count(), 1, "handled once");
+    assert_eq!(consumer.stats().duplicates, 3);
+    let applied = applied(&mut conn, "cl-dup:events", "hitl-handlers").await;
+    assert_eq!(applied.get("gate-7@abc1234"), Some(&1));
+    consumer.stop();
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn same_key_in_two_consumers_at_once_runs_once_on_a_cluster() {
+    let c = cluster();
+    let config = single(c, "cl-race:events");
+    let p = Publisher::connect(config.clone()).await.unwrap();
+    let h1 = TestHandler::all("h").behave(|_, _| Behavior::Sleep(Duration::from_millis(2)));
+    let h2 = TestHandler::all("h").behave(|_, _| Behavior::Sleep(Duration::from_millis(2)));
+    let c1 = consumer(&config, "development-handlers", "w1", &h1).await;
+    let c2 = consumer(&config, "development-handlers", "w2", &h2).await;
+    let r1 = spawn(&c1).await;
+    let r2 = spawn(&c2).await;
+    let rounds = 60;
+    for i in 0..rounds {
+        let e = AsdlcEvent::builder(EventType::PatchApplied, format!("s{i}"))
+            .build()
+            .unwrap();
+        p.publish_batch(&[e.clone(), e]).await.unwrap();
+    }
+    let mut conn = connect(c).await;
+    eventually(WAIT, "every copy acknowledged", || {
+        let mut conn = conn.clone();
+        async move {
+            let info = get_stream_info(&mut conn, "cl-race:events").await.unwrap();
+            info.length == 2 * rounds && info.total_pending() == 0
+        }
+    })
+    .await;
+    let keys: Vec<String> = h1
+        .calls()
+        .into_iter()
+        .chain(h2.calls())
+        .map(|c| c.key)
+        .collect();
+    let unique: HashSet<_> = keys.iter().collect();
+    assert_eq!(unique.len(), rounds as usize);
+    assert_eq!(
+        keys.len(),
+        rounds as usize,
+        "the handler ran exactly once per key"
+    );
+    let applied = applied(&mut conn, "cl-race:events", "development-handlers").await;
+    assert_eq!(applied.len(), rounds as usize);
+    assert!(applied.values().all(|v| *v == 1));
+    c1.stop();
+    c2.stop();
+    r1.await.unwrap().unwrap();
+    r2.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn recovery_processes_pending_and_claims_from_dead_consumers_on_a_cluster() {
+    let c = cluster();
+    let stream = "cl-recover:events";
+    let config = single(c, stream);
+    let p = Publisher::connect(config.clone()).await.unwrap();
+    let events: Vec<_> = (0..120)
+        .map(|i| event(EventType::TaskCreated, &format!("s{i}")))
+        .collect();
+    p.publish_batch(&events).await.unwrap();
+    let mut conn = connect(c).await;
+    // "w1" read 100 and crashed; "dead-worker" read the other 20 and crashed.
+    read_and_die(&mut conn, stream, "development-handlers", "w1", 100).await;
+    read_and_die(&mut conn, stream, "development-handlers", "dead-worker", 20).await;
+    let h = TestHandler::all("h");
+    let w1 = consumer(&config, "development-handlers", "w1", &h).await;
+    let own = w1.process_pending().await.unwrap();
+    assert_eq!((own.processed, own.skipped, own.failed), (100, 0, 0));
+    let early = w1
+        .claim_stale_messages(Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(early.claimed, 0, "not stale yet");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let claimed = w1
+        .claim_stale_messages(Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert_eq!((claimed.claimed, claimed.processed), (20, 20));
+    assert_eq!(h.count(), 120);
+    assert_eq!(pending(&mut conn, stream, "development-handlers").await, 0);
+    // The same events again, pending for a dead consumer: skipped, not handled twice.
+    p.publish_batch(&events[..10]).await.unwrap();
+    read_and_die(&mut conn, stream, "development-handlers", "w1", 10).await;
+    let again = w1.process_pending().await.unwrap();
+    assert_eq!((again.processed, again.skipped), (0, 10));
+    assert_eq!(h.count(), 120);
+    let applied = applied(&mut conn, stream, "development-handlers").await;
+    assert_eq!(applied.len(), 120);
+    assert!(applied.values().all(|v| *v == 1));
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_replayed_and_purged_on_a_cluster() {
+    let c = cluster();
+    let stream = "cl-dead:events";
+    let config = single(c, stream);
+    let p = Publisher::connect(config.clone()).await.unwrap();
+    let fixed = Arc::new(AtomicBool::new(false));
+    let f = fixed.clone();
+    let h = TestHandler::all("strict").behave(move |e, _| {
+        if e.session_id == "retry" {
+            Behavior::Retry
+        } else if f.load(Ordering::SeqCst) {
+            Behavior::Ok
+        } else {
+            Behavior::Permanent
+        }
+    });
+    let consumer = EventConsumer::builder(config.clone(), "design-handlers")
+        .handler(h.clone())
+        .configure(|o| {
+            fast(o);
+            o.consumer = "w1".into();
+            o.max_deliveries = 3;
+        })
+        .build()
+        .await
+        .unwrap();
+    let run = spawn(&consumer).await;
+    let bad = event(EventType::GateRejected, "permanent");
+    p.publish(&bad).await.unwrap();
+    p.publish(&event(EventType::GateRejected, "retry"))
+        .await
+        .unwrap();
+    eventually(WAIT, "both dead-lettered", || async {
+        consumer.stats().dead_lettered == 2
+    })
+    .await;
+    let mut conn = connect(c).await;
+    assert_eq!(deadletter::count(&mut conn, stream).await.unwrap(), 2);
+    let dead = deadletter::list(&mut conn, stream, "-", 10).await.unwrap();
+    let permanent = dead
+        .iter()
+        .find(|d| d.reason == "permanent failure")
+        .unwrap();
+    let retried = dead.iter().find(|d| d.deliveries == 3).unwrap();
+    assert_eq!(retried.event().unwrap().session_id, "retry");
+    let info = get_stream_info(&mut conn, stream).await.unwrap();
+    assert_eq!(info.dead_letters, 2);
+    assert_eq!(info.group("design-handlers").unwrap().pending, 0);
+    // Fixed: replay the permanent failure, which is handled this time.
+    fixed.store(true, Ordering::SeqCst);
+    assert!(
+        deadletter::replay(&mut conn, stream, &permanent.id)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    eventually(WAIT, "replayed event handled", || async {
+        consumer.stats().processed == 1
+    })
+    .await;
+    assert_eq!(deadletter::count(&mut conn, stream).await.unwrap(), 1);
+    assert_eq!(deadletter::purge(&mut conn, stream).await.unwrap(), 1);
+    assert_eq!(deadletter::count(&mut conn, stream).await.unwrap(), 0);
+    consumer.stop();
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn idempotency_marks_are_atomic_on_a_cluster() {
+    let c = cluster();
+    let conn = connect(c).await;
+    let tenant = TenantId::new("idem").unwrap();
+    let keys = StreamKeys::new(asdlc::get_stream_name("cl-idem:events", Some(&tenant)));
+    let tracker = IdempotencyTracker::new(conn.clone(), keys.clone(), "hitl-handlers");
+    assert!(!tracker.is_processed("gate-1@sha").await.unwrap());
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let t = tracker.clone();
+        tasks.push(tokio::spawn(async move {
+            t.mark_processed("gate-1@sha").await.unwrap()
+        }));
+    }
+    let mut firsts = 0;
+    for t in tasks {
+        firsts += usize::from(t.await.unwrap());
+    }
+    assert_eq!(firsts, 1, "exactly one caller marked it");
+    assert!(tracker.is_processed("gate-1@sha").await.unwrap());
+    // Marks are per group.
+    let other = IdempotencyTracker::new(conn, keys, "design-handlers");
+    assert!(!other.is_processed("gate-1@sha").await.unwrap());
+}
+
+#[tokio::test]
+async fn client_ids_are_checked_on_the_node_that_gave_them() {
+    // The consumer-name lock stores the holder's CLIENT ID and another process checks it with
+    // CLIENT LIST ID: both must reach the same node.
+    let c = cluster();
+    let a = connect(c).await;
+    let mut b = connect(c).await;
+    let mut a2 = a.clone();
+    let id: i64 = redis::cmd("CLIENT")
+        .arg("ID")
+        .query_async(&mut a2)
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        let again: i64 = redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut a2)
+            .await
+            .unwrap();
+        assert_eq!(again, id, "always the same node and socket");
+    }
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .arg("ID")
+        .arg(id)
+        .query_async(&mut b)
+        .await
+        .unwrap();
+    assert!(list.contains(&format!("id={id} ")), "{list}");
+    drop(a);
+    drop(a2);
+    eventually(WAIT, "the closed connection is gone", || {
+        let mut b = b.clone();
+        async move {
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .arg("ID")
+                .arg(id)
+                .query_async(&mut b)
+                .await
+                .unwrap();
+            list.trim().is_empty()
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn durable_publish_waits_for_a_replica() {
+    let c = cluster();
+    let p = Publisher::connect(single(c, "cl-durable:events"))
+        .await
+        .unwrap();
+    let out = p
+        .publish_durable(
+            &event(EventType::PatchCreated, "s1"),
+            ReplicaWait::one(Duration::from_secs(2)),
+        )
+        .await
+        .unwrap();
+    assert!(out.is_replicated(), "{out:?}");
+    assert_eq!(out.replicas, 1);
+    // The replica really has it.
+    let slot = hash_slot(b"cl-durable:events");
+    let master = c.master_of_slot(slot).unwrap();
+    let master_port = format!("master_port:{}", c.node(master).port());
+    let replica = (0..c.node_count())
+        .find(|n| {
+            let mut con = c.node_client(*n).get_connection().unwrap();
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut con)
+                .unwrap();
+            info.contains("role:slave") && info.contains(&master_port)
+        })
+        .expect("the stream's master has a replica");
+    let mut con = c.node_client(replica).get_connection().unwrap();
+    redis::cmd("READONLY").query::<()>(&mut con).unwrap();
+    let len: u64 = redis::cmd("XLEN")
+        .arg("cl-durable:events")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(len, 1);
+
+    // A lone server has no replica: the publish happens, the wait says so.
+    let s = server();
+    let p = Publisher::connect(config(&s)).await.unwrap();
+    let out = p
+        .publish_durable(
+            &event(EventType::PatchCreated, "s1"),
+            ReplicaWait::one(Duration::from_millis(100)),
+        )
+        .await
+        .unwrap();
+    assert!(!out.is_replicated());
+    assert_eq!(out.replicas, 0);
+    assert_eq!(
+        get_stream_info(&mut conn(&s).await, "asdlc:events")
+            .await
+            .unwrap()
+            .length,
+        1
+    );
+}
+
+#[tokio::test]
+async fn tenant_users_are_confined_to_their_keys_on_a_cluster() {
+    let c = cluster();
+    let base = "cl-acl:events";
+    let tenants = tenants_across_masters(c, base, "acl", 2);
+    let (a, b) = (&tenants[0], &tenants[1]);
+    let mut admin = connect(c).await;
+    let creds = acl::provision_tenant(&mut admin, a, &acl::generate_password())
+        .await
+        .unwrap();
+    // The user exists on every node, replicas included.
+    for n in 0..c.node_count() {
+        let mut con = c.node_client(n).get_connection().unwrap();
+        let users: Vec<String> = redis::cmd("ACL").arg("USERS").query(&mut con).unwrap();
+        assert!(users.contains(&creds.username().to_owned()), "node {n}");
+    }
+    let admin_p = Publisher::connect(multi(c, base)).await.unwrap();
+    TenantContext::scope(
+        b.clone(),
+        admin_p.publish(&event(EventType::TaskCreated, "b-secret")),
+    )
+    .await
+    .unwrap();
+
+    let config = Config {
+        redis_url: creds.url(&c.redis_url()).unwrap(),
+        ..multi(c, base)
+    };
+    let p = Publisher::connect(config.clone()).await.unwrap();
+    let h = TestHandler::all("h");
+    let consumer = EventConsumer::builder(config.clone(), "development-handlers")
+        .tenant(a.clone())
+        .handler(h.clone())
+        .configure(|o| {
+            fast(o);
+            o.consumer = "acl-w1".into();
+        })
+        .build()
+        .await
+        .unwrap();
+    let run = spawn(&consumer).await;
+    for i in 0..5 {
+        TenantContext::scope(
+            a.clone(),
+            p.publish(&event(EventType::TaskCreated, &format!("a{i}"))),
+        )
+        .await
+        .unwrap();
+    }
+    eventually(WAIT, "tenant A's events handled as A's user", || async {
+        h.count() == 5
+    })
+    .await;
+    // A's user cannot publish to B, nor read B's stream.
+    let err = TenantContext::scope(b.clone(), p.publish(&event(EventType::TaskCreated, "x")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, asdlc::PublishError::Redis { source, .. } if source.code() == Some("NOPERM")),
+        "{err}"
+    );
+    let mut as_a = RedisConnection::connect(&config.redis_url).await.unwrap();
+    let err = redis::cmd("XRANGE")
+        .arg(config.stream_for(Some(b)))
+        .arg("-")
+        .arg("+")
+        .query_async::<Value>(&mut as_a)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("NOPERM"), "{err}");
+    consumer.stop();
+    run.await.unwrap().unwrap();
+    assert!(acl::revoke_tenant(&mut admin, a).await.unwrap());
+    let b_info = get_stream_info(&mut admin, &config.stream_for(Some(b)))
+        .await
+        .unwrap();
+    assert_eq!(b_info.length, 1, "B's data is intact");
+}
+
+/// Runs `f` on a blocking-friendly thread of the multi-threaded test runtime.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumption_resumes_after_a_master_fails_over() {
+    trace();
+    let mut cl = blocking(TestCluster::start);
+    let base = "fo:events";
+    let config = multi(&cl, base);
+    let tenants = tenants_across_masters(&cl, base, "fo", 3);
+    // Tenant 0 lives on the master that will die; keep it off the master of slot 0, which
+    // also answers CLIENT ID for every connection.
+    let doomed_slot = hash_slot(config.stream_for(Some(&tenants[1])).as_bytes());
+    let doomed = cl.master_of_slot(doomed_slot).unwrap();
+    assert_ne!(doomed, cl.master_of_slot(0).unwrap());
+    let h = TestHandler::all("h");
+    let mut consumers = Vec::new();
+    for (i, part) in partition_tenants_by_slot(base, tenants.clone())
+        .iter()
+        .enumerate()
+    {
+        let mut b = EventConsumer::builder(config.clone(), "development-handlers")
+            .handler(h.clone())
+            .configure(|o| {
+                fast(o);
+                o.consumer = format!("fo-{i}");
+            });
+        for t in part {
+            b = b.tenant(t.clone());
+        }
+        let consumer = b.build().await.unwrap();
+        let run = spawn(&consumer).await;
+        consumers.push((consumer, run));
+    }
+    let p = Publisher::connect(config.clone()).await.unwrap();
+    let publish = |t: TenantId, session: String, durable: bool| {
+        let p = p.clone();
+        async move {
+            let e = AsdlcEvent::builder(EventType::TaskCreated, session)
+                .tenant_id(t)
+                .build()
+                .unwrap();
+            if durable {
+                p.publish_durable(&e, ReplicaWait::one(Duration::from_secs(1)))
+                    .await
+                    .map(|d| (d.is_replicated(), d.published.idempotency_key))
+            } else {
+                p.publish(&e).await.map(|d| (false, d.idempotency_key))
+            }
+        }
+    };
+    // Before: every event durable.
+    let mut durable_keys = Vec::new();
+    for i in 0..20 {
+        for t in &tenants {
+            let (replicated, key) = publish(t.clone(), format!("before-{i}"), true)
+                .await
+                .unwrap();
+            assert!(replicated);
+            durable_keys.push((t.clone(), key));
+        }
+    }
+    eventually(WAIT, "the first events handled", || async {
+        h.count() == 60
+    })
+    .await;
+
+    // Kill the master under tenant 1 while publishing goes on to every tenant.
+    let killed = cl.kill_master(doomed);
+    let mut acknowledged = Vec::new();
+    let mut refused = 0;
+    let during = tokio::time::Instant::now();
+    let mut i = 0;
+    while during.elapsed() < Duration::from_millis(1500) {
+        for t in &tenants {
+            match publish(t.clone(), format!("during-{i}"), false).await {
+                Ok((_, key)) => acknowledged.push((t.clone(), key)),
+                Err(_) => refused += 1,
+            }
+        }
+        i += 1;
+    }
+    let promoted = blocking(|| cl.wait_for_failover(killed)).unwrap();
+    assert_ne!(promoted, killed);
+    // After: the promoted master has no replica until the old one comes back, so these are
+    // plain publishes; nothing fails any more, so every one must be handled.
+    for i in 0..20 {
+        for t in &tenants {
+            let (_, key) = publish(t.clone(), format!("after-{i}"), false)
+                .await
+                .unwrap();
+            durable_keys.push((t.clone(), key));
+        }
+    }
+    // The old master comes back as a replica of the promoted one: durable publishing works
+    // for its tenant again.
+    blocking(|| cl.restart_node(killed)).unwrap();
+    assert_eq!(cl.master_of_slot(doomed_slot).unwrap(), promoted);
+    for t in &tenants {
+        let (replicated, key) = publish(t.clone(), "rejoined".to_owned(), true)
+            .await
+            .unwrap();
+        assert!(replicated, "{t}");
+        durable_keys.push((t.clone(), key));
+    }
+    let handled = || -> HashSet<String> { h.calls().into_iter().map(|c| c.key).collect() };
+    eventually(
+        Duration::from_secs(30),
+        "every event published durably or after the failover handled",
+        || async {
+            let seen = handled();
+            durable_keys.iter().all(|(_, k)| seen.contains(k))
+        },
+    )
+    .await;
+    // Let the consumers drain whatever else survived.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let seen = handled();
+    let lost: Vec<_> = acknowledged
+        .iter()
+        .filter(|(_, k)| !seen.contains(k))
+        .collect();
+    eprintln!(
+        "failover: {} publishes acknowledged while the master was down or failing over, {} \
+         refused, {} acknowledged but never handled (lost with the dead master)",
+        acknowledged.len(),
+        refused,
+        lost.len()
+    );
+    for (t, _) in &lost {
+        assert_eq!(
+            *t, tenants[1],
+            "only the failed master's tenant can lose events"
+        );
+    }
+    // Redis-staged effects are exactly once per handled event, across the failover.
+    let mut conn = RedisConnection::connect(&config.redis_url).await.unwrap();
+    for t in &tenants {
+        let stream = config.stream_for(Some(t));
+        let applied = applied(&mut conn, &stream, "development-handlers").await;
+        assert!(applied.values().all(|v| *v == 1), "{stream}: {applied:?}");
+        eventually(WAIT, "nothing left pending", || {
+            let mut conn = conn.clone();
+            let stream = stream.clone();
+            async move { pending(&mut conn, &stream, "development-handlers").await == 0 }
+        })
+        .await;
+    }
+    for (consumer, run) in consumers {
+        consumer.stop();
+        run.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumption_survives_moving_a_slot() {
+    trace();
+    let mut cl = blocking(|| TestCluster::builder().replicas_per_master(0).start());
+    let stream = "reshard:events";
+    let config = single(&cl, stream);
+    let slot = hash_slot(stream.as_bytes());
+    let from = cl.master_of_slot(slot).unwrap();
+    let to = (from + 1) % cl.master_count();
+    let h = TestHandler::all("h");
+    let consumer = consumer(&config, "development-handlers", "w1", &h).await;
+    let run = spawn(&consumer).await;
+    let p = Publisher::connect(config.clone()).await.unwrap();
+    let mut keys = Vec::new();
+    for i in 0..30 {
+        keys.push(
+            p.publish(&event(EventType::TaskCreated, &format!("a{i}")))
+                .await
+                .unwrap()
+                .idempotency_key,
+        );
+    }
+    eventually(WAIT, "handled before the move", || async {
+        h.count() == 30
+    })
+    .await;
+    // Publish while the slot moves: redirected with ASK while it migrates, MOVED after.
+    let mover = {
+        let hold = Duration::from_millis(800);
+        tokio::task::spawn_blocking(move || {
+            cl.migrate_slot(slot, to, hold).unwrap();
+            cl
+        })
+    };
+    let started = tokio::time::Instant::now();
+    let mut i = 0;
+    while !mover.is_finished() || started.elapsed() < Duration::from_millis(300) {
+        let e = event(EventType::TaskCreated, &format!("b{i}"));
+        keys.push(p.publish(&e).await.unwrap().idempotency_key);
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let cl = mover.await.unwrap();
+    assert_eq!(cl.master_of_slot(slot).unwrap(), to);
+    for i in 0..30 {
+        keys.push(
+            p.publish(&event(EventType::TaskCreated, &format!("c{i}")))
+                .await
+                .unwrap()
+                .idempotency_key,
+        );
+    }
+    let total = keys.len();
+    eventually(
+        Duration::from_secs(30),
+        "every event handled after the move",
+        || async { h.count() >= total },
+    )
+    .await;
+    let mut conn = RedisConnection::connect(&config.redis_url).await.unwrap();
+    eventually(WAIT, "nothing left pending", || {
+        let mut conn = conn.clone();
+        async move { pending(&mut conn, stream, "development-handlers").await == 0 }
+    })
+    .await;
+    let applied = applied(&mut conn, stream, "development-handlers").await;
+    assert_eq!(applied.len(), total);
+    assert!(applied.values().all(|v| *v == 1), "{applied:?}");
+    // The stream now lives on the new master alone.
+    let mut direct = cl.node_client(to).get_connection().unwrap();
+    let len: u64 = redis::cmd("XLEN").arg(stream).query(&mut direct).unwrap();
+    assert_eq!(len as usize, total);
+    consumer.stop();
+    run.await.unwrap().unwrap();
+}
