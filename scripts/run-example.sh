@@ -7,6 +7,9 @@
 # loopback port in a temporary directory under target/, runs
 # `cargo run --release --example NAME -- ARGS...` with REDIS_URL pointing at it, stops the
 # server on exit and exits with the example's status.
+#
+# ASDLC_EXAMPLE_PROFILE=dev builds and runs the example unoptimised instead (CI uses it to reuse
+# the test build rather than compile everything again in release mode).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,9 +20,14 @@ log() { echo "run-example: $*" >&2; }
 
 server="$("$repo/scripts/ensure-redis.sh")"
 
+profile=(--release)
+if [[ "${ASDLC_EXAMPLE_PROFILE:-release}" == "dev" ]]; then
+  profile=()
+fi
+
 cd "$repo"
 # Build before starting the server, so it does not sit idle through a long compile.
-cargo build --release --example "$example"
+cargo build "${profile[@]}" --example "$example"
 
 mkdir -p "$repo/target"
 workdir="$(mktemp -d "$repo/target/asdlc-example.XXXXXX")"
@@ -92,5 +100,5 @@ export REDIS_URL
 log "server $server on $REDIS_URL"
 
 status=0
-cargo run --release --example "$example" -- "$@" || status=$?
+cargo run "${profile[@]}" --example "$example" -- "$@" || status=$?
 exit "$status"
