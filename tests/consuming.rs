@@ -1094,3 +1094,149 @@ async fn acknowledge_removes_an_entry_from_pending() {
         0
     );
 }
+
+#[tokio::test]
+async fn gone_consumers_are_forgotten_but_never_one_that_owns_entries() {
+    let s = server();
+    let p = Publisher::connect(config(&s)).await.unwrap();
+    let mut conn = conn(&s).await;
+    // "ghost" joined and left owning nothing; "holder" died owning an entry.
+    read_and_die(&mut conn, "development-handlers", "ghost", 1).await;
+    p.publish(&event(EventType::TaskCreated, "s"))
+        .await
+        .unwrap();
+    read_and_die(&mut conn, "development-handlers", "holder", 1).await;
+    let h = TestHandler::all("h");
+    let c = EventConsumer::builder(config(&s), "development-handlers")
+        .handler(h.clone())
+        .configure(|o| {
+            fast(o);
+            o.consumer = "w1".into();
+            o.claim_idle = Duration::from_secs(60);
+            o.forget_idle = Some(Duration::from_millis(300));
+        })
+        .build()
+        .await
+        .unwrap();
+    let run = spawn(&c).await;
+    let names = |conn: asdlc::RedisConnection| async move {
+        let mut conn = conn;
+        let info = get_stream_info(&mut conn, "asdlc:events").await.unwrap();
+        let mut names: Vec<String> = info
+            .group("development-handlers")
+            .unwrap()
+            .consumers
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        names.sort();
+        names
+    };
+    eventually(WAIT, "ghost forgotten", || {
+        let conn = conn.clone();
+        async move { !names(conn).await.contains(&"ghost".to_owned()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let left = names(conn.clone()).await;
+    assert!(
+        left.contains(&"holder".to_owned()),
+        "the holder keeps its entry: {left:?}"
+    );
+    assert!(!left.contains(&"ghost".to_owned()));
+    assert_eq!(
+        pending(&mut conn, "asdlc:events", "development-handlers").await,
+        1
+    );
+    c.stop();
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn consumer_resumes_after_a_server_restart() {
+    let mut s = server();
+    let p = Publisher::connect(config(&s)).await.unwrap();
+    let h = TestHandler::all("h");
+    let c = consumer(&s, "development-handlers", "w1", &h).await;
+    let run = spawn(&c).await;
+    publish_n(&p, 10, EventType::TaskCreated).await;
+    eventually(WAIT, "first batch handled", || async {
+        c.stats().processed == 10
+    })
+    .await;
+    s.restart();
+    // Publishing may need a retry while the publisher's connection comes back.
+    let mut published = Vec::new();
+    for i in 0..10 {
+        let e = event(EventType::TaskCreated, &format!("after-{i}"));
+        for _ in 0..50 {
+            if p.publish(&e).await.is_ok() {
+                published.push(e.clone());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(published.len(), 10);
+    eventually(WAIT, "second batch handled after the restart", || async {
+        c.stats().processed == 20
+    })
+    .await;
+    let mut conn = conn(&s).await;
+    let applied = applied(&mut conn, "asdlc:events", "development-handlers").await;
+    assert_eq!(applied.len(), 20);
+    assert!(applied.values().all(|v| *v == 1));
+    c.stop();
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn consumer_resumes_after_its_connections_are_killed() {
+    let s = server();
+    let p = Publisher::connect(config(&s)).await.unwrap();
+    let h = TestHandler::all("h").behave(|_, _| Behavior::Sleep(Duration::from_millis(20)));
+    let c = consumer(&s, "development-handlers", "w1", &h).await;
+    let run = spawn(&c).await;
+    let mut conn = conn(&s).await;
+    for round in 0..5 {
+        let events: Vec<_> = (0..20)
+            .map(|i| event(EventType::TaskCreated, &format!("r{round}-{i}")))
+            .collect();
+        // The publisher's own connection is killed too: it reconnects on the next try.
+        let mut tries = 0;
+        while p.publish_batch(&events).await.is_err() {
+            tries += 1;
+            assert!(tries < 50, "publisher never reconnected");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .arg("SKIPME")
+            .arg("yes")
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(0);
+    }
+    let mut conn = self::conn(&s).await;
+    eventually(
+        Duration::from_secs(30),
+        "everything handled and acknowledged",
+        || {
+            let mut conn = conn.clone();
+            let c = c.clone();
+            async move {
+                c.stats().processed + c.stats().duplicates >= 100
+                    && pending(&mut conn, "asdlc:events", "development-handlers").await == 0
+            }
+        },
+    )
+    .await;
+    let applied = applied(&mut conn, "asdlc:events", "development-handlers").await;
+    assert_eq!(applied.len(), 100, "nothing lost");
+    assert!(applied.values().all(|v| *v == 1), "nothing applied twice");
+    c.stop();
+    run.await.unwrap().unwrap();
+}
