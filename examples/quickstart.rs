@@ -55,18 +55,35 @@ async fn emit(event: Result<AsdlcEvent, asdlc::ValidationError>) -> Result<(), H
 async fn discover(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), HandlerError> {
     match event.event_type {
         EventType::SessionStarted => {
-            println!("[discovery]   session {} started: planning {} tasks", event.session_id, TASKS.len());
+            println!(
+                "[discovery]   session {} started: planning {} tasks",
+                event.session_id,
+                TASKS.len()
+            );
             for task in TASKS {
-                emit(follow_up(event, EventType::TaskCreated, task).task_id(task).build()).await?;
+                emit(
+                    follow_up(event, EventType::TaskCreated, task)
+                        .task_id(task)
+                        .build(),
+                )
+                .await?;
             }
         }
         _ => {
             // Count completed tasks in Redis, exactly once per event, in the commit step.
-            ctx.stage(Effect::sadd(ctx.scoped_key("completed-tasks"), event.task_id.clone().unwrap_or_default()))?;
-            println!("[discovery]   task {} completed", event.task_id.as_deref().unwrap_or("?"));
+            ctx.stage(Effect::sadd(
+                ctx.scoped_key("completed-tasks"),
+                event.task_id.clone().unwrap_or_default(),
+            ))?;
+            println!(
+                "[discovery]   task {} completed",
+                event.task_id.as_deref().unwrap_or("?")
+            );
             if APPLIED.load(Ordering::SeqCst) == TASKS.len() {
                 // One completion per session, however many tasks announce it.
-                let done = AsdlcEvent::builder(EventType::SessionCompleted, event.session_id.clone()).operation_key();
+                let done =
+                    AsdlcEvent::builder(EventType::SessionCompleted, event.session_id.clone())
+                        .operation_key();
                 emit(done.build()).await?;
             }
         }
@@ -76,14 +93,21 @@ async fn discover(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), Handle
 
 #[event_handler(types = [TaskCreated], group = "design-handlers")]
 async fn design(event: &AsdlcEvent) -> Result<(), HandlerError> {
-    println!("[design]      task {} designed; dispatching to an agent", event.task_id.as_deref().unwrap_or("?"));
+    println!(
+        "[design]      task {} designed; dispatching to an agent",
+        event.task_id.as_deref().unwrap_or("?")
+    );
     emit(follow_up(event, EventType::TaskDispatched, "dispatch").build()).await
 }
 
 #[event_handler(types = [TaskDispatched], group = "development-handlers")]
 async fn develop(event: &AsdlcEvent) -> Result<(), HandlerError> {
     let task = event.task_id.clone().unwrap_or_default();
-    let sha = if task.starts_with("t1") { "1a2b3c4d" } else { "5e6f7a8b" };
+    let sha = if task.starts_with("t1") {
+        "1a2b3c4d"
+    } else {
+        "5e6f7a8b"
+    };
     println!("[development] agent wrote a patch for {task} at {sha}");
     emit(
         follow_up(event, EventType::PatchCreated, "patch")
@@ -96,8 +120,12 @@ async fn develop(event: &AsdlcEvent) -> Result<(), HandlerError> {
 
 #[event_handler(types = [PatchCreated], group = "validation-handlers")]
 async fn validate(event: &AsdlcEvent) -> Result<(), HandlerError> {
-    println!("[validation]  tests pass for {}; asking a human", event.artifact_paths.join(", "));
-    let mut gate = follow_up(event, EventType::GateRequested, "gate").artifact_paths(event.artifact_paths.clone());
+    println!(
+        "[validation]  tests pass for {}; asking a human",
+        event.artifact_paths.join(", ")
+    );
+    let mut gate = follow_up(event, EventType::GateRequested, "gate")
+        .artifact_paths(event.artifact_paths.clone());
     if let Some(sha) = &event.git_sha {
         gate = gate.git_sha(sha.clone());
     }
@@ -106,7 +134,10 @@ async fn validate(event: &AsdlcEvent) -> Result<(), HandlerError> {
 
 #[event_handler(types = [GateRequested], group = "hitl-handlers")]
 async fn approve(event: &AsdlcEvent) -> Result<(), HandlerError> {
-    println!("[hitl]        gate for {} approved", event.git_sha.as_deref().unwrap_or("?"));
+    println!(
+        "[hitl]        gate for {} approved",
+        event.git_sha.as_deref().unwrap_or("?")
+    );
     // One approval per gate and git SHA, whatever the number of requests.
     let mut approval = AsdlcEvent::builder(EventType::GateApproved, event.session_id.clone())
         .artifact_paths(event.artifact_paths.clone());
@@ -124,10 +155,19 @@ async fn deploy(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), HandlerE
     let sha = event.git_sha.clone().unwrap_or_default();
     // The applied-patch record commits atomically with the acknowledgement: a patch is
     // recorded once even if this event is delivered twice.
-    ctx.stage(Effect::hset(ctx.scoped_key("applied-patches"), sha.clone(), event.task_id.clone().unwrap_or_default()))?;
+    ctx.stage(Effect::hset(
+        ctx.scoped_key("applied-patches"),
+        sha.clone(),
+        event.task_id.clone().unwrap_or_default(),
+    ))?;
     let n = APPLIED.fetch_add(1, Ordering::SeqCst) + 1;
     println!("[deployment]  patch {sha} applied ({n}/{})", TASKS.len());
-    emit(follow_up(event, EventType::PatchApplied, "applied").git_sha(sha).build()).await?;
+    emit(
+        follow_up(event, EventType::PatchApplied, "applied")
+            .git_sha(sha)
+            .build(),
+    )
+    .await?;
     emit(follow_up(event, EventType::TaskCompleted, "completed").build()).await
 }
 
@@ -138,8 +178,14 @@ async fn finished(event: &AsdlcEvent) {
 }
 
 fn print_info(info: &StreamInfo) {
-    println!("\nstream {}: {} entries, {} dead letters", info.stream, info.length, info.dead_letters);
-    println!("  {:<22} {:>8} {:>6} {:>10}", "group", "pending", "lag", "consumers");
+    println!(
+        "\nstream {}: {} entries, {} dead letters",
+        info.stream, info.length, info.dead_letters
+    );
+    println!(
+        "  {:<22} {:>8} {:>6} {:>10}",
+        "group", "pending", "lag", "consumers"
+    );
     for g in &info.groups {
         println!(
             "  {:<22} {:>8} {:>6} {:>10}",
@@ -154,20 +200,35 @@ fn print_info(info: &StreamInfo) {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .init();
     let config = Config::from_env()?;
     println!("asdlc quickstart against {}", config.redis_url);
-    PUBLISHER.set(Publisher::connect(config.clone()).await?).ok();
+    PUBLISHER
+        .set(Publisher::connect(config.clone()).await?)
+        .ok();
 
-    let runtime = Runtime::builder().config(config.clone()).consumer_name("quickstart").build().await?;
-    println!("found {} handlers in groups {:?}\n", runtime.handlers().len(), runtime.groups());
+    let runtime = Runtime::builder()
+        .config(config.clone())
+        .consumer_name("quickstart")
+        .build()
+        .await?;
+    println!(
+        "found {} handlers in groups {:?}\n",
+        runtime.handlers().len(),
+        runtime.groups()
+    );
     let handle = runtime.handle();
     let run = tokio::spawn(runtime.run());
     handle.ready().await;
 
     let session = format!("session-{}", std::process::id());
-    let start = AsdlcEvent::builder(EventType::SessionStarted, session.clone()).epic_id("epic-7").build()?;
+    let start = AsdlcEvent::builder(EventType::SessionStarted, session.clone())
+        .epic_id("epic-7")
+        .build()?;
     publisher().publish(&start).await?;
     tokio::time::timeout(Duration::from_secs(30), DONE.notified()).await?;
 
@@ -188,9 +249,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     print_info(&info);
     println!("\nper group: processed / duplicates skipped");
     for g in &report.groups {
-        println!("  {:<22} {:>4} / {}", g.group, g.stats.processed, g.stats.duplicates);
+        println!(
+            "  {:<22} {:>4} / {}",
+            g.group, g.stats.processed, g.stats.duplicates
+        );
     }
-    let deployment = report.group("deployment-handlers").map(|g| g.stats).unwrap_or_default();
+    let deployment = report
+        .group("deployment-handlers")
+        .map(|g| g.stats)
+        .unwrap_or_default();
     let ok = APPLIED.load(Ordering::SeqCst) == TASKS.len()
         && deployment.duplicates >= 1
         && info.total_pending() == 0;
