@@ -29,4 +29,14 @@ mod book {
     mod introduction {}
     #[doc = include_str!("../book/src/quickstart.md")]
     mod quickstart {}
+    #[doc = include_str!("../book/src/concepts.md")]
+    mod concepts {}
+    #[doc = include_str!("../book/src/handlers.md")]
+    mod handlers {}
+    #[doc = include_str!("../book/src/macro-errors.md")]
+    mod macro_errors {}
+    #[doc = include_str!("../book/src/runtime.md")]
+    mod runtime {}
+    #[doc = include_str!("../book/src/multi-tenancy.md")]
+    mod multi_tenancy {}
 }
