@@ -1240,3 +1240,47 @@ async fn consumer_resumes_after_its_connections_are_killed() {
     c.stop();
     run.await.unwrap().unwrap();
 }
+
+/// Counts WARN and ERROR events.
+struct CountWarnings(Arc<std::sync::atomic::AtomicUsize>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CountWarnings {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if *event.metadata().level() <= tracing::Level::WARN {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_idle_consumer_logs_no_errors() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let s = server();
+    let warnings = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let subscriber = tracing_subscriber::registry().with(CountWarnings(warnings.clone()));
+    // A current-thread runtime: every task of the consumer logs through this subscriber.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    tracing::warn!("the counter sees warnings");
+    assert_eq!(warnings.swap(0, std::sync::atomic::Ordering::SeqCst), 1);
+    let h = TestHandler::all("h");
+    let c = EventConsumer::builder(config(&s), "development-handlers")
+        .handler(h)
+        .configure(|o| {
+            fast(o);
+            o.consumer = "idle".into();
+            o.block = Duration::from_millis(200);
+        })
+        .build()
+        .await
+        .unwrap();
+    let run = spawn(&c).await;
+    // Many blocking reads come and go with nothing to read.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.stop();
+    run.await.unwrap().unwrap();
+    assert_eq!(
+        warnings.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "an idle consumer logged warnings or errors"
+    );
+}
