@@ -24,7 +24,9 @@
 //! [`TENANT_COMMANDS`]: the stream commands of publishing, consuming, recovery and dead
 //! letters; `EVAL`/`EVALSHA`/`SCRIPT LOAD` for the protocol's scripts, and the data commands
 //! those scripts and staged [`Effect`](crate::Effect)s run (checked against the key pattern at
-//! each call inside the script); `TIME` (read by the scripts); `WAIT` (durable publishing);
+//! each call inside the script); `TIME` (read by the scripts); `MULTI`/`EXEC`/`DISCARD`
+//! (each queued command is still checked against the key pattern); `WAIT` (durable
+//! publishing);
 //! `PING`, `CLIENT ID`/`SETNAME`/`GETNAME` about its own connection (not `CLIENT SETINFO`,
 //! which Redis 7.0 lacks and redis-rs sends only as a hint whose refusal it ignores); `ASKING` and
 //! `CLUSTER SLOTS`/`SHARDS` so a cluster client can find its way. Add more for handlers that
@@ -107,6 +109,10 @@ pub const TENANT_COMMANDS: &[&str] = &[
     "rpush",
     "lrange",
     "llen",
+    // Transactions on its own keys (dead-letter purge).
+    "multi",
+    "exec",
+    "discard",
     // Durable publishing.
     "wait",
     // The connection itself.
