@@ -20,13 +20,16 @@ use std::time::{Duration, Instant};
 use asdlc::encoding::encode;
 use asdlc::prelude::*;
 use asdlc::{
-    Config, ConsumerStats, EventConsumer, IdempotencyTracker, Publisher, RedisConnection,
-    StreamKeys, registered_handlers,
+    Config, ConsumerOptions, EventConsumer, IdempotencyTracker, Publisher, RedisConnection,
+    Runtime, RuntimeHandle, RuntimeReport, StreamKeys, registered_handlers,
 };
 use asdlc_runtime::testing::TestServer;
 use redis::Value;
 
 const GROUP: &str = "bench-handlers";
+const USAGE: &str = "usage: bench [--events N] [--quick] [--only LABEL-PART]\n\
+    --only runs just the parts whose label contains LABEL-PART (e.g. `asdlc 1 consumer`,\n\
+    `recovery`, `latency`, `memory`), for profiling one of them";
 const BATCH: usize = 100;
 const RUNS: usize = 3;
 const EVENT_BYTES: usize = 300;
@@ -65,12 +68,14 @@ async fn bench_noop(event: &AsdlcEvent) -> HandlerResult {
 struct Args {
     events: usize,
     quick: bool,
+    only: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         events: 100_000,
         quick: false,
+        only: None,
     };
     let mut events_given = false;
     let mut it = std::env::args().skip(1);
@@ -88,8 +93,9 @@ fn parse_args() -> Result<Args, String> {
                 }
                 events_given = true;
             }
+            "--only" => args.only = Some(it.next().ok_or("--only needs a part of a label")?),
             "-h" | "--help" => {
-                println!("usage: bench [--events N] [--quick]");
+                println!("{USAGE}");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument `{other}`")),
@@ -130,6 +136,30 @@ impl Bench {
             .query_async(&mut c)
             .await
             .expect("FLUSHALL");
+    }
+
+    async fn server_cpu(&self) -> f64 {
+        let mut c = self.conn.clone();
+        let info: String = redis::cmd("INFO")
+            .arg("cpu")
+            .query_async(&mut c)
+            .await
+            .expect("INFO cpu");
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        field("used_cpu_user:") + field("used_cpu_sys:")
+    }
+
+    /// Whether `--only` lets the part named `label` run.
+    fn wants(&self, label: &str) -> bool {
+        self.args
+            .only
+            .as_ref()
+            .is_none_or(|o| label.contains(o.as_str()))
     }
 
     async fn used_memory(&self) -> i64 {
@@ -196,49 +226,99 @@ async fn prefill(b: &Bench, what: &str, n: usize) -> String {
     stream
 }
 
-fn rate(n: usize, took: Duration) -> f64 {
-    n as f64 / took.as_secs_f64()
+/// One timed run: its rate and the CPU it took per event, in this process and in the server.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    rate: f64,
+    client_us: f64,
+    server_us: f64,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
+/// Wall clock and CPU time at the start of a timed section.
+struct Meter {
+    wall: Instant,
+    client: f64,
+    server: f64,
+}
+
+/// CPU seconds used by this process so far (all threads), from `/proc/self/stat`.
+fn process_cpu() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line, 11 and 12 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+impl Meter {
+    async fn start(b: &Bench) -> Meter {
+        let server = b.server_cpu().await;
+        Meter {
+            client: process_cpu(),
+            server,
+            wall: Instant::now(),
+        }
+    }
+
+    async fn stop(self, b: &Bench, n: usize) -> Sample {
+        let took = self.wall.elapsed();
+        let client = process_cpu() - self.client;
+        let server = b.server_cpu().await - self.server;
+        Sample {
+            rate: n as f64 / took.as_secs_f64(),
+            client_us: client * 1e6 / n as f64,
+            server_us: server * 1e6 / n as f64,
+        }
+    }
+}
+
+/// The sample of median rate.
+fn median(mut v: Vec<Sample>) -> Sample {
+    v.sort_by(|a, b| a.rate.total_cmp(&b.rate));
     v[v.len() / 2]
 }
 
-/// Runs `f` [`RUNS`] times on a clean server and gives every rate.
-async fn runs<F, Fut>(b: &Bench, label: &str, mut f: F) -> Vec<f64>
+/// Runs `f` [`RUNS`] times on a clean server and gives the median.
+async fn runs<F, Fut>(b: &Bench, label: &str, mut f: F) -> Option<Sample>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = f64>,
+    Fut: std::future::Future<Output = Sample>,
 {
+    if !b.wants(label) {
+        return None;
+    }
     let mut out = Vec::new();
     for _ in 0..RUNS {
         b.flush().await;
         out.push(f().await);
     }
-    let shown: Vec<String> = out.iter().map(|r| format!("{r:.0}")).collect();
+    let shown: Vec<String> = out.iter().map(|s| format!("{:.0}", s.rate)).collect();
     eprintln!("  {label}: {} ev/s", shown.join(" / "));
-    out
+    Some(median(out))
 }
 
-async fn raw_publish_single(b: &Bench) -> f64 {
+async fn raw_publish_single(b: &Bench) -> Sample {
     let n = b.args.events;
     let fields = encoded(&(0..n).map(sample_event).collect::<Vec<_>>());
     let stream = b.fresh_stream("raw-single");
     let mut c = b.conn.clone();
-    let t = Instant::now();
+    let t = Meter::start(b).await;
     for f in &fields {
         let _: String = xadd(&stream, f).query_async(&mut c).await.expect("XADD");
     }
-    rate(n, t.elapsed())
+    t.stop(b, n).await
 }
 
-async fn raw_publish_pipelined(b: &Bench) -> f64 {
+async fn raw_publish_pipelined(b: &Bench) -> Sample {
     let n = b.args.events;
     let fields = encoded(&(0..n).map(sample_event).collect::<Vec<_>>());
     let stream = b.fresh_stream("raw-pipe");
     let mut c = b.conn.clone();
-    let t = Instant::now();
+    let t = Meter::start(b).await;
     for chunk in fields.chunks(BATCH) {
         let mut pipe = redis::pipe();
         for f in chunk {
@@ -247,30 +327,30 @@ async fn raw_publish_pipelined(b: &Bench) -> f64 {
         let ids: Vec<String> = pipe.query_async(&mut c).await.expect("XADD pipeline");
         assert_eq!(ids.len(), chunk.len());
     }
-    rate(n, t.elapsed())
+    t.stop(b, n).await
 }
 
-async fn asdlc_publish_single(b: &Bench) -> f64 {
+async fn asdlc_publish_single(b: &Bench) -> Sample {
     let n = b.args.events;
     let events: Vec<AsdlcEvent> = (0..n).map(sample_event).collect();
     let p = Publisher::new(b.conn.clone(), b.config(&b.fresh_stream("asdlc-single")));
-    let t = Instant::now();
+    let t = Meter::start(b).await;
     for e in &events {
         p.publish(e).await.expect("publish");
     }
-    rate(n, t.elapsed())
+    t.stop(b, n).await
 }
 
-async fn asdlc_publish_batch(b: &Bench) -> f64 {
+async fn asdlc_publish_batch(b: &Bench) -> Sample {
     let n = b.args.events;
     let events: Vec<AsdlcEvent> = (0..n).map(sample_event).collect();
     let p = Publisher::new(b.conn.clone(), b.config(&b.fresh_stream("asdlc-batch")));
-    let t = Instant::now();
+    let t = Meter::start(b).await;
     for chunk in events.chunks(BATCH) {
         let published = p.publish_batch(chunk).await.expect("publish_batch");
         assert_eq!(published.len(), chunk.len());
     }
-    rate(n, t.elapsed())
+    t.stop(b, n).await
 }
 
 /// The entries of an XREADGROUP reply as (id, idempotency key), read straight off the reply.
@@ -317,7 +397,7 @@ fn entries_of(v: Value) -> Vec<(Value, Option<Vec<u8>>)> {
 
 /// XREADGROUP COUNT 100 and one XACK per batch; with `dedup`, one Lua call per batch that
 /// sets a mark per key with SET NX EX in between.
-async fn raw_consume(b: &Bench, dedup: bool) -> f64 {
+async fn raw_consume(b: &Bench, dedup: bool) -> Sample {
     let n = b.args.events;
     let stream = prefill(b, "raw-consume", n).await;
     let mut c = b.conn.clone();
@@ -332,7 +412,7 @@ async fn raw_consume(b: &Bench, dedup: bool) -> f64 {
          return out",
     );
     let mut done = 0usize;
-    let t = Instant::now();
+    let t = Meter::start(b).await;
     loop {
         let reply: Value = redis::cmd("XREADGROUP")
             .arg("GROUP")
@@ -368,20 +448,15 @@ async fn raw_consume(b: &Bench, dedup: bool) -> f64 {
         let acked: usize = ack.query_async(&mut c).await.expect("XACK");
         done += acked;
     }
-    let took = t.elapsed();
+    let sample = t.stop(b, n).await;
     assert_eq!(done, n, "every entry read and acknowledged");
-    rate(n, took)
+    sample
 }
 
-async fn consumer(
-    b: &Bench,
-    stream: &str,
-    name: &str,
-    tune: impl Fn(&mut asdlc::ConsumerOptions),
-) -> EventConsumer {
+/// A consumer of the benchmark group, as a direct [`EventConsumer`] (for `process_pending`).
+async fn consumer(b: &Bench, stream: &str, name: &str) -> EventConsumer {
     let mut builder = EventConsumer::builder(b.config(stream), GROUP).configure(|o| {
         o.consumer = name.to_owned();
-        tune(o);
     });
     for reg in registered_handlers() {
         if reg.group == GROUP {
@@ -391,11 +466,33 @@ async fn consumer(
     builder.build().await.expect("consumer")
 }
 
-/// Waits until the consumers have committed `n` events in all.
-async fn committed(consumers: &[EventConsumer], n: u64) {
+type RuntimeTask = tokio::task::JoinHandle<Result<RuntimeReport, asdlc::RuntimeError>>;
+
+/// The [`Runtime`] running the `#[event_handler]`s of the benchmark group, as consumer `name`.
+async fn runtime(
+    b: &Bench,
+    stream: &str,
+    name: &str,
+    tune: fn(&mut ConsumerOptions),
+) -> (RuntimeHandle, RuntimeTask) {
+    let rt = Runtime::builder()
+        .config(b.config(stream))
+        .groups([GROUP])
+        .consumer_name(name)
+        .configure(move |_, o| tune(o))
+        .build()
+        .await
+        .expect("runtime");
+    let handle = rt.handle();
+    let task = tokio::spawn(rt.run_until(std::future::pending()));
+    (handle, task)
+}
+
+/// Waits until the runtimes have committed `n` events in all.
+async fn committed(handles: &[RuntimeHandle], n: u64) {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let done: u64 = consumers.iter().map(|c| c.stats().processed).sum();
+        let done: u64 = handles.iter().map(|h| h.report().processed()).sum();
         if done >= n {
             return;
         }
@@ -407,53 +504,46 @@ async fn committed(consumers: &[EventConsumer], n: u64) {
     }
 }
 
-/// asdlc consuming a prefilled stream with `consumers` consumers: the full protocol (lease,
-/// handler, atomic mark + effects + ack), idempotency on. Timed from start to the last commit.
-async fn asdlc_consume(
-    b: &Bench,
-    consumers: usize,
-    tune: impl Fn(&mut asdlc::ConsumerOptions) + Copy,
-) -> f64 {
+async fn stop_all(handles: &[RuntimeHandle], tasks: Vec<RuntimeTask>) -> u64 {
+    for h in handles {
+        h.stop();
+    }
+    let mut processed = 0;
+    for t in tasks {
+        processed += t
+            .await
+            .expect("runtime task")
+            .expect("runtime run")
+            .processed();
+    }
+    processed
+}
+
+/// asdlc consuming a prefilled stream with `consumers` runtimes (one consumer each): the
+/// `#[event_handler]` through the [`Runtime`], full protocol (lease, handler, atomic mark +
+/// effects + ack), idempotency on. Timed from start to the last commit.
+async fn asdlc_consume(b: &Bench, consumers: usize, tune: fn(&mut ConsumerOptions)) -> Sample {
     let n = b.args.events;
     let stream = prefill(b, "asdlc-consume", n).await;
-    let mut cs = Vec::new();
-    for i in 0..consumers {
-        cs.push(consumer(b, &stream, &format!("bench-{i}"), tune).await);
-    }
+    let mut handles = Vec::new();
+    let mut tasks = Vec::new();
     let handled_before = HANDLED.load(Ordering::Relaxed);
-    let t = Instant::now();
-    let tasks: Vec<_> = cs
-        .iter()
-        .map(|c| {
-            let c = c.clone();
-            tokio::spawn(async move { c.start().await })
-        })
-        .collect();
-    committed(&cs, n as u64).await;
-    let took = t.elapsed();
-    let stats = stop_all(&cs, tasks).await;
-    let processed: u64 = stats.iter().map(|s| s.processed).sum();
+    let t = Meter::start(b).await;
+    for i in 0..consumers {
+        let (h, task) = runtime(b, &stream, &format!("bench-{i}"), tune).await;
+        handles.push(h);
+        tasks.push(task);
+    }
+    committed(&handles, n as u64).await;
+    let sample = t.stop(b, n).await;
+    let processed = stop_all(&handles, tasks).await;
     assert_eq!(processed, n as u64, "each event committed once");
     assert_eq!(
         HANDLED.load(Ordering::Relaxed) - handled_before,
         n as u64,
         "each event handled once"
     );
-    rate(n, took)
-}
-
-async fn stop_all(
-    cs: &[EventConsumer],
-    tasks: Vec<tokio::task::JoinHandle<Result<ConsumerStats, asdlc::ConsumeError>>>,
-) -> Vec<ConsumerStats> {
-    for c in cs {
-        c.stop();
-    }
-    let mut out = Vec::new();
-    for t in tasks {
-        out.push(t.await.expect("consumer task").expect("consumer run"));
-    }
-    out
+    sample
 }
 
 /// Reads `n` entries as consumer `name` and never acknowledges them: a consumer that dies.
@@ -483,15 +573,15 @@ async fn read_and_die(b: &Bench, stream: &str, name: &str, n: usize) {
 }
 
 /// Time for a restarted consumer to recover `n` pending entries of its dead predecessor.
-async fn recovery(b: &Bench, n: usize) -> f64 {
+async fn recovery(b: &Bench, n: usize) -> Sample {
     let stream = prefill(b, "recovery", n).await;
     read_and_die(b, &stream, "crashed", n).await;
-    let c = consumer(b, &stream, "crashed", |_| {}).await;
-    let t = Instant::now();
+    let c = consumer(b, &stream, "crashed").await;
+    let t = Meter::start(b).await;
     let result = c.process_pending().await.expect("process_pending");
-    let took = t.elapsed();
+    let sample = t.stop(b, n).await;
     assert_eq!(result.processed, n as u64, "{result:?}");
-    rate(n, took)
+    sample
 }
 
 struct Latency {
@@ -505,14 +595,10 @@ struct Latency {
 /// handler start.
 async fn latency(b: &Bench, secs: u64) -> Latency {
     let stream = b.fresh_stream("latency");
-    let c = consumer(b, &stream, "latency", |_| {}).await;
-    let task = {
-        let c = c.clone();
-        tokio::spawn(async move { c.start().await })
-    };
-    tokio::time::timeout(Duration::from_secs(20), c.ready())
+    let (handle, task) = runtime(b, &stream, "latency", |_| {}).await;
+    tokio::time::timeout(Duration::from_secs(20), handle.ready())
         .await
-        .expect("consumer ready");
+        .expect("runtime ready");
     let p = Publisher::new(b.conn.clone(), b.config(&stream));
     let total = (secs * 1000) as usize;
     let warmup = 200;
@@ -530,9 +616,10 @@ async fn latency(b: &Bench, secs: u64) -> Latency {
             .build_unchecked();
         p.publish(&e).await.expect("publish");
     }
-    committed(std::slice::from_ref(&c), (warmup + total) as u64).await;
+    let handles = [handle];
+    committed(&handles, (warmup + total) as u64).await;
     RECORD_LATENCY.store(false, Ordering::Relaxed);
-    stop_all(std::slice::from_ref(&c), vec![task]).await;
+    stop_all(&handles, vec![task]).await;
     let mut l = std::mem::take(&mut *LATENCIES.lock().unwrap_or_else(|p| p.into_inner()));
     l.sort_unstable();
     let at = |q: f64| Duration::from_nanos(l[((l.len() as f64 * q) as usize).min(l.len() - 1)]);
@@ -609,7 +696,7 @@ async fn main() {
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("bench: {e}\nusage: bench [--events N] [--quick]");
+            eprintln!("bench: {e}\n{USAGE}");
             std::process::exit(2);
         }
     };
@@ -649,42 +736,70 @@ async fn main() {
     let a_c1 = runs(&b, "asdlc 1 consumer", || asdlc_consume(&b, 1, |_| {})).await;
     let a_c2 = runs(&b, "asdlc 2 consumers", || asdlc_consume(&b, 2, |_| {})).await;
     let a_hi = runs(&b, "asdlc 1 consumer, concurrency 256", || {
-        asdlc_consume(&b, 1, |o| o.concurrency = 256)
+        asdlc_consume(&b, 1, |o: &mut ConsumerOptions| o.concurrency = 256)
     })
     .await;
-    eprintln!("recovery...");
-    b.flush().await;
-    let recover = recovery(&b, recover_n).await;
-    eprintln!("latency...");
-    b.flush().await;
-    let lat = latency(&b, latency_secs).await;
-    eprintln!("memory...");
-    let mem_asdlc = marks_asdlc(&b, marks_n).await;
-    let mem_seed = marks_seed(&b, marks_n).await;
-    b.flush().await;
+    let recover = if b.wants("recovery") {
+        eprintln!("recovery...");
+        b.flush().await;
+        Some(recovery(&b, recover_n).await)
+    } else {
+        None
+    };
+    let lat = if b.wants("latency") {
+        eprintln!("latency...");
+        b.flush().await;
+        Some(latency(&b, latency_secs).await)
+    } else {
+        None
+    };
+    let mem = if b.wants("memory") {
+        eprintln!("memory...");
+        let asdlc = marks_asdlc(&b, marks_n).await;
+        let seed = marks_seed(&b, marks_n).await;
+        b.flush().await;
+        Some((asdlc, seed))
+    } else {
+        None
+    };
 
-    let (raw_single, raw_pipe, a_single, a_batch) = (
-        median(raw_single),
-        median(raw_pipe),
-        median(a_single),
-        median(a_batch),
-    );
-    let (raw_c, raw_cd, a_c1, a_c2, a_hi) = (
-        median(raw_c),
-        median(raw_cd),
-        median(a_c1),
-        median(a_c2),
-        median(a_hi),
-    );
-    let row = |what: &str, evs: f64, vs: Option<(&str, f64)>| {
-        let cmp = vs.map_or(String::new(), |(name, base)| {
-            format!("{:.2}x {name}", evs / base)
-        });
-        println!("| {what:<58} | {evs:>9.0} | {cmp:<18} |");
+    if b.args.only.is_some() {
+        // Where the server's time went, for profiling one part.
+        let mut c = b.conn.clone();
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut c)
+            .await
+            .expect("INFO commandstats");
+        for l in stats.lines().filter(|l| l.starts_with("cmdstat_")) {
+            println!("{l}");
+        }
+    }
+
+    let row = |what: &str, s: Option<Sample>, vs: Option<(&str, Option<Sample>)>| {
+        let Some(s) = s else { return };
+        let cmp = match vs {
+            Some((name, Some(base))) => format!("{:.2}x {name}", s.rate / base.rate),
+            _ => String::new(),
+        };
+        println!(
+            "| {what:<52} | {:>8.0} | {:>9.2} | {:>9.2} | {cmp:<10} |",
+            s.rate, s.client_us, s.server_us
+        );
     };
     println!();
-    println!("| {:<58} | {:>9} | {:<18} |", "what", "ev/s", "vs");
-    println!("|{}|{}|{}|", "-".repeat(60), "-".repeat(11), "-".repeat(20));
+    println!(
+        "| {:<52} | {:>8} | {:>9} | {:>9} | {:<10} |",
+        "what", "ev/s", "client us", "server us", "vs"
+    );
+    println!(
+        "|{}|{}|{}|{}|{}|",
+        "-".repeat(54),
+        "-".repeat(10),
+        "-".repeat(11),
+        "-".repeat(11),
+        "-".repeat(12)
+    );
     row(
         "(a) raw publish, one awaited XADD per event",
         raw_single,
@@ -708,36 +823,51 @@ async fn main() {
         None,
     );
     row(
-        "(g) asdlc, 1 consumer, full protocol",
+        "(g) asdlc Runtime, 1 consumer, full protocol",
         a_c1,
         Some(("(f)", raw_cd)),
     );
-    row("(g2) asdlc, 2 consumers", a_c2, Some(("(f)", raw_cd)));
     row(
-        "(g3) asdlc, 1 consumer, concurrency 256",
+        "(g2) asdlc Runtime, 2 consumers",
+        a_c2,
+        Some(("(f)", raw_cd)),
+    );
+    row(
+        "(g3) asdlc Runtime, 1 consumer, concurrency 256",
         a_hi,
         Some(("(f)", raw_cd)),
     );
     row(
-        &format!("recovery: process_pending of {recover_n} pending"),
+        &format!("(h) recovery: process_pending of {recover_n} pending"),
         recover,
         Some(("(g)", a_c1)),
     );
+    println!("(client us / server us: CPU time per event in this process / in the server)");
     println!();
-    println!(
-        "latency publish -> handler start at 1,000 ev/s for {latency_secs} s ({} events): \
-         p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
-        lat.count,
-        lat.p50.as_secs_f64() * 1e3,
-        lat.p99.as_secs_f64() * 1e3,
-        lat.max.as_secs_f64() * 1e3
-    );
-    println!(
-        "memory per retained mark at {marks_n} marks: asdlc {mem_asdlc:.1} bytes, \
-         seed layout (SET asdlc:processed:<key> <id> EX) {mem_seed:.1} bytes"
-    );
-    println!("events/s of one consumer: {a_c1:.0}");
+    if let Some(lat) = lat {
+        println!(
+            "latency publish -> handler start at 1,000 ev/s for {latency_secs} s ({} events): \
+             p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            lat.count,
+            lat.p50.as_secs_f64() * 1e3,
+            lat.p99.as_secs_f64() * 1e3,
+            lat.max.as_secs_f64() * 1e3
+        );
+    }
+    if let Some((asdlc, seed)) = mem {
+        println!(
+            "memory per retained mark at {marks_n} marks: asdlc {asdlc:.1} bytes, \
+             seed layout (SET asdlc:processed:<key> <id> EX) {seed:.1} bytes"
+        );
+    }
+    if let Some(s) = a_c1 {
+        println!("events/s of one consumer: {:.0}", s.rate);
+    }
     println!("load average: {load_start} at start, {} at end", loadavg());
-    println!("publish ratio asdlc/raw: {:.2}", a_batch / raw_pipe);
-    println!("consume ratio asdlc/raw: {:.2}", a_c1 / raw_cd);
+    let ratio = |a: Option<Sample>, b: Option<Sample>| match (a, b) {
+        (Some(a), Some(b)) => format!("{:.2}", a.rate / b.rate),
+        _ => "n/a".to_owned(),
+    };
+    println!("publish ratio asdlc/raw: {}", ratio(a_batch, raw_pipe));
+    println!("consume ratio asdlc/raw: {}", ratio(a_c1, raw_cd));
 }

@@ -1,33 +1,50 @@
 -- Begin step, one call per batch: for each entry, acknowledge it if its key is already
 -- processed by this group, otherwise take the key's in-flight lease.
--- KEYS[1] stream
--- ARGV: marks prefix, width, nbuckets, ttl, shards, group, lease prefix, consumer, lease ms,
---       then (entry id, fingerprint, fingerprint hex) for each entry.
+-- KEYS[1] stream, KEYS[2] lease hash
+-- ARGV: marks prefix, width, nbuckets, ttl, shards, group, consumer, lease ms, then
+--       (entry id, fingerprint) for each entry (fingerprints distinct within a call).
 -- Returns one code per entry: 0 duplicate (acknowledged), 1 lease taken, 2 another delivery
 -- holds the lease (the entry stays pending and is checked again later).
 local prefix, width, nbuckets = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local shards = tonumber(ARGV[5])
-local group, lease_prefix, consumer, lease_ms = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
-local bucket = math.floor(asdlc_now_ms() / width)
-local out = {}
-for i = 10, #ARGV, 3 do
-  local id, fp, fphex = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+local group, consumer, lease_ms = ARGV[6], ARGV[7], tonumber(ARGV[8])
+local now = asdlc_now_ms()
+local bucket = math.floor(now / width)
+local out, acks, want, fps = {}, {}, {}, {}
+for i = 9, #ARGV, 2 do
+  local id, fp = ARGV[i], ARGV[i + 1]
   if asdlc_is_marked(prefix, bucket, nbuckets, fp, shards) then
-    redis.call('XACK', KEYS[1], group, id)
+    acks[#acks + 1] = id
     out[#out + 1] = 0
   else
-    local lease = lease_prefix .. fphex
+    out[#out + 1] = 2
+    want[#want + 1] = #out
+    fps[#fps + 1] = fp
+  end
+end
+if #want > 0 then
+  local held = redis.call('HMGET', KEYS[2], unpack(fps))
+  local take = {}
+  local deadline = tostring(now + lease_ms)
+  for j = 1, #want do
+    local k = want[j]
     -- The holder names the delivery, not just the consumer: a second copy of the same key
-    -- in this very consumer must wait too.
-    local holder = consumer .. '|' .. id
-    if redis.call('SET', lease, holder, 'NX', 'PX', lease_ms) then
-      out[#out + 1] = 1
-    elseif redis.call('GET', lease) == holder then
-      redis.call('PEXPIRE', lease, lease_ms)
-      out[#out + 1] = 1
-    else
-      out[#out + 1] = 2
+    -- in this very consumer must wait too. A delivery that holds the lease already (a
+    -- restarted consumer of the same name) takes it again.
+    local mine = consumer .. '|' .. ARGV[9 + 2 * (k - 1)]
+    local holder, live = asdlc_lease_holder(held[j], now)
+    if not live or holder == mine then
+      take[#take + 1] = fps[j]
+      take[#take + 1] = deadline .. '|' .. mine
+      out[k] = 1
     end
   end
+  if #take > 0 then
+    redis.call('HSET', KEYS[2], unpack(take))
+    asdlc_keep_leases(KEYS[2], lease_ms)
+  end
+end
+if #acks > 0 then
+  redis.call('XACK', KEYS[1], group, unpack(acks))
 end
 return out

@@ -1,29 +1,35 @@
 -- Commit step, one call per batch of finished entries. Each record is applied atomically
--- with its acknowledgement.
--- KEYS[1] stream, KEYS[2] dead-letter stream
--- ARGV: marks prefix, width, nbuckets, ttl, shards, group, lease prefix, consumer, then records:
---   S id fp fphex n  (cmd key nargs arg...)*n   success: mark, apply effects, ack, drop lease
---   R id fphex                                  retry: drop the lease, leave the entry pending
---   D id fphex n  (field value)*n               dead letter: XADD, ack, drop lease
+-- with its acknowledgement (the whole call is one script, so nothing runs in between).
+-- KEYS[1] stream, KEYS[2] dead-letter stream, KEYS[3] lease hash
+-- ARGV: marks prefix, width, nbuckets, ttl, shards, group, consumer, then records, where
+-- `lease` is the key's fingerprint if the delivery took a lease, else empty:
+--   S id fp lease n  (cmd key nargs arg...)*n   success: mark, apply effects, ack, drop lease
+--   R id lease                                  retry: drop the lease, leave the entry pending
+--   D id lease n  (field value)*n               dead letter: XADD, ack, drop lease
 --   A id                                        acknowledge only
 -- Returns one value per record: 1 done; 0 (S only) already processed: acknowledged, effects
--- dropped; or an error text (S only) when an effect was refused: nothing of it applied.
+-- dropped; 2 (S only) another delivery of the key holds its lease (ours lapsed): nothing
+-- applied, the entry stays pending and is checked again later; or an error text (S only)
+-- when an effect was refused: nothing of it applied.
+--
+-- A delivery that still holds its key's lease needs no second look at the marks: its begin
+-- step found the key unmarked, and while the lease is live no other delivery can begin, so
+-- no other commit can mark the key (a commit whose lease went to another delivery is
+-- refused, code 2). Without a live lease (it lapsed) the marks are checked again.
 local prefix, width, nbuckets = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local ttl, shards = tonumber(ARGV[4]), tonumber(ARGV[5])
-local group, lease_prefix, consumer = ARGV[6], ARGV[7], ARGV[8]
-local bucket = math.floor(asdlc_now_ms() / width)
+local group, consumer = ARGV[6], ARGV[7]
+local now = asdlc_now_ms()
+local bucket = math.floor(now / width)
 local wants = {
   SET = 'string', INCRBY = 'string', HSET = 'hash', HINCRBY = 'hash',
   SADD = 'set', RPUSH = 'list', DEL = false, EXPIRE = false,
 }
 
-local function release(id, fphex)
-  if fphex ~= '' then
-    local lease = lease_prefix .. fphex
-    if redis.call('GET', lease) == consumer .. '|' .. id then
-      redis.call('DEL', lease)
-    end
-  end
+local function skip_effects(first, n)
+  local j = first
+  for _ = 1, n do j = j + 3 + tonumber(ARGV[j + 2]) end
+  return j
 end
 
 -- Checks every effect of a record before applying any, so a refused effect leaves nothing
@@ -50,23 +56,79 @@ local function check_effects(first, n)
   return i, nil
 end
 
-local out = {}
-local i = 9
+-- First pass: the leases of every record, read with one command.
+local fields, field_of = {}, {}
+local i, r = 8, 0
 while i <= #ARGV do
   local kind = ARGV[i]
+  r = r + 1
+  local lease = ''
   if kind == 'S' then
-    local id, fp, fphex, n = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
+    lease = ARGV[i + 3]
+    i = skip_effects(i + 5, tonumber(ARGV[i + 4]))
+  elseif kind == 'R' then
+    lease = ARGV[i + 2]
+    i = i + 3
+  elseif kind == 'D' then
+    lease = ARGV[i + 2]
+    i = i + 4 + 2 * tonumber(ARGV[i + 3])
+  elseif kind == 'A' then
+    i = i + 2
+  else
+    return redis.error_reply('asdlc commit: unknown record kind ' .. tostring(kind))
+  end
+  if lease ~= '' then
+    fields[#fields + 1] = lease
+    field_of[r] = #fields
+  end
+end
+local held = {}
+if #fields > 0 then
+  held = redis.call('HMGET', KEYS[3], unpack(fields))
+end
+
+-- Leases to drop at the end: ours, live or lapsed.
+local drop = {}
+-- 'mine' (live), 'free' (none, or lapsed) or 'other' (another delivery holds it).
+local function lease_state(r, id)
+  local j = field_of[r]
+  if not j then
+    return 'free'
+  end
+  local holder, live = asdlc_lease_holder(held[j], now)
+  if holder == consumer .. '|' .. id then
+    drop[#drop + 1] = fields[j]
+    return live and 'mine' or 'free'
+  elseif live then
+    return 'other'
+  end
+  return 'free'
+end
+
+local out = {}
+-- Acknowledged together at the end: one XACK for the whole call.
+local acks = {}
+i, r = 8, 0
+while i <= #ARGV do
+  local kind = ARGV[i]
+  r = r + 1
+  if kind == 'S' then
+    local id, fp, n = ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 4])
     local first = i + 5
-    local after, err = check_effects(first, n)
-    if err then
-      -- Skip the record's effects; the entry stays pending for a retry.
-      local j = first
-      for _ = 1, n do j = j + 3 + tonumber(ARGV[j + 2]) end
-      i = j
-      out[#out + 1] = err
+    local drops = #drop
+    local lease = lease_state(r, id)
+    local after, err = nil, nil
+    if lease ~= 'other' then
+      after, err = check_effects(first, n)
+    end
+    if lease == 'other' or err then
+      -- Nothing applied; the entry stays pending (and keeps its lease, if it has one).
+      for d = #drop, drops + 1, -1 do drop[d] = nil end
+      i = skip_effects(first, n)
+      out[#out + 1] = err or 2
     else
       i = after
-      if asdlc_is_marked(prefix, bucket, nbuckets, fp, shards) then
+      if lease ~= 'mine' and asdlc_is_marked(prefix, bucket, nbuckets, fp, shards) then
         out[#out + 1] = 0
       else
         local j = first
@@ -80,28 +142,31 @@ while i <= #ARGV do
         asdlc_set_mark(prefix, bucket, width, ttl, fp, shards)
         out[#out + 1] = 1
       end
-      redis.call('XACK', KEYS[1], group, id)
-      release(id, fphex)
+      acks[#acks + 1] = id
     end
   elseif kind == 'R' then
-    release(ARGV[i + 1], ARGV[i + 2])
+    lease_state(r, ARGV[i + 1])
     out[#out + 1] = 1
     i = i + 3
   elseif kind == 'D' then
-    local id, fphex, n = ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+    local id, n = ARGV[i + 1], tonumber(ARGV[i + 3])
     local args = { 'XADD', KEYS[2], '*' }
     for a = 1, 2 * n do args[#args + 1] = ARGV[i + 3 + a] end
     redis.call(unpack(args))
-    redis.call('XACK', KEYS[1], group, id)
-    release(id, fphex)
+    acks[#acks + 1] = id
+    lease_state(r, id)
     out[#out + 1] = 1
     i = i + 4 + 2 * n
-  elseif kind == 'A' then
-    redis.call('XACK', KEYS[1], group, ARGV[i + 1])
+  else
+    acks[#acks + 1] = ARGV[i + 1]
     out[#out + 1] = 1
     i = i + 2
-  else
-    return redis.error_reply('asdlc commit: unknown record kind ' .. tostring(kind))
   end
+end
+if #acks > 0 then
+  redis.call('XACK', KEYS[1], group, unpack(acks))
+end
+if #drop > 0 then
+  redis.call('HDEL', KEYS[3], unpack(drop))
 end
 return out

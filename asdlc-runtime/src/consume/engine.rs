@@ -28,21 +28,33 @@ use crate::encoding::decode;
 use crate::error::ConsumeError;
 use crate::events::{AsdlcEvent, HandlerResult, RecoveryResult};
 use crate::handler::HandlerContext;
-use crate::idempotency::{FINGERPRINT_LEN, MARKS_LUA, fingerprint, fingerprint_hex};
+use crate::idempotency::{FINGERPRINT_LEN, MARKS_LUA, fingerprint};
 use crate::keys::StreamKeys;
 use crate::streams::{create_consumer_group, is_no_group};
 use crate::tenancy::{TenantContext, TenantId};
 
-static BEGIN: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(&format!("{MARKS_LUA}\n{}", include_str!("begin.lua"))));
-static COMMIT: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(&format!("{MARKS_LUA}\n{}", include_str!("commit.lua"))));
+const LEASES_LUA: &str = include_str!("leases.lua");
+static BEGIN: LazyLock<redis::Script> = LazyLock::new(|| with_helpers(include_str!("begin.lua")));
+static COMMIT: LazyLock<redis::Script> = LazyLock::new(|| with_helpers(include_str!("commit.lua")));
 static KEEPALIVE: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("keepalive.lua")));
+    LazyLock::new(|| with_helpers(include_str!("keepalive.lua")));
 static REDELIVER: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("redeliver.lua")));
 static FORGET: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("forget.lua")));
+
+/// A script with the mark and lease helpers it calls prepended.
+fn with_helpers(script: &str) -> redis::Script {
+    redis::Script::new(&format!("{MARKS_LUA}\n{LEASES_LUA}\n{script}"))
+}
+
+/// The fingerprint a delivery holds the lease of, if it took one.
+type Lease = Option<[u8; FINGERPRINT_LEN]>;
+
+/// A lease as a script argument: the fingerprint, or empty for none.
+fn lease_arg(lease: &Lease) -> &[u8] {
+    lease.as_ref().map_or(&[], |fp| &fp[..])
+}
 
 /// Entries per script call, so no single call holds the server for long.
 const SCRIPT_CHUNK: usize = 256;
@@ -149,7 +161,8 @@ pub(crate) struct StreamCtx {
     pub(crate) name: Arc<str>,
     pub(crate) tenant: Option<TenantId>,
     marks_prefix: String,
-    lease_prefix: String,
+    /// The hash of the group's in-flight leases on this stream.
+    lease_key: String,
     dead_letter: String,
     lock_key: String,
 }
@@ -160,7 +173,7 @@ impl StreamCtx {
         StreamCtx {
             name: Arc::from(keys.stream()),
             marks_prefix: keys.marks_prefix(group),
-            lease_prefix: keys.lease_prefix(group),
+            lease_key: keys.lease_prefix(group).trim_end_matches(':').to_owned(),
             dead_letter: keys.dead_letter(),
             lock_key: keys.consumer_lock(group, consumer),
             keys: Arc::new(keys),
@@ -214,7 +227,7 @@ pub(crate) struct Shared {
     handlers: Vec<HandlerSpec>,
     handler_limits: Vec<Option<Arc<Semaphore>>>,
     permits: Arc<Semaphore>,
-    in_flight: Mutex<HashMap<Arc<str>, HashMap<String, String>>>,
+    in_flight: Mutex<HashMap<Arc<str>, HashMap<String, Lease>>>,
     pub(crate) stats: Stats,
     pub(crate) stop: CancellationToken,
     pub(crate) ready: watch::Sender<bool>,
@@ -250,7 +263,7 @@ enum Kind {
 struct Outcome {
     stream: Arc<StreamCtx>,
     id: String,
-    fphex: String,
+    lease: Lease,
     kind: Kind,
     pass: Option<Arc<Pass>>,
 }
@@ -449,11 +462,11 @@ impl Shared {
         self.options.claim_idle.as_millis() as u64
     }
 
-    fn track(&self, stream: &Arc<str>, id: &str, fphex: &str) {
+    fn track(&self, stream: &Arc<str>, id: &str, lease: Lease) {
         lock(&self.in_flight)
             .entry(stream.clone())
             .or_default()
-            .insert(id.to_owned(), fphex.to_owned());
+            .insert(id.to_owned(), lease);
     }
 
     fn untrack(&self, stream: &Arc<str>, id: &str) {
@@ -700,7 +713,6 @@ struct Candidate {
     handler: usize,
     deliveries: u32,
     fp: [u8; FINGERPRINT_LEN],
-    fphex: String,
 }
 
 /// Runs a batch of entries of one stream through decode, begin and the handlers.
@@ -723,7 +735,7 @@ async fn dispatch(
     let mut seen: HashSet<[u8; FINGERPRINT_LEN]> = HashSet::new();
     let mut deferred: Vec<(String, u32)> = Vec::new();
     for (entry, deliveries) in entries {
-        shared.track(&stream.name, &entry.id, "");
+        shared.track(&stream.name, &entry.id, None);
         let Some(fields) = entry.fields else {
             send(
                 shared,
@@ -731,7 +743,7 @@ async fn dispatch(
                 Outcome {
                     stream: stream.clone(),
                     id: entry.id,
-                    fphex: String::new(),
+                    lease: None,
                     kind: Kind::Ack { deleted: true },
                     pass: pass.clone(),
                 },
@@ -739,10 +751,10 @@ async fn dispatch(
             .await;
             continue;
         };
-        let dead = |reason: String, handler: String, fields, fphex: String| Outcome {
+        let dead = |reason: String, handler: String, fields, lease: Lease| Outcome {
             stream: stream.clone(),
             id: entry.id.clone(),
-            fphex,
+            lease,
             kind: Kind::Dead {
                 fields,
                 reason,
@@ -759,7 +771,7 @@ async fn dispatch(
                 send(
                     shared,
                     run,
-                    dead(e.to_string(), String::new(), fields, String::new()),
+                    dead(e.to_string(), String::new(), fields, None),
                 )
                 .await;
                 continue;
@@ -773,12 +785,7 @@ async fn dispatch(
                 stream.tenant.as_ref().map(TenantId::as_str)
             );
             tracing::warn!(stream = %stream.name, id = %entry.id, %reason, "dead-lettering entry");
-            send(
-                shared,
-                run,
-                dead(reason, String::new(), fields, String::new()),
-            )
-            .await;
+            send(shared, run, dead(reason, String::new(), fields, None)).await;
             continue;
         }
         let Some(handler) = shared.handler_for(&event) else {
@@ -788,7 +795,7 @@ async fn dispatch(
                 Outcome {
                     stream: stream.clone(),
                     id: entry.id,
-                    fphex: String::new(),
+                    lease: None,
                     kind: Kind::Ack { deleted: false },
                     pass: pass.clone(),
                 },
@@ -802,7 +809,7 @@ async fn dispatch(
             let reason = format!(
                 "delivered {deliveries} times, more than max_deliveries ({max}): the handler kept crashing or timing out"
             );
-            send(shared, run, dead(reason, name, fields, String::new())).await;
+            send(shared, run, dead(reason, name, fields, None)).await;
             continue;
         }
         let key = event
@@ -815,8 +822,7 @@ async fn dispatch(
             deferred.push((entry.id.clone(), deliveries));
             continue;
         }
-        let fphex = fingerprint_hex(&fp);
-        shared.track(&stream.name, &entry.id, &fphex);
+        shared.track(&stream.name, &entry.id, Some(fp));
         candidates.push(Candidate {
             entry_id: entry.id,
             event,
@@ -824,7 +830,6 @@ async fn dispatch(
             handler,
             deliveries,
             fp,
-            fphex,
         });
     }
     for (id, deliveries) in deferred {
@@ -937,16 +942,16 @@ async fn begin(
     chunk: &[Candidate],
 ) -> redis::RedisResult<Vec<i64>> {
     let mut inv = BEGIN.key(&*stream.name);
+    inv.key(&stream.lease_key);
     shared
         .options
         .marks
         .script_args(&stream.marks_prefix, &mut inv);
     inv.arg(&*shared.group)
-        .arg(&stream.lease_prefix)
         .arg(&*shared.consumer)
         .arg(shared.lease_ms());
     for c in chunk {
-        inv.arg(&c.entry_id).arg(&c.fp[..]).arg(&c.fphex);
+        inv.arg(&c.entry_id).arg(&c.fp[..]);
     }
     let mut conn = shared.conn.clone();
     inv.invoke_async(&mut conn).await
@@ -1091,7 +1096,7 @@ async fn spawn_handler(
             let out = Outcome {
                 stream: stream.clone(),
                 id: c.entry_id,
-                fphex: c.fphex,
+                lease: Some(c.fp),
                 kind,
                 pass,
             };
@@ -1226,22 +1231,20 @@ async fn commit(
     outcomes: &[Outcome],
 ) -> redis::RedisResult<Vec<Value>> {
     let mut inv = COMMIT.key(&*stream.name);
-    inv.key(&stream.dead_letter);
+    inv.key(&stream.dead_letter).key(&stream.lease_key);
     shared
         .options
         .marks
         .script_args(&stream.marks_prefix, &mut inv);
-    inv.arg(&*shared.group)
-        .arg(&stream.lease_prefix)
-        .arg(&*shared.consumer);
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    inv.arg(&*shared.group).arg(&*shared.consumer);
+    let mut now = String::new();
     for o in outcomes {
         match &o.kind {
             Kind::Success { fp, effects, .. } => {
                 inv.arg("S")
                     .arg(&o.id)
                     .arg(&fp[..])
-                    .arg(&o.fphex)
+                    .arg(lease_arg(&o.lease))
                     .arg(effects.len());
                 for e in effects {
                     inv.arg(e.command()).arg(e.key()).arg(e.args().len());
@@ -1251,7 +1254,7 @@ async fn commit(
                 }
             }
             Kind::Retry { .. } => {
-                inv.arg("R").arg(&o.id).arg(&o.fphex);
+                inv.arg("R").arg(&o.id).arg(lease_arg(&o.lease));
             }
             Kind::Dead {
                 fields,
@@ -1260,6 +1263,9 @@ async fn commit(
                 deliveries,
                 handler,
             } => {
+                if now.is_empty() {
+                    now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+                }
                 let meta: [(&str, &str); 8] = [
                     ("source_stream", &stream.name),
                     ("source_id", &o.id),
@@ -1272,7 +1278,7 @@ async fn commit(
                 ];
                 inv.arg("D")
                     .arg(&o.id)
-                    .arg(&o.fphex)
+                    .arg(lease_arg(&o.lease))
                     .arg(meta.len() + 1 + fields.len());
                 for (k, v) in meta {
                     inv.arg(k).arg(v);
@@ -1361,7 +1367,7 @@ async fn redeliver_loop(shared: Arc<Shared>, run: Arc<RunCtx>) {
 }
 
 /// One stream's in-flight entries: (entry id, lease fingerprint).
-type InFlightSnapshot = (Arc<str>, Vec<(String, String)>);
+type InFlightSnapshot = (Arc<str>, Vec<(String, Lease)>);
 
 /// Keeps in-flight entries and their leases fresh, so no peer claims work in progress.
 async fn keepalive_loop(shared: Arc<Shared>) {
@@ -1372,25 +1378,20 @@ async fn keepalive_loop(shared: Arc<Shared>) {
         let snapshot: Vec<InFlightSnapshot> = lock(&shared.in_flight)
             .iter()
             .filter(|(_, m)| !m.is_empty())
-            .map(|(s, m)| {
-                (
-                    s.clone(),
-                    m.iter().map(|(a, b)| (a.clone(), b.clone())).collect(),
-                )
-            })
+            .map(|(s, m)| (s.clone(), m.iter().map(|(a, b)| (a.clone(), *b)).collect()))
             .collect();
         for (stream, entries) in snapshot {
             for chunk in entries.chunks(SCRIPT_CHUNK) {
-                let mut inv = KEEPALIVE.key(&*stream);
                 let Some(ctx) = shared.stream_by_name(&stream) else {
                     continue;
                 };
-                inv.arg(&*shared.group)
-                    .arg(&ctx.lease_prefix)
+                let mut inv = KEEPALIVE.key(&*stream);
+                inv.key(&ctx.lease_key)
+                    .arg(&*shared.group)
                     .arg(&*shared.consumer)
                     .arg(shared.lease_ms());
-                for (id, fphex) in chunk {
-                    inv.arg(id).arg(fphex);
+                for (id, lease) in chunk {
+                    inv.arg(id).arg(lease_arg(lease));
                 }
                 if let Err(e) = inv.invoke_async::<i64>(&mut conn).await {
                     tracing::warn!(%stream, error = %e, "keep-alive failed");

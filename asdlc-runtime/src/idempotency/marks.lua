@@ -5,8 +5,8 @@
 -- is the time slice (width ms) the mark was written in and the shard comes from the
 -- fingerprint's first two bytes. Each hash expires `ttl` after its bucket ends, so a mark
 -- lives between ttl and ttl + width; a lookup checks the `nbuckets` newest buckets. Small
--- hashes stay in Redis's compact listpack encoding: about 20 bytes a mark instead of ~100
--- for a key per mark.
+-- hashes stay in Redis's compact listpack encoding: 20 to 40 bytes a mark instead of 100 or
+-- more for a key per mark.
 
 local function asdlc_now_ms()
   local t = redis.call('TIME')
@@ -29,7 +29,9 @@ end
 
 local function asdlc_set_mark(prefix, bucket, width, ttl, fp, shards)
   local key = asdlc_mark_key(prefix, bucket, fp, shards)
-  if redis.call('HSET', key, fp, 1) == 1 and redis.call('PTTL', key) < 0 then
+  if redis.call('HSET', key, fp, 1) == 1 then
+    -- The same deadline for every mark of the bucket, so setting it again changes nothing;
+    -- one command instead of asking first.
     redis.call('PEXPIREAT', key, (bucket + 1) * width + ttl)
   end
 end

@@ -1,0 +1,27 @@
+-- In-flight leases, shared by the scripts that take, keep or drop them (prepended to each).
+--
+-- A lease says "one delivery is working on this idempotency key": while it is live no other
+-- delivery of the key begins. All leases of one stream and group are fields of one hash,
+-- the key's 12-byte fingerprint -> '<deadline ms>|<consumer>|<entry id>', so a whole batch
+-- takes, checks or drops its leases in one command each. A lease past its deadline is free
+-- for the taking. The hash itself expires a lease period after its last write, so leases
+-- left by a crashed process go away even if nobody takes them over.
+
+-- The holder ('<consumer>|<entry id>') of a lease value, and whether the lease is live.
+local function asdlc_lease_holder(value, now)
+  if not value then
+    return nil, false
+  end
+  local sep = string.find(value, '|', 1, true)
+  if not sep then
+    return nil, false
+  end
+  return string.sub(value, sep + 1), tonumber(string.sub(value, 1, sep - 1)) > now
+end
+
+-- Keeps the lease hash at least `lease_ms` from expiring (never shortens it).
+local function asdlc_keep_leases(key, lease_ms)
+  if redis.call('PTTL', key) < lease_ms then
+    redis.call('PEXPIRE', key, lease_ms)
+  end
+end
