@@ -39,4 +39,16 @@ mod book {
     mod runtime {}
     #[doc = include_str!("../book/src/multi-tenancy.md")]
     mod multi_tenancy {}
+    #[doc = include_str!("../book/src/recovery.md")]
+    mod recovery {}
+    #[doc = include_str!("../book/src/operations.md")]
+    mod operations {}
+    #[doc = include_str!("../book/src/cluster.md")]
+    mod cluster {}
+    #[doc = include_str!("../book/src/performance.md")]
+    mod performance {}
+    #[doc = include_str!("../book/src/reliability.md")]
+    mod reliability {}
+    #[doc = include_str!("../book/src/migration.md")]
+    mod migration {}
 }
