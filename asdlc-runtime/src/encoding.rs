@@ -53,34 +53,78 @@ impl EncodedEvent {
 /// The event's stream fields.
 pub fn encode(event: &AsdlcEvent) -> EncodedEvent {
     let mut fields: Vec<(&'static str, Vec<u8>)> = Vec::with_capacity(12);
-    fields.push(("v", ENCODING_VERSION.as_bytes().to_vec()));
-    fields.push(("event_type", event.event_type.as_str().as_bytes().to_vec()));
-    fields.push(("session_id", event.session_id.as_bytes().to_vec()));
+    write_fields(
+        event,
+        event.tenant_id.as_ref(),
+        event.idempotency_key.as_deref(),
+        &mut Vec::new(),
+        &mut |name, value| fields.push((name, value.to_vec())),
+    );
+    EncodedEvent { fields }
+}
+
+/// Writes the fields of `event`, published with `tenant` and idempotency `key` in place of its
+/// own, straight into `cmd`'s arguments (no intermediate copy), and returns their encoded size
+/// in bytes (names and values, as [`EncodedEvent::len_bytes`] counts them). `scratch` is a
+/// buffer for the JSON fields, reused across calls.
+pub(crate) fn encode_into(
+    event: &AsdlcEvent,
+    tenant: Option<&TenantId>,
+    key: &str,
+    cmd: &mut redis::Cmd,
+    scratch: &mut Vec<u8>,
+) -> usize {
+    let mut size = 0;
+    write_fields(event, tenant, Some(key), scratch, &mut |name, value| {
+        size += name.len() + value.len();
+        cmd.arg(name).arg(value);
+    });
+    size
+}
+
+/// The one definition of the field layout, in order, for [`encode`] and [`encode_into`].
+fn write_fields(
+    event: &AsdlcEvent,
+    tenant: Option<&TenantId>,
+    key: Option<&str>,
+    scratch: &mut Vec<u8>,
+    put: &mut dyn FnMut(&'static str, &[u8]),
+) {
+    put("v", ENCODING_VERSION.as_bytes());
+    put("event_type", event.event_type.as_str().as_bytes());
+    put("session_id", event.session_id.as_bytes());
     let optional = [
         ("epic_id", event.epic_id.as_deref()),
         ("task_id", event.task_id.as_deref()),
         ("git_sha", event.git_sha.as_deref()),
-        ("tenant_id", event.tenant_id.as_ref().map(TenantId::as_str)),
-        ("idempotency_key", event.idempotency_key.as_deref()),
+        ("tenant_id", tenant.map(TenantId::as_str)),
+        ("idempotency_key", key),
     ];
     for (name, value) in optional {
         if let Some(value) = value {
-            fields.push((name, value.as_bytes().to_vec()));
+            put(name, value.as_bytes());
         }
     }
-    let paths = serde_json::to_vec(&event.artifact_paths).unwrap_or_else(|_| b"[]".to_vec());
-    fields.push(("artifact_paths", paths));
-    fields.push(("mode", event.mode.as_str().as_bytes().to_vec()));
-    fields.push((
+    scratch.clear();
+    if serde_json::to_writer(&mut *scratch, &event.artifact_paths).is_err() {
+        scratch.clear();
+        scratch.extend_from_slice(b"[]");
+    }
+    put("artifact_paths", scratch);
+    put("mode", event.mode.as_str().as_bytes());
+    put(
         "timestamp",
         event
             .timestamp
             .to_rfc3339_opts(SecondsFormat::AutoSi, true)
-            .into_bytes(),
-    ));
-    let metadata = serde_json::to_vec(&event.metadata).unwrap_or_else(|_| b"{}".to_vec());
-    fields.push(("metadata", metadata));
-    EncodedEvent { fields }
+            .as_bytes(),
+    );
+    scratch.clear();
+    if serde_json::to_writer(&mut *scratch, &event.metadata).is_err() {
+        scratch.clear();
+        scratch.extend_from_slice(b"{}");
+    }
+    put("metadata", scratch);
 }
 
 /// The encoded size of `event`, in bytes.
@@ -232,6 +276,28 @@ mod tests {
         let e = sample();
         let enc = encode(&e);
         assert_eq!(decode(enc.fields()).unwrap(), e);
+    }
+
+    #[test]
+    fn encoding_into_a_command_writes_the_same_fields() {
+        let e = sample();
+        let mut published = e.clone();
+        published.tenant_id = Some(TenantId::new("other").unwrap());
+        published.idempotency_key = Some("key-1".to_owned());
+        let mut expected = redis::cmd("XADD");
+        for (k, v) in encode(&published).fields() {
+            expected.arg(*k).arg(v.as_slice());
+        }
+        let mut cmd = redis::cmd("XADD");
+        let size = encode_into(
+            &e,
+            published.tenant_id.as_ref(),
+            "key-1",
+            &mut cmd,
+            &mut Vec::new(),
+        );
+        assert_eq!(cmd.get_packed_command(), expected.get_packed_command());
+        assert_eq!(size, encode(&published).len_bytes());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use redis::Cmd;
 
 use crate::config::Config;
 use crate::connection::RedisConnection;
-use crate::encoding::encode;
+use crate::encoding::encode_into;
 use crate::error::PublishError;
 use crate::error::ValidationError;
 use crate::events::{AsdlcEvent, MAX_EVENT_BYTES, unique_idempotency_key};
@@ -74,7 +74,7 @@ impl Publisher {
 
     /// Validates and publishes `event` (seed: `publish_event_model`).
     pub async fn publish(&self, event: &AsdlcEvent) -> Result<Published, PublishError> {
-        let prepared = self.prepare(event)?;
+        let prepared = self.prepare(event, &mut Vec::new())?;
         let mut conn = self.conn.clone();
         let event_id: String = prepared
             .cmd
@@ -98,38 +98,38 @@ impl Publisher {
         &self,
         events: &[AsdlcEvent],
     ) -> Result<Vec<Published>, PublishError> {
-        let mut prepared = Vec::with_capacity(events.len());
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        let mut written = Vec::with_capacity(events.len());
+        let mut scratch = Vec::new();
         for (i, event) in events.iter().enumerate() {
-            prepared.push(self.prepare(event).map_err(|e| match e {
+            let p = self.prepare(event, &mut scratch).map_err(|e| match e {
                 PublishError::Validation(v) => PublishError::Validation(ValidationError::new(
                     v.field,
                     format!("event {i}: {}", v.reason),
                 )),
                 other => other,
-            })?);
-        }
-        if prepared.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for p in &prepared {
-            pipe.add_command(p.cmd.clone());
+            })?;
+            pipe.add_command(p.cmd);
+            written.push((p.stream, p.key));
         }
         let mut conn = self.conn.clone();
         let ids: Vec<String> =
             pipe.query_async(&mut conn)
                 .await
                 .map_err(|source| PublishError::Redis {
-                    stream: prepared[0].stream.clone(),
+                    stream: written[0].0.clone(),
                     source,
                 })?;
-        Ok(prepared
+        Ok(written
             .into_iter()
             .zip(ids)
-            .map(|(p, event_id)| Published {
+            .map(|((stream, idempotency_key), event_id)| Published {
                 event_id,
-                stream: p.stream,
-                idempotency_key: p.key,
+                stream,
+                idempotency_key,
             })
             .collect())
     }
@@ -190,33 +190,36 @@ impl Publisher {
         }
     }
 
-    fn prepare(&self, event: &AsdlcEvent) -> Result<Prepared, PublishError> {
+    /// The XADD for `event`, encoded straight into the command's arguments: the event is
+    /// published as it is but for its tenant (resolved), its key (filled if missing) and its
+    /// id (left out: Redis assigns one).
+    fn prepare(&self, event: &AsdlcEvent, scratch: &mut Vec<u8>) -> Result<Prepared, PublishError> {
         let tenant = self.resolve_tenant(event.tenant_id.as_ref())?;
-        let key = event
-            .idempotency_key
-            .clone()
-            .unwrap_or_else(unique_idempotency_key);
-        let mut event = event.clone();
-        event.tenant_id = tenant;
-        event.idempotency_key = Some(key.clone());
-        event.event_id = None;
-        event.validate_fields()?;
-        let encoded = encode(&event);
-        let size = encoded.len_bytes();
+        let key = match &event.idempotency_key {
+            Some(key) => key.clone(),
+            None => unique_idempotency_key(),
+        };
+        if event.event_id.is_none() {
+            // The checks do not look at the tenant, and a generated key is valid: the event
+            // as given checks the same as the event as published.
+            event.validate_fields()?;
+        } else {
+            let mut published = event.clone();
+            published.event_id = None;
+            published.validate_fields()?;
+        }
+        let stream = self.config.stream_for(tenant.as_ref());
+        let mut cmd = Cmd::with_capacity(32, 512);
+        cmd.arg("XADD").arg(&stream);
+        self.add_trim(&mut cmd);
+        cmd.arg("*");
+        let size = encode_into(event, tenant.as_ref(), &key, &mut cmd, scratch);
         if size > MAX_EVENT_BYTES {
             return Err(ValidationError::new(
                 "event",
                 format!("encoded size {size} bytes exceeds the limit of {MAX_EVENT_BYTES} bytes"),
             )
             .into());
-        }
-        let stream = self.config.stream_for(event.tenant_id.as_ref());
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(&stream);
-        self.add_trim(&mut cmd);
-        cmd.arg("*");
-        for (name, value) in encoded.fields() {
-            cmd.arg(*name).arg(value.as_slice());
         }
         Ok(Prepared { stream, key, cmd })
     }
