@@ -88,6 +88,12 @@ impl std::fmt::Display for TrimLimit {
             TrimLimit::Unread {
                 group,
                 last_delivered_id,
+            } if last_delivered_id == "0-0" => {
+                write!(f, "group `{group}` has not read anything yet")
+            }
+            TrimLimit::Unread {
+                group,
+                last_delivered_id,
             } => write!(
                 f,
                 "group `{group}` has not read past entry {last_delivered_id}"

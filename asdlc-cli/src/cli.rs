@@ -1,0 +1,231 @@
+//! The command line: global options and one subcommand per operation.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::fmt::parse_duration;
+
+const AFTER_HELP: &str = "\
+Connection: --url, else REDIS_URL, else redis://127.0.0.1:6379. The stream base comes from
+--stream, else ASDLC_STREAM, else asdlc:events. Without --tenant, commands cover the shared
+stream and every tenant stream found (tenant:{ID}:<base>); with it, that tenant's stream only.
+
+Exit status:
+  0   success (health: healthy)
+  1   health: degraded
+  2   bad arguments or input (health: unhealthy, which includes an unreachable server)
+  3   the server cannot be reached
+  4   not found (a dead letter, a group)
+  5   the server refused a command
+  70  internal error (a bug: please report it)
+Errors are one line on stderr.";
+
+/// Inspect, check and repair asdlc event streams: groups, lag, pending entries, dead letters,
+/// retention.
+#[derive(Debug, Parser)]
+#[command(name = "asdlc", version, after_help = AFTER_HELP, propagate_version = true)]
+pub struct Cli {
+    /// Redis URL (default: REDIS_URL, else redis://127.0.0.1:6379).
+    #[arg(long, global = true, value_name = "URL")]
+    pub url: Option<String>,
+
+    /// Stream base name (default: ASDLC_STREAM, else asdlc:events).
+    #[arg(long, global = true, value_name = "BASE")]
+    pub stream: Option<String>,
+
+    /// Only this tenant's stream (tenant:{ID}:<base>).
+    #[arg(long, global = true, value_name = "ID")]
+    pub tenant: Option<String>,
+
+    /// Machine-readable output: one JSON document per line.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands. Each lives in its own module under `cmd/`; add a variant here and an arm
+/// in `cmd::run` to add one.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Every stream and its groups: length, consumers, lag, pending, oldest pending, dead
+    /// letters.
+    Info,
+    /// Check the server and every group against thresholds; exit 0 healthy, 1 degraded,
+    /// 2 unhealthy.
+    Health(HealthArgs),
+    /// Follow new events live, one line each (XREAD, not a consumer group: nothing is
+    /// acknowledged or taken from anyone).
+    Tail(TailArgs),
+    /// The entries a group has read and not acknowledged: consumer, idle time, deliveries.
+    Pending(PendingArgs),
+    /// Dead letters: list, show, replay, purge.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Publish one event (or a JSON array of them), validated; prints the new entry id.
+    Publish(Box<PublishArgs>),
+    /// Show a group's stale pending entries and optionally hand them to another consumer.
+    ///
+    /// The CLI runs no handlers, so it cannot process anything itself. It lists the entries
+    /// of GROUP pending for at least --min-idle (their consumer is likely dead or stuck). With
+    /// --claim-to NAME it moves them to consumer NAME (XCLAIM, delivery counts unchanged); a
+    /// consumer processes its own pending entries when it starts, and running consumers also
+    /// claim stale entries by themselves after their claim_idle, so this is for handing work
+    /// to a specific consumer that will start or restart.
+    Recover(RecoverArgs),
+    /// Remove entries every group has read and acknowledged, and nothing else.
+    Trim(TrimArgs),
+}
+
+/// `health` thresholds; a value at or above a level reaches it.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// Lag (unread entries) of a group that makes it degraded.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub lag_degraded: u64,
+    /// Lag of a group that makes it unhealthy.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub lag_unhealthy: u64,
+    /// Pending (read, unacknowledged) entries of a group that make it degraded.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub pending_degraded: u64,
+    /// Pending entries of a group that make it unhealthy.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub pending_unhealthy: u64,
+    /// Age of a group's oldest pending entry that makes it degraded.
+    #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_duration)]
+    pub pending_age_degraded: Duration,
+    /// Age of a group's oldest pending entry that makes it unhealthy.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub pending_age_unhealthy: Duration,
+    /// Dead letters in a stream that make it degraded (default: dead letters never do).
+    #[arg(long, value_name = "N")]
+    pub dead_letters_degraded: Option<u64>,
+    /// A stream that does not exist is healthy (default: degraded).
+    #[arg(long)]
+    pub allow_missing: bool,
+}
+
+/// `tail` options.
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// Exit after this many events.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Start after this entry id (`0` for the whole history); default: only new events.
+    #[arg(long, value_name = "ID")]
+    pub from: Option<String>,
+}
+
+/// `pending` options.
+#[derive(Debug, Args)]
+pub struct PendingArgs {
+    /// The consumer group.
+    pub group: String,
+    /// Only this consumer's entries.
+    #[arg(long, value_name = "NAME")]
+    pub consumer: Option<String>,
+    /// At most this many entries per stream.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub limit: usize,
+}
+
+/// `dlq` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Dead letters, oldest first.
+    List {
+        /// At most this many per stream.
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        limit: usize,
+    },
+    /// One dead letter in full: provenance, reason, error and the original event.
+    Show {
+        /// Its id in the dead-letter stream.
+        id: String,
+    },
+    /// Put dead letters back on their stream with their original fields (the same
+    /// idempotency key, so a group that already handled one skips it) and remove them.
+    Replay {
+        /// The dead letter to replay.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Replay every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete every dead letter (of the selected streams).
+    Purge {
+        /// Really delete them.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// `publish` input: `--file`, or `--type` with the other flags.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["file", "event_type"])))]
+pub struct PublishArgs {
+    /// Read the event (a JSON object, or an array of them) from FILE, or `-` for stdin.
+    /// Missing `timestamp` means now; a missing `idempotency_key` gets a unique one.
+    #[arg(long, short = 'f', value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Event type, e.g. task_created.
+    #[arg(long = "type", value_name = "TYPE", requires = "session")]
+    pub event_type: Option<String>,
+    /// Session id.
+    #[arg(long, value_name = "ID")]
+    pub session: Option<String>,
+    /// Epic id.
+    #[arg(long, value_name = "ID")]
+    pub epic: Option<String>,
+    /// Task id.
+    #[arg(long, value_name = "ID")]
+    pub task: Option<String>,
+    /// Git commit (7 to 40 hex digits).
+    #[arg(long, value_name = "SHA")]
+    pub git_sha: Option<String>,
+    /// An artifact path (repeatable).
+    #[arg(long = "artifact", value_name = "PATH")]
+    pub artifacts: Vec<String>,
+    /// Session mode: normal or rlm.
+    #[arg(long, value_name = "MODE")]
+    pub mode: Option<String>,
+    /// A metadata entry KEY=VALUE (repeatable; VALUE is parsed as JSON when it can be).
+    #[arg(long = "meta", value_name = "KEY=VALUE")]
+    pub meta: Vec<String>,
+    /// The idempotency key (default: a unique one).
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+}
+
+/// `recover` options.
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// The consumer group.
+    pub group: String,
+    /// Entries pending at least this long count as stale.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub min_idle: Duration,
+    /// Move the stale entries to this consumer.
+    #[arg(long, value_name = "CONSUMER")]
+    pub claim_to: Option<String>,
+    /// At most this many entries per stream.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub limit: usize,
+}
+
+/// `trim` options.
+#[derive(Debug, Args)]
+pub struct TrimArgs {
+    /// Count what would be removed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Keep entries younger than this even if every group is done with them.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub min_age: Option<Duration>,
+}
