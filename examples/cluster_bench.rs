@@ -13,6 +13,10 @@
 //! one slot), on every setup alike, with a handler that only counts. Figures are events per
 //! second, the median of 3 runs; each run uses fresh streams. `--quick` is a smoke test.
 //!
+//! A fourth line runs the 1-master cluster's node through a plain (non-cluster) connection,
+//! which separates the cost of redis-rs's cluster client from that of the server's cluster
+//! mode.
+//!
 //! The cluster has no replicas here: this measures how the work spreads over masters, and on
 //! a two-core machine replicas would only take CPU from them.
 
@@ -225,6 +229,10 @@ fn main() {
         .replicas_per_master(0)
         .start();
     let one_master = runtime.block_on(measure("cluster, 1 master", &one.redis_url(), &args));
+    // The same node through a plain connection (it owns every slot, so it never redirects):
+    // separates the cluster client's cost from the cluster-mode server's.
+    let plain = RedisUrl::parse(one.node_url(0)).expect("a node URL");
+    runtime.block_on(measure("1 master, plain client", &plain, &args));
     drop(one);
 
     let three = TestCluster::builder()

@@ -897,3 +897,35 @@ async fn consumption_survives_moving_a_slot() {
     consumer.stop();
     run.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn tenants_on_every_master_are_discovered() {
+    let c = cluster();
+    let base = "cl-discover:events";
+    let tenants = tenants_across_masters(c, base, "dt", 6);
+    let p = Publisher::connect(multi(c, base)).await.unwrap();
+    for t in &tenants {
+        TenantContext::scope(t.clone(), p.publish(&event(EventType::TaskCreated, "s")))
+            .await
+            .unwrap();
+    }
+    let mut conn = connect(c).await;
+    let mut want = tenants.clone();
+    want.sort();
+    assert_eq!(
+        asdlc::discover_tenants(&mut conn, base).await.unwrap(),
+        want
+    );
+    let streams = asdlc::monitor::tenant_streams(&mut conn, base)
+        .await
+        .unwrap();
+    assert_eq!(
+        streams.into_iter().map(|(t, _)| t).collect::<Vec<_>>(),
+        want
+    );
+    let keys = conn
+        .scan_match("tenant:{dt*}:cl-discover:events", Some("stream"))
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 6);
+}

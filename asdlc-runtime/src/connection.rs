@@ -138,6 +138,102 @@ impl RedisConnection {
         let reply = self.query_on_node_of(key, &cmd).await?;
         Ok(redis::from_redis_value(reply)?)
     }
+
+    /// Every key matching `pattern` (and of type `key_type`, e.g. `"stream"`), by `SCAN`. On a
+    /// cluster each master is scanned to the end in turn (a `SCAN` cursor belongs to one node);
+    /// a key seen twice (on both sides of a slot being moved) is listed once. For discovery
+    /// and administration: it walks the whole keyspace.
+    pub async fn scan_match(
+        &mut self,
+        pattern: &str,
+        key_type: Option<&str>,
+    ) -> redis::RedisResult<Vec<String>> {
+        let scan = |cursor: u64| {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000);
+            if let Some(t) = key_type {
+                cmd.arg("TYPE").arg(t);
+            }
+            cmd
+        };
+        let mut found = Vec::new();
+        match &mut self.inner {
+            Inner::Single(c) => {
+                let mut cursor = 0u64;
+                loop {
+                    let (next, keys): (u64, Vec<String>) = scan(cursor).query_async(c).await?;
+                    found.extend(keys);
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
+                }
+            }
+            Inner::Cluster(c) => {
+                for (host, port) in cluster_masters(c).await? {
+                    let mut cursor = 0u64;
+                    loop {
+                        let reply = c
+                            .route_command(
+                                scan(cursor),
+                                RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                                    host: host.clone(),
+                                    port,
+                                }),
+                            )
+                            .await?;
+                        let (next, keys): (u64, Vec<String>) = redis::from_redis_value(reply)?;
+                        found.extend(keys);
+                        if next == 0 {
+                            break;
+                        }
+                        cursor = next;
+                    }
+                }
+                found.sort();
+                found.dedup();
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// The address of every master that serves slots, from `CLUSTER SLOTS`.
+async fn cluster_masters(c: &mut ClusterConnection) -> redis::RedisResult<Vec<(String, u16)>> {
+    let reply = c
+        .route_command(
+            redis::cmd("CLUSTER").arg("SLOTS").clone(),
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+        )
+        .await?;
+    let mut masters = Vec::new();
+    if let Value::Array(ranges) = reply {
+        for range in ranges {
+            let Value::Array(parts) = range else { continue };
+            let Some(Value::Array(master)) = parts.get(2) else {
+                continue;
+            };
+            let host = match master.first() {
+                Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                Some(Value::SimpleString(s)) => s.clone(),
+                _ => continue,
+            };
+            let Some(Value::Int(port)) = master.get(1) else {
+                continue;
+            };
+            let Ok(port) = u16::try_from(*port) else {
+                continue;
+            };
+            if !masters.contains(&(host.clone(), port)) {
+                masters.push((host, port));
+            }
+        }
+    }
+    Ok(masters)
 }
 
 /// The routing to the master of `slot`.

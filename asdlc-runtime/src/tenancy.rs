@@ -131,29 +131,16 @@ pub async fn discover_tenants(
     base: &str,
 ) -> Result<Vec<TenantId>, crate::error::StreamError> {
     let pattern = format!("tenant:{{*}}:{base}");
-    let mut cursor: u64 = 0;
-    let mut found = std::collections::BTreeSet::new();
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .arg("TYPE")
-            .arg("stream")
-            .query_async(conn)
-            .await
-            .map_err(crate::error::StreamError::redis(base))?;
-        found.extend(
-            keys.iter()
-                .filter_map(|k| crate::keys::tenant_of_stream(k, base)),
-        );
-        if next == 0 {
-            return Ok(found.into_iter().collect());
-        }
-        cursor = next;
-    }
+    // scan_match walks every master of a cluster; a single SCAN cursor would not.
+    let keys = conn
+        .scan_match(&pattern, Some("stream"))
+        .await
+        .map_err(crate::error::StreamError::redis(base))?;
+    let found: std::collections::BTreeSet<TenantId> = keys
+        .iter()
+        .filter_map(|k| crate::keys::tenant_of_stream(k, base))
+        .collect();
+    Ok(found.into_iter().collect())
 }
 
 #[cfg(test)]
