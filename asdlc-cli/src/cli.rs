@@ -79,6 +79,37 @@ pub enum Command {
     Recover(RecoverArgs),
     /// Remove entries every group has read and acknowledged, and nothing else.
     Trim(TrimArgs),
+    /// Tenant ACL users: one Redis user per tenant, allowed only that tenant's keys.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+}
+
+/// `tenant` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create (or replace) the tenant's ACL user, allowed only keys `tenant:{ID}:*` and the
+    /// commands asdlc needs; prints the user name, its password and the URL to give the
+    /// tenant's processes. On a cluster URL the user is created on every node.
+    Provision {
+        /// The tenant id.
+        id: String,
+        /// Read the password from the first line of standard input (default: generate 256
+        /// random bits).
+        #[arg(long)]
+        password_stdin: bool,
+        /// Also allow CLIENT LIST: a consumer restarting after a crash takes its name over at
+        /// once instead of after 15 s, but the tenant sees every connection of the server.
+        #[arg(long)]
+        allow_client_list: bool,
+        /// Also allow this command (repeatable), still on the tenant's keys only.
+        #[arg(long = "allow-command", value_name = "COMMAND")]
+        allow_commands: Vec<String>,
+    },
+    /// Delete the tenant's ACL user; its open connections are closed. Its keys stay.
+    Revoke {
+        /// The tenant id.
+        id: String,
+    },
 }
 
 /// `health` thresholds; a value at or above a level reaches it.

@@ -9,6 +9,7 @@ mod pending;
 mod publish;
 mod recover;
 mod tail;
+mod tenant;
 mod trim;
 
 use crate::cli::{Cli, Command};
@@ -27,5 +28,6 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Publish(args) => publish::run(&mut ctx, *args).await,
         Command::Recover(args) => recover::run(&mut ctx, args).await,
         Command::Trim(args) => trim::run(&mut ctx, args).await,
+        Command::Tenant(command) => tenant::run(&mut ctx, command).await,
     }
 }
