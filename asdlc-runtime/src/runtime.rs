@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -30,7 +30,7 @@ use crate::consume::{ConsumerOptions, ConsumerStats, EventConsumer, HandlerSpec}
 use crate::error::{ConfigError, ConsumeError, StreamError};
 use crate::events::{EventType, RecoveryResult};
 use crate::handler::{EventHandler, HandlerOptions, registered_handlers};
-use crate::keys::validate_group;
+use crate::keys::{hash_slot, partition_tenants_by_slot, validate_group};
 use crate::tenancy::{TenantId, discover_tenants};
 
 /// The handler set is inconsistent: found at startup, before anything is consumed.
@@ -264,39 +264,75 @@ impl RuntimeBuilder {
             }
         };
 
+        let configure = Arc::new(self.configure);
+        let partitions: Vec<Vec<TenantId>> =
+            if config.redis_url.is_cluster() && config.tenancy.is_multi() {
+                // One multi-stream read per slot: a cluster refuses keys of several slots in one
+                // command.
+                partition_tenants_by_slot(&config.stream, tenants.clone())
+            } else {
+                vec![tenants.clone()]
+            };
         let mut groups = Vec::new();
+        let mut consumers = Vec::new();
         for (group, handlers) in plan {
-            let mut builder = EventConsumer::builder(config.clone(), group.clone());
-            for t in &tenants {
-                builder = builder.tenant(t.clone());
+            let template = GroupTemplate {
+                group: group.clone(),
+                specs: handlers.iter().map(|h| h.spec.clone()).collect(),
+                consumer_name: self.consumer.clone(),
+                configure: configure.clone(),
+                config: config.clone(),
+            };
+            for part in &partitions {
+                consumers.push(template.build(part.clone()).await?);
             }
-            for h in &handlers {
-                builder = builder.handler_spec(h.spec.clone());
-            }
-            let consumer_name = self.consumer.clone();
-            let configure = &self.configure;
-            builder = builder.configure(|o| {
-                if let Some(name) = consumer_name {
-                    o.consumer = name;
-                }
-                for f in configure {
-                    f(&group, o);
-                }
-            });
-            let consumer = builder.build().await?;
             groups.push(GroupRun {
-                group,
+                template,
                 handlers: handlers.into_iter().map(|h| h.info).collect(),
-                consumer,
             });
         }
         Ok(Runtime {
             config,
             groups,
+            consumers: Arc::new(Mutex::new(consumers)),
             tenants,
             discovery_interval: self.discovery_interval,
             stop: CancellationToken::new(),
         })
+    }
+}
+
+/// Everything needed to build another consumer of one group (for a tenant in a new cluster
+/// slot, found while running).
+#[derive(Clone)]
+struct GroupTemplate {
+    group: String,
+    specs: Vec<HandlerSpec>,
+    consumer_name: Option<String>,
+    configure: Arc<Vec<Configure>>,
+    config: Config,
+}
+
+impl GroupTemplate {
+    async fn build(&self, tenants: Vec<TenantId>) -> Result<EventConsumer, ConsumeError> {
+        let mut builder = EventConsumer::builder(self.config.clone(), self.group.clone());
+        for t in tenants {
+            builder = builder.tenant(t);
+        }
+        for spec in &self.specs {
+            builder = builder.handler_spec(spec.clone());
+        }
+        builder
+            .configure(|o| {
+                if let Some(name) = &self.consumer_name {
+                    o.consumer = name.clone();
+                }
+                for f in self.configure.iter() {
+                    f(&self.group, o);
+                }
+            })
+            .build()
+            .await
     }
 }
 
@@ -360,9 +396,14 @@ fn plan_groups(
 }
 
 struct GroupRun {
-    group: String,
+    template: GroupTemplate,
     handlers: Vec<HandlerInfo>,
-    consumer: EventConsumer,
+}
+
+type Consumers = Arc<Mutex<Vec<EventConsumer>>>;
+
+fn snapshot(consumers: &Consumers) -> Vec<EventConsumer> {
+    consumers.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 /// What one group did in a run.
@@ -397,10 +438,16 @@ impl RuntimeReport {
 
 /// Controls a running [`Runtime`] from elsewhere: stop it, wait until it is consuming, read
 /// its counts.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RuntimeHandle {
     stop: CancellationToken,
-    consumers: Vec<EventConsumer>,
+    consumers: Consumers,
+}
+
+impl std::fmt::Debug for RuntimeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeHandle").finish_non_exhaustive()
+    }
 }
 
 impl RuntimeHandle {
@@ -411,34 +458,60 @@ impl RuntimeHandle {
 
     /// Waits until every group has finished its start-up recovery and is reading.
     pub async fn ready(&self) {
-        for c in &self.consumers {
+        for c in snapshot(&self.consumers) {
             c.ready().await;
         }
     }
 
     /// The counts so far, per group.
     pub fn report(&self) -> RuntimeReport {
-        report_of(&self.consumers)
+        report_of(&snapshot(&self.consumers))
     }
 }
 
+fn add_stats(a: &mut ConsumerStats, b: ConsumerStats) {
+    a.processed += b.processed;
+    a.duplicates += b.duplicates;
+    a.retried += b.retried;
+    a.dead_lettered += b.dead_lettered;
+    a.unhandled += b.unhandled;
+    a.claimed += b.claimed;
+    a.panics += b.panics;
+    a.timeouts += b.timeouts;
+}
+
+/// One report per group, adding up the group's consumers (one per cluster slot of its
+/// tenants).
 fn report_of(consumers: &[EventConsumer]) -> RuntimeReport {
-    RuntimeReport {
-        groups: consumers
-            .iter()
-            .map(|c| GroupReport {
-                group: c.group().to_owned(),
-                recovery: c.last_recovery(),
-                stats: c.stats(),
-            })
-            .collect(),
+    let mut groups: Vec<GroupReport> = Vec::new();
+    for c in consumers {
+        let i = match groups.iter().position(|g| g.group == c.group()) {
+            Some(i) => i,
+            None => {
+                groups.push(GroupReport {
+                    group: c.group().to_owned(),
+                    recovery: None,
+                    stats: ConsumerStats::default(),
+                });
+                groups.len() - 1
+            }
+        };
+        let g = &mut groups[i];
+        if let Some(r) = c.last_recovery() {
+            g.recovery
+                .get_or_insert_with(RecoveryResult::default)
+                .merge(r);
+        }
+        add_stats(&mut g.stats, c.stats());
     }
+    RuntimeReport { groups }
 }
 
 /// Runs every registered handler's consumer group. See the module docs.
 pub struct Runtime {
     config: Config,
     groups: Vec<GroupRun>,
+    consumers: Consumers,
     tenants: Vec<TenantId>,
     discovery_interval: Duration,
     stop: CancellationToken,
@@ -447,10 +520,7 @@ pub struct Runtime {
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runtime")
-            .field(
-                "groups",
-                &self.groups.iter().map(|g| &g.group).collect::<Vec<_>>(),
-            )
+            .field("groups", &self.groups())
             .field("tenants", &self.tenants)
             .finish_non_exhaustive()
     }
@@ -480,14 +550,17 @@ impl Runtime {
 
     /// The groups it will run.
     pub fn groups(&self) -> Vec<String> {
-        self.groups.iter().map(|g| g.group.clone()).collect()
+        self.groups
+            .iter()
+            .map(|g| g.template.group.clone())
+            .collect()
     }
 
     /// A handle to stop it or wait for it from another task.
     pub fn handle(&self) -> RuntimeHandle {
         RuntimeHandle {
             stop: self.stop.clone(),
-            consumers: self.groups.iter().map(|g| g.consumer.clone()).collect(),
+            consumers: self.consumers.clone(),
         }
     }
 
@@ -502,18 +575,24 @@ impl Runtime {
         self,
         shutdown: impl Future<Output = ()>,
     ) -> Result<RuntimeReport, RuntimeError> {
+        let initial = snapshot(&self.consumers);
         for g in &self.groups {
             let types: BTreeSet<&str> = g
                 .handlers
                 .iter()
                 .flat_map(|h| h.types.iter().map(|t| t.as_str()))
                 .collect();
+            let streams: Vec<String> = initial
+                .iter()
+                .filter(|c| c.group() == g.template.group)
+                .flat_map(|c| c.streams())
+                .collect();
             tracing::info!(
-                group = %g.group,
+                group = %g.template.group,
                 handlers = ?g.handlers.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(),
                 event_types = ?types,
-                consumer = %g.consumer.consumer_name(),
-                streams = ?g.consumer.streams(),
+                consumer = %initial.iter().find(|c| c.group() == g.template.group).map(|c| c.consumer_name()).unwrap_or(""),
+                ?streams,
                 "starting group"
             );
         }
@@ -524,25 +603,27 @@ impl Runtime {
             redis = %self.config.redis_url,
             "asdlc runtime starting"
         );
-        let consumers: Vec<EventConsumer> =
-            self.groups.iter().map(|g| g.consumer.clone()).collect();
         let mut tasks = tokio::task::JoinSet::new();
-        for c in &consumers {
+        for c in &initial {
             let c = c.clone();
             tasks.spawn(async move { c.start().await });
         }
+        let (new_tx, mut new_rx) = tokio::sync::mpsc::channel::<EventConsumer>(16);
         let discovery = if matches!(self.config.tenancy, Tenancy::Multi { allowed: None }) {
             Some(tokio::spawn(discover_loop(
                 self.config.clone(),
-                consumers.clone(),
+                self.groups.iter().map(|g| g.template.clone()).collect(),
+                self.consumers.clone(),
+                new_tx,
                 self.discovery_interval,
                 self.stop.clone(),
             )))
         } else {
+            drop(new_tx);
             None
         };
         let ready = {
-            let consumers = consumers.clone();
+            let consumers = initial.clone();
             async move {
                 for c in &consumers {
                     c.ready().await;
@@ -559,11 +640,14 @@ impl Runtime {
                 _ = self.stop.cancelled() => break,
                 _ = &mut ready, if !logged_ready => {
                     logged_ready = true;
-                    for c in &consumers {
+                    for c in &initial {
                         let r = c.last_recovery().unwrap_or_default();
                         tracing::info!(group = %c.group(), processed = r.processed, skipped = r.skipped, failed = r.failed, claimed = r.claimed, "recovery done");
                     }
                     tracing::info!("asdlc runtime consuming");
+                }
+                Some(c) = new_rx.recv() => {
+                    tasks.spawn(async move { c.start().await });
                 }
                 joined = tasks.join_next() => {
                     match joined {
@@ -579,6 +663,11 @@ impl Runtime {
         }
         tracing::info!("asdlc runtime stopping");
         self.stop.cancel();
+        if let Some(d) = discovery {
+            let _ = d.await;
+        }
+        // Consumers built but not started yet are in the list: stopping them is harmless.
+        let consumers = snapshot(&self.consumers);
         for c in &consumers {
             c.stop();
         }
@@ -589,9 +678,6 @@ impl Runtime {
                 failure = Some(e);
             }
         }
-        if let Some(d) = discovery {
-            let _ = d.await;
-        }
         let report = report_of(&consumers);
         tracing::info!(processed = report.processed(), "asdlc runtime stopped");
         match failure {
@@ -601,9 +687,13 @@ impl Runtime {
     }
 }
 
+/// Picks up tenants whose streams appear while running: each group's consumer for the
+/// tenant's cluster slot takes the new stream, or a new consumer is built for a new slot.
 async fn discover_loop(
     config: Config,
-    consumers: Vec<EventConsumer>,
+    templates: Vec<GroupTemplate>,
+    consumers: Consumers,
+    new_consumers: tokio::sync::mpsc::Sender<EventConsumer>,
     every: Duration,
     stop: CancellationToken,
 ) {
@@ -614,28 +704,62 @@ async fn discover_loop(
             return;
         }
     };
+    let cluster = config.redis_url.is_cluster();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.cancelled() => return,
         }
-        match discover_tenants(&mut conn, &config.stream).await {
-            Ok(tenants) => {
-                for t in tenants {
-                    for c in &consumers {
-                        match c.add_tenant(t.clone()).await {
-                            Ok(true) => {
-                                tracing::info!(tenant = %t, group = %c.group(), "new tenant picked up")
-                            }
-                            Ok(false) => {}
-                            Err(e) => {
-                                tracing::warn!(tenant = %t, group = %c.group(), error = %e, "adding tenant failed")
-                            }
+        let tenants = match discover_tenants(&mut conn, &config.stream).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "tenant discovery failed");
+                continue;
+            }
+        };
+        for t in tenants {
+            let stream = config.stream_for(Some(&t));
+            let slot = hash_slot(stream.as_bytes());
+            for template in &templates {
+                let mine: Vec<EventConsumer> = snapshot(&consumers)
+                    .into_iter()
+                    .filter(|c| c.group() == template.group)
+                    .collect();
+                if mine.iter().any(|c| c.streams().contains(&stream)) {
+                    continue;
+                }
+                // On a single server any consumer of the group can read it; on a cluster,
+                // one whose streams share its slot (or one with none yet).
+                let target = mine.iter().find(|c| {
+                    let streams = c.streams();
+                    !cluster
+                        || streams.is_empty()
+                        || streams.iter().all(|s| hash_slot(s.as_bytes()) == slot)
+                });
+                let result = match target {
+                    Some(c) => c.add_tenant(t.clone()).await.map(|_| ()),
+                    None => match template.build(vec![t.clone()]).await {
+                        Ok(c) => {
+                            // Register it before the next round, so the tenant is not added twice.
+                            consumers
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(c.clone());
+                            let _ = new_consumers.send(c).await;
+                            Ok(())
                         }
+                        Err(e) => Err(e),
+                    },
+                };
+                match result {
+                    Ok(()) => {
+                        tracing::info!(tenant = %t, group = %template.group, "new tenant picked up")
+                    }
+                    Err(e) => {
+                        tracing::warn!(tenant = %t, group = %template.group, error = %e, "adding tenant failed")
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "tenant discovery failed"),
         }
     }
 }
