@@ -11,7 +11,8 @@
 //! sends batches of 100 events mixing all tenants (split by slot under the hood on a cluster);
 //! consuming runs one [`EventConsumer`] per slot, as a cluster requires (one `XREADGROUP` reads
 //! one slot), on every setup alike, with a handler that only counts. Figures are events per
-//! second, the median of 3 runs; each run uses fresh streams. `--quick` is a smoke test.
+//! second, the median of 3 runs; each run uses fresh streams, and the setups take turns run by
+//! run so that a change in the machine's load hits them alike. `--quick` is a smoke test.
 //!
 //! A fourth line runs the 1-master cluster's node through a plain (non-cluster) connection,
 //! which separates the cost of redis-rs's cluster client from that of the server's cluster
@@ -63,7 +64,7 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         tenants: 48,
-        events: 60_000,
+        events: 120_000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -186,19 +187,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-async fn measure(label: &str, url: &RedisUrl, args: &Args) -> (f64, f64) {
-    let mut publish = Vec::new();
-    let mut consume = Vec::new();
-    for run in 0..RUNS {
-        let (p, c) = run_once(url, args, run).await;
-        publish.push(p);
-        consume.push(c);
-    }
-    let (p, c) = (median(publish), median(consume));
-    println!("{label:<22} publish {p:>9.0} events/s   consume {c:>9.0} events/s");
-    (p, c)
-}
-
 fn main() {
     let args = match parse_args() {
         Ok(a) => a,
@@ -213,35 +201,50 @@ fn main() {
         .expect("a tokio runtime");
     println!(
         "{} tenants, {} events per run, batches of {BATCH}, one consumer per slot, median of \
-         {RUNS} runs, {} CPU cores",
+         {RUNS} interleaved runs, {} CPU cores",
         args.tenants,
         args.events.div_ceil(args.tenants) * args.tenants,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
+    // Every setup runs at once and the runs take turns, so a change in the machine's load
+    // during the benchmark hits every setup alike.
     let server = TestServer::builder().aof(false).start();
     println!("server: {}", server.binary().display());
-    let single = runtime.block_on(measure("single server", &server.redis_url(), &args));
-    drop(server);
-
     let one = TestCluster::builder()
         .masters(1)
         .replicas_per_master(0)
         .start();
-    let one_master = runtime.block_on(measure("cluster, 1 master", &one.redis_url(), &args));
-    // The same node through a plain connection (it owns every slot, so it never redirects):
-    // separates the cluster client's cost from the cluster-mode server's.
-    let plain = RedisUrl::parse(one.node_url(0)).expect("a node URL");
-    runtime.block_on(measure("1 master, plain client", &plain, &args));
-    drop(one);
-
     let three = TestCluster::builder()
         .masters(3)
         .replicas_per_master(0)
         .start();
-    let three_masters = runtime.block_on(measure("cluster, 3 masters", &three.redis_url(), &args));
-    drop(three);
-
+    let setups = [
+        ("single server", server.redis_url()),
+        ("cluster, 1 master", one.redis_url()),
+        // The same node through a plain connection (it owns every slot, so it never
+        // redirects): separates the cluster client's cost from the cluster-mode server's.
+        (
+            "1 master, plain client",
+            RedisUrl::parse(one.node_url(0)).expect("a node URL"),
+        ),
+        ("cluster, 3 masters", three.redis_url()),
+    ];
+    let mut figures = vec![(Vec::new(), Vec::new()); setups.len()];
+    for run in 0..RUNS {
+        for (i, (_, url)) in setups.iter().enumerate() {
+            let (p, c) = runtime.block_on(run_once(url, &args, run));
+            figures[i].0.push(p);
+            figures[i].1.push(c);
+        }
+    }
+    let mut medians = Vec::new();
+    for ((label, _), (publish, consume)) in setups.iter().zip(figures) {
+        let (p, c) = (median(publish), median(consume));
+        println!("{label:<22} publish {p:>9.0} events/s   consume {c:>9.0} events/s");
+        medians.push((p, c));
+    }
+    let (single, one_master, three_masters) = (medians[0], medians[1], medians[3]);
     println!(
         "3 masters / 1 master: publish {:.2}x, consume {:.2}x; 1 master / single server: \
          publish {:.2}x, consume {:.2}x",
