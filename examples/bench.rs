@@ -28,8 +28,9 @@ use redis::Value;
 
 const GROUP: &str = "bench-handlers";
 const USAGE: &str = "usage: bench [--events N] [--quick] [--only LABEL-PART]\n\
-    --only runs just the parts whose label contains LABEL-PART (e.g. `asdlc 1 consumer`,\n\
-    `recovery`, `latency`, `memory`), for profiling one of them";
+    --only runs just the parts whose label contains LABEL-PART (`publish`, `consume`,\n\
+    `asdlc 1 consumer`, `recovery`, `latency`, `memory`...), for profiling one of them, and\n\
+    then prints the server's command statistics";
 const BATCH: usize = 100;
 const RUNS: usize = 3;
 const EVENT_BYTES: usize = 300;
@@ -726,16 +727,28 @@ async fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     eprintln!("publishing...");
-    let raw_single = runs(&b, "raw single XADD", || raw_publish_single(&b)).await;
-    let raw_pipe = runs(&b, "raw pipelined XADD", || raw_publish_pipelined(&b)).await;
-    let a_single = runs(&b, "asdlc publish", || asdlc_publish_single(&b)).await;
-    let a_batch = runs(&b, "asdlc publish_batch", || asdlc_publish_batch(&b)).await;
+    let raw_single = runs(&b, "publish: raw single XADD", || raw_publish_single(&b)).await;
+    let raw_pipe = runs(&b, "publish: raw pipelined x100", || {
+        raw_publish_pipelined(&b)
+    })
+    .await;
+    let a_single = runs(&b, "publish: asdlc publish", || asdlc_publish_single(&b)).await;
+    let a_batch = runs(&b, "publish: asdlc publish_batch x100", || {
+        asdlc_publish_batch(&b)
+    })
+    .await;
     eprintln!("consuming...");
-    let raw_c = runs(&b, "raw consume", || raw_consume(&b, false)).await;
-    let raw_cd = runs(&b, "raw consume + dedup", || raw_consume(&b, true)).await;
-    let a_c1 = runs(&b, "asdlc 1 consumer", || asdlc_consume(&b, 1, |_| {})).await;
-    let a_c2 = runs(&b, "asdlc 2 consumers", || asdlc_consume(&b, 2, |_| {})).await;
-    let a_hi = runs(&b, "asdlc 1 consumer, concurrency 256", || {
+    let raw_c = runs(&b, "consume: raw", || raw_consume(&b, false)).await;
+    let raw_cd = runs(&b, "consume: raw + dedup", || raw_consume(&b, true)).await;
+    let a_c1 = runs(&b, "consume: asdlc 1 consumer", || {
+        asdlc_consume(&b, 1, |_| {})
+    })
+    .await;
+    let a_c2 = runs(&b, "consume: asdlc 2 consumers", || {
+        asdlc_consume(&b, 2, |_| {})
+    })
+    .await;
+    let a_hi = runs(&b, "consume: asdlc concurrency 256, 1 consumer", || {
         asdlc_consume(&b, 1, |o: &mut ConsumerOptions| o.concurrency = 256)
     })
     .await;

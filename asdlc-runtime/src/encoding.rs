@@ -127,9 +127,18 @@ fn write_fields(
     put("metadata", scratch);
 }
 
-/// The encoded size of `event`, in bytes.
+/// The encoded size of `event`, in bytes: what [`EncodedEvent::len_bytes`] says of
+/// [`encode`]`(event)`, without building the fields.
 pub fn encoded_len(event: &AsdlcEvent) -> usize {
-    encode(event).len_bytes()
+    let mut size = 0;
+    write_fields(
+        event,
+        event.tenant_id.as_ref(),
+        event.idempotency_key.as_deref(),
+        &mut Vec::new(),
+        &mut |name, value| size += name.len() + value.len(),
+    );
+    size
 }
 
 /// Decodes stream fields into an event (without `event_id`, which is the entry id).
@@ -298,6 +307,7 @@ mod tests {
         );
         assert_eq!(cmd.get_packed_command(), expected.get_packed_command());
         assert_eq!(size, encode(&published).len_bytes());
+        assert_eq!(encoded_len(&published), size);
     }
 
     #[test]

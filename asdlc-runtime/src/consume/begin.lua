@@ -5,15 +5,13 @@
 --       (entry id, fingerprint) for each entry (fingerprints distinct within a call).
 -- Returns one code per entry: 0 duplicate (acknowledged), 1 lease taken, 2 another delivery
 -- holds the lease (the entry stays pending and is checked again later).
-local prefix, width, nbuckets = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local shards = tonumber(ARGV[5])
 local group, consumer, lease_ms = ARGV[6], ARGV[7], tonumber(ARGV[8])
 local now = asdlc_now_ms()
-local bucket = math.floor(now / width)
+local marks = asdlc_marks(now)
 local out, acks, want, fps = {}, {}, {}, {}
 for i = 9, #ARGV, 2 do
   local id, fp = ARGV[i], ARGV[i + 1]
-  if asdlc_is_marked(prefix, bucket, nbuckets, fp, shards) then
+  if asdlc_is_marked(marks, fp) then
     acks[#acks + 1] = id
     out[#out + 1] = 0
   else
@@ -25,14 +23,15 @@ end
 if #want > 0 then
   local held = redis.call('HMGET', KEYS[2], unpack(fps))
   local take = {}
-  local deadline = tostring(now + lease_ms)
+  local now_text = asdlc_ms_text(now)
+  local deadline = asdlc_ms_text(now + lease_ms)
   for j = 1, #want do
     local k = want[j]
     -- The holder names the delivery, not just the consumer: a second copy of the same key
     -- in this very consumer must wait too. A delivery that holds the lease already (a
     -- restarted consumer of the same name) takes it again.
     local mine = consumer .. '|' .. ARGV[9 + 2 * (k - 1)]
-    local holder, live = asdlc_lease_holder(held[j], now)
+    local holder, live = asdlc_lease_holder(held[j], now_text)
     if not live or holder == mine then
       take[#take + 1] = fps[j]
       take[#take + 1] = deadline .. '|' .. mine

@@ -16,11 +16,10 @@
 -- step found the key unmarked, and while the lease is live no other delivery can begin, so
 -- no other commit can mark the key (a commit whose lease went to another delivery is
 -- refused, code 2). Without a live lease (it lapsed) the marks are checked again.
-local prefix, width, nbuckets = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local ttl, shards = tonumber(ARGV[4]), tonumber(ARGV[5])
 local group, consumer = ARGV[6], ARGV[7]
 local now = asdlc_now_ms()
-local bucket = math.floor(now / width)
+local marks = asdlc_marks(now)
+local now_text = asdlc_ms_text(now)
 local wants = {
   SET = 'string', INCRBY = 'string', HSET = 'hash', HINCRBY = 'hash',
   SADD = 'set', RPUSH = 'list', DEL = false, EXPIRE = false,
@@ -95,7 +94,7 @@ local function lease_state(r, id)
   if not j then
     return 'free'
   end
-  local holder, live = asdlc_lease_holder(held[j], now)
+  local holder, live = asdlc_lease_holder(held[j], now_text)
   if holder == consumer .. '|' .. id then
     drop[#drop + 1] = fields[j]
     return live and 'mine' or 'free'
@@ -128,7 +127,7 @@ while i <= #ARGV do
       out[#out + 1] = err or 2
     else
       i = after
-      if lease ~= 'mine' and asdlc_is_marked(prefix, bucket, nbuckets, fp, shards) then
+      if lease ~= 'mine' and asdlc_is_marked(marks, fp) then
         out[#out + 1] = 0
       else
         local j = first
@@ -139,7 +138,7 @@ while i <= #ARGV do
           redis.call(unpack(args))
           j = j + 3 + nargs
         end
-        asdlc_set_mark(prefix, bucket, width, ttl, fp, shards)
+        asdlc_set_mark(marks, fp)
         out[#out + 1] = 1
       end
       acks[#acks + 1] = id

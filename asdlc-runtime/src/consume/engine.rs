@@ -469,6 +469,16 @@ impl Shared {
             .insert(id.to_owned(), lease);
     }
 
+    /// Notes the lease an in-flight entry is about to take, for the keep-alive.
+    fn set_lease(&self, stream: &Arc<str>, id: &str, fp: [u8; FINGERPRINT_LEN]) {
+        if let Some(lease) = lock(&self.in_flight)
+            .get_mut(stream)
+            .and_then(|m| m.get_mut(id))
+        {
+            *lease = Some(fp);
+        }
+    }
+
     fn untrack(&self, stream: &Arc<str>, id: &str) {
         if let Some(m) = lock(&self.in_flight).get_mut(stream) {
             m.remove(id);
@@ -555,62 +565,65 @@ async fn recover_own(
     pass: &Arc<Pass>,
 ) -> Result<(), ConsumeError> {
     let mut conn = shared.conn.clone();
-    let mut start = "-".to_owned();
     let batch = shared.options.batch_size.max(1);
-    loop {
-        let pending: Value = redis::cmd("XPENDING")
-            .arg(&*stream.name)
+    let list = |start: &str| {
+        let mut cmd = redis::cmd("XPENDING");
+        cmd.arg(&*stream.name)
             .arg(&*shared.group)
-            .arg(&start)
+            .arg(start)
             .arg("+")
             .arg(batch)
-            .arg(&*shared.consumer)
+            .arg(&*shared.consumer);
+        cmd
+    };
+    let mut pending = parse_pending(
+        list("-")
             .query_async(&mut conn)
             .await
-            .map_err(shared.redis_err(&stream.name))?;
-        let pending = parse_pending(pending);
-        let Some(last) = pending.last() else { break };
-        start = format!("({}", last.0);
+            .map_err(shared.redis_err(&stream.name))?,
+    );
+    while let Some(last) = pending.last() {
+        let next = list(&format!("({}", last.0));
         let wanted: Vec<(String, u32)> = pending
             .into_iter()
             .filter(|(id, ..)| !shared.is_tracked(&stream.name, id))
             .map(|(id, _, _, count)| (id, count.saturating_add(1)))
             .collect();
         if wanted.is_empty() {
+            pending = parse_pending(
+                next.query_async(&mut conn)
+                    .await
+                    .map_err(shared.redis_err(&stream.name))?,
+            );
             continue;
         }
-        let mut cmd = redis::cmd("XCLAIM");
-        cmd.arg(&*stream.name)
+        // One round trip per page: claim this page and list the next.
+        let mut claim = redis::cmd("XCLAIM");
+        claim
+            .arg(&*stream.name)
             .arg(&*shared.group)
             .arg(&*shared.consumer)
             .arg(0);
         for (id, _) in &wanted {
-            cmd.arg(id);
+            claim.arg(id);
         }
-        let claimed = parse_entries(
-            cmd.query_async(&mut conn)
-                .await
-                .map_err(shared.redis_err(&stream.name))?,
-        );
-        let found: HashSet<&str> = claimed.iter().map(|e| e.id.as_str()).collect();
-        let counts: HashMap<&str, u32> = wanted.iter().map(|(id, c)| (id.as_str(), *c)).collect();
-        // Entries deleted from the stream are gone from XCLAIM's answer: acknowledge them.
-        let gone: Vec<RawEntry> = wanted
-            .iter()
-            .filter(|(id, _)| !found.contains(id.as_str()))
-            .map(|(id, _)| RawEntry {
-                id: id.clone(),
-                fields: None,
-            })
-            .collect();
-        let mut batch_entries: Vec<(RawEntry, u32)> = claimed
-            .into_iter()
-            .map(|e| {
-                let c = counts.get(e.id.as_str()).copied().unwrap_or(1);
-                (e, c)
-            })
-            .collect();
-        batch_entries.extend(gone.into_iter().map(|e| (e, 1)));
+        let mut pipe = redis::pipe();
+        pipe.add_command(claim).add_command(next);
+        let (claimed, listed): (Value, Value) = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(shared.redis_err(&stream.name))?;
+        pending = parse_pending(listed);
+        // XCLAIM answers in the order asked, leaving out entries deleted from the stream:
+        // those are acknowledged as gone.
+        let mut claimed = parse_entries(claimed).into_iter().peekable();
+        let mut batch_entries: Vec<(RawEntry, u32)> = Vec::with_capacity(wanted.len());
+        for (id, count) in wanted {
+            match claimed.next_if(|e| e.id == id) {
+                Some(e) => batch_entries.push((e, count)),
+                None => batch_entries.push((RawEntry { id, fields: None }, 1)),
+            }
+        }
         dispatch(shared, run, stream, batch_entries, Some(pass.clone())).await;
     }
     Ok(())
@@ -822,7 +835,7 @@ async fn dispatch(
             deferred.push((entry.id.clone(), deliveries));
             continue;
         }
-        shared.track(&stream.name, &entry.id, Some(fp));
+        shared.set_lease(&stream.name, &entry.id, fp);
         candidates.push(Candidate {
             entry_id: entry.id,
             event,
@@ -990,7 +1003,9 @@ async fn spawn_handler(
     let run2 = run.clone();
     let stream = stream.clone();
     let spec = shared.handlers[c.handler].clone();
-    let span = tracing::info_span!(
+    // At debug level: a span per event costs little when debug is off, and a consumer at info
+    // level should not pay for one per event.
+    let span = tracing::debug_span!(
         "asdlc.handle",
         event_id = %c.entry_id,
         event_type = %c.event.event_type,
@@ -1488,10 +1503,13 @@ async fn read_loop(shared: &Arc<Shared>, run: &Arc<RunCtx>) {
             return;
         }
         let free = shared.permits.available_permits();
-        if free == 0 {
-            // Wait for a handler to finish before reading more.
+        // Wait until a good share of the handler slots is free before reading more: reading
+        // as soon as one handler finishes would read (and begin, and commit) one entry per
+        // round trip.
+        let low = (shared.options.batch_size.min(shared.options.concurrency) / 2).max(1);
+        if free < low {
             tokio::select! {
-                p = shared.permits.acquire() => drop(p),
+                p = shared.permits.acquire_many(low as u32) => drop(p),
                 _ = shared.stop.cancelled() => return,
             }
             continue;

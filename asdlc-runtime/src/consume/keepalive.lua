@@ -5,6 +5,7 @@
 -- no lease, just reset the idle time).
 local group, consumer, lease_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local now = asdlc_now_ms()
+local now_text = asdlc_ms_text(now)
 local fps, at = {}, {}
 for i = 4, #ARGV, 2 do
   if ARGV[i + 1] ~= '' then
@@ -17,7 +18,7 @@ if #fps > 0 then
   held = redis.call('HMGET', KEYS[2], unpack(fps))
 end
 local ids, renew = {}, {}
-local deadline = tostring(now + lease_ms)
+local deadline = asdlc_ms_text(now + lease_ms)
 for i = 4, #ARGV, 2 do
   local id, j = ARGV[i], at[i]
   if not j then
@@ -25,7 +26,7 @@ for i = 4, #ARGV, 2 do
   else
     -- Ours even if it lapsed, as long as nobody else took it.
     local mine = consumer .. '|' .. id
-    if asdlc_lease_holder(held[j], now) == mine then
+    if asdlc_lease_holder(held[j], now_text) == mine then
       renew[#renew + 1] = fps[j]
       renew[#renew + 1] = deadline .. '|' .. mine
       ids[#ids + 1] = id

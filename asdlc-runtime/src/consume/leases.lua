@@ -7,7 +7,14 @@
 -- for the taking. The hash itself expires a lease period after its last write, so leases
 -- left by a crashed process go away even if nobody takes them over.
 
--- The holder ('<consumer>|<entry id>') of a lease value, and whether the lease is live.
+-- Milliseconds as the text leases hold (an integer, without a float's formatting).
+local function asdlc_ms_text(ms)
+  return string.format('%d', ms)
+end
+
+-- The holder ('<consumer>|<entry id>') of a lease value, and whether the lease is live at
+-- `now` (ms, as text from asdlc_ms_text). Deadlines of equal length compare as text, which
+-- spares a number conversion per lease.
 local function asdlc_lease_holder(value, now)
   if not value then
     return nil, false
@@ -16,7 +23,14 @@ local function asdlc_lease_holder(value, now)
   if not sep then
     return nil, false
   end
-  return string.sub(value, sep + 1), tonumber(string.sub(value, 1, sep - 1)) > now
+  local deadline = string.sub(value, 1, sep - 1)
+  local live
+  if #deadline == #now then
+    live = deadline > now
+  else
+    live = (tonumber(deadline) or 0) > tonumber(now)
+  end
+  return string.sub(value, sep + 1), live
 end
 
 -- Keeps the lease hash at least `lease_ms` from expiring (never shortens it).
