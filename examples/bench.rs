@@ -748,9 +748,16 @@ async fn main() {
         asdlc_consume(&b, 2, |_| {})
     })
     .await;
-    let a_hi = runs(&b, "consume: asdlc concurrency 256, 1 consumer", || {
-        asdlc_consume(&b, 1, |o: &mut ConsumerOptions| o.concurrency = 256)
-    })
+    let a_hi = runs(
+        &b,
+        "consume: asdlc concurrency 1024, batch 200, 1 consumer",
+        || {
+            asdlc_consume(&b, 1, |o: &mut ConsumerOptions| {
+                o.concurrency = 1024;
+                o.batch_size = 200;
+            })
+        },
+    )
     .await;
     let recover = if b.wants("recovery") {
         eprintln!("recovery...");
@@ -846,7 +853,7 @@ async fn main() {
         Some(("(f)", raw_cd)),
     );
     row(
-        "(g3) asdlc Runtime, 1 consumer, concurrency 256",
+        "(g3) asdlc Runtime, 1 consumer, concurrency 1024, batch 200",
         a_hi,
         Some(("(f)", raw_cd)),
     );

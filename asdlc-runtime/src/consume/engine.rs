@@ -1496,61 +1496,81 @@ async fn lock_loop(shared: Arc<Shared>) -> ConsumeError {
 
 /// Reads new entries and dispatches them until stopped.
 async fn read_loop(shared: &Arc<Shared>, run: &Arc<RunCtx>) {
-    let mut read_conn = shared.read_conn.clone();
+    let read_conn = shared.read_conn.clone();
     let mut failures = 0u32;
+    // Wait until a good share of the handler slots is free before reading more: reading as
+    // soon as one handler finishes would read (and begin, and commit) one entry per round trip.
+    let low = (shared.options.batch_size.min(shared.options.concurrency) / 2).max(1);
+    // A read sent while the previous batch was being dispatched, and its streams.
+    let mut prefetched: Option<(Vec<Arc<StreamCtx>>, redis::RedisResult<Value>)> = None;
     loop {
         if shared.stop.is_cancelled() {
             return;
         }
-        let free = shared.permits.available_permits();
-        // Wait until a good share of the handler slots is free before reading more: reading
-        // as soon as one handler finishes would read (and begin, and commit) one entry per
-        // round trip.
-        let low = (shared.options.batch_size.min(shared.options.concurrency) / 2).max(1);
-        if free < low {
-            tokio::select! {
-                p = shared.permits.acquire_many(low as u32) => drop(p),
-                _ = shared.stop.cancelled() => return,
+        let (streams, reply) = match prefetched.take() {
+            Some(read) => read,
+            None => {
+                let free = shared.permits.available_permits();
+                if free < low {
+                    tokio::select! {
+                        p = shared.permits.acquire_many(low as u32) => drop(p),
+                        _ = shared.stop.cancelled() => return,
+                    }
+                    continue;
+                }
+                let streams = shared.stream_list();
+                if streams.is_empty() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                        _ = shared.stop.cancelled() => return,
+                    }
+                }
+                let reply = tokio::select! {
+                    r = read_batch(shared, read_conn.clone(), &streams, free) => r,
+                    // Entries a dropped read had delivered stay pending and are recovered
+                    // on start.
+                    _ = shared.stop.cancelled() => return,
+                };
+                (streams, reply)
             }
-            continue;
-        }
-        let streams = shared.stream_list();
-        if streams.is_empty() {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
-                _ = shared.stop.cancelled() => return,
-            }
-        }
-        let count = (free / streams.len()).clamp(1, shared.options.batch_size);
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(&*shared.group)
-            .arg(&*shared.consumer)
-            .arg("COUNT")
-            .arg(count)
-            .arg("BLOCK")
-            .arg(shared.options.block.as_millis() as u64)
-            .arg("STREAMS");
-        for s in &streams {
-            cmd.arg(&*s.name);
-        }
-        for _ in &streams {
-            cmd.arg(">");
-        }
-        let reply: redis::RedisResult<Value> = tokio::select! {
-            r = cmd.query_async(&mut read_conn) => r,
-            // Entries a dropped read had delivered stay pending and are recovered on start.
-            _ = shared.stop.cancelled() => return,
         };
         match reply {
             Ok(v) => {
                 failures = 0;
-                for (name, entries) in parse_read(v) {
-                    let Some(stream) = streams.iter().find(|s| *s.name == *name) else {
-                        continue;
-                    };
-                    let batch = entries.into_iter().map(|e| (e, 1)).collect();
-                    dispatch(shared, run, stream, batch, None).await;
+                let batches: Vec<(Arc<StreamCtx>, Vec<(RawEntry, u32)>)> = parse_read(v)
+                    .into_iter()
+                    .filter_map(|(name, entries)| {
+                        let stream = streams.iter().find(|s| *s.name == *name)?;
+                        Some((
+                            stream.clone(),
+                            entries.into_iter().map(|e| (e, 1)).collect(),
+                        ))
+                    })
+                    .collect();
+                let n: usize = batches.iter().map(|(_, b)| b.len()).sum();
+                let dispatch_all = async {
+                    for (stream, batch) in batches {
+                        dispatch(shared, run, &stream, batch, None).await;
+                    }
+                };
+                // While this batch begins, the next read is already on its way, if the
+                // handler slots left allow one.
+                let free_after = shared.permits.available_permits().saturating_sub(n);
+                let next_streams = shared.stream_list();
+                if n == 0 || free_after < low || next_streams.is_empty() {
+                    dispatch_all.await;
+                    continue;
+                }
+                let next = async {
+                    tokio::select! {
+                        r = read_batch(shared, read_conn.clone(), &next_streams, free_after) => Some(r),
+                        _ = shared.stop.cancelled() => None,
+                    }
+                };
+                let ((), next) = tokio::join!(dispatch_all, next);
+                match next {
+                    Some(reply) => prefetched = Some((next_streams, reply)),
+                    None => return,
                 }
             }
             Err(e) if is_no_group(&e) => {
@@ -1566,6 +1586,32 @@ async fn read_loop(shared: &Arc<Shared>, run: &Arc<RunCtx>) {
             }
         }
     }
+}
+
+/// One blocking read of new entries from every stream, for at most `free` handler slots.
+async fn read_batch(
+    shared: &Shared,
+    mut conn: RedisConnection,
+    streams: &[Arc<StreamCtx>],
+    free: usize,
+) -> redis::RedisResult<Value> {
+    let count = (free / streams.len().max(1)).clamp(1, shared.options.batch_size);
+    let mut cmd = redis::cmd("XREADGROUP");
+    cmd.arg("GROUP")
+        .arg(&*shared.group)
+        .arg(&*shared.consumer)
+        .arg("COUNT")
+        .arg(count)
+        .arg("BLOCK")
+        .arg(shared.options.block.as_millis() as u64)
+        .arg("STREAMS");
+    for s in streams {
+        cmd.arg(&*s.name);
+    }
+    for _ in streams {
+        cmd.arg(">");
+    }
+    cmd.query_async(&mut conn).await
 }
 
 async fn backoff(shared: &Shared, failures: &mut u32) {

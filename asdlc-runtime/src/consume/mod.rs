@@ -91,7 +91,8 @@ pub struct ConsumerOptions {
     /// How long a read waits for new entries. Kept well under the read connection's timeout,
     /// so an idle consumer logs nothing.
     pub block: Duration,
-    /// Handlers running at once.
+    /// Handlers running at once (default 256). Reads wait until half a batch of these slots
+    /// is free, so a small value also makes small batches: more round trips per event.
     pub concurrency: usize,
     /// An entry idle this long belongs to a dead or stuck consumer and may be claimed.
     /// Entries being handled are kept fresh, so they are never claimed.
@@ -152,7 +153,7 @@ impl ConsumerOptions {
             consumer: default_consumer_name(),
             batch_size: 100,
             block: Duration::from_secs(2),
-            concurrency: 64,
+            concurrency: 256,
             claim_idle: Duration::from_secs(60),
             claim_interval: Duration::from_secs(15),
             retry: Backoff::default(),
