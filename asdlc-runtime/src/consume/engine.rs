@@ -565,7 +565,13 @@ async fn recover_own(
     pass: &Arc<Pass>,
 ) -> Result<(), ConsumeError> {
     let mut conn = shared.conn.clone();
-    let batch = shared.options.batch_size.max(1);
+    // Pages as large as the handler slots allow (within one script call): a recovery is a
+    // backlog, and every page costs a claim and a begin round trip.
+    let batch = shared
+        .options
+        .batch_size
+        .max(shared.options.concurrency.min(SCRIPT_CHUNK))
+        .max(1);
     let list = |start: &str| {
         let mut cmd = redis::cmd("XPENDING");
         cmd.arg(&*stream.name)
