@@ -1,7 +1,7 @@
 -- Processed marks, shared by every script that reads or writes them (prepended to each).
 --
 -- A mark is one field of a small hash: the field is the 12-byte fingerprint of the
--- idempotency key, the value 1. Hashes are named <prefix><bucket>:<shard>, where the bucket
+-- idempotency key, the value 1 (and each hash has one more field, '#'). Hashes are named <prefix><bucket>:<shard>, where the bucket
 -- is the time slice (width ms) the mark was written in and the shard (4 hex digits) comes
 -- from the fingerprint's first two bytes. Each hash expires `ttl` after its bucket ends, so a
 -- mark lives between ttl and ttl + width; a lookup checks the `nbuckets` newest buckets.
@@ -68,9 +68,9 @@ end
 
 local function asdlc_set_mark(m, fp)
   local key = m.buckets[1] .. asdlc_shard(m, fp)
-  if redis.call('HSET', key, fp, '1') == 1 then
-    -- The same deadline for every mark of the bucket, so setting it again changes nothing;
-    -- one command instead of asking first.
+  -- '#' is in every mark hash from its first mark on, so two new fields mean a new hash:
+  -- only then is its expiry set, without a second command for every mark.
+  if redis.call('HSET', key, fp, '1', '#', '') == 2 then
     redis.call('PEXPIREAT', key, m.expire_at)
   end
 end

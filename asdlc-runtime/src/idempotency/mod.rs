@@ -51,9 +51,10 @@ pub struct MarkLayout {
     /// How many time buckets a TTL spans (a mark lives up to `ttl / buckets` longer, and a
     /// check looks at `buckets + 1` hashes). Default 2.
     pub buckets: u32,
-    /// How many hashes a bucket is spread over. Each hash stays compact up to 128 marks (the
-    /// server's `hash-max-listpack-entries` default), so a bucket stays compact up to
-    /// `shards * 128` marks: with the default 16384 shards, 2 million marks a bucket.
+    /// How many hashes a bucket is spread over. Each hash stays compact up to 127 marks (the
+    /// server's `hash-max-listpack-entries` default of 128 fields, one of them a marker), so a
+    /// bucket stays compact up to `shards * 127` marks: with the default 16384 shards, 2
+    /// million marks a bucket.
     pub shards: u32,
 }
 
