@@ -24,17 +24,21 @@ if #want > 0 then
   local held = redis.call('HMGET', KEYS[2], unpack(fps))
   local take = {}
   local now_text = asdlc_ms_text(now)
-  local deadline = asdlc_ms_text(now + lease_ms)
+  local prefix = asdlc_ms_text(now + lease_ms) .. '|' .. consumer .. '|'
   for j = 1, #want do
     local k = want[j]
+    local id = ARGV[9 + 2 * (k - 1)]
     -- The holder names the delivery, not just the consumer: a second copy of the same key
     -- in this very consumer must wait too. A delivery that holds the lease already (a
     -- restarted consumer of the same name) takes it again.
-    local mine = consumer .. '|' .. ARGV[9 + 2 * (k - 1)]
-    local holder, live = asdlc_lease_holder(held[j], now_text)
-    if not live or holder == mine then
+    local free = not held[j]
+    if not free then
+      local holder, live = asdlc_lease_holder(held[j], now_text)
+      free = not live or holder == consumer .. '|' .. id
+    end
+    if free then
       take[#take + 1] = fps[j]
-      take[#take + 1] = deadline .. '|' .. mine
+      take[#take + 1] = prefix .. id
       out[k] = 1
     end
   end
