@@ -13,7 +13,7 @@
 //! | stream | `asdlc:events` | `tenant:{acme}:asdlc:events` |
 //! | dead letters | `{asdlc:events}:dead` | `tenant:{acme}:asdlc:events:dead` |
 //! | processed marks | `{asdlc:events}:marks:<group>:<bucket>:<shard>` | `tenant:{acme}:asdlc:events:marks:...` |
-//! | in-flight leases | `{asdlc:events}:lease:<group>:<fingerprint>` | `tenant:{acme}:asdlc:events:lease:...` |
+//! | in-flight leases (one hash, a field per key) | `{asdlc:events}:lease:<group>` | `tenant:{acme}:asdlc:events:lease:<group>` |
 //! | consumer locks | `{asdlc:events}:consumer:<group>:<name>` | `tenant:{acme}:asdlc:events:consumer:...` |
 //! | staged effects | `{asdlc:events}:fx:<name>` | `tenant:{acme}:asdlc:events:fx:<name>` |
 
@@ -143,7 +143,8 @@ impl StreamKeys {
         format!("{}:marks:{group}:", self.namespace)
     }
 
-    /// The prefix of `group`'s in-flight leases.
+    /// The prefix of `group`'s in-flight leases (without its final `:`, the name of the hash
+    /// that holds them).
     pub fn lease_prefix(&self, group: &str) -> String {
         format!("{}:lease:{group}:", self.namespace)
     }
