@@ -1501,6 +1501,12 @@ async fn lock_loop(shared: Arc<Shared>) -> ConsumeError {
 }
 
 /// Reads new entries and dispatches them until stopped.
+/// Entries read from one stream, with their delivery counts.
+type StreamBatch = (Arc<StreamCtx>, Vec<(RawEntry, u32)>);
+
+/// A read's reply, and the streams it asked.
+type Read = (Vec<Arc<StreamCtx>>, redis::RedisResult<Value>);
+
 async fn read_loop(shared: &Arc<Shared>, run: &Arc<RunCtx>) {
     let read_conn = shared.read_conn.clone();
     let mut failures = 0u32;
@@ -1508,7 +1514,7 @@ async fn read_loop(shared: &Arc<Shared>, run: &Arc<RunCtx>) {
     // soon as one handler finishes would read (and begin, and commit) one entry per round trip.
     let low = (shared.options.batch_size.min(shared.options.concurrency) / 2).max(1);
     // A read sent while the previous batch was being dispatched, and its streams.
-    let mut prefetched: Option<(Vec<Arc<StreamCtx>>, redis::RedisResult<Value>)> = None;
+    let mut prefetched: Option<Read> = None;
     loop {
         if shared.stop.is_cancelled() {
             return;
@@ -1543,7 +1549,7 @@ async fn read_loop(shared: &Arc<Shared>, run: &Arc<RunCtx>) {
         match reply {
             Ok(v) => {
                 failures = 0;
-                let batches: Vec<(Arc<StreamCtx>, Vec<(RawEntry, u32)>)> = parse_read(v)
+                let batches: Vec<StreamBatch> = parse_read(v)
                     .into_iter()
                     .filter_map(|(name, entries)| {
                         let stream = streams.iter().find(|s| *s.name == *name)?;
