@@ -52,7 +52,10 @@ fuzz_target!(|data: &[u8]| {
     }
     match decode(&fields) {
         Ok(event) => {
-            assert!(event.validate().is_ok(), "decoded an invalid event: {event:?}");
+            assert!(
+                event.validate().is_ok(),
+                "decoded an invalid event: {event:?}"
+            );
             let again = decode(encode(&event).fields()).expect("a decoded event re-decodes");
             assert_eq!(again, event);
         }
