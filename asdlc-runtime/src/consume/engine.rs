@@ -462,20 +462,29 @@ impl Shared {
         self.options.claim_idle.as_millis() as u64
     }
 
-    fn track(&self, stream: &Arc<str>, id: &str, lease: Lease) {
-        lock(&self.in_flight)
-            .entry(stream.clone())
-            .or_default()
-            .insert(id.to_owned(), lease);
+    /// Notes entries as in flight (one lock for a batch).
+    fn track_all<'a>(&self, stream: &Arc<str>, ids: impl Iterator<Item = &'a str>) {
+        let mut in_flight = lock(&self.in_flight);
+        let m = in_flight.entry(stream.clone()).or_default();
+        for id in ids {
+            m.insert(id.to_owned(), None);
+        }
     }
 
-    /// Notes the lease an in-flight entry is about to take, for the keep-alive.
-    fn set_lease(&self, stream: &Arc<str>, id: &str, fp: [u8; FINGERPRINT_LEN]) {
-        if let Some(lease) = lock(&self.in_flight)
-            .get_mut(stream)
-            .and_then(|m| m.get_mut(id))
-        {
-            *lease = Some(fp);
+    /// Notes the leases in-flight entries are about to take, for the keep-alive.
+    fn set_leases<'a>(
+        &self,
+        stream: &Arc<str>,
+        leases: impl Iterator<Item = (&'a str, [u8; FINGERPRINT_LEN])>,
+    ) {
+        let mut in_flight = lock(&self.in_flight);
+        let Some(m) = in_flight.get_mut(stream) else {
+            return;
+        };
+        for (id, fp) in leases {
+            if let Some(lease) = m.get_mut(id) {
+                *lease = Some(fp);
+            }
         }
     }
 
@@ -753,8 +762,8 @@ async fn dispatch(
     let mut candidates: Vec<Candidate> = Vec::with_capacity(n);
     let mut seen: HashSet<[u8; FINGERPRINT_LEN]> = HashSet::new();
     let mut deferred: Vec<(String, u32)> = Vec::new();
+    shared.track_all(&stream.name, entries.iter().map(|(e, _)| e.id.as_str()));
     for (entry, deliveries) in entries {
-        shared.track(&stream.name, &entry.id, None);
         let Some(fields) = entry.fields else {
             send(
                 shared,
@@ -841,7 +850,6 @@ async fn dispatch(
             deferred.push((entry.id.clone(), deliveries));
             continue;
         }
-        shared.set_lease(&stream.name, &entry.id, fp);
         candidates.push(Candidate {
             entry_id: entry.id,
             event,
@@ -851,6 +859,10 @@ async fn dispatch(
             fp,
         });
     }
+    shared.set_leases(
+        &stream.name,
+        candidates.iter().map(|c| (c.entry_id.as_str(), c.fp)),
+    );
     for (id, deliveries) in deferred {
         defer(shared, run, stream, id, deliveries, pass.as_deref(), true);
         finish(shared, pass.as_deref());
@@ -996,9 +1008,13 @@ async fn spawn_handler(
     c: Candidate,
     pass: Option<Arc<Pass>>,
 ) {
-    let permit = tokio::select! {
-        p = shared.permits.clone().acquire_owned() => p.ok(),
-        _ = run.abort.cancelled() => None,
+    // A free slot is taken without waiting (and without registering with the abort token).
+    let permit = match shared.permits.clone().try_acquire_owned() {
+        Ok(p) => Some(p),
+        Err(_) => tokio::select! {
+            p = shared.permits.clone().acquire_owned() => p.ok(),
+            _ = run.abort.cancelled() => None,
+        },
     };
     let Some(permit) = permit else {
         shared.untrack(&stream.name, &c.entry_id);
@@ -1044,15 +1060,21 @@ async fn spawn_handler(
             let call = AssertUnwindSafe(spec.handler.handle(&event, &ctx)).catch_unwind();
             let call = tokio::time::timeout(timeout, call);
             let started = std::time::Instant::now();
-            let outcome = tokio::select! {
-                biased;
-                _ = run2.abort.cancelled() => None,
-                r = async {
-                    match stream.tenant.clone() {
-                        Some(t) => TenantContext::scope(t, call).await,
-                        None => call.await,
-                    }
-                } => Some(r),
+            // The handler first: one that finishes at once never registers with the abort
+            // token (a lock each way). An abort that came before the start is seen here.
+            let outcome = if run2.abort.is_cancelled() {
+                None
+            } else {
+                tokio::select! {
+                    biased;
+                    r = async {
+                        match stream.tenant.clone() {
+                            Some(t) => TenantContext::scope(t, call).await,
+                            None => call.await,
+                        }
+                    } => Some(r),
+                    _ = run2.abort.cancelled() => None,
+                }
             };
             let Some(outcome) = outcome else {
                 // Aborted at shutdown: the entry stays pending, handled again on restart.
