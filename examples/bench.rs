@@ -283,23 +283,94 @@ fn median(mut v: Vec<Sample>) -> Sample {
     v[v.len() / 2]
 }
 
-/// Runs `f` [`RUNS`] times on a clean server and gives the median.
-async fn runs<F, Fut>(b: &Bench, label: &str, mut f: F) -> Option<Sample>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Sample>,
-{
-    if !b.wants(label) {
-        return None;
+/// The throughput parts, in the order each round runs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    RawSingle,
+    AsdlcSingle,
+    RawPipelined,
+    AsdlcBatch,
+    RawConsume,
+    RawDedup,
+    Asdlc1,
+    Asdlc2,
+    AsdlcWide,
+}
+
+impl Part {
+    const ALL: [Part; 9] = [
+        Part::RawSingle,
+        Part::AsdlcSingle,
+        Part::RawPipelined,
+        Part::AsdlcBatch,
+        Part::RawConsume,
+        Part::RawDedup,
+        Part::Asdlc1,
+        Part::Asdlc2,
+        Part::AsdlcWide,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Part::RawSingle => "publish: raw single XADD",
+            Part::AsdlcSingle => "publish: asdlc publish",
+            Part::RawPipelined => "publish: raw pipelined x100",
+            Part::AsdlcBatch => "publish: asdlc publish_batch x100",
+            Part::RawConsume => "consume: raw",
+            Part::RawDedup => "consume: raw + dedup",
+            Part::Asdlc1 => "consume: asdlc 1 consumer",
+            Part::Asdlc2 => "consume: asdlc 2 consumers",
+            Part::AsdlcWide => "consume: asdlc concurrency 1024, batch 200, 1 consumer",
+        }
     }
-    let mut out = Vec::new();
-    for _ in 0..RUNS {
-        b.flush().await;
-        out.push(f().await);
+
+    async fn run(self, b: &Bench) -> Sample {
+        match self {
+            Part::RawSingle => raw_publish_single(b).await,
+            Part::AsdlcSingle => asdlc_publish_single(b).await,
+            Part::RawPipelined => raw_publish_pipelined(b).await,
+            Part::AsdlcBatch => asdlc_publish_batch(b).await,
+            Part::RawConsume => raw_consume(b, false).await,
+            Part::RawDedup => raw_consume(b, true).await,
+            Part::Asdlc1 => asdlc_consume(b, 1, |_| {}).await,
+            Part::Asdlc2 => asdlc_consume(b, 2, |_| {}).await,
+            Part::AsdlcWide => {
+                asdlc_consume(b, 1, |o: &mut ConsumerOptions| {
+                    o.concurrency = 1024;
+                    o.batch_size = 200;
+                })
+                .await
+            }
+        }
     }
-    let shown: Vec<String> = out.iter().map(|s| format!("{:.0}", s.rate)).collect();
-    eprintln!("  {label}: {} ev/s", shown.join(" / "));
-    Some(median(out))
+}
+
+/// Runs every wanted part [`RUNS`] times on a clean server, in rounds (each round runs each
+/// part once), so a change in the machine's load hits the compared parts alike; gives each
+/// part's median.
+async fn run_parts(b: &Bench) -> Vec<Option<Sample>> {
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); Part::ALL.len()];
+    for round in 1..=RUNS {
+        eprintln!("round {round} of {RUNS}...");
+        for (i, part) in Part::ALL.iter().enumerate() {
+            if b.wants(part.label()) {
+                b.flush().await;
+                samples[i].push(part.run(b).await);
+            }
+        }
+    }
+    Part::ALL
+        .iter()
+        .zip(samples)
+        .map(|(part, out)| {
+            if out.is_empty() {
+                return None;
+            }
+            let shown: Vec<String> = out.iter().map(|s| format!("{:.0}", s.rate)).collect();
+            eprintln!("  {}: {} ev/s", part.label(), shown.join(" / "));
+            Some(median(out))
+        })
+        .collect()
 }
 
 async fn raw_publish_single(b: &Bench) -> Sample {
@@ -726,39 +797,21 @@ async fn main() {
          {} cores; load average {load_start}",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    eprintln!("publishing...");
-    let raw_single = runs(&b, "publish: raw single XADD", || raw_publish_single(&b)).await;
-    let raw_pipe = runs(&b, "publish: raw pipelined x100", || {
-        raw_publish_pipelined(&b)
-    })
-    .await;
-    let a_single = runs(&b, "publish: asdlc publish", || asdlc_publish_single(&b)).await;
-    let a_batch = runs(&b, "publish: asdlc publish_batch x100", || {
-        asdlc_publish_batch(&b)
-    })
-    .await;
-    eprintln!("consuming...");
-    let raw_c = runs(&b, "consume: raw", || raw_consume(&b, false)).await;
-    let raw_cd = runs(&b, "consume: raw + dedup", || raw_consume(&b, true)).await;
-    let a_c1 = runs(&b, "consume: asdlc 1 consumer", || {
-        asdlc_consume(&b, 1, |_| {})
-    })
-    .await;
-    let a_c2 = runs(&b, "consume: asdlc 2 consumers", || {
-        asdlc_consume(&b, 2, |_| {})
-    })
-    .await;
-    let a_hi = runs(
-        &b,
-        "consume: asdlc concurrency 1024, batch 200, 1 consumer",
-        || {
-            asdlc_consume(&b, 1, |o: &mut ConsumerOptions| {
-                o.concurrency = 1024;
-                o.batch_size = 200;
-            })
-        },
-    )
-    .await;
+    let parts = run_parts(&b).await;
+    let part = |p: Part| parts[Part::ALL.iter().position(|q| *q == p).unwrap_or(0)];
+    let (raw_single, a_single, raw_pipe, a_batch) = (
+        part(Part::RawSingle),
+        part(Part::AsdlcSingle),
+        part(Part::RawPipelined),
+        part(Part::AsdlcBatch),
+    );
+    let (raw_c, raw_cd, a_c1, a_c2, a_hi) = (
+        part(Part::RawConsume),
+        part(Part::RawDedup),
+        part(Part::Asdlc1),
+        part(Part::Asdlc2),
+        part(Part::AsdlcWide),
+    );
     let recover = if b.wants("recovery") {
         eprintln!("recovery...");
         b.flush().await;
