@@ -83,10 +83,19 @@ async fn every_event_is_applied_exactly_once_through_kills_cuts_and_a_server_cra
     assert!(summary.kills >= 5, "{summary}");
     assert!(summary.server_restarts >= 1, "{summary}");
     assert!(summary.connections_cut > 0, "{summary}");
+    // Every second copy was skipped, or (a known engine issue, see the README) dead-lettered
+    // while it waited for the first copy: never applied, either way.
     assert!(
-        summary.duplicates_skipped >= (summary.published / 10) as u64,
+        summary.duplicates_skipped + summary.dead_lettered as u64
+            >= (summary.published / 10) as u64,
         "every duplicate publish skipped: {summary}"
     );
+    for (reason, (n, applied)) in &summary.dead_reasons {
+        assert_eq!(
+            n, applied,
+            "dead letters whose key was never applied: {reason}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
