@@ -536,9 +536,6 @@ async fn tenant_isolation_in_multi_tenant_mode() {
 /// A second copy of an event whose first copy is still being handled waits for it, then is
 /// skipped as a duplicate.
 #[tokio::test]
-#[ignore = "engine bug, reported to the lead: every recheck of a copy waiting for its key's \
-            lease counts as a delivery, so a duplicate of a long-running event is dead-lettered \
-            after max_deliveries rechecks, as if its handler kept crashing"]
 async fn a_duplicate_waiting_for_a_long_handler_is_skipped_not_dead_lettered() {
     let s = server();
     let p = Publisher::connect(config(&s)).await.unwrap();

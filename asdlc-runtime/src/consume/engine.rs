@@ -951,6 +951,14 @@ fn defer(
     {
         p.skipped.fetch_add(1, Ordering::Relaxed);
     }
+    // A recheck of a key another delivery holds is not a delivery of its own: the
+    // redelivery counts one more, so this one counts one less, and a copy waiting for a long
+    // handler is never dead-lettered for waiting.
+    let deliveries = if busy {
+        deliveries.saturating_sub(1)
+    } else {
+        deliveries
+    };
     lock(&run.retries).push(Reverse(Redelivery {
         due: Instant::now() + delay,
         stream: stream.clone(),
