@@ -391,6 +391,26 @@ impl Config {
         Ok(config)
     }
 
+    /// Checks what a struct literal may have got wrong (the environment loader checks the
+    /// same): the stream base name, a zero TTL, a zero `max_len`. Publishers, consumers and
+    /// the runtime call it before they connect.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_stream_base(&self.stream)?;
+        if self.idempotency_ttl.is_zero() {
+            return Err(ConfigError::Invalid(crate::error::ValidationError::new(
+                "idempotency_ttl",
+                "must be longer than zero",
+            )));
+        }
+        if self.max_len == Some(0) {
+            return Err(ConfigError::Invalid(crate::error::ValidationError::new(
+                "max_len",
+                "must be at least 1 (or None for no trimming)",
+            )));
+        }
+        Ok(())
+    }
+
     /// The stream for `tenant` under this configuration.
     pub fn stream_for(&self, tenant: Option<&TenantId>) -> String {
         crate::keys::get_stream_name(&self.stream, tenant)

@@ -234,6 +234,7 @@ impl RuntimeBuilder {
             Some(c) => c,
             None => Config::from_env()?,
         };
+        config.validate()?;
         let mut all: Vec<PlannedHandler> = Vec::new();
         if self.registered {
             for reg in registered_handlers() {

@@ -221,6 +221,9 @@ pub async fn get_stream_info(
         };
         let last_delivered_id = g.string("last-delivered-id").unwrap_or_default();
         let lag = match g.u64("lag") {
+            // A group that has read the last entry has no lag, whatever the server's counter
+            // says (Redis can report a stale one for such a group after restarts).
+            _ if out.last_id.as_deref() == Some(last_delivered_id.as_str()) => Some(0),
             Some(lag) => Some(lag),
             None => count_lag(conn, &out, &last_delivered_id).await?,
         };

@@ -327,6 +327,7 @@ impl EventConsumerBuilder {
 
     /// Connects and checks everything; the group is created when the consumer starts.
     pub async fn build(self) -> Result<EventConsumer, ConsumeError> {
+        self.config.validate()?;
         let shared =
             engine::Shared::connect(self.config, self.options, self.handlers, self.tenants).await?;
         Ok(EventConsumer {
