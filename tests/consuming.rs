@@ -16,11 +16,23 @@ use redis::Value;
 const WAIT: Duration = Duration::from_secs(15);
 
 async fn consumer(s: &TestServer, group: &str, name: &str, handler: &TestHandler) -> EventConsumer {
+    consumer_with(s, group, name, handler, |_| {}).await
+}
+
+/// A consumer with the tests' fast settings, adjusted by `tweak`.
+async fn consumer_with(
+    s: &TestServer,
+    group: &str,
+    name: &str,
+    handler: &TestHandler,
+    tweak: impl FnOnce(&mut asdlc::ConsumerOptions),
+) -> EventConsumer {
     EventConsumer::builder(config(s), group)
         .handler(handler.clone())
         .configure(|o| {
             fast(o);
             o.consumer = name.to_owned();
+            tweak(o);
         })
         .build()
         .await
@@ -418,18 +430,12 @@ async fn handler_retry_nacks_message() {
             Behavior::Ok
         }
     });
-    let c = EventConsumer::builder(config(&s), "development-handlers")
-        .handler(h.clone())
-        .configure(|o| {
-            fast(o);
-            o.consumer = "w1".into();
-            // No claim would pick the entry up in this test's time: the redelivery must
-            // come from the retry path.
-            o.claim_idle = Duration::from_secs(60);
-        })
-        .build()
-        .await
-        .unwrap();
+    let c = consumer_with(&s, "development-handlers", "w1", &h, |o| {
+        // No claim would pick the entry up in this test's time: the redelivery must
+        // come from the retry path.
+        o.claim_idle = Duration::from_secs(60);
+    })
+    .await;
     let run = spawn(&c).await;
     p.publish(&event(EventType::TaskDispatched, "s"))
         .await
@@ -455,16 +461,10 @@ async fn max_deliveries_moves_to_dead_letters() {
     let s = server();
     let p = Publisher::connect(config(&s)).await.unwrap();
     let h = TestHandler::all("always-fails").behave(|_, _| Behavior::Retry);
-    let c = EventConsumer::builder(config(&s), "deployment-handlers")
-        .handler(h.clone())
-        .configure(|o| {
-            fast(o);
-            o.consumer = "w1".into();
-            o.max_deliveries = 3;
-        })
-        .build()
-        .await
-        .unwrap();
+    let c = consumer_with(&s, "deployment-handlers", "w1", &h, |o| {
+        o.max_deliveries = 3;
+    })
+    .await;
     let run = spawn(&c).await;
     let published = p
         .publish(&event(EventType::AgentCompleted, "s9"))
@@ -561,16 +561,10 @@ async fn panics_and_timeouts_are_retryable_failures() {
         ("slow", 1) => Behavior::Sleep(Duration::from_secs(30)),
         _ => Behavior::Ok,
     });
-    let c = EventConsumer::builder(config(&s), "development-handlers")
-        .handler(h.clone())
-        .configure(|o| {
-            fast(o);
-            o.consumer = "w1".into();
-            o.handler_timeout = Duration::from_millis(300);
-        })
-        .build()
-        .await
-        .unwrap();
+    let c = consumer_with(&s, "development-handlers", "w1", &h, |o| {
+        o.handler_timeout = Duration::from_millis(300);
+    })
+    .await;
     let run = spawn(&c).await;
     p.publish(&event(EventType::AgentError, "panic"))
         .await
@@ -1107,17 +1101,11 @@ async fn gone_consumers_are_forgotten_but_never_one_that_owns_entries() {
         .unwrap();
     read_and_die(&mut conn, "development-handlers", "holder", 1).await;
     let h = TestHandler::all("h");
-    let c = EventConsumer::builder(config(&s), "development-handlers")
-        .handler(h.clone())
-        .configure(|o| {
-            fast(o);
-            o.consumer = "w1".into();
-            o.claim_idle = Duration::from_secs(60);
-            o.forget_idle = Some(Duration::from_millis(300));
-        })
-        .build()
-        .await
-        .unwrap();
+    let c = consumer_with(&s, "development-handlers", "w1", &h, |o| {
+        o.claim_idle = Duration::from_secs(60);
+        o.forget_idle = Some(Duration::from_millis(300));
+    })
+    .await;
     let run = spawn(&c).await;
     let names = |conn: asdlc::RedisConnection| async move {
         let mut conn = conn;
@@ -1263,16 +1251,10 @@ async fn an_idle_consumer_logs_no_errors() {
     tracing::warn!("the counter sees warnings");
     assert_eq!(warnings.swap(0, std::sync::atomic::Ordering::SeqCst), 1);
     let h = TestHandler::all("h");
-    let c = EventConsumer::builder(config(&s), "development-handlers")
-        .handler(h)
-        .configure(|o| {
-            fast(o);
-            o.consumer = "idle".into();
-            o.block = Duration::from_millis(200);
-        })
-        .build()
-        .await
-        .unwrap();
+    let c = consumer_with(&s, "development-handlers", "idle", &h, |o| {
+        o.block = Duration::from_millis(200);
+    })
+    .await;
     let run = spawn(&c).await;
     // Many blocking reads come and go with nothing to read.
     tokio::time::sleep(Duration::from_secs(2)).await;
