@@ -51,4 +51,6 @@ mod book {
     mod reliability {}
     #[doc = include_str!("../book/src/migration.md")]
     mod migration {}
+    #[doc = include_str!("../README.md")]
+    mod readme {}
 }
