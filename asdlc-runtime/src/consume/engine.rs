@@ -597,51 +597,65 @@ async fn recover_own(
             .await
             .map_err(shared.redis_err(&stream.name))?,
     );
-    while let Some(last) = pending.last() {
-        let next = list(&format!("({}", last.0));
-        let wanted: Vec<(String, u32)> = pending
-            .into_iter()
-            .filter(|(id, ..)| !shared.is_tracked(&stream.name, id))
-            .map(|(id, _, _, count)| (id, count.saturating_add(1)))
-            .collect();
-        if wanted.is_empty() {
-            pending = parse_pending(
-                next.query_async(&mut conn)
-                    .await
-                    .map_err(shared.redis_err(&stream.name))?,
-            );
-            continue;
-        }
-        // One round trip per page: claim this page and list the next.
-        let mut claim = redis::cmd("XCLAIM");
-        claim
-            .arg(&*stream.name)
-            .arg(&*shared.group)
-            .arg(&*shared.consumer)
-            .arg(0);
-        for (id, _) in &wanted {
-            claim.arg(id);
-        }
-        let mut pipe = redis::pipe();
-        pipe.add_command(claim).add_command(next);
-        let (claimed, listed): (Value, Value) = pipe
-            .query_async(&mut conn)
-            .await
-            .map_err(shared.redis_err(&stream.name))?;
-        pending = parse_pending(listed);
-        // XCLAIM answers in the order asked, leaving out entries deleted from the stream:
-        // those are acknowledged as gone.
-        let mut claimed = parse_entries(claimed).into_iter().peekable();
-        let mut batch_entries: Vec<(RawEntry, u32)> = Vec::with_capacity(wanted.len());
-        for (id, count) in wanted {
-            match claimed.next_if(|e| e.id == id) {
-                Some(e) => batch_entries.push((e, count)),
-                None => batch_entries.push((RawEntry { id, fields: None }, 1)),
+    // The page claimed last, dispatched while the next one is claimed.
+    let mut claimed_page: Vec<(RawEntry, u32)> = Vec::new();
+    loop {
+        let page = std::mem::take(&mut pending);
+        let claim_next = async {
+            let Some(last) = page.last() else {
+                return Ok(None);
+            };
+            let next = list(&format!("({}", last.0));
+            let mut conn = conn.clone();
+            let wanted: Vec<(String, u32)> = page
+                .into_iter()
+                .filter(|(id, ..)| !shared.is_tracked(&stream.name, id))
+                .map(|(id, _, _, count)| (id, count.saturating_add(1)))
+                .collect();
+            if wanted.is_empty() {
+                let listed: Value = next.query_async(&mut conn).await?;
+                return Ok(Some((Vec::new(), parse_pending(listed))));
             }
+            // One round trip per page: claim this page and list the next.
+            let mut claim = redis::cmd("XCLAIM");
+            claim
+                .arg(&*stream.name)
+                .arg(&*shared.group)
+                .arg(&*shared.consumer)
+                .arg(0);
+            for (id, _) in &wanted {
+                claim.arg(id);
+            }
+            let mut pipe = redis::pipe();
+            pipe.add_command(claim).add_command(next);
+            let (claimed, listed): (Value, Value) = pipe.query_async(&mut conn).await?;
+            // XCLAIM answers in the order asked, leaving out entries deleted from the
+            // stream: those are acknowledged as gone.
+            let mut claimed = parse_entries(claimed).into_iter().peekable();
+            let mut entries: Vec<(RawEntry, u32)> = Vec::with_capacity(wanted.len());
+            for (id, count) in wanted {
+                match claimed.next_if(|e| e.id == id) {
+                    Some(e) => entries.push((e, count)),
+                    None => entries.push((RawEntry { id, fields: None }, 1)),
+                }
+            }
+            Ok(Some((entries, parse_pending(listed))))
+        };
+        let current = std::mem::take(&mut claimed_page);
+        let dispatch_current = async {
+            if !current.is_empty() {
+                dispatch(shared, run, stream, current, Some(pass.clone())).await;
+            }
+        };
+        let ((), next): ((), redis::RedisResult<_>) = tokio::join!(dispatch_current, claim_next);
+        match next.map_err(shared.redis_err(&stream.name))? {
+            Some((entries, listed)) => {
+                claimed_page = entries;
+                pending = listed;
+            }
+            None => return Ok(()),
         }
-        dispatch(shared, run, stream, batch_entries, Some(pass.clone())).await;
     }
-    Ok(())
 }
 
 /// Entries idle for `min_idle` from any consumer of the group, with XAUTOCLAIM, to the end.
@@ -876,15 +890,19 @@ async fn dispatch(
             Vec::new()
         };
         let chunk = std::mem::replace(&mut remaining, rest);
+        let mut failures = 0u32;
         let codes = loop {
             match begin(shared, stream, &chunk).await {
                 Ok(codes) => break Some(codes),
                 Err(e) => {
+                    failures += 1;
                     tracing::warn!(stream = %stream.name, error = %e, "begin step failed; retrying");
                     if shared.stop.is_cancelled() || run.abort.is_cancelled() {
                         break None;
                     }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if retry_pause(failures) {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
                 }
             }
         };
@@ -1200,10 +1218,13 @@ async fn commit_batch(
                 // Committing again is safe: a record whose mark is already set acks without
                 // applying its effects a second time.
                 tracing::warn!(stream = %stream.name, error = %e, attempt, "commit failed; retrying");
-                if run.abort.is_cancelled() || attempt > 50 {
+                if run.abort.is_cancelled() || attempt > 100 {
                     break None;
                 }
-                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt.min(20)))).await;
+                if retry_pause(attempt) {
+                    let pause = 100 * u64::from((attempt / 2).min(20));
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
             }
         }
     };
@@ -1222,7 +1243,10 @@ async fn commit_batch(
             }
         };
         match (&o.kind, r) {
-            (Kind::Success { .. }, Value::Int(1)) => {
+            // After a failed attempt whose reply was lost, "already marked" is nearly always
+            // that attempt's own work (a key another delivery marks meanwhile needs our lease
+            // to have lapsed): counted as processed.
+            (Kind::Success { .. }, Value::Int(n)) if n == 1 || (n == 0 && attempt > 0) => {
                 bump(&shared.stats.processed, 1);
                 count(|p| &p.processed);
             }
@@ -1665,6 +1689,50 @@ async fn backoff(shared: &Shared, failures: &mut u32) {
     }
 }
 
+/// Whether to pause before the retry after the `failures`-th failure in a row: not after the
+/// first of a pair. A command that fails on a connection that was cut while idle is mostly
+/// just the first one after the cut (the connection is re-made for the next), so an
+/// immediate retry usually succeeds where one after a pause would meet the next cut.
+fn retry_pause(failures: u32) -> bool {
+    failures % 2 == 0
+}
+
+/// Whether a start-up step that failed with `e` is worth trying again: a cut connection, a
+/// timeout, a server loading or failing over, not a refusal (a name in use, a permission).
+fn is_transient(e: &ConsumeError) -> bool {
+    let source = match e {
+        ConsumeError::Redis { source, .. } => source,
+        ConsumeError::Stream(crate::error::StreamError::Redis { source, .. }) => source,
+        _ => return false,
+    };
+    source.kind() != redis::ErrorKind::AuthenticationFailed
+        && !matches!(source.retry_method(), redis::RetryMethod::NoRetry)
+}
+
+/// Runs a start-up step until it succeeds, retrying transient Redis errors with a backoff (a
+/// connection cut while a consumer starts must not end it), until the consumer is stopped.
+async fn at_startup<T, F, Fut>(shared: &Shared, what: &str, mut step: F) -> Result<T, ConsumeError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ConsumeError>>,
+{
+    let mut failures = 0u32;
+    loop {
+        match step().await {
+            Ok(v) => return Ok(v),
+            Err(e) if is_transient(&e) && !shared.stop.is_cancelled() => {
+                tracing::warn!(group = %shared.group, error = %e, "{what} failed; retrying");
+                if retry_pause(failures + 1) {
+                    backoff(shared, &mut failures).await;
+                } else {
+                    failures += 1;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 struct RunningGuard<'a>(&'a Shared);
 impl Drop for RunningGuard<'_> {
     fn drop(&mut self) {
@@ -1685,22 +1753,24 @@ pub(crate) async fn run(shared: Arc<Shared>) -> Result<super::ConsumerStats, Con
     if shared.stop.is_cancelled() {
         return Ok(shared.stats.snapshot());
     }
-    shared.prepare().await?;
+    at_startup(&shared, "creating the consumer group", || shared.prepare()).await?;
     {
-        let mut conn = shared.conn.clone();
+        let conn = shared.conn.clone();
         let mut locks = shared.locks.lock().await;
         locks.clear();
         for s in shared.stream_list() {
-            locks.push(
-                NameLock::acquire(
-                    &mut conn,
-                    s.lock_key.clone(),
-                    &s.name,
-                    &shared.group,
-                    &shared.consumer,
-                )
-                .await?,
-            );
+            let lock = at_startup(&shared, "taking the consumer name", || {
+                let mut conn = conn.clone();
+                let key = s.lock_key.clone();
+                let (stream, group, consumer) = (
+                    s.name.clone(),
+                    shared.group.clone(),
+                    shared.consumer.clone(),
+                );
+                async move { NameLock::acquire(&mut conn, key, &stream, &group, &consumer).await }
+            })
+            .await?;
+            locks.push(lock);
         }
     }
     let (run, rx) = new_run();
@@ -1720,13 +1790,20 @@ pub(crate) async fn run(shared: Arc<Shared>) -> Result<super::ConsumerStats, Con
     let mut recovery = RecoveryResult::default();
     let pass = Arc::new(Pass::default());
     for s in shared.stream_list() {
-        recover_own(&shared, &run, &s, &pass).await?;
+        // Entries already dispatched by a failed attempt are in flight and skipped.
+        at_startup(&shared, "recovering pending entries", || {
+            recover_own(&shared, &run, &s, &pass)
+        })
+        .await?;
     }
     pass.wait().await;
     recovery.merge(pass.result());
     let pass = Arc::new(Pass::default());
     for s in shared.stream_list() {
-        claim_stream(&shared, &run, &s, shared.options.claim_idle, &pass).await?;
+        at_startup(&shared, "claiming stale entries", || {
+            claim_stream(&shared, &run, &s, shared.options.claim_idle, &pass)
+        })
+        .await?;
     }
     pass.wait().await;
     recovery.merge(pass.result());
