@@ -1694,7 +1694,7 @@ async fn backoff(shared: &Shared, failures: &mut u32) {
 /// just the first one after the cut (the connection is re-made for the next), so an
 /// immediate retry usually succeeds where one after a pause would meet the next cut.
 fn retry_pause(failures: u32) -> bool {
-    failures % 2 == 0
+    failures.is_multiple_of(2)
 }
 
 /// Whether a start-up step that failed with `e` is worth trying again: a cut connection, a
