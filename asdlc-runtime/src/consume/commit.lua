@@ -4,11 +4,12 @@
 -- ARGV: marks prefix, width, nbuckets, ttl, shards, group, consumer, then records, where
 -- `lease` is the key's fingerprint if the delivery took a lease, else empty:
 --   S id fp lease n  (cmd key nargs arg...)*n   success: mark, apply effects, ack, drop lease
+--   s id fp                                     the same without effects, lease = fp
 --   R id lease                                  retry: drop the lease, leave the entry pending
 --   D id lease n  (field value)*n               dead letter: XADD, ack, drop lease
 --   A id                                        acknowledge only
--- Returns one value per record: 1 done; 0 (S only) already processed: acknowledged, effects
--- dropped; 2 (S only) another delivery of the key holds its lease (ours lapsed): nothing
+-- Returns one value per record: 1 done; 0 (S and s) already processed: acknowledged, effects
+-- dropped; 2 (S and s) another delivery of the key holds its lease (ours lapsed): nothing
 -- applied, the entry stays pending and is checked again later; or an error text (S only)
 -- when an effect was refused: nothing of it applied.
 --
@@ -62,7 +63,10 @@ while i <= #ARGV do
   local kind = ARGV[i]
   r = r + 1
   local lease = ''
-  if kind == 'S' then
+  if kind == 's' then
+    lease = ARGV[i + 2]
+    i = i + 3
+  elseif kind == 'S' then
     lease = ARGV[i + 3]
     i = skip_effects(i + 5, tonumber(ARGV[i + 4]))
   elseif kind == 'R' then
@@ -111,7 +115,22 @@ i, r = 8, 0
 while i <= #ARGV do
   local kind = ARGV[i]
   r = r + 1
-  if kind == 'S' then
+  if kind == 's' then
+    local id, fp = ARGV[i + 1], ARGV[i + 2]
+    local lease = lease_state(r, id)
+    if lease == 'other' then
+      out[#out + 1] = 2
+    else
+      if lease ~= 'mine' and asdlc_is_marked(marks, fp) then
+        out[#out + 1] = 0
+      else
+        asdlc_set_mark(marks, fp)
+        out[#out + 1] = 1
+      end
+      acks[#acks + 1] = id
+    end
+    i = i + 3
+  elseif kind == 'S' then
     local id, fp, n = ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 4])
     local first = i + 5
     local drops = #drop
