@@ -772,9 +772,6 @@ async fn hostile_idempotency_keys_are_refused_or_kept_out_of_key_names() {
 /// `Config`'s fields are public, so a stream name can bypass `Config::from_env`'s check; the
 /// publisher, the consumer and the runtime must refuse it themselves.
 #[tokio::test]
-#[ignore = "gap, reported to the lead: a Config built as a struct literal is not validated, so \
-            Publisher::connect, EventConsumer::build and Runtime::build accept a stream named \
-            `{x}`, `a*`, `a b` or `` (and publishing writes to it)"]
 async fn hostile_stream_names_in_a_config_literal_are_rejected() {
     let s = server();
     for stream in ["", "{x}", "a}b", "a*", "a b", "a\nb"] {

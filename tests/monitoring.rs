@@ -658,3 +658,143 @@ fn fast_options(o: &mut asdlc::ConsumerOptions) {
     fast(o);
     o.consumer = "w1".to_owned();
 }
+
+/// A metrics recorder for the whole test binary that keeps every counter and histogram by
+/// name and labels; tests read their own series (by a group name no other test uses).
+mod capture {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    use metrics::{
+        Counter, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder, SharedString,
+        Unit,
+    };
+
+    #[derive(Default)]
+    pub struct Capture {
+        counters: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
+        histograms: Mutex<BTreeMap<String, Arc<Samples>>>,
+    }
+
+    #[derive(Default)]
+    struct Samples(Mutex<Vec<f64>>);
+
+    impl HistogramFn for Samples {
+        fn record(&self, value: f64) {
+            self.0.lock().unwrap().push(value);
+        }
+    }
+
+    fn render(key: &Key) -> String {
+        let labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        format!("{}{{{}}}", key.name(), labels.join(","))
+    }
+
+    impl Recorder for Capture {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            let mut map = self.counters.lock().unwrap();
+            Counter::from_arc(map.entry(render(key)).or_default().clone())
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+            let mut map = self.histograms.lock().unwrap();
+            Histogram::from_arc(map.entry(render(key)).or_default().clone())
+        }
+    }
+
+    pub fn global() -> &'static Capture {
+        static CAPTURE: OnceLock<&'static Capture> = OnceLock::new();
+        CAPTURE.get_or_init(|| {
+            let capture: &'static Capture = Box::leak(Box::default());
+            metrics::set_global_recorder(capture).expect("the only recorder of this binary");
+            capture
+        })
+    }
+
+    impl Capture {
+        pub fn counter(&self, series: &str) -> u64 {
+            self.counters
+                .lock()
+                .unwrap()
+                .get(series)
+                .map_or(0, |c| c.load(Ordering::Relaxed))
+        }
+
+        pub fn samples(&self, series: &str) -> usize {
+            self.histograms
+                .lock()
+                .unwrap()
+                .get(series)
+                .map_or(0, |h| h.0.lock().unwrap().len())
+        }
+    }
+}
+
+#[tokio::test]
+async fn consumer_records_metrics_per_group_tenant_and_handler() {
+    let metrics = capture::global();
+    let s = server();
+    let p = Publisher::connect(multi_config(&s)).await.unwrap();
+    let h = TestHandler::all("metered-handler").behave(|e, attempt| match e.session_id.as_str() {
+        "retry-once" if attempt == 1 => Behavior::Retry,
+        "refuse" => Behavior::Permanent,
+        _ => Behavior::Ok,
+    });
+    let consumer = EventConsumer::builder(multi_config(&s), "metered")
+        .handler(h.clone())
+        .tenant(tenant("acme"))
+        .configure(fast_options)
+        .build()
+        .await
+        .unwrap();
+    let run = spawn(&consumer).await;
+    TenantContext::scope(tenant("acme"), async {
+        for session in ["ok-1", "ok-2", "retry-once", "refuse"] {
+            p.publish(&event(EventType::TaskCreated, session))
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+    let series = |name: &str, handler: &str| {
+        format!("{name}{{group=metered,tenant=acme,handler={handler}}}")
+    };
+    eventually(WAIT, "all four settled", || async {
+        metrics.counter(&series("asdlc_events_processed_total", "metered-handler")) == 3
+            && metrics.counter(&series(
+                "asdlc_events_dead_lettered_total",
+                "metered-handler",
+            )) == 1
+    })
+    .await;
+    consumer.stop();
+    run.await.unwrap().unwrap();
+    assert_eq!(
+        metrics.counter(&series("asdlc_events_failed_total", "metered-handler")),
+        2
+    );
+    assert_eq!(
+        metrics.counter(&series("asdlc_events_retried_total", "metered-handler")),
+        1
+    );
+    assert_eq!(
+        metrics.samples(&series("asdlc_handler_seconds", "metered-handler")),
+        5
+    );
+    assert_eq!(
+        metrics.samples(&series(
+            "asdlc_publish_to_handle_seconds",
+            "metered-handler"
+        )),
+        5
+    );
+}

@@ -52,6 +52,13 @@ impl Publisher {
 
     /// Connects to the configured server.
     pub async fn connect(config: Config) -> Result<Self, PublishError> {
+        config.validate().map_err(|e| match e {
+            crate::error::ConfigError::Invalid(v) => PublishError::Validation(v),
+            other => PublishError::Validation(crate::error::ValidationError::new(
+                "config",
+                other.to_string(),
+            )),
+        })?;
         let conn = RedisConnection::connect(&config.redis_url)
             .await
             .map_err(|source| PublishError::Redis {

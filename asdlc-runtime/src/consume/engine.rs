@@ -266,6 +266,8 @@ struct Outcome {
     lease: Lease,
     kind: Kind,
     pass: Option<Arc<Pass>>,
+    /// The handler that ran (an index into `Shared::handlers`), for metrics labels.
+    handler: Option<usize>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -684,6 +686,11 @@ async fn claim_stream(
         let n_claimed = (entries.len() + deleted.len()) as u64;
         if n_claimed > 0 {
             bump(&shared.stats.claimed, n_claimed);
+            crate::monitor::record_claimed(
+                &shared.group,
+                stream.tenant.as_ref().map(TenantId::as_str),
+                n_claimed,
+            );
             pass.claimed.fetch_add(n_claimed, Ordering::Relaxed);
             tracing::info!(stream = %stream.name, group = %shared.group, claimed = n_claimed, "claimed stale entries");
         }
@@ -788,6 +795,7 @@ async fn dispatch(
                     lease: None,
                     kind: Kind::Ack { deleted: true },
                     pass: pass.clone(),
+                    handler: None,
                 },
             )
             .await;
@@ -805,6 +813,7 @@ async fn dispatch(
                 handler,
             },
             pass: pass.clone(),
+            handler: None,
         };
         let event = match decode(&fields) {
             Ok(event) => event,
@@ -840,6 +849,7 @@ async fn dispatch(
                     lease: None,
                     kind: Kind::Ack { deleted: false },
                     pass: pass.clone(),
+                    handler: None,
                 },
             )
             .await;
@@ -918,6 +928,11 @@ async fn dispatch(
             match code {
                 0 => {
                     bump(&shared.stats.duplicates, 1);
+                    crate::monitor::record_duplicate(
+                        &shared.group,
+                        stream.tenant.as_ref().map(TenantId::as_str),
+                        shared.handlers[c.handler].name(),
+                    );
                     if let Some(p) = &pass {
                         p.skipped.fetch_add(1, Ordering::Relaxed);
                     }
@@ -1061,7 +1076,13 @@ async fn spawn_handler(
         tenant = stream.tenant.as_ref().map(TenantId::as_str).unwrap_or(""),
         attempt = c.deliveries,
         handler = spec.name(),
+        trace_id = tracing::field::Empty,
     );
+    // A publish and its handling join one trace; events the handler publishes continue it.
+    let trace = crate::monitor::extract_trace_context(&c.event).map(|t| t.child());
+    if let Some(t) = &trace {
+        span.record("trace_id", t.trace_id_hex());
+    }
     run.tasks.spawn(
         async move {
             let _permit = permit;
@@ -1085,7 +1106,20 @@ async fn spawn_handler(
                 .unwrap_or(shared.options.handler_timeout);
             let call = AssertUnwindSafe(spec.handler.handle(&event, &ctx)).catch_unwind();
             let call = tokio::time::timeout(timeout, call);
+            let tenant = stream.tenant.as_ref().map(TenantId::as_str);
+            crate::monitor::record_publish_to_handle(
+                &shared.group,
+                tenant,
+                spec.name(),
+                &c.entry_id,
+            );
             let started = std::time::Instant::now();
+            let scoped = async {
+                match stream.tenant.clone() {
+                    Some(t) => TenantContext::scope(t, call).await,
+                    None => call.await,
+                }
+            };
             // The handler first: one that finishes at once never registers with the abort
             // token (a lock each way). An abort that came before the start is seen here.
             let outcome = if run2.abort.is_cancelled() {
@@ -1094,9 +1128,9 @@ async fn spawn_handler(
                 tokio::select! {
                     biased;
                     r = async {
-                        match stream.tenant.clone() {
-                            Some(t) => TenantContext::scope(t, call).await,
-                            None => call.await,
+                        match trace {
+                            Some(t) => t.scope(scoped).await,
+                            None => scoped.await,
                         }
                     } => Some(r),
                     _ = run2.abort.cancelled() => None,
@@ -1126,6 +1160,15 @@ async fn spawn_handler(
                     HandlerResult::retry(format!("timed out after {timeout:?}"))
                 }
             };
+            crate::monitor::record_handler_latency(
+                &shared.group,
+                tenant,
+                spec.name(),
+                started.elapsed(),
+            );
+            if !result.success {
+                crate::monitor::record_failed(&shared.group, tenant, spec.name());
+            }
             tracing::debug!(
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 success = result.success,
@@ -1168,6 +1211,7 @@ async fn spawn_handler(
                 lease: Some(c.fp),
                 kind,
                 pass,
+                handler: Some(c.handler),
             };
             send(&shared, &run2, out).await;
         }
@@ -1235,8 +1279,10 @@ async fn commit_batch(
         }
         return;
     };
+    let tenant = stream.tenant.as_ref().map(TenantId::as_str);
     for (o, r) in outcomes.into_iter().zip(results) {
         let pass = o.pass.as_deref();
+        let handler = o.handler.map_or("", |i| shared.handlers[i].name());
         let count = |f: fn(&Pass) -> &AtomicU64| {
             if let Some(p) = pass {
                 f(p).fetch_add(1, Ordering::Relaxed);
@@ -1248,6 +1294,7 @@ async fn commit_batch(
             // to have lapsed): counted as processed.
             (Kind::Success { .. }, Value::Int(n)) if n == 1 || (n == 0 && attempt > 0) => {
                 bump(&shared.stats.processed, 1);
+                crate::monitor::record_processed(&shared.group, tenant, handler);
                 count(|p| &p.processed);
             }
             (Kind::Success { deliveries, .. }, Value::Int(2)) => {
@@ -1259,6 +1306,7 @@ async fn commit_batch(
             }
             (Kind::Success { .. }, Value::Int(_)) => {
                 bump(&shared.stats.duplicates, 1);
+                crate::monitor::record_duplicate(&shared.group, tenant, handler);
                 count(|p| &p.skipped);
                 tracing::info!(stream = %stream.name, id = %o.id, "another delivery committed this key first; effects dropped");
             }
@@ -1279,13 +1327,23 @@ async fn commit_batch(
             }
             (Kind::Retry { deliveries, error }, _) => {
                 bump(&shared.stats.retried, 1);
+                crate::monitor::record_retried(&shared.group, tenant, handler);
                 count(|p| &p.failed);
                 tracing::info!(stream = %stream.name, id = %o.id, deliveries, %error, "handler failed; will retry");
                 let (id, deliveries) = (o.id.clone(), *deliveries);
                 defer(shared, run, &stream, id, deliveries, None, false);
             }
-            (Kind::Dead { reason, error, .. }, _) => {
+            (
+                Kind::Dead {
+                    reason,
+                    error,
+                    handler: dead_handler,
+                    ..
+                },
+                _,
+            ) => {
                 bump(&shared.stats.dead_lettered, 1);
+                crate::monitor::record_dead_lettered(&shared.group, tenant, dead_handler);
                 count(|p| &p.failed);
                 tracing::warn!(stream = %stream.name, id = %o.id, %reason, %error, "moved to the dead-letter stream");
             }

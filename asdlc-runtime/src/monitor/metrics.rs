@@ -5,11 +5,6 @@
 //! Every series is labelled `group`, `tenant` (empty in single-tenant mode) and `handler`
 //! (empty where no handler was chosen, e.g. a claim).
 
-#![allow(
-    dead_code,
-    reason = "the recorders are called by the consumer engine; until it is wired they are unused"
-)]
-
 use std::time::Duration;
 
 use metrics::{Unit, counter, describe_counter, describe_histogram, histogram};
