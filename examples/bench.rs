@@ -347,8 +347,8 @@ impl Part {
 
 /// Runs every wanted part [`RUNS`] times on a clean server, in rounds (each round runs each
 /// part once), so a change in the machine's load hits the compared parts alike; gives each
-/// part's median.
-async fn run_parts(b: &Bench) -> Vec<Option<Sample>> {
+/// part's median, and every sample by round.
+async fn run_parts(b: &Bench) -> (Vec<Option<Sample>>, Vec<Vec<Sample>>) {
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); Part::ALL.len()];
     for round in 1..=RUNS {
         eprintln!("round {round} of {RUNS}...");
@@ -359,18 +359,19 @@ async fn run_parts(b: &Bench) -> Vec<Option<Sample>> {
             }
         }
     }
-    Part::ALL
+    let medians = Part::ALL
         .iter()
-        .zip(samples)
+        .zip(&samples)
         .map(|(part, out)| {
             if out.is_empty() {
                 return None;
             }
             let shown: Vec<String> = out.iter().map(|s| format!("{:.0}", s.rate)).collect();
             eprintln!("  {}: {} ev/s", part.label(), shown.join(" / "));
-            Some(median(out))
+            Some(median(out.clone()))
         })
-        .collect()
+        .collect();
+    (medians, samples)
 }
 
 async fn raw_publish_single(b: &Bench) -> Sample {
@@ -797,8 +798,20 @@ async fn main() {
          {} cores; load average {load_start}",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let parts = run_parts(&b).await;
-    let part = |p: Part| parts[Part::ALL.iter().position(|q| *q == p).unwrap_or(0)];
+    let (parts, rounds) = run_parts(&b).await;
+    let index = |p: Part| Part::ALL.iter().position(|q| *q == p).unwrap_or(0);
+    let part = |p: Part| parts[index(p)];
+    // A comparison is the median of the rounds' ratios: each ratio compares two runs made
+    // minutes apart at most, under about the same load.
+    let round_ratio = |num: Part, den: Part| -> Option<f64> {
+        let (a, b) = (&rounds[index(num)], &rounds[index(den)]);
+        if a.is_empty() || a.len() != b.len() {
+            return None;
+        }
+        let mut r: Vec<f64> = a.iter().zip(b).map(|(a, b)| a.rate / b.rate).collect();
+        r.sort_by(f64::total_cmp);
+        Some(r[r.len() / 2])
+    };
     let (raw_single, a_single, raw_pipe, a_batch) = (
         part(Part::RawSingle),
         part(Part::AsdlcSingle),
@@ -849,10 +862,10 @@ async fn main() {
         }
     }
 
-    let row = |what: &str, s: Option<Sample>, vs: Option<(&str, Option<Sample>)>| {
+    let row = |what: &str, s: Option<Sample>, vs: Option<(&str, Option<f64>)>| {
         let Some(s) = s else { return };
         let cmp = match vs {
-            Some((name, Some(base))) => format!("{:.2}x {name}", s.rate / base.rate),
+            Some((name, Some(ratio))) => format!("{ratio:.2}x {name}"),
             _ => String::new(),
         };
         println!(
@@ -882,12 +895,12 @@ async fn main() {
     row(
         "(c) asdlc Publisher::publish, awaited",
         a_single,
-        Some(("(a)", raw_single)),
+        Some(("(a)", round_ratio(Part::AsdlcSingle, Part::RawSingle))),
     );
     row(
         "(d) asdlc Publisher::publish_batch x100",
         a_batch,
-        Some(("(b)", raw_pipe)),
+        Some(("(b)", round_ratio(Part::AsdlcBatch, Part::RawPipelined))),
     );
     row("(e) raw XREADGROUP COUNT 100 + XACK per batch", raw_c, None);
     row(
@@ -898,22 +911,22 @@ async fn main() {
     row(
         "(g) asdlc Runtime, 1 consumer, full protocol",
         a_c1,
-        Some(("(f)", raw_cd)),
+        Some(("(f)", round_ratio(Part::Asdlc1, Part::RawDedup))),
     );
     row(
         "(g2) asdlc Runtime, 2 consumers",
         a_c2,
-        Some(("(f)", raw_cd)),
+        Some(("(f)", round_ratio(Part::Asdlc2, Part::RawDedup))),
     );
     row(
         "(g3) asdlc Runtime, 1 consumer, concurrency 1024, batch 200",
         a_hi,
-        Some(("(f)", raw_cd)),
+        Some(("(f)", round_ratio(Part::AsdlcWide, Part::RawDedup))),
     );
     row(
         &format!("(h) recovery: process_pending of {recover_n} pending"),
         recover,
-        Some(("(g)", a_c1)),
+        Some(("(g)", recover.zip(a_c1).map(|(h, g)| h.rate / g.rate))),
     );
     println!("(client us / server us: CPU time per event in this process / in the server)");
     println!();
@@ -937,10 +950,13 @@ async fn main() {
         println!("events/s of one consumer: {:.0}", s.rate);
     }
     println!("load average: {load_start} at start, {} at end", loadavg());
-    let ratio = |a: Option<Sample>, b: Option<Sample>| match (a, b) {
-        (Some(a), Some(b)) => format!("{:.2}", a.rate / b.rate),
-        _ => "n/a".to_owned(),
-    };
-    println!("publish ratio asdlc/raw: {}", ratio(a_batch, raw_pipe));
-    println!("consume ratio asdlc/raw: {}", ratio(a_c1, raw_cd));
+    let ratio = |r: Option<f64>| r.map_or("n/a".to_owned(), |r| format!("{r:.2}"));
+    println!(
+        "publish ratio asdlc/raw: {}",
+        ratio(round_ratio(Part::AsdlcBatch, Part::RawPipelined))
+    );
+    println!(
+        "consume ratio asdlc/raw: {}",
+        ratio(round_ratio(Part::Asdlc1, Part::RawDedup))
+    );
 }
