@@ -930,6 +930,12 @@ async fn main() {
     );
     println!("(client us / server us: CPU time per event in this process / in the server)");
     println!();
+    if let Some(h) = recover {
+        println!(
+            "recovery of {recover_n} pending entries (process_pending): {:.2} s",
+            recover_n as f64 / h.rate
+        );
+    }
     if let Some(lat) = lat {
         println!(
             "latency publish -> handler start at 1,000 ev/s for {latency_secs} s ({} events): \
