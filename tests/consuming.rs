@@ -222,7 +222,7 @@ async fn idempotency_keys_expire() {
     // A mark lives at least the TTL...
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(tracker.is_processed("k").await.unwrap());
-    // ...and at most one bucket (TTL / 7) longer; then its hash is gone.
+    // ...and at most one bucket (TTL / 2 by default) longer; then its hash is gone.
     eventually(Duration::from_secs(3), "mark expired", || {
         let t = tracker.clone();
         async move { !t.is_processed("k").await.unwrap() }
