@@ -53,8 +53,7 @@ async fn on_agent(event: &AsdlcEvent, ctx: &HandlerContext) {
     assert_eq!(TenantContext::current().as_ref(), ctx.tenant());
 }
 
-fn fast_runtime(s: &TestServer, cfg: Config, groups: &[&str]) -> asdlc::RuntimeBuilder {
-    let _ = s;
+fn fast_runtime(cfg: Config, groups: &[&str]) -> asdlc::RuntimeBuilder {
     Runtime::builder()
         .config(cfg)
         .groups(groups.iter().copied())
@@ -65,7 +64,7 @@ fn fast_runtime(s: &TestServer, cfg: Config, groups: &[&str]) -> asdlc::RuntimeB
 #[tokio::test]
 async fn runtime_discovers_handlers_from_several_modules() {
     let s = server();
-    let rt = fast_runtime(&s, config(&s), &["rt-development", "rt-hitl"])
+    let rt = fast_runtime(config(&s), &["rt-development", "rt-hitl"])
         .build()
         .await
         .unwrap();
@@ -86,7 +85,7 @@ async fn runtime_discovers_handlers_from_several_modules() {
 #[tokio::test]
 async fn unknown_group_is_refused_with_the_known_ones() {
     let s = server();
-    let err = fast_runtime(&s, config(&s), &["rt-nope"])
+    let err = fast_runtime(config(&s), &["rt-nope"])
         .build()
         .await
         .unwrap_err();
@@ -152,7 +151,7 @@ async fn runtime_recovers_then_consumes_then_stops_gracefully() {
     .await
     .unwrap();
 
-    let rt = fast_runtime(&s, config(&s), &["rt-development", "rt-hitl"])
+    let rt = fast_runtime(config(&s), &["rt-development", "rt-hitl"])
         .build()
         .await
         .unwrap();
@@ -216,7 +215,7 @@ async fn multi_tenant_runtime_discovers_tenants_and_isolates_them() {
     )
     .await
     .unwrap();
-    let rt = fast_runtime(&s, cfg.clone(), &["rt-tenants"])
+    let rt = fast_runtime(cfg.clone(), &["rt-tenants"])
         .tenant_discovery_interval(Duration::from_millis(100))
         .build()
         .await
