@@ -529,7 +529,7 @@ async fn raw_consume(b: &Bench, dedup: bool) -> Sample {
 /// A consumer of the benchmark group, as a direct [`EventConsumer`] (for `process_pending`).
 async fn consumer(b: &Bench, stream: &str, name: &str) -> EventConsumer {
     let mut builder = EventConsumer::builder(b.config(stream), GROUP).configure(|o| {
-        o.consumer = name.to_owned();
+        o.consumer = Some(name.to_owned());
     });
     for reg in registered_handlers() {
         if reg.group == GROUP {
@@ -671,6 +671,7 @@ async fn latency(b: &Bench, secs: u64) -> Latency {
     let (handle, task) = runtime(b, &stream, "latency", |_| {}).await;
     tokio::time::timeout(Duration::from_secs(20), handle.ready())
         .await
+        .expect("runtime ready in time")
         .expect("runtime ready");
     let p = Publisher::new(b.conn.clone(), b.config(&stream));
     let total = (secs * 1000) as usize;

@@ -146,7 +146,7 @@ async fn run_once(url: &RedisUrl, args: &Args, run: usize) -> (f64, f64) {
         let mut builder = EventConsumer::builder(config.clone(), GROUP)
             .handler(Count(handled.clone()))
             .configure(|o| {
-                o.consumer = format!("bench-{i}");
+                o.consumer = Some(format!("bench-{i}"));
                 o.batch_size = 200;
                 o.concurrency = 256;
                 o.block = Duration::from_millis(200);

@@ -58,7 +58,7 @@ async fn worker(total: usize) -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     let handle = runtime.handle();
     let run = tokio::spawn(runtime.run());
-    handle.ready().await;
+    handle.ready().await?;
     if let Some(r) = handle.report().group(GROUP).and_then(|g| g.recovery) {
         println!(
             "recovery: processed={} skipped={} failed={} claimed={}",

@@ -73,7 +73,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     let handle = runtime.handle();
     let run = tokio::spawn(runtime.run());
-    handle.ready().await;
+    handle.ready().await?;
 
     println!("publishing: good-1, an unknown event type, bad-patch, flaky-ci, good-2");
     publisher
@@ -105,10 +105,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dead = deadletter::list(&mut conn, &config.stream, "-", 10).await?;
     for d in &dead {
         println!(
-            "  {}  from {}  deliveries={}  reason: {}{}",
+            "  {}  from {}  attempts={}  reason: {}{}",
             d.id,
             d.source_id,
-            d.deliveries,
+            d.attempts,
             d.reason,
             if d.error.is_empty() {
                 String::new()

@@ -66,7 +66,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     let handle = runtime.handle();
     let run = tokio::spawn(runtime.run());
-    handle.ready().await;
+    handle.ready().await?;
 
     for (tenant, tasks) in [(&acme, 3), (&globex, 2)] {
         TenantContext::scope(tenant.clone(), async {

@@ -223,7 +223,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let handle = runtime.handle();
     let run = tokio::spawn(runtime.run());
-    handle.ready().await;
+    handle.ready().await?;
 
     let session = format!("session-{}", std::process::id());
     let start = AsdlcEvent::builder(EventType::SessionStarted, session.clone())

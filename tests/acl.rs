@@ -103,7 +103,7 @@ async fn a_tenant_user_runs_the_whole_protocol_for_its_tenant() {
         .handler(h.clone())
         .configure(|o| {
             fast(o);
-            o.consumer = "w1".into();
+            o.consumer = Some("w1".into());
             o.claim_idle = Duration::from_millis(300);
         })
         .build()
@@ -167,7 +167,7 @@ async fn a_tenant_user_runs_the_whole_protocol_for_its_tenant() {
         .handler(h.clone())
         .configure(|o| {
             fast(o);
-            o.consumer = "w1".into();
+            o.consumer = Some("w1".into());
         })
         .build()
         .await

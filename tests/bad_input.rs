@@ -217,7 +217,7 @@ async fn random_entries_are_handled_or_dead_lettered_and_the_consumer_keeps_goin
         .handler(handler.clone())
         .configure(|o| {
             fast(o);
-            o.consumer = "fuzz-1".into();
+            o.consumer = Some("fuzz-1".into());
         })
         .build()
         .await
@@ -628,7 +628,7 @@ async fn hostile_group_and_consumer_names_are_rejected() {
         }
         let err = EventConsumer::builder(config(&s), "g")
             .handler(TestHandler::all("h"))
-            .configure(|o| o.consumer = name.to_owned())
+            .configure(|o| o.consumer = Some(name.to_owned()))
             .build()
             .await;
         assert!(err.is_err(), "consumer {name:?} accepted");
@@ -687,7 +687,7 @@ async fn hostile_tenants_cannot_publish_and_hostile_tenant_fields_are_dead_lette
         .handler(h.clone())
         .configure(|o| {
             fast(o);
-            o.consumer = "w".into();
+            o.consumer = Some("w".into());
         })
         .build()
         .await
@@ -742,7 +742,7 @@ async fn hostile_idempotency_keys_are_refused_or_kept_out_of_key_names() {
         .handler(h.clone())
         .configure(|o| {
             fast(o);
-            o.consumer = "w".into();
+            o.consumer = Some("w".into());
         })
         .build()
         .await

@@ -68,7 +68,7 @@ async fn consumer(config: &Config, group: &str, name: &str, h: &TestHandler) -> 
         .handler(h.clone())
         .configure(|o| {
             fast(o);
-            o.consumer = name.to_owned();
+            o.consumer = Some(name.to_owned());
         })
         .build()
         .await
@@ -206,7 +206,7 @@ async fn tenants_in_different_slots_get_one_consumer_per_slot() {
             .handler(h.clone())
             .configure(|o| {
                 fast(o);
-                o.consumer = format!("w-slot{i}");
+                o.consumer = Some(format!("w-slot{i}"));
             });
         for t in part {
             b = b.tenant(t.clone());
@@ -409,7 +409,7 @@ async fn dead_letters_are_listed_replayed_and_purged_on_a_cluster() {
         .handler(h.clone())
         .configure(|o| {
             fast(o);
-            o.consumer = "w1".into();
+            o.consumer = Some("w1".into());
             o.max_deliveries = 3;
         })
         .build()
@@ -432,7 +432,7 @@ async fn dead_letters_are_listed_replayed_and_purged_on_a_cluster() {
         .iter()
         .find(|d| d.reason == "permanent failure")
         .unwrap();
-    let retried = dead.iter().find(|d| d.deliveries == 3).unwrap();
+    let retried = dead.iter().find(|d| d.attempts == 3).unwrap();
     assert_eq!(retried.event().unwrap().session_id, "retry");
     let info = get_stream_info(&mut conn, stream).await.unwrap();
     assert_eq!(info.dead_letters, 2);
@@ -622,7 +622,7 @@ async fn tenant_users_are_confined_to_their_keys_on_a_cluster() {
         .handler(h.clone())
         .configure(|o| {
             fast(o);
-            o.consumer = "acl-w1".into();
+            o.consumer = Some("acl-w1".into());
         })
         .build()
         .await
@@ -693,7 +693,7 @@ async fn consumption_resumes_after_a_master_fails_over() {
             .handler(h.clone())
             .configure(|o| {
                 fast(o);
-                o.consumer = format!("fo-{i}");
+                o.consumer = Some(format!("fo-{i}"));
             });
         for t in part {
             b = b.tenant(t.clone());

@@ -41,6 +41,7 @@ async fn a_multi_tenant_runtime_reads_each_slot_separately() {
     let run = tokio::spawn(runtime.run_until(std::future::pending()));
     tokio::time::timeout(Duration::from_secs(30), handle.ready())
         .await
+        .unwrap()
         .unwrap();
 
     let publisher = Publisher::connect(config.clone()).await.unwrap();

@@ -31,7 +31,7 @@ async fn consumer_with(
         .handler(handler.clone())
         .configure(|o| {
             fast(o);
-            o.consumer = name.to_owned();
+            o.consumer = Some(name.to_owned());
             tweak(o);
         })
         .build()
@@ -490,9 +490,9 @@ async fn max_deliveries_moves_to_dead_letters() {
     assert_eq!(d.group, "deployment-handlers");
     assert_eq!(d.consumer, "w1");
     assert_eq!(d.handler, "always-fails");
-    assert_eq!(d.deliveries, 3);
+    assert_eq!(d.attempts, 3);
     assert_eq!(d.error, "try again");
-    assert!(d.reason.contains("last allowed delivery"), "{}", d.reason);
+    assert!(d.reason.contains("last allowed attempt"), "{}", d.reason);
     assert_eq!(d.event().unwrap().session_id, "s9");
     let info = get_stream_info(&mut conn, "asdlc:events").await.unwrap();
     assert_eq!(info.dead_letters, 1);
@@ -682,7 +682,7 @@ async fn consumer_filters_by_tenant() {
         .handler(h.clone())
         .configure(|o| {
             fast(o);
-            o.consumer = "w1".into();
+            o.consumer = Some("w1".into());
         })
         .build()
         .await
@@ -733,8 +733,8 @@ async fn recovery_processes_pending_events() {
     assert_eq!(result.skipped + result.failed, 0);
     assert_eq!(h.count(), 250);
     assert!(
-        h.calls().iter().all(|c| c.attempt == 2),
-        "a redelivery counts as the second attempt"
+        h.calls().iter().all(|c| c.attempt == 1),
+        "a delivery that crashed before its handler began costs no attempt"
     );
     assert_eq!(
         pending(&mut conn, "asdlc:events", "development-handlers").await,
@@ -965,10 +965,11 @@ async fn a_live_consumer_name_is_refused() {
     assert!(started.elapsed() < Duration::from_secs(30));
     c1.stop();
     r1.await.unwrap().unwrap();
-    // Once the first one stopped, the name is free again.
-    let r2 = spawn(&c2).await;
-    c2.stop();
-    r2.await.unwrap().unwrap();
+    // Once the first one stopped, the name is free again (for a new consumer: one runs once).
+    let c3 = consumer(&s, "development-handlers", "same", &h).await;
+    let r3 = spawn(&c3).await;
+    c3.stop();
+    r3.await.unwrap().unwrap();
 }
 
 #[tokio::test]
@@ -978,7 +979,7 @@ async fn stop_returns_promptly_while_a_read_is_blocked() {
     let c = EventConsumer::builder(config(&s), "development-handlers")
         .handler(h)
         .configure(|o| {
-            o.consumer = "w1".into();
+            o.consumer = Some("w1".into());
             o.block = Duration::from_secs(30);
         })
         .build()

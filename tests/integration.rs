@@ -133,6 +133,7 @@ async fn start(builder: asdlc::RuntimeBuilder) -> Running {
     let run = tokio::spawn(rt.run_until(std::future::pending()));
     tokio::time::timeout(WAIT, handle.ready())
         .await
+        .expect("runtime ready in time")
         .expect("runtime ready");
     (handle, run)
 }

@@ -656,7 +656,7 @@ async fn trace_context_joins_publish_and_handling() {
 
 fn fast_options(o: &mut asdlc::ConsumerOptions) {
     fast(o);
-    o.consumer = "w1".to_owned();
+    o.consumer = Some("w1".to_owned());
 }
 
 /// A metrics recorder for the whole test binary that keeps every counter and histogram by

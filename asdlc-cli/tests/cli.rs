@@ -134,7 +134,7 @@ fn dead_letter_everything(server: &TestServer, n: u64) {
         let consumer = EventConsumer::builder(config(server), "g")
             .handler(Refuse)
             .configure(|o| {
-                o.consumer = "w1".into();
+                o.consumer = Some("w1".into());
                 o.block = Duration::from_millis(50);
             })
             .build()

@@ -42,8 +42,9 @@ pub struct DeadLetter {
     pub reason: String,
     /// The handler's last error.
     pub error: String,
-    /// Deliveries so far.
-    pub deliveries: u32,
+    /// Handler attempts that began (0 for an entry refused before any handler ran: malformed,
+    /// or of another tenant).
+    pub attempts: u32,
     /// When (RFC 3339).
     pub dead_at: String,
     /// The original entry's fields, as text (lossy for non-UTF-8 bytes).
@@ -70,7 +71,7 @@ impl DeadLetter {
             handler: String::new(),
             reason: String::new(),
             error: String::new(),
-            deliveries: 0,
+            attempts: 0,
             dead_at: String::new(),
             fields: Vec::new(),
             raw: Vec::new(),
@@ -93,7 +94,7 @@ impl DeadLetter {
                 b"handler" => d.handler = text,
                 b"reason" => d.reason = text,
                 b"error" => d.error = text,
-                b"deliveries" => d.deliveries = text.parse().unwrap_or(0),
+                b"attempts" => d.attempts = text.parse().unwrap_or(0),
                 b"dead_at" => d.dead_at = text,
                 _ => {}
             }

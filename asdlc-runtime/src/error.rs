@@ -156,7 +156,8 @@ pub enum ConsumeError {
     /// Another live process uses this consumer name in this group.
     #[error(
         "consumer name `{consumer}` is in use in group `{group}` on `{stream}` by a live process; \
-         give this process another name"
+         give this process another name (ASDLC_CONSUMER, ConsumerOptions::consumer or \
+         RuntimeBuilder::consumer_name), or none for an automatic `<host>-<n>`"
     )]
     NameInUse {
         /// The stream.
@@ -173,6 +174,28 @@ pub enum ConsumeError {
         group: String,
         /// The name.
         consumer: String,
+    },
+    /// The consumer has run already, or was stopped (even before `start()`): a consumer runs
+    /// once. Build a new consumer to consume again.
+    #[error(
+        "consumer `{consumer}` of group `{group}` has run already or was stopped; a consumer \
+         runs once: build a new one to consume again"
+    )]
+    Finished {
+        /// The group.
+        group: String,
+        /// The name.
+        consumer: String,
+    },
+    /// The run ended before the consumer was ready (see `EventConsumer::ready`).
+    #[error("consumer `{consumer}` of group `{group}` ended before it was ready: {reason}")]
+    NotReady {
+        /// The group.
+        group: String,
+        /// The name.
+        consumer: String,
+        /// What ended the run.
+        reason: String,
     },
     /// The consumer name lock was taken over while running.
     #[error("consumer `{consumer}` in group `{group}` lost its name lock to another process")]

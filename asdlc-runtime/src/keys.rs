@@ -154,6 +154,13 @@ impl StreamKeys {
         format!("{}:consumer:{group}:{consumer}", self.namespace)
     }
 
+    /// The marker the consumer-name locks of this stream keep (a key without expiry): where
+    /// it is missing, the server may have just lost its data, and a newcomer finding a name
+    /// free waits on probation for a live holder to renew it.
+    pub fn consumer_lock_marker(&self) -> String {
+        format!("{}:consumers", self.namespace)
+    }
+
     /// A key for application state kept beside the stream, in its slot, so handlers can stage
     /// writes to it that commit atomically with the event's acknowledgement.
     pub fn scoped(&self, name: &str) -> String {

@@ -326,7 +326,7 @@ impl GroupTemplate {
         builder
             .configure(|o| {
                 if let Some(name) = &self.consumer_name {
-                    o.consumer = name.clone();
+                    o.consumer = Some(name.clone());
                 }
                 for f in self.configure.iter() {
                     f(&self.group, o);
@@ -457,11 +457,14 @@ impl RuntimeHandle {
         self.stop.cancel();
     }
 
-    /// Waits until every group has finished its start-up recovery and is reading.
-    pub async fn ready(&self) {
+    /// Waits until every group has finished its start-up recovery and is reading; fails
+    /// as [`EventConsumer::ready`] does if a consumer's run ends first (the runtime's own
+    /// result says why).
+    pub async fn ready(&self) -> Result<(), ConsumeError> {
         for c in snapshot(&self.consumers) {
-            c.ready().await;
+            c.ready().await?;
         }
+        Ok(())
     }
 
     /// The counts so far, per group.
@@ -592,7 +595,7 @@ impl Runtime {
                 group = %g.template.group,
                 handlers = ?g.handlers.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(),
                 event_types = ?types,
-                consumer = %initial.iter().find(|c| c.group() == g.template.group).map(|c| c.consumer_name()).unwrap_or(""),
+                consumer = %initial.iter().find(|c| c.group() == g.template.group).map(|c| c.consumer_name()).unwrap_or_default(),
                 ?streams,
                 "starting group"
             );
@@ -627,7 +630,10 @@ impl Runtime {
             let consumers = initial.clone();
             async move {
                 for c in &consumers {
-                    c.ready().await;
+                    // A consumer that ends first ends the runtime, through its task.
+                    if c.ready().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
                 }
             }
         };

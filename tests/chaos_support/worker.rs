@@ -176,8 +176,9 @@ pub async fn run_from_env() -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!(consumer = %settings.consumer, incarnation = %settings.incarnation, "chaos worker starting");
     let handle = runtime.handle();
     tokio::spawn(async move {
-        handle.ready().await;
-        println!("{READY_LINE}");
+        if handle.ready().await.is_ok() {
+            println!("{READY_LINE}");
+        }
     });
     let report = runtime
         .run_until(async move {

@@ -84,6 +84,7 @@ pub async fn spawn(
     let handle = tokio::spawn(async move { c.start().await });
     tokio::time::timeout(Duration::from_secs(20), consumer.ready())
         .await
+        .expect("consumer ready in time")
         .expect("consumer ready");
     handle
 }

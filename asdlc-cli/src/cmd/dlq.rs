@@ -94,7 +94,7 @@ async fn list(ctx: &mut Ctx, limit: usize) -> Result<u8, CliError> {
                 } else {
                     l.handler.clone()
                 },
-                l.deliveries.to_string(),
+                l.attempts.to_string(),
                 clip(&l.reason, 40),
                 clip(&l.error, 40),
             ]);
@@ -170,7 +170,7 @@ async fn show(ctx: &mut Ctx, id: &str) -> Result<u8, CliError> {
         ("group", l.group.clone()),
         ("consumer", l.consumer.clone()),
         ("handler", l.handler.clone()),
-        ("deliveries", l.deliveries.to_string()),
+        ("attempts", l.attempts.to_string()),
         ("dead at", l.dead_at.clone()),
         ("reason", l.reason.clone()),
         ("error", l.error.clone()),

@@ -1,21 +1,24 @@
 -- Begin step, one call per batch: for each entry, acknowledge it if its key is already
--- processed by this group, otherwise take the key's in-flight lease.
+-- processed by this group, otherwise take the key's in-flight lease and count the attempt.
 -- KEYS[1] stream, KEYS[2] lease hash
--- ARGV: marks prefix, width, nbuckets, ttl, shards, group, consumer, lease ms, then
---       (entry id, fingerprint) for each entry (fingerprints distinct within a call).
--- Returns one code per entry: 0 duplicate (acknowledged), 1 lease taken, 2 another delivery
--- holds the lease (the entry stays pending and is checked again later).
-local group, consumer, lease_ms = ARGV[6], ARGV[7], tonumber(ARGV[8])
+-- ARGV: marks prefix, width, nbuckets, ttl, shards, group, token, predecessor token ('' for
+--       none), lease ms, then (entry id, fingerprint) for each entry (fingerprints distinct
+--       within a call).
+-- Returns one code per entry: 0 duplicate (acknowledged); -1 another delivery holds the
+-- key's live lease (the entry stays pending and is checked again later); n > 0 the lease is
+-- taken and the handler is about to run its attempt n.
+local group, token, pred, lease_ms = ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
 local now = asdlc_now_ms()
 local marks = asdlc_marks(now)
-local out, acks, want, fps = {}, {}, {}, {}
-for i = 9, #ARGV, 2 do
+local out, acks, want, fps, gone = {}, {}, {}, {}, {}
+for i = 10, #ARGV, 2 do
   local id, fp = ARGV[i], ARGV[i + 1]
   if asdlc_is_marked(marks, fp) then
     acks[#acks + 1] = id
+    gone[#gone + 1] = fp
     out[#out + 1] = 0
   else
-    out[#out + 1] = 2
+    out[#out + 1] = -1
     want[#want + 1] = #out
     fps[#fps + 1] = fp
   end
@@ -24,22 +27,20 @@ if #want > 0 then
   local held = redis.call('HMGET', KEYS[2], unpack(fps))
   local take = {}
   local now_text = asdlc_ms_text(now)
-  local prefix = asdlc_ms_text(now + lease_ms) .. '|' .. consumer .. '|'
+  local deadline = asdlc_ms_text(now + lease_ms)
   for j = 1, #want do
     local k = want[j]
-    local id = ARGV[9 + 2 * (k - 1)]
-    -- The holder names the delivery, not just the consumer: a second copy of the same key
-    -- in this very consumer must wait too. A delivery that holds the lease already (a
-    -- restarted consumer of the same name) takes it again.
-    local free = not held[j]
-    if not free then
-      local holder, live = asdlc_lease_holder(held[j], now_text)
-      free = not live or holder == consumer .. '|' .. id
-    end
-    if free then
+    local id = ARGV[10 + 2 * (k - 1)]
+    -- The holder names the delivery, not just the process: a second copy of the same key
+    -- in this very consumer must wait too. The same delivery, under this run's token or the
+    -- token of the dead process whose name this run took over, takes it again.
+    local holder, live, attempts = asdlc_lease_holder(held[j], now_text)
+    local again = holder ~= nil
+      and (holder == token .. '|' .. id or (pred ~= '' and holder == pred .. '|' .. id))
+    if not live or again then
       take[#take + 1] = fps[j]
-      take[#take + 1] = prefix .. id
-      out[k] = 1
+      take[#take + 1] = asdlc_lease_value(deadline, attempts + 1, token .. '|' .. id)
+      out[k] = attempts + 1
     end
   end
   if #take > 0 then
@@ -49,5 +50,8 @@ if #want > 0 then
 end
 if #acks > 0 then
   redis.call('XACK', KEYS[1], group, unpack(acks))
+  -- A processed key needs no lease or attempt count any more: whatever a crashed delivery
+  -- left behind goes with it.
+  redis.call('HDEL', KEYS[2], unpack(gone))
 end
 return out

@@ -1,23 +1,25 @@
 -- Commit step, one call per batch of finished entries. Each record is applied atomically
 -- with its acknowledgement (the whole call is one script, so nothing runs in between).
 -- KEYS[1] stream, KEYS[2] dead-letter stream, KEYS[3] lease hash
--- ARGV: marks prefix, width, nbuckets, ttl, shards, group, consumer, then records, where
+-- ARGV: marks prefix, width, nbuckets, ttl, shards, group, token, then records, where
 -- `lease` is the key's fingerprint if the delivery took a lease, else empty:
 --   S id fp lease n  (cmd key nargs arg...)*n   success: mark, apply effects, ack, drop lease
 --   s id fp                                     the same without effects, lease = fp
---   R id lease                                  retry: drop the lease, leave the entry pending
+--   R id lease                                  retry: release the lease (keeping the key's
+--                                               attempt count), leave the entry pending
 --   D id lease n  (field value)*n               dead letter: XADD, ack, drop lease
 --   A id                                        acknowledge only
 -- Returns one value per record: 1 done; 0 (S and s) already processed: acknowledged, effects
 -- dropped; 2 (S and s) another delivery of the key holds its lease (ours lapsed): nothing
 -- applied, the entry stays pending and is checked again later; or an error text (S only)
--- when an effect was refused: nothing of it applied.
+-- when an effect was refused: nothing of it applied, the lease kept (the client follows
+-- with an R or D record).
 --
 -- A delivery that still holds its key's lease needs no second look at the marks: its begin
 -- step found the key unmarked, and while the lease is live no other delivery can begin, so
 -- no other commit can mark the key (a commit whose lease went to another delivery is
 -- refused, code 2). Without a live lease (it lapsed) the marks are checked again.
-local group, consumer = ARGV[6], ARGV[7]
+local group, token = ARGV[6], ARGV[7]
 local now = asdlc_now_ms()
 local marks = asdlc_marks(now)
 local now_text = asdlc_ms_text(now)
@@ -90,17 +92,25 @@ if #fields > 0 then
   held = redis.call('HMGET', KEYS[3], unpack(fields))
 end
 
--- Leases to drop at the end: ours, live or lapsed.
-local drop = {}
--- 'mine' (live), 'free' (none, or lapsed) or 'other' (another delivery holds it).
-local function lease_state(r, id)
+-- Leases to drop at the end (ours, live or lapsed), and leases to release (fingerprint,
+-- value) for a retry.
+local drop, release = {}, {}
+-- 'mine' (live), 'free' (none, or lapsed) or 'other' (another delivery holds it). `how`
+-- says what to do with the lease if it is ours: 'drop' or 'release'.
+local function lease_state(r, id, how)
   local j = field_of[r]
   if not j then
     return 'free'
   end
-  local holder, live = asdlc_lease_holder(held[j], now_text)
-  if holder == consumer .. '|' .. id then
-    drop[#drop + 1] = fields[j]
+  local mine = token .. '|' .. id
+  local holder, live, attempts = asdlc_lease_holder(held[j], now_text)
+  if holder == mine then
+    if how == 'release' then
+      release[#release + 1] = fields[j]
+      release[#release + 1] = asdlc_lease_value(now_text, attempts, mine)
+    else
+      drop[#drop + 1] = fields[j]
+    end
     return live and 'mine' or 'free'
   elseif live then
     return 'other'
@@ -163,7 +173,7 @@ while i <= #ARGV do
       acks[#acks + 1] = id
     end
   elseif kind == 'R' then
-    lease_state(r, ARGV[i + 1])
+    lease_state(r, ARGV[i + 1], 'release')
     out[#out + 1] = 1
     i = i + 3
   elseif kind == 'D' then
@@ -186,5 +196,8 @@ if #acks > 0 then
 end
 if #drop > 0 then
   redis.call('HDEL', KEYS[3], unpack(drop))
+end
+if #release > 0 then
+  redis.call('HSET', KEYS[3], unpack(release))
 end
 return out

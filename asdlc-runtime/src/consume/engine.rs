@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::entries::{RawEntry, id_key, parse_autoclaim, parse_entries, parse_pending, parse_read};
+use super::entries::{RawEntry, parse_autoclaim, parse_entries, parse_pending, parse_read};
+use super::ledger::{Lease, Ledger};
 use super::lock::{self, NameLock};
 use super::{ConsumerOptions, HandlerSpec};
 use crate::config::Config;
@@ -42,14 +43,13 @@ static REDELIVER: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("redeliver.lua")));
 static FORGET: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("forget.lua")));
+static SWEEP: LazyLock<redis::Script> =
+    LazyLock::new(|| with_helpers(include_str!("sweep_leases.lua")));
 
 /// A script with the mark and lease helpers it calls prepended.
 fn with_helpers(script: &str) -> redis::Script {
     redis::Script::new(&format!("{MARKS_LUA}\n{LEASES_LUA}\n{script}"))
 }
-
-/// The fingerprint a delivery holds the lease of, if it took one.
-type Lease = Option<[u8; FINGERPRINT_LEN]>;
 
 /// A lease as a script argument: the fingerprint, or empty for none.
 fn lease_arg(lease: &Lease) -> &[u8] {
@@ -164,18 +164,16 @@ pub(crate) struct StreamCtx {
     /// The hash of the group's in-flight leases on this stream.
     lease_key: String,
     dead_letter: String,
-    lock_key: String,
 }
 
 impl StreamCtx {
-    fn new(stream: String, tenant: Option<TenantId>, group: &str, consumer: &str) -> Self {
+    fn new(stream: String, tenant: Option<TenantId>, group: &str) -> Self {
         let keys = StreamKeys::new(stream);
         StreamCtx {
             name: Arc::from(keys.stream()),
             marks_prefix: keys.marks_prefix(group),
             lease_key: keys.lease_prefix(group).trim_end_matches(':').to_owned(),
             dead_letter: keys.dead_letter(),
-            lock_key: keys.consumer_lock(group, consumer),
             keys: Arc::new(keys),
             tenant,
         }
@@ -184,19 +182,37 @@ impl StreamCtx {
 
 /// Resources of one run of the consumer (one `start()`, or one direct recovery call).
 pub(crate) struct RunCtx {
+    /// The consumer name of this run.
+    consumer: Arc<str>,
+    /// A random token naming this run's process in the name lock and in its leases.
+    token: Arc<str>,
+    /// Per stream, the token of the dead process whose name this run took over: its leases
+    /// are ours to take back.
+    predecessors: Mutex<HashMap<Arc<str>, String>>,
     /// Taken at shutdown, which ends the committer (it holds the run itself).
     commit_tx: Mutex<Option<mpsc::Sender<Outcome>>>,
     abort: CancellationToken,
     tasks: TaskTracker,
     retries: Mutex<BinaryHeap<Reverse<Redelivery>>>,
     retry_wake: Notify,
+    /// Set when this consumer's own pending entries should be read again (a reconnect, a
+    /// commit that gave up, the periodic check).
+    reread: AtomicBool,
+}
+
+impl RunCtx {
+    fn predecessor(&self, stream: &str) -> String {
+        lock(&self.predecessors)
+            .get(stream)
+            .cloned()
+            .unwrap_or_default()
+    }
 }
 
 struct Redelivery {
     due: Instant,
     stream: Arc<StreamCtx>,
     id: String,
-    deliveries: u32,
 }
 
 impl PartialEq for Redelivery {
@@ -220,17 +236,19 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) options: ConsumerOptions,
     pub(crate) group: Arc<str>,
-    pub(crate) consumer: Arc<str>,
+    /// The consumer name of the current (or last) run; before the first run with an
+    /// automatic name, the name it will most likely get.
+    consumer: RwLock<Arc<str>>,
     conn: RedisConnection,
     read_conn: RedisConnection,
     streams: RwLock<Vec<Arc<StreamCtx>>>,
     handlers: Vec<HandlerSpec>,
     handler_limits: Vec<Option<Arc<Semaphore>>>,
     permits: Arc<Semaphore>,
-    in_flight: Mutex<HashMap<Arc<str>, HashMap<String, Lease>>>,
+    ledger: Ledger,
     pub(crate) stats: Stats,
     pub(crate) stop: CancellationToken,
-    pub(crate) ready: watch::Sender<bool>,
+    pub(crate) ready: watch::Sender<Readiness>,
     running: AtomicBool,
     run: Mutex<Option<Arc<RunCtx>>>,
     locks: tokio::sync::Mutex<Vec<NameLock>>,
@@ -238,21 +256,34 @@ pub(crate) struct Shared {
     pub(crate) last_recovery: Mutex<Option<RecoveryResult>>,
 }
 
+/// Where a consumer is in its life, for [`super::EventConsumer::ready`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Readiness {
+    /// Not started, or starting (taking its name, recovering).
+    Starting,
+    /// Recovered and reading.
+    Ready,
+    /// Stopped, by `stop()` (`None`) or by an error (its text).
+    Ended(Option<String>),
+}
+
 enum Kind {
     Success {
         fp: [u8; FINGERPRINT_LEN],
         effects: Vec<Effect>,
-        deliveries: u32,
+        attempt: u32,
+        /// Kept for a dead letter, should the commit refuse the effects on the last attempt.
+        fields: Vec<(Vec<u8>, Vec<u8>)>,
     },
     Retry {
-        deliveries: u32,
+        attempt: u32,
         error: String,
     },
     Dead {
         fields: Vec<(Vec<u8>, Vec<u8>)>,
         reason: String,
         error: String,
-        deliveries: u32,
+        attempts: u32,
         handler: String,
     },
     Ack {
@@ -297,7 +328,7 @@ impl Shared {
         .await
         .map_err(redis_err)?;
         let group: Arc<str> = Arc::from(options.group.as_str());
-        let consumer: Arc<str> = Arc::from(options.consumer.as_str());
+        let consumer: Arc<str> = Arc::from(super::first_name(&options).as_str());
         let mut streams = Vec::new();
         if config.tenancy.is_multi() {
             for t in tenants {
@@ -310,7 +341,7 @@ impl Shared {
                     )));
                 }
                 let stream = config.stream_for(Some(&t));
-                streams.push(Arc::new(StreamCtx::new(stream, Some(t), &group, &consumer)));
+                streams.push(Arc::new(StreamCtx::new(stream, Some(t), &group)));
             }
         } else {
             if let Some(t) = tenants.first() {
@@ -322,7 +353,7 @@ impl Shared {
                 )));
             }
             let stream = config.stream_for(None);
-            streams.push(Arc::new(StreamCtx::new(stream, None, &group, &consumer)));
+            streams.push(Arc::new(StreamCtx::new(stream, None, &group)));
         }
         let handler_limits = handlers
             .iter()
@@ -332,19 +363,19 @@ impl Shared {
                     .map(|n| Arc::new(Semaphore::new(n.max(1))))
             })
             .collect();
-        let (ready, _) = watch::channel(false);
+        let (ready, _) = watch::channel(Readiness::Starting);
         Ok(Shared {
             permits: Arc::new(Semaphore::new(options.concurrency)),
             config,
             options,
             group,
-            consumer,
+            consumer: RwLock::new(consumer),
             conn,
             read_conn,
             streams: RwLock::new(streams),
             handlers,
             handler_limits,
-            in_flight: Mutex::new(HashMap::new()),
+            ledger: Ledger::default(),
             stats: Stats::default(),
             stop: CancellationToken::new(),
             ready,
@@ -408,24 +439,24 @@ impl Shared {
         if self.stream_by_name(&stream).is_some() {
             return Ok(false);
         }
-        let ctx = Arc::new(StreamCtx::new(
-            stream,
-            Some(tenant),
-            &self.group,
-            &self.consumer,
-        ));
+        let ctx = Arc::new(StreamCtx::new(stream, Some(tenant), &self.group));
         let mut conn = self.conn.clone();
         create_consumer_group(&mut conn, &ctx.name, &self.group, self.options.group_start).await?;
-        if self.running.load(Ordering::Acquire) {
-            let lock = NameLock::acquire(
+        if let Some(run) = self.current_run() {
+            let name_lock = NameLock::acquire(
                 &mut conn,
-                ctx.lock_key.clone(),
+                ctx.keys.consumer_lock(&self.group, &run.consumer),
+                ctx.keys.consumer_lock_marker(),
+                &run.token,
                 &ctx.name,
                 &self.group,
-                &self.consumer,
+                &run.consumer,
             )
             .await?;
-            self.locks.lock().await.push(lock);
+            if let Some(p) = name_lock.predecessor() {
+                lock(&run.predecessors).insert(ctx.name.clone(), p.to_owned());
+            }
+            self.locks.lock().await.push(name_lock);
         }
         self.streams
             .write()
@@ -464,42 +495,33 @@ impl Shared {
         self.options.claim_idle.as_millis() as u64
     }
 
-    /// Notes entries as in flight (one lock for a batch).
-    fn track_all<'a>(&self, stream: &Arc<str>, ids: impl Iterator<Item = &'a str>) {
-        let mut in_flight = lock(&self.in_flight);
-        let m = in_flight.entry(stream.clone()).or_default();
-        for id in ids {
-            m.insert(id.to_owned(), None);
-        }
-    }
-
-    /// Notes the leases in-flight entries are about to take, for the keep-alive.
-    fn set_leases<'a>(
-        &self,
-        stream: &Arc<str>,
-        leases: impl Iterator<Item = (&'a str, [u8; FINGERPRINT_LEN])>,
-    ) {
-        let mut in_flight = lock(&self.in_flight);
-        let Some(m) = in_flight.get_mut(stream) else {
-            return;
-        };
-        for (id, fp) in leases {
-            if let Some(lease) = m.get_mut(id) {
-                *lease = Some(fp);
-            }
-        }
-    }
-
     fn untrack(&self, stream: &Arc<str>, id: &str) {
-        if let Some(m) = lock(&self.in_flight).get_mut(stream) {
-            m.remove(id);
-        }
+        self.ledger.remove(stream, id);
     }
 
     fn is_tracked(&self, stream: &Arc<str>, id: &str) -> bool {
-        lock(&self.in_flight)
-            .get(stream)
-            .is_some_and(|m| m.contains_key(id))
+        self.ledger.contains(stream, id)
+    }
+
+    /// Counts a delivery skipped because its key was already processed.
+    fn count_duplicate(&self, stream: &StreamCtx, handler: Option<usize>, pass: Option<&Pass>) {
+        bump(&self.stats.duplicates, 1);
+        crate::monitor::record_duplicate(
+            &self.group,
+            stream.tenant.as_ref().map(TenantId::as_str),
+            handler.map_or("", |h| self.handlers[h].name()),
+        );
+        if let Some(p) = pass {
+            p.skipped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The consumer name of the current (or last) run.
+    pub(crate) fn consumer(&self) -> Arc<str> {
+        self.consumer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn current_run(&self) -> Option<Arc<RunCtx>> {
@@ -507,10 +529,18 @@ impl Shared {
     }
 }
 
-fn new_run() -> (Arc<RunCtx>, mpsc::Receiver<Outcome>) {
+fn new_run(
+    consumer: Arc<str>,
+    token: Arc<str>,
+    predecessors: HashMap<Arc<str>, String>,
+) -> (Arc<RunCtx>, mpsc::Receiver<Outcome>) {
     let (commit_tx, commit_rx) = mpsc::channel(4096);
     (
         Arc::new(RunCtx {
+            consumer,
+            token,
+            predecessors: Mutex::new(predecessors),
+            reread: AtomicBool::new(false),
             commit_tx: Mutex::new(Some(commit_tx)),
             abort: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -531,7 +561,8 @@ where
     if let Some(run) = shared.current_run() {
         return f(run).await;
     }
-    let (run, rx) = new_run();
+    let token = Arc::from(new_token().as_str());
+    let (run, rx) = new_run(shared.consumer(), token, HashMap::new());
     let committer = tokio::spawn(committer(shared.clone(), run.clone(), rx));
     let result = f(run.clone()).await;
     run.tasks.close();
@@ -590,7 +621,7 @@ async fn recover_own(
             .arg(start)
             .arg("+")
             .arg(batch)
-            .arg(&*shared.consumer);
+            .arg(&*run.consumer);
         cmd
     };
     let mut pending = parse_pending(
@@ -600,7 +631,7 @@ async fn recover_own(
             .map_err(shared.redis_err(&stream.name))?,
     );
     // The page claimed last, dispatched while the next one is claimed.
-    let mut claimed_page: Vec<(RawEntry, u32)> = Vec::new();
+    let mut claimed_page: Vec<RawEntry> = Vec::new();
     loop {
         let page = std::mem::take(&mut pending);
         let claim_next = async {
@@ -609,10 +640,10 @@ async fn recover_own(
             };
             let next = list(&format!("({}", last.0));
             let mut conn = conn.clone();
-            let wanted: Vec<(String, u32)> = page
+            let wanted: Vec<String> = page
                 .into_iter()
                 .filter(|(id, ..)| !shared.is_tracked(&stream.name, id))
-                .map(|(id, _, _, count)| (id, count.saturating_add(1)))
+                .map(|(id, ..)| id)
                 .collect();
             if wanted.is_empty() {
                 let listed: Value = next.query_async(&mut conn).await?;
@@ -623,9 +654,9 @@ async fn recover_own(
             claim
                 .arg(&*stream.name)
                 .arg(&*shared.group)
-                .arg(&*shared.consumer)
+                .arg(&*run.consumer)
                 .arg(0);
-            for (id, _) in &wanted {
+            for id in &wanted {
                 claim.arg(id);
             }
             let mut pipe = redis::pipe();
@@ -634,11 +665,11 @@ async fn recover_own(
             // XCLAIM answers in the order asked, leaving out entries deleted from the
             // stream: those are acknowledged as gone.
             let mut claimed = parse_entries(claimed).into_iter().peekable();
-            let mut entries: Vec<(RawEntry, u32)> = Vec::with_capacity(wanted.len());
-            for (id, count) in wanted {
+            let mut entries: Vec<RawEntry> = Vec::with_capacity(wanted.len());
+            for id in wanted {
                 match claimed.next_if(|e| e.id == id) {
-                    Some(e) => entries.push((e, count)),
-                    None => entries.push((RawEntry { id, fields: None }, 1)),
+                    Some(e) => entries.push(e),
+                    None => entries.push(RawEntry { id, fields: None }),
                 }
             }
             Ok(Some((entries, parse_pending(listed))))
@@ -646,7 +677,7 @@ async fn recover_own(
         let current = std::mem::take(&mut claimed_page);
         let dispatch_current = async {
             if !current.is_empty() {
-                dispatch(shared, run, stream, current, Some(pass.clone())).await;
+                dispatch(shared, run, stream, current, Some(pass.clone()), false).await;
             }
         };
         let ((), next): ((), redis::RedisResult<_>) = tokio::join!(dispatch_current, claim_next);
@@ -674,7 +705,7 @@ async fn claim_stream(
         let reply: Value = redis::cmd("XAUTOCLAIM")
             .arg(&*stream.name)
             .arg(&*shared.group)
-            .arg(&*shared.consumer)
+            .arg(&*run.consumer)
             .arg(min_idle.as_millis() as u64)
             .arg(&cursor)
             .arg("COUNT")
@@ -705,15 +736,7 @@ async fn claim_stream(
             .filter(|e| !shared.is_tracked(&stream.name, &e.id))
             .collect();
         if !entries.is_empty() {
-            let counts = delivery_counts(shared, &mut conn, stream, &entries).await?;
-            let batch = entries
-                .into_iter()
-                .map(|e| {
-                    let c = counts.get(&e.id).copied().unwrap_or(1);
-                    (e, c)
-                })
-                .collect();
-            dispatch(shared, run, stream, batch, Some(pass.clone())).await;
+            dispatch(shared, run, stream, entries, Some(pass.clone()), false).await;
         }
         if next == "0-0" || next == "0" {
             break;
@@ -723,55 +746,56 @@ async fn claim_stream(
     Ok(())
 }
 
-async fn delivery_counts(
-    shared: &Shared,
-    conn: &mut RedisConnection,
-    stream: &StreamCtx,
-    entries: &[RawEntry],
-) -> Result<HashMap<String, u32>, ConsumeError> {
-    let first = entries
-        .iter()
-        .map(|e| id_key(&e.id))
-        .min()
-        .unwrap_or((0, 0));
-    let last = entries
-        .iter()
-        .map(|e| id_key(&e.id))
-        .max()
-        .unwrap_or((0, 0));
-    let reply: Value = redis::cmd("XPENDING")
-        .arg(&*stream.name)
-        .arg(&*shared.group)
-        .arg(format!("{}-{}", first.0, first.1))
-        .arg(format!("{}-{}", last.0, last.1))
-        .arg(entries.len().max(1) * 4)
-        .arg(&*shared.consumer)
-        .query_async(conn)
-        .await
-        .map_err(shared.redis_err(&stream.name))?;
-    Ok(parse_pending(reply)
-        .into_iter()
-        .map(|(id, _, _, count)| (id, count))
-        .collect())
-}
-
 struct Candidate {
     entry_id: String,
     event: AsdlcEvent,
     fields: Vec<(Vec<u8>, Vec<u8>)>,
     handler: usize,
-    deliveries: u32,
     fp: [u8; FINGERPRINT_LEN],
 }
 
-/// Runs a batch of entries of one stream through decode, begin and the handlers.
+/// What the begin step said of one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Begun {
+    /// Already processed by the group: acknowledged.
+    Duplicate,
+    /// Another delivery holds the key's live lease: checked again later.
+    Busy,
+    /// The lease is ours; the handler runs its attempt `n` (counted in the server).
+    Leased(u32),
+}
+
+impl redis::FromRedisValue for Begun {
+    fn from_redis_value(v: Value) -> Result<Self, redis::ParsingError> {
+        match i64::from_redis_value(v)? {
+            0 => Ok(Begun::Duplicate),
+            -1 => Ok(Begun::Busy),
+            n if n > 0 => Ok(Begun::Leased(u32::try_from(n).unwrap_or(u32::MAX))),
+            n => Err(format!("unexpected begin code {n}").into()),
+        }
+    }
+}
+
+/// Runs a batch of entries of one stream through decode, begin and the handlers. Entries
+/// this consumer is already working on are left out (`redelivery`: the batch is the
+/// redelivery of deferred entries, which takes them back).
 async fn dispatch(
     shared: &Arc<Shared>,
     run: &Arc<RunCtx>,
     stream: &Arc<StreamCtx>,
-    entries: Vec<(RawEntry, u32)>,
+    entries: Vec<RawEntry>,
     pass: Option<Arc<Pass>>,
+    redelivery: bool,
 ) {
+    let admitted = {
+        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+        shared.ledger.admit(&stream.name, &ids, redelivery)
+    };
+    let entries: Vec<RawEntry> = entries
+        .into_iter()
+        .zip(admitted)
+        .filter_map(|(e, ok)| ok.then_some(e))
+        .collect();
     if entries.is_empty() {
         return;
     }
@@ -782,9 +806,8 @@ async fn dispatch(
     }
     let mut candidates: Vec<Candidate> = Vec::with_capacity(n);
     let mut seen: HashSet<[u8; FINGERPRINT_LEN]> = HashSet::new();
-    let mut deferred: Vec<(String, u32)> = Vec::new();
-    shared.track_all(&stream.name, entries.iter().map(|(e, _)| e.id.as_str()));
-    for (entry, deliveries) in entries {
+    let mut deferred: Vec<String> = Vec::new();
+    for entry in entries {
         let Some(fields) = entry.fields else {
             send(
                 shared,
@@ -801,16 +824,16 @@ async fn dispatch(
             .await;
             continue;
         };
-        let dead = |reason: String, handler: String, fields, lease: Lease| Outcome {
+        let dead = |reason: String, fields| Outcome {
             stream: stream.clone(),
             id: entry.id.clone(),
-            lease,
+            lease: None,
             kind: Kind::Dead {
                 fields,
                 reason,
                 error: String::new(),
-                deliveries,
-                handler,
+                attempts: 0,
+                handler: String::new(),
             },
             pass: pass.clone(),
             handler: None,
@@ -819,12 +842,7 @@ async fn dispatch(
             Ok(event) => event,
             Err(e) => {
                 tracing::warn!(stream = %stream.name, id = %entry.id, error = %e, "malformed entry: dead-lettering it");
-                send(
-                    shared,
-                    run,
-                    dead(e.to_string(), String::new(), fields, None),
-                )
-                .await;
+                send(shared, run, dead(e.to_string(), fields)).await;
                 continue;
             }
         };
@@ -836,7 +854,7 @@ async fn dispatch(
                 stream.tenant.as_ref().map(TenantId::as_str)
             );
             tracing::warn!(stream = %stream.name, id = %entry.id, %reason, "dead-lettering entry");
-            send(shared, run, dead(reason, String::new(), fields, None)).await;
+            send(shared, run, dead(reason, fields)).await;
             continue;
         }
         let Some(handler) = shared.handler_for(&event) else {
@@ -855,15 +873,6 @@ async fn dispatch(
             .await;
             continue;
         };
-        let max = shared.max_deliveries(handler);
-        if deliveries > max {
-            let name = shared.handlers[handler].name().to_owned();
-            let reason = format!(
-                "delivered {deliveries} times, more than max_deliveries ({max}): the handler kept crashing or timing out"
-            );
-            send(shared, run, dead(reason, name, fields, None)).await;
-            continue;
-        }
         let key = event
             .idempotency_key
             .clone()
@@ -871,7 +880,7 @@ async fn dispatch(
         let fp = fingerprint(&key);
         if !seen.insert(fp) {
             // A second copy of a key in one batch waits for the first to finish.
-            deferred.push((entry.id.clone(), deliveries));
+            deferred.push(entry.id);
             continue;
         }
         candidates.push(Candidate {
@@ -879,16 +888,15 @@ async fn dispatch(
             event,
             fields,
             handler,
-            deliveries,
             fp,
         });
     }
-    shared.set_leases(
+    shared.ledger.set_leases(
         &stream.name,
         candidates.iter().map(|c| (c.entry_id.as_str(), c.fp)),
     );
-    for (id, deliveries) in deferred {
-        defer(shared, run, stream, id, deliveries, pass.as_deref(), true);
+    for id in deferred {
+        defer(shared, run, stream, id, Delay::Recheck, pass.as_deref());
         finish(shared, pass.as_deref());
     }
 
@@ -902,7 +910,7 @@ async fn dispatch(
         let chunk = std::mem::replace(&mut remaining, rest);
         let mut failures = 0u32;
         let codes = loop {
-            match begin(shared, stream, &chunk).await {
+            match begin(shared, run, stream, &chunk).await {
                 Ok(codes) => break Some(codes),
                 Err(e) => {
                     failures += 1;
@@ -926,31 +934,48 @@ async fn dispatch(
         };
         for (c, code) in chunk.into_iter().zip(codes) {
             match code {
-                0 => {
-                    bump(&shared.stats.duplicates, 1);
-                    crate::monitor::record_duplicate(
-                        &shared.group,
-                        stream.tenant.as_ref().map(TenantId::as_str),
-                        shared.handlers[c.handler].name(),
-                    );
-                    if let Some(p) = &pass {
-                        p.skipped.fetch_add(1, Ordering::Relaxed);
-                    }
+                Begun::Duplicate => {
+                    shared.count_duplicate(stream, Some(c.handler), pass.as_deref());
                     tracing::debug!(stream = %stream.name, id = %c.entry_id, "duplicate: already processed");
                     shared.untrack(&stream.name, &c.entry_id);
                     finish(shared, pass.as_deref());
                 }
-                1 => spawn_handler(shared, run, stream, c, pass.clone()).await,
-                _ => {
+                Begun::Leased(attempt) if attempt > shared.max_deliveries(c.handler) => {
+                    // Every allowed attempt began and none ended with an outcome: the handler
+                    // (or its process) kept crashing.
+                    let max = shared.max_deliveries(c.handler);
+                    let started = attempt - 1;
+                    let reason = format!(
+                        "{started} attempts started and none finished, max_deliveries is {max}: the handler or its process kept crashing"
+                    );
+                    let out = Outcome {
+                        stream: stream.clone(),
+                        id: c.entry_id,
+                        lease: Some(c.fp),
+                        kind: Kind::Dead {
+                            fields: c.fields,
+                            reason,
+                            error: String::new(),
+                            attempts: started,
+                            handler: shared.handlers[c.handler].name().to_owned(),
+                        },
+                        pass: pass.clone(),
+                        handler: Some(c.handler),
+                    };
+                    send(shared, run, out).await;
+                }
+                Begun::Leased(attempt) => {
+                    spawn_handler(shared, run, stream, c, attempt, pass.clone()).await
+                }
+                Begun::Busy => {
                     tracing::debug!(stream = %stream.name, id = %c.entry_id, "key held by another delivery; checking again later");
                     defer(
                         shared,
                         run,
                         stream,
                         c.entry_id,
-                        c.deliveries,
+                        Delay::Recheck,
                         pass.as_deref(),
-                        true,
                     );
                     finish(shared, pass.as_deref());
                 }
@@ -959,44 +984,42 @@ async fn dispatch(
     }
 }
 
+/// How long a deferred entry waits.
+#[derive(Debug, Clone, Copy)]
+enum Delay {
+    /// Another delivery holds its key: a short wait, not counted as an attempt.
+    Recheck,
+    /// Attempt `n` failed: the backoff after it.
+    Retry(u32),
+}
+
 /// Leaves an entry pending and schedules it for redelivery to this consumer.
 fn defer(
     shared: &Arc<Shared>,
     run: &Arc<RunCtx>,
     stream: &Arc<StreamCtx>,
     id: String,
-    deliveries: u32,
+    delay: Delay,
     pass: Option<&Pass>,
-    busy: bool,
 ) {
-    shared.untrack(&stream.name, &id);
-    let delay = if busy {
-        shared
-            .options
-            .retry
-            .delay(1)
-            .max(Duration::from_millis(100))
-    } else {
-        shared.options.retry.delay(deliveries)
-    };
-    if let Some(p) = pass
-        && busy
-    {
-        p.skipped.fetch_add(1, Ordering::Relaxed);
-    }
-    // A recheck of a key another delivery holds is not a delivery of its own: the
-    // redelivery counts one more, so this one counts one less, and a copy waiting for a long
-    // handler is never dead-lettered for waiting.
-    let deliveries = if busy {
-        deliveries.saturating_sub(1)
-    } else {
-        deliveries
+    shared.ledger.defer(&stream.name, &id);
+    let delay = match delay {
+        Delay::Recheck => {
+            if let Some(p) = pass {
+                p.skipped.fetch_add(1, Ordering::Relaxed);
+            }
+            shared
+                .options
+                .retry
+                .delay(1)
+                .max(Duration::from_millis(100))
+        }
+        Delay::Retry(attempt) => shared.options.retry.delay(attempt),
     };
     lock(&run.retries).push(Reverse(Redelivery {
         due: Instant::now() + delay,
         stream: stream.clone(),
         id,
-        deliveries,
     }));
     run.retry_wake.notify_one();
 }
@@ -1010,9 +1033,10 @@ fn finish(shared: &Shared, pass: Option<&Pass>) {
 
 async fn begin(
     shared: &Shared,
+    run: &RunCtx,
     stream: &StreamCtx,
     chunk: &[Candidate],
-) -> redis::RedisResult<Vec<i64>> {
+) -> redis::RedisResult<Vec<Begun>> {
     let mut inv = BEGIN.key(&*stream.name);
     inv.key(&stream.lease_key);
     shared
@@ -1020,7 +1044,8 @@ async fn begin(
         .marks
         .script_args(&stream.marks_prefix, &mut inv);
     inv.arg(&*shared.group)
-        .arg(&*shared.consumer)
+        .arg(&*run.token)
+        .arg(run.predecessor(&stream.name))
         .arg(shared.lease_ms());
     for c in chunk {
         inv.arg(&c.entry_id).arg(&c.fp[..]);
@@ -1047,6 +1072,7 @@ async fn spawn_handler(
     run: &Arc<RunCtx>,
     stream: &Arc<StreamCtx>,
     c: Candidate,
+    attempt: u32,
     pass: Option<Arc<Pass>>,
 ) {
     // A free slot is taken without waiting (and without registering with the abort token).
@@ -1074,7 +1100,7 @@ async fn spawn_handler(
         event_type = %c.event.event_type,
         group = %shared.group,
         tenant = stream.tenant.as_ref().map(TenantId::as_str).unwrap_or(""),
-        attempt = c.deliveries,
+        attempt,
         handler = spec.name(),
         trace_id = tracing::field::Empty,
     );
@@ -1092,11 +1118,11 @@ async fn spawn_handler(
             };
             let ctx = HandlerContext::new(
                 stream.tenant.clone(),
-                c.deliveries,
+                attempt,
                 c.entry_id.clone(),
                 stream.keys.clone(),
                 shared.group.clone(),
-                shared.consumer.clone(),
+                run2.consumer.clone(),
             );
             let mut event = c.event;
             event.event_id = Some(c.entry_id.clone());
@@ -1178,29 +1204,21 @@ async fn spawn_handler(
                 Kind::Success {
                     fp: c.fp,
                     effects: ctx.take_effects(),
-                    deliveries: c.deliveries,
+                    attempt,
+                    fields: c.fields,
                 }
             } else {
                 let error = result
                     .error_message
                     .unwrap_or_else(|| "handler failed".to_owned());
-                let max = shared.max_deliveries(c.handler);
-                if result.should_retry && c.deliveries < max {
-                    Kind::Retry {
-                        deliveries: c.deliveries,
-                        error,
-                    }
+                if result.should_retry {
+                    failed_attempt(&shared, c.handler, attempt, c.fields, error)
                 } else {
-                    let reason = if result.should_retry {
-                        format!("failed on the last allowed delivery ({max})")
-                    } else {
-                        "permanent failure".to_owned()
-                    };
                     Kind::Dead {
                         fields: c.fields,
-                        reason,
+                        reason: "permanent failure".to_owned(),
                         error,
-                        deliveries: c.deliveries,
+                        attempts: attempt,
                         handler: spec.name().to_owned(),
                     }
                 }
@@ -1217,6 +1235,29 @@ async fn spawn_handler(
         }
         .instrument(span),
     );
+}
+
+/// What follows a failed attempt: a retry after its backoff, or, on the last allowed attempt,
+/// the dead-letter stream.
+fn failed_attempt(
+    shared: &Shared,
+    handler: usize,
+    attempt: u32,
+    fields: Vec<(Vec<u8>, Vec<u8>)>,
+    error: String,
+) -> Kind {
+    let max = shared.max_deliveries(handler);
+    if attempt < max {
+        Kind::Retry { attempt, error }
+    } else {
+        Kind::Dead {
+            fields,
+            reason: format!("failed on the last allowed attempt ({max})"),
+            error,
+            attempts: attempt,
+            handler: shared.handlers[handler].name().to_owned(),
+        }
+    }
 }
 
 /// Commits finished entries in batches: one script call per stream per batch.
@@ -1255,7 +1296,7 @@ async fn commit_batch(
     let stream = outcomes[0].stream.clone();
     let mut attempt = 0u32;
     let results = loop {
-        match commit(shared, &stream, &outcomes).await {
+        match commit(shared, run, &stream, &outcomes).await {
             Ok(v) => break Some(v),
             Err(e) => {
                 attempt += 1;
@@ -1273,10 +1314,12 @@ async fn commit_batch(
         }
     };
     let Some(results) = results else {
+        // Given up: the entries stay pending; a re-read of our own pending entries finds them.
         for o in outcomes {
             shared.untrack(&stream.name, &o.id);
             finish(shared, o.pass.as_deref());
         }
+        run.reread.store(true, Ordering::Release);
         return;
     };
     let tenant = stream.tenant.as_ref().map(TenantId::as_str);
@@ -1288,7 +1331,7 @@ async fn commit_batch(
                 f(p).fetch_add(1, Ordering::Relaxed);
             }
         };
-        match (&o.kind, r) {
+        match (o.kind, r) {
             // After a failed attempt whose reply was lost, "already marked" is nearly always
             // that attempt's own work (a key another delivery marks meanwhile needs our lease
             // to have lapsed): counted as processed.
@@ -1297,41 +1340,57 @@ async fn commit_batch(
                 crate::monitor::record_processed(&shared.group, tenant, handler);
                 count(|p| &p.processed);
             }
-            (Kind::Success { deliveries, .. }, Value::Int(2)) => {
+            (Kind::Success { .. }, Value::Int(2)) => {
                 // Our lease lapsed and another delivery of the key took it: that one decides.
                 count(|p| &p.skipped);
                 tracing::info!(stream = %stream.name, id = %o.id, "another delivery holds this key's lease; checking again later");
-                let (id, deliveries) = (o.id.clone(), *deliveries);
-                defer(shared, run, &stream, id, deliveries, None, true);
-            }
-            (Kind::Success { .. }, Value::Int(_)) => {
-                bump(&shared.stats.duplicates, 1);
-                crate::monitor::record_duplicate(&shared.group, tenant, handler);
-                count(|p| &p.skipped);
-                tracing::info!(stream = %stream.name, id = %o.id, "another delivery committed this key first; effects dropped");
-            }
-            (Kind::Success { .. }, other) => {
-                let error = match other {
-                    Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
-                    other => format!("{other:?}"),
-                };
-                tracing::warn!(stream = %stream.name, id = %o.id, %error, "staged effect refused; retrying the event");
-                again.push(Outcome {
-                    kind: Kind::Retry {
-                        deliveries: 1,
-                        error,
-                    },
-                    ..o
-                });
+                defer(shared, run, &stream, o.id, Delay::Recheck, None);
+                finish(shared, pass);
                 continue;
             }
-            (Kind::Retry { deliveries, error }, _) => {
+            (Kind::Success { .. }, Value::Int(_)) => {
+                shared.count_duplicate(&stream, o.handler, pass);
+                tracing::info!(stream = %stream.name, id = %o.id, "another delivery committed this key first; effects dropped");
+            }
+            (
+                Kind::Success {
+                    attempt: tried,
+                    fields,
+                    ..
+                },
+                refusal,
+            ) => {
+                // A refused effect is a failed attempt: nothing of the record was applied.
+                let refusal = match refusal {
+                    Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+                    Value::SimpleString(s) => s,
+                    other => format!("{other:?}"),
+                };
+                let error = format!("effect refused: {refusal}");
+                tracing::warn!(stream = %stream.name, id = %o.id, %error, attempt = tried, "staged effect refused");
+                crate::monitor::record_failed(&shared.group, tenant, handler);
+                if let Some(h) = o.handler {
+                    again.push(Outcome {
+                        kind: failed_attempt(shared, h, tried, fields, error),
+                        ..o
+                    });
+                    continue;
+                }
+            }
+            (
+                Kind::Retry {
+                    attempt: tried,
+                    error,
+                },
+                _,
+            ) => {
                 bump(&shared.stats.retried, 1);
                 crate::monitor::record_retried(&shared.group, tenant, handler);
                 count(|p| &p.failed);
-                tracing::info!(stream = %stream.name, id = %o.id, deliveries, %error, "handler failed; will retry");
-                let (id, deliveries) = (o.id.clone(), *deliveries);
-                defer(shared, run, &stream, id, deliveries, None, false);
+                tracing::info!(stream = %stream.name, id = %o.id, attempt = tried, %error, "handler failed; will retry");
+                defer(shared, run, &stream, o.id, Delay::Retry(tried), None);
+                finish(shared, pass);
+                continue;
             }
             (
                 Kind::Dead {
@@ -1343,7 +1402,7 @@ async fn commit_batch(
                 _,
             ) => {
                 bump(&shared.stats.dead_lettered, 1);
-                crate::monitor::record_dead_lettered(&shared.group, tenant, dead_handler);
+                crate::monitor::record_dead_lettered(&shared.group, tenant, &dead_handler);
                 count(|p| &p.failed);
                 tracing::warn!(stream = %stream.name, id = %o.id, %reason, %error, "moved to the dead-letter stream");
             }
@@ -1360,6 +1419,7 @@ async fn commit_batch(
 
 async fn commit(
     shared: &Shared,
+    run: &RunCtx,
     stream: &StreamCtx,
     outcomes: &[Outcome],
 ) -> redis::RedisResult<Vec<Value>> {
@@ -1369,7 +1429,7 @@ async fn commit(
         .options
         .marks
         .script_args(&stream.marks_prefix, &mut inv);
-    inv.arg(&*shared.group).arg(&*shared.consumer);
+    inv.arg(&*shared.group).arg(&*run.token);
     let mut now = String::new();
     for o in outcomes {
         match &o.kind {
@@ -1399,7 +1459,7 @@ async fn commit(
                 fields,
                 reason,
                 error,
-                deliveries,
+                attempts,
                 handler,
             } => {
                 if now.is_empty() {
@@ -1409,7 +1469,7 @@ async fn commit(
                     ("source_stream", &stream.name),
                     ("source_id", &o.id),
                     ("group", &shared.group),
-                    ("consumer", &shared.consumer),
+                    ("consumer", &run.consumer),
                     ("handler", handler),
                     ("reason", reason),
                     ("error", error),
@@ -1422,7 +1482,7 @@ async fn commit(
                 for (k, v) in meta {
                     inv.arg(k).arg(v);
                 }
-                inv.arg("deliveries").arg(*deliveries);
+                inv.arg("attempts").arg(*attempts);
                 for (k, v) in fields {
                     let mut name = Vec::with_capacity(k.len() + 2);
                     name.extend_from_slice(crate::deadletter::FIELD_PREFIX.as_bytes());
@@ -1471,24 +1531,19 @@ async fn redeliver_loop(shared: Arc<Shared>, run: Arc<RunCtx>) {
         for (_, items) in by_stream {
             let stream = items[0].stream.clone();
             let mut inv = REDELIVER.key(&*stream.name);
-            inv.arg(&*shared.group).arg(&*shared.consumer);
+            inv.arg(&*shared.group).arg(&*run.consumer);
             for r in &items {
                 inv.arg(&r.id);
             }
             match inv.invoke_async::<Value>(&mut conn).await {
                 Ok(v) => {
-                    let deliveries: HashMap<&str, u32> = items
-                        .iter()
-                        .map(|r| (r.id.as_str(), r.deliveries))
-                        .collect();
-                    let batch: Vec<(RawEntry, u32)> = parse_entries(v)
-                        .into_iter()
-                        .map(|e| {
-                            let d = deliveries.get(e.id.as_str()).copied().unwrap_or(1);
-                            (e, d.saturating_add(1))
-                        })
-                        .collect();
-                    dispatch(&shared, &run, &stream, batch, None).await;
+                    let batch = parse_entries(v);
+                    // Not ours any more (a peer claimed it) or deleted: let it go.
+                    let back: HashSet<&str> = batch.iter().map(|e| e.id.as_str()).collect();
+                    for r in items.iter().filter(|r| !back.contains(r.id.as_str())) {
+                        shared.untrack(&stream.name, &r.id);
+                    }
+                    dispatch(&shared, &run, &stream, batch, None, true).await;
                 }
                 Err(e) => {
                     tracing::warn!(stream = %stream.name, error = %e, "redelivery failed; trying later");
@@ -1505,29 +1560,22 @@ async fn redeliver_loop(shared: Arc<Shared>, run: Arc<RunCtx>) {
     }
 }
 
-/// One stream's in-flight entries: (entry id, lease fingerprint).
-type InFlightSnapshot = (Arc<str>, Vec<(String, Lease)>);
-
 /// Keeps in-flight entries and their leases fresh, so no peer claims work in progress.
-async fn keepalive_loop(shared: Arc<Shared>) {
+async fn keepalive_loop(shared: Arc<Shared>, run: Arc<RunCtx>) {
     let period = (shared.options.claim_idle / 3).max(Duration::from_millis(50));
     let mut conn = shared.conn.clone();
     loop {
         tokio::time::sleep(period).await;
-        let snapshot: Vec<InFlightSnapshot> = lock(&shared.in_flight)
-            .iter()
-            .filter(|(_, m)| !m.is_empty())
-            .map(|(s, m)| (s.clone(), m.iter().map(|(a, b)| (a.clone(), *b)).collect()))
-            .collect();
-        for (stream, entries) in snapshot {
+        for (stream, entries) in shared.ledger.running() {
+            let Some(ctx) = shared.stream_by_name(&stream) else {
+                continue;
+            };
             for chunk in entries.chunks(SCRIPT_CHUNK) {
-                let Some(ctx) = shared.stream_by_name(&stream) else {
-                    continue;
-                };
                 let mut inv = KEEPALIVE.key(&*stream);
                 inv.key(&ctx.lease_key)
                     .arg(&*shared.group)
-                    .arg(&*shared.consumer)
+                    .arg(&*run.consumer)
+                    .arg(&*run.token)
                     .arg(shared.lease_ms());
                 for (id, lease) in chunk {
                     inv.arg(id).arg(lease_arg(lease));
@@ -1543,20 +1591,31 @@ async fn keepalive_loop(shared: Arc<Shared>) {
 /// Claims stale entries from dead peers while running, and forgets consumers that are gone.
 async fn claim_loop(shared: Arc<Shared>, run: Arc<RunCtx>) {
     let mut conn = shared.conn.clone();
+    // The first pass sweeps (a start after a long pause finds the most left behind), then
+    // every SWEEP_PASSES passes.
+    let mut passes = 0u32;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(shared.options.claim_interval) => {}
             _ = shared.stop.cancelled() => return,
         }
+        // Entries of ours that nobody is working on (a read reply lost on a cut connection, a
+        // commit that gave up) are read again by the read loop, without waiting for a claim.
+        run.reread.store(true, Ordering::Release);
+        let sweep = passes.is_multiple_of(SWEEP_PASSES);
+        passes = passes.wrapping_add(1);
         let pass = Arc::new(Pass::default());
         for stream in shared.stream_list() {
+            if sweep && let Err(e) = sweep_leases(&shared, &mut conn, &stream).await {
+                tracing::warn!(stream = %stream.name, error = %e, "sweeping stale leases failed");
+            }
             if let Err(e) =
                 claim_stream(&shared, &run, &stream, shared.options.claim_idle, &pass).await
             {
                 tracing::warn!(stream = %stream.name, error = %e, "claiming stale entries failed");
             }
             if let Some(idle) = shared.options.forget_idle
-                && let Err(e) = forget_gone(&shared, &mut conn, &stream, idle).await
+                && let Err(e) = forget_gone(&shared, &run, &mut conn, &stream, idle).await
             {
                 tracing::warn!(stream = %stream.name, error = %e, "removing gone consumers failed");
             }
@@ -1564,8 +1623,42 @@ async fn claim_loop(shared: Arc<Shared>, run: Arc<RunCtx>) {
     }
 }
 
+/// Claim passes between two sweeps of the lease hashes (every 10 minutes by default).
+const SWEEP_PASSES: u32 = 40;
+
+/// Removes leases (and attempt counts) that lapsed long ago, one bounded page per call.
+async fn sweep_leases(
+    shared: &Shared,
+    conn: &mut RedisConnection,
+    stream: &StreamCtx,
+) -> Result<(), ConsumeError> {
+    let stale = (shared.options.claim_idle * 2).max(Duration::from_secs(3600));
+    let mut cursor = "0".to_owned();
+    let mut removed = 0u64;
+    loop {
+        let (next, n): (String, u64) = SWEEP
+            .key(&stream.lease_key)
+            .arg(&cursor)
+            .arg(500)
+            .arg(stale.as_millis() as u64)
+            .invoke_async(conn)
+            .await
+            .map_err(shared.redis_err(&stream.name))?;
+        removed += n;
+        if next == "0" {
+            break;
+        }
+        cursor = next;
+    }
+    if removed > 0 {
+        tracing::info!(stream = %stream.name, group = %shared.group, removed, "swept stale leases");
+    }
+    Ok(())
+}
+
 async fn forget_gone(
     shared: &Shared,
+    run: &RunCtx,
     conn: &mut RedisConnection,
     stream: &StreamCtx,
     idle: Duration,
@@ -1584,7 +1677,7 @@ async fn forget_gone(
         else {
             continue;
         };
-        if name == *shared.consumer || pending > 0 || idle_ms < idle.as_millis() as u64 {
+        if name == *run.consumer || pending > 0 || idle_ms < idle.as_millis() as u64 {
             continue;
         }
         let lock_key = stream.keys.consumer_lock(&shared.group, &name);
@@ -1593,6 +1686,7 @@ async fn forget_gone(
             .arg(&*shared.group)
             .arg(&name)
             .arg(lock_key)
+            .arg(lock::TTL.as_millis() as u64)
             .invoke_async(conn)
             .await
             .map_err(shared.redis_err(&stream.name))?;
@@ -1618,13 +1712,13 @@ async fn lock_loop(shared: Arc<Shared>) -> ConsumeError {
     }
 }
 
-/// Reads new entries and dispatches them until stopped.
-/// Entries read from one stream, with their delivery counts.
-type StreamBatch = (Arc<StreamCtx>, Vec<(RawEntry, u32)>);
+/// Entries read from one stream.
+type StreamBatch = (Arc<StreamCtx>, Vec<RawEntry>);
 
 /// A read's reply, and the streams it asked.
 type Read = (Vec<Arc<StreamCtx>>, redis::RedisResult<Value>);
 
+/// Reads new entries and dispatches them until stopped.
 async fn read_loop(shared: &Arc<Shared>, run: &Arc<RunCtx>) {
     let read_conn = shared.read_conn.clone();
     let mut failures = 0u32;
@@ -1636,6 +1730,17 @@ async fn read_loop(shared: &Arc<Shared>, run: &Arc<RunCtx>) {
     loop {
         if shared.stop.is_cancelled() {
             return;
+        }
+        // Between reads, with nothing read and not yet dispatched: our own pending entries
+        // that nobody here works on, when asked for.
+        if prefetched.is_none()
+            && run.reread.swap(false, Ordering::AcqRel)
+            && let Err(e) = reread_own(shared, run).await
+        {
+            tracing::warn!(group = %shared.group, error = %e, "reading our own pending entries failed; retrying");
+            run.reread.store(true, Ordering::Release);
+            backoff(shared, &mut failures).await;
+            continue;
         }
         let (streams, reply) = match prefetched.take() {
             Some(read) => read,
@@ -1656,7 +1761,7 @@ async fn read_loop(shared: &Arc<Shared>, run: &Arc<RunCtx>) {
                     }
                 }
                 let reply = tokio::select! {
-                    r = read_batch(shared, read_conn.clone(), &streams, free) => r,
+                    r = read_batch(shared, run, read_conn.clone(), &streams, free) => r,
                     // Entries a dropped read had delivered stay pending and are recovered
                     // on start.
                     _ = shared.stop.cancelled() => return,
@@ -1671,16 +1776,13 @@ async fn read_loop(shared: &Arc<Shared>, run: &Arc<RunCtx>) {
                     .into_iter()
                     .filter_map(|(name, entries)| {
                         let stream = streams.iter().find(|s| *s.name == *name)?;
-                        Some((
-                            stream.clone(),
-                            entries.into_iter().map(|e| (e, 1)).collect(),
-                        ))
+                        Some((stream.clone(), entries))
                     })
                     .collect();
                 let n: usize = batches.iter().map(|(_, b)| b.len()).sum();
                 let dispatch_all = async {
                     for (stream, batch) in batches {
-                        dispatch(shared, run, &stream, batch, None).await;
+                        dispatch(shared, run, &stream, batch, None, false).await;
                     }
                 };
                 // While this batch begins, the next read is already on its way, if the
@@ -1693,7 +1795,7 @@ async fn read_loop(shared: &Arc<Shared>, run: &Arc<RunCtx>) {
                 }
                 let next = async {
                     tokio::select! {
-                        r = read_batch(shared, read_conn.clone(), &next_streams, free_after) => Some(r),
+                        r = read_batch(shared, run, read_conn.clone(), &next_streams, free_after) => Some(r),
                         _ = shared.stop.cancelled() => None,
                     }
                 };
@@ -1712,15 +1814,64 @@ async fn read_loop(shared: &Arc<Shared>, run: &Arc<RunCtx>) {
             }
             Err(e) => {
                 tracing::warn!(group = %shared.group, error = %e, "read failed; retrying");
+                // A read cut short may have been delivered to us all the same.
+                run.reread.store(true, Ordering::Release);
                 backoff(shared, &mut failures).await;
             }
         }
     }
 }
 
+/// Reads this consumer's own pending entries again (`XREADGROUP` from id 0), page by page,
+/// and dispatches those nobody here is working on: entries whose read reply was lost on a
+/// cut connection, or whose commit gave up, without waiting for a claim.
+async fn reread_own(shared: &Arc<Shared>, run: &Arc<RunCtx>) -> Result<(), ConsumeError> {
+    let mut conn = shared.conn.clone();
+    let page = shared.options.batch_size.max(1);
+    for stream in shared.stream_list() {
+        let mut after = "0-0".to_owned();
+        loop {
+            let reply: Value = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(&*shared.group)
+                .arg(&*run.consumer)
+                .arg("COUNT")
+                .arg(page)
+                .arg("STREAMS")
+                .arg(&*stream.name)
+                .arg(&after)
+                .query_async(&mut conn)
+                .await
+                .map_err(shared.redis_err(&stream.name))?;
+            let entries: Vec<RawEntry> = parse_read(reply)
+                .into_iter()
+                .flat_map(|(_, entries)| entries)
+                .collect();
+            let Some(last) = entries.last() else {
+                break;
+            };
+            after = last.id.clone();
+            let full = entries.len() >= page;
+            let fresh: Vec<RawEntry> = entries
+                .into_iter()
+                .filter(|e| !shared.is_tracked(&stream.name, &e.id))
+                .collect();
+            if !fresh.is_empty() {
+                tracing::info!(stream = %stream.name, group = %shared.group, entries = fresh.len(), "handling our own pending entries again");
+                dispatch(shared, run, &stream, fresh, None, false).await;
+            }
+            if !full || shared.stop.is_cancelled() {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One blocking read of new entries from every stream, for at most `free` handler slots.
 async fn read_batch(
     shared: &Shared,
+    run: &RunCtx,
     mut conn: RedisConnection,
     streams: &[Arc<StreamCtx>],
     free: usize,
@@ -1729,7 +1880,7 @@ async fn read_batch(
     let mut cmd = redis::cmd("XREADGROUP");
     cmd.arg("GROUP")
         .arg(&*shared.group)
-        .arg(&*shared.consumer)
+        .arg(&*run.consumer)
         .arg("COUNT")
         .arg(count)
         .arg("BLOCK")
@@ -1802,7 +1953,88 @@ impl Drop for RunningGuard<'_> {
     fn drop(&mut self) {
         self.0.running.store(false, Ordering::Release);
         *lock(&self.0.run) = None;
-        self.0.ready.send_replace(false);
+        self.0.ledger.clear();
+        self.0.ready.send_if_modified(|r| {
+            if matches!(r, Readiness::Ended(_)) {
+                return false;
+            }
+            *r = Readiness::Ended(None);
+            true
+        });
+    }
+}
+
+/// A random token naming one run of a process.
+fn new_token() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// How many automatic names (`<host>-1`, `<host>-2`, ...) a consumer tries.
+const NAME_SLOTS: u32 = 256;
+
+/// Takes this run's consumer name on every stream: the configured one, or the lowest free
+/// `<host>-<n>`. Returns the name and its locks.
+async fn take_name(
+    shared: &Shared,
+    token: &str,
+) -> Result<(Arc<str>, Vec<NameLock>), ConsumeError> {
+    let fixed = shared.options.consumer.clone();
+    let host = super::host_name();
+    let names: Box<dyn Iterator<Item = String> + Send> = match fixed.clone() {
+        Some(name) => Box::new(std::iter::once(name)),
+        None => Box::new((1..=NAME_SLOTS).map(move |n| format!("{host}-{n}"))),
+    };
+    let conn = shared.conn.clone();
+    let mut refused = None;
+    for name in names {
+        let mut locks = Vec::new();
+        let mut in_use = None;
+        for s in shared.stream_list() {
+            let lock = at_startup(shared, "taking the consumer name", || {
+                let mut conn = conn.clone();
+                let key = s.keys.consumer_lock(&shared.group, &name);
+                let marker = s.keys.consumer_lock_marker();
+                let (stream, group, name) = (s.name.clone(), shared.group.clone(), name.clone());
+                async move {
+                    NameLock::acquire(&mut conn, key, marker, token, &stream, &group, &name).await
+                }
+            })
+            .await;
+            match lock {
+                Ok(l) => locks.push(l),
+                Err(e @ ConsumeError::NameInUse { .. }) => {
+                    in_use = Some(e);
+                    break;
+                }
+                Err(e) => {
+                    release(&conn, &locks).await;
+                    return Err(e);
+                }
+            }
+        }
+        match in_use {
+            None => return Ok((Arc::from(name.as_str()), locks)),
+            Some(e) => {
+                release(&conn, &locks).await;
+                if fixed.is_some() {
+                    return Err(e);
+                }
+                tracing::debug!(consumer = %name, "automatic consumer name in use; trying the next");
+                refused = Some(e);
+            }
+        }
+    }
+    Err(refused.unwrap_or_else(|| ConsumeError::NameInUse {
+        stream: shared.stream_names().join(", "),
+        group: shared.group.to_string(),
+        consumer: format!("{}-*", super::host_name()),
+    }))
+}
+
+async fn release(conn: &RedisConnection, locks: &[NameLock]) {
+    let mut conn = conn.clone();
+    for l in locks {
+        l.release(&mut conn).await;
     }
 }
 
@@ -1810,34 +2042,45 @@ pub(crate) async fn run(shared: Arc<Shared>) -> Result<super::ConsumerStats, Con
     if shared.running.swap(true, Ordering::AcqRel) {
         return Err(ConsumeError::AlreadyRunning {
             group: shared.group.to_string(),
-            consumer: shared.consumer.to_string(),
+            consumer: shared.consumer().to_string(),
+        });
+    }
+    if matches!(*shared.ready.borrow(), Readiness::Ended(_)) {
+        return Err(ConsumeError::Finished {
+            group: shared.group.to_string(),
+            consumer: shared.consumer().to_string(),
         });
     }
     let _running = RunningGuard(&shared);
+    let result = run_inner(&shared).await;
+    shared.ready.send_replace(Readiness::Ended(match &result {
+        Ok(_) | Err(ConsumeError::Finished { .. }) => None,
+        Err(e) => Some(e.to_string()),
+    }));
+    result
+}
+
+async fn run_inner(shared: &Arc<Shared>) -> Result<super::ConsumerStats, ConsumeError> {
+    let stopped = || ConsumeError::Finished {
+        group: shared.group.to_string(),
+        consumer: shared.consumer().to_string(),
+    };
     if shared.stop.is_cancelled() {
-        return Ok(shared.stats.snapshot());
+        return Err(stopped());
     }
-    at_startup(&shared, "creating the consumer group", || shared.prepare()).await?;
-    {
-        let conn = shared.conn.clone();
-        let mut locks = shared.locks.lock().await;
-        locks.clear();
-        for s in shared.stream_list() {
-            let lock = at_startup(&shared, "taking the consumer name", || {
-                let mut conn = conn.clone();
-                let key = s.lock_key.clone();
-                let (stream, group, consumer) = (
-                    s.name.clone(),
-                    shared.group.clone(),
-                    shared.consumer.clone(),
-                );
-                async move { NameLock::acquire(&mut conn, key, &stream, &group, &consumer).await }
-            })
-            .await?;
-            locks.push(lock);
-        }
-    }
-    let (run, rx) = new_run();
+    at_startup(shared, "creating the consumer group", || shared.prepare()).await?;
+    let token = new_token();
+    let (name, locks) = tokio::select! {
+        r = take_name(shared, &token) => r?,
+        _ = shared.stop.cancelled() => return Err(stopped()),
+    };
+    *shared.consumer.write().unwrap_or_else(|p| p.into_inner()) = name.clone();
+    let predecessors = locks
+        .iter()
+        .filter_map(|l| Some((Arc::from(l.stream()), l.predecessor()?.to_owned())))
+        .collect();
+    let (run, rx) = new_run(name, Arc::from(token.as_str()), predecessors);
+    *shared.locks.lock().await = locks;
     // Dropping this future (a crash, in tests) aborts the handlers: their entries stay pending.
     let _abort_on_drop = run.abort.clone().drop_guard();
     *lock(&shared.run) = Some(run.clone());
@@ -1845,7 +2088,7 @@ pub(crate) async fn run(shared: Arc<Shared>) -> Result<super::ConsumerStats, Con
     let committer_task = tokio::spawn(committer(shared.clone(), run.clone(), rx));
     let committer_abort = committer_task.abort_handle();
     let _committer_guard = AbortOnDrop(Some(committer_abort));
-    background.spawn(keepalive_loop(shared.clone()));
+    background.spawn(keepalive_loop(shared.clone(), run.clone()));
     let lock_task = tokio::spawn(lock_loop(shared.clone()));
     let _lock_guard = AbortOnDrop(Some(lock_task.abort_handle()));
     background.spawn(redeliver_loop(shared.clone(), run.clone()));
@@ -1855,8 +2098,8 @@ pub(crate) async fn run(shared: Arc<Shared>) -> Result<super::ConsumerStats, Con
     let pass = Arc::new(Pass::default());
     for s in shared.stream_list() {
         // Entries already dispatched by a failed attempt are in flight and skipped.
-        at_startup(&shared, "recovering pending entries", || {
-            recover_own(&shared, &run, &s, &pass)
+        at_startup(shared, "recovering pending entries", || {
+            recover_own(shared, &run, &s, &pass)
         })
         .await?;
     }
@@ -1864,8 +2107,8 @@ pub(crate) async fn run(shared: Arc<Shared>) -> Result<super::ConsumerStats, Con
     recovery.merge(pass.result());
     let pass = Arc::new(Pass::default());
     for s in shared.stream_list() {
-        at_startup(&shared, "claiming stale entries", || {
-            claim_stream(&shared, &run, &s, shared.options.claim_idle, &pass)
+        at_startup(shared, "claiming stale entries", || {
+            claim_stream(shared, &run, &s, shared.options.claim_idle, &pass)
         })
         .await?;
     }
@@ -1873,7 +2116,7 @@ pub(crate) async fn run(shared: Arc<Shared>) -> Result<super::ConsumerStats, Con
     recovery.merge(pass.result());
     tracing::info!(
         group = %shared.group,
-        consumer = %shared.consumer,
+        consumer = %run.consumer,
         streams = shared.stream_list().len(),
         processed = recovery.processed,
         skipped = recovery.skipped,
@@ -1883,11 +2126,11 @@ pub(crate) async fn run(shared: Arc<Shared>) -> Result<super::ConsumerStats, Con
         "recovery finished; consuming"
     );
     *lock(&shared.last_recovery) = Some(recovery);
-    shared.ready.send_replace(true);
+    shared.ready.send_replace(Readiness::Ready);
     background.spawn(claim_loop(shared.clone(), run.clone()));
 
     let lost = tokio::select! {
-        _ = read_loop(&shared, &run) => None,
+        _ = read_loop(shared, &run) => None,
         e = lock_task => e.ok(),
     };
     if let Some(e) = &lost {
@@ -1914,13 +2157,10 @@ pub(crate) async fn run(shared: Arc<Shared>) -> Result<super::ConsumerStats, Con
     lock(&run.commit_tx).take();
     let _ = committer_task.await;
     {
-        let mut conn = shared.conn.clone();
         let locks = std::mem::take(&mut *shared.locks.lock().await);
-        for l in &locks {
-            l.release(&mut conn).await;
-        }
+        release(&shared.conn, &locks).await;
     }
-    tracing::info!(group = %shared.group, consumer = %shared.consumer, stats = ?shared.stats.snapshot(), "consumer stopped");
+    tracing::info!(group = %shared.group, consumer = %run.consumer, stats = ?shared.stats.snapshot(), "consumer stopped");
     match lost {
         Some(e) => Err(e),
         None => Ok(shared.stats.snapshot()),

@@ -110,12 +110,6 @@ pub(crate) fn parse_pending(v: Value) -> Vec<(String, String, u64, u32)> {
         .collect()
 }
 
-/// Compares two entry ids (`ms-seq`) numerically.
-pub(crate) fn id_key(id: &str) -> (u64, u64) {
-    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,11 +140,5 @@ mod tests {
         assert_eq!(entries[1].fields, None);
         assert_eq!(entries[2].fields.as_ref().unwrap()[0].1, Vec::<u8>::new());
         assert!(parse_read(Value::Nil).is_empty());
-    }
-
-    #[test]
-    fn ids_compare_numerically() {
-        assert!(id_key("10-0") > id_key("9-5"));
-        assert!(id_key("9-10") > id_key("9-9"));
     }
 }

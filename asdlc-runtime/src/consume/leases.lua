@@ -2,40 +2,62 @@
 --
 -- A lease says "one delivery is working on this idempotency key": while it is live no other
 -- delivery of the key begins. All leases of one stream and group are fields of one hash,
--- the key's 12-byte fingerprint -> '<deadline ms>|<consumer>|<entry id>', so a whole batch
--- takes, checks or drops its leases in one command each. A lease past its deadline is free
--- for the taking. The hash itself expires a lease period after its last write, so leases
--- left by a crashed process go away even if nobody takes them over.
+-- the key's 12-byte fingerprint -> '<deadline ms>|<attempts>|<token>|<entry id>', so a
+-- whole batch takes, checks or drops its leases in one command each. The token names the
+-- process (a random value per run, so two processes under one consumer name are told apart);
+-- a lease past its deadline is free for the taking.
+--
+-- `attempts` counts the handler attempts of the key that began: the begin step raises it
+-- each time a delivery takes the lease to run its handler. A retry releases the lease
+-- (deadline = now) but keeps the field, so the count survives the retry, a crash, a
+-- re-queue or a claim by another consumer; it is dropped with the lease when the key is
+-- committed or dead-lettered. Counting here, not in the entry's delivery count, keeps
+-- re-checks of a busy key and claims before a handler started from counting.
 
 -- Milliseconds as the text leases hold (an integer, without a float's formatting).
 local function asdlc_ms_text(ms)
   return string.format('%d', ms)
 end
 
--- The holder ('<consumer>|<entry id>') of a lease value, and whether the lease is live at
--- `now` (ms, as text from asdlc_ms_text). Deadlines of equal length compare as text, which
--- spares a number conversion per lease.
+-- The holder ('<token>|<entry id>') of a lease value, whether the lease is live at `now`
+-- (ms, as text from asdlc_ms_text), and its attempt count. Deadlines of equal length compare
+-- as text, which spares a number conversion per lease.
 local function asdlc_lease_holder(value, now)
   if not value then
-    return nil, false
+    return nil, false, 0
   end
-  local sep = string.find(value, '|', 1, true)
-  if not sep then
-    return nil, false
+  local a = string.find(value, '|', 1, true)
+  if not a then
+    return nil, false, 0
   end
-  local deadline = string.sub(value, 1, sep - 1)
+  local b = string.find(value, '|', a + 1, true)
+  if not b then
+    return nil, false, 0
+  end
+  local deadline = string.sub(value, 1, a - 1)
   local live
   if #deadline == #now then
     live = deadline > now
   else
     live = (tonumber(deadline) or 0) > tonumber(now)
   end
-  return string.sub(value, sep + 1), live
+  return string.sub(value, b + 1), live, tonumber(string.sub(value, a + 1, b - 1)) or 0
 end
 
--- Keeps the lease hash at least `lease_ms` from expiring (never shortens it).
+-- A lease value.
+local function asdlc_lease_value(deadline_text, attempts, holder)
+  return deadline_text .. '|' .. string.format('%d', attempts) .. '|' .. holder
+end
+
+-- How long the lease hash outlives its last write: long enough that a retry's attempt count
+-- survives a consumer that is down for a while (a lost count only resets it); fields left
+-- behind are swept by sweep_leases.lua.
+local ASDLC_LEASE_HASH_MS = 86400000
+
+-- Keeps the lease hash from expiring for at least a day or `lease_ms` (never shortens it).
 local function asdlc_keep_leases(key, lease_ms)
-  if redis.call('PTTL', key) < lease_ms then
-    redis.call('PEXPIRE', key, lease_ms)
+  local keep = math.max(lease_ms, ASDLC_LEASE_HASH_MS)
+  if redis.call('PTTL', key) < keep / 2 then
+    redis.call('PEXPIRE', key, keep)
   end
 end

@@ -2,13 +2,15 @@
 //!
 //! A stable consumer name lets a restarted process find its own pending entries at once, but
 //! two live processes sharing a name would share (and double-handle) those entries. So a
-//! consumer holds a lock key while it runs, refreshed every [`REFRESH`]. Its value names the
-//! holder's Redis client id: a process killed with SIGKILL loses its connection at once, so a
-//! restart under the same name sees the old client gone and takes over without waiting for
-//! the lock to expire; a live holder makes the newcomer fail with
-//! [`ConsumeError::NameInUse`].
+//! consumer holds a lock key while it runs, renewed every [`REFRESH`] under a random token of
+//! its own. The renewal time is in the value, so a newcomer can tell a live holder (the value
+//! changes within a renewal period: the newcomer is refused with
+//! [`ConsumeError::NameInUse`] in about that time) from a dead one (it does not). A holder
+//! whose connection was cut or whose server restarted keeps its name: it renews as soon as it
+//! is connected again, and a newcomer never takes a name before it has watched it unrenewed
+//! for [`WATCH`]. A dead holder's name is taken over after [`WATCH`] when the server can say
+//! its connection is gone (`CLIENT LIST`), else once the lock lapsed ([`TTL`]).
 
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::Value;
@@ -16,22 +18,59 @@ use redis::Value;
 use crate::connection::RedisConnection;
 use crate::error::ConsumeError;
 
-/// How long a lock lives without a refresh.
-pub(crate) const TTL: Duration = Duration::from_secs(15);
-/// How often a running consumer refreshes its lock.
-pub(crate) const REFRESH: Duration = Duration::from_secs(3);
+/// How long a lock lives without a renewal.
+pub(crate) const TTL: Duration = Duration::from_secs(6);
+/// How often a running consumer renews its lock.
+pub(crate) const REFRESH: Duration = Duration::from_millis(500);
+/// How long a newcomer watches a lock unrenewed before it believes the holder gone, and how
+/// long it waits on probation after finding a name free.
+pub(crate) const WATCH: Duration = Duration::from_secs(2);
 
-static SCRIPT: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("name_lock.lua")));
+static SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(include_str!("name_lock.lua")));
 
 /// A held consumer-name lock.
 #[derive(Debug)]
 pub(crate) struct NameLock {
     key: String,
+    marker: String,
     token: String,
     stream: String,
     group: String,
     consumer: String,
+    /// The token of the dead process this lock was taken over from, if known.
+    predecessor: Option<String>,
+}
+
+/// A successful reply of the lock script.
+struct Taken {
+    /// The token of the process that held the name before, if known.
+    predecessor: Option<String>,
+    /// Whether the name is ours only on probation.
+    probation: bool,
+}
+
+/// A reply of the lock script: `Ok(taken)` or `Err(current value)`.
+fn parse_reply(v: Value) -> Result<Taken, String> {
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::SimpleString(s) => s.clone(),
+        _ => String::new(),
+    };
+    match v {
+        Value::Array(items) if items.len() >= 2 => {
+            let second = text(&items[1]);
+            if items[0] == Value::Int(1) {
+                Ok(Taken {
+                    predecessor: Some(second).filter(|s| !s.is_empty()),
+                    probation: items.get(2) == Some(&Value::Int(1)),
+                })
+            } else {
+                Err(second)
+            }
+        }
+        other => Err(format!("{other:?}")),
+    }
 }
 
 async fn client_id(conn: &mut RedisConnection) -> String {
@@ -46,7 +85,7 @@ async fn client_id(conn: &mut RedisConnection) -> String {
 /// Whether the client that wrote `value` is still connected; `None` if the server will not
 /// say (an ACL user without CLIENT LIST).
 async fn holder_alive(conn: &mut RedisConnection, value: &str) -> Option<bool> {
-    let id = value.rsplit_once('|')?.1;
+    let id = value.split('|').nth(2)?;
     if id.parse::<u64>().is_err() {
         return None;
     }
@@ -61,62 +100,99 @@ async fn holder_alive(conn: &mut RedisConnection, value: &str) -> Option<bool> {
 }
 
 impl NameLock {
-    /// Takes the lock for `consumer` in `group`, or fails with `NameInUse` if a live process
-    /// holds it.
+    /// Takes the lock for `consumer` in `group` under `token`, or fails with `NameInUse` if
+    /// a live process holds it.
     pub(crate) async fn acquire(
         conn: &mut RedisConnection,
         key: String,
+        marker: String,
+        token: &str,
         stream: &str,
         group: &str,
         consumer: &str,
     ) -> Result<NameLock, ConsumeError> {
-        let lock = NameLock {
+        let mut lock = NameLock {
             key,
-            token: uuid::Uuid::now_v7().simple().to_string(),
+            marker,
+            token: token.to_owned(),
+            stream: stream.to_owned(),
+            group: group.to_owned(),
+            consumer: consumer.to_owned(),
+            predecessor: None,
+        };
+        let in_use = || ConsumeError::NameInUse {
             stream: stream.to_owned(),
             group: group.to_owned(),
             consumer: consumer.to_owned(),
         };
-        let deadline = tokio::time::Instant::now() + TTL + Duration::from_secs(1);
+        // A dead holder's lock lapses within TTL; then comes the probation.
+        let give_up = tokio::time::Instant::now() + TTL + WATCH * 2;
+        let mut seen: Option<(String, tokio::time::Instant)> = None;
         loop {
-            let value = lock.value(conn).await;
-            let reply: Value = lock.invoke(conn, "acquire", &value, "").await?;
-            let current = match reply {
-                Value::Int(1) => return Ok(lock),
-                Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
-                other => format!("{other:?}"),
-            };
-            if holder_alive(conn, &current).await == Some(false) {
-                let value = lock.value(conn).await;
-                if let Value::Int(1) = lock.invoke(conn, "takeover", &value, &current).await? {
-                    tracing::info!(
-                        group,
-                        consumer,
-                        "took over the name of a consumer whose process is gone"
-                    );
+            match parse_reply(lock.invoke(conn, "claim", "").await?) {
+                Ok(taken) if !taken.probation => {
+                    lock.predecessor = taken.predecessor;
                     return Ok(lock);
                 }
-                continue;
+                Ok(_) => {
+                    // On probation: a live holder whose server lost the key in a restart
+                    // renews it meanwhile, and keeps its name.
+                    tokio::time::sleep(WATCH).await;
+                    return match parse_reply(lock.invoke(conn, "confirm", "").await?) {
+                        Ok(_) => Ok(lock),
+                        Err(_) => Err(in_use()),
+                    };
+                }
+                Err(current) => {
+                    let now = tokio::time::Instant::now();
+                    match &seen {
+                        None => seen = Some((current, now)),
+                        // Renewed (or taken by another newcomer) while we watched: alive.
+                        Some((first, _)) if *first != current => return Err(in_use()),
+                        Some((first, since)) => {
+                            if now.duration_since(*since) >= WATCH
+                                && holder_alive(conn, first).await == Some(false)
+                            {
+                                let expected = first.clone();
+                                if let Ok(taken) =
+                                    parse_reply(lock.invoke(conn, "takeover", &expected).await?)
+                                {
+                                    tracing::info!(
+                                        group,
+                                        consumer,
+                                        "took over the name of a consumer whose process is gone"
+                                    );
+                                    lock.predecessor = taken.predecessor;
+                                    return Ok(lock);
+                                }
+                            }
+                        }
+                    }
+                    if now >= give_up {
+                        return Err(in_use());
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(ConsumeError::NameInUse {
-                    stream: stream.to_owned(),
-                    group: group.to_owned(),
-                    consumer: consumer.to_owned(),
-                });
-            }
-            // The holder may be a process that just died on a server that restarted (client
-            // ids start over), or one that cannot be checked: wait for its lock to lapse.
-            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
-    /// Refreshes the lock; `Err(NameLost)` if another process took it.
+    /// The stream this lock is on.
+    pub(crate) fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// The token of the dead process whose name this lock took over, if known: its leases
+    /// are this process's to take back.
+    pub(crate) fn predecessor(&self) -> Option<&str> {
+        self.predecessor.as_deref()
+    }
+
+    /// Renews the lock; `Err(NameLost)` if another process took it.
     pub(crate) async fn refresh(&self, conn: &mut RedisConnection) -> Result<(), ConsumeError> {
-        let value = self.value(conn).await;
-        match self.invoke(conn, "refresh", &value, "").await? {
-            Value::Int(1) => Ok(()),
-            _ => Err(ConsumeError::NameLost {
+        match parse_reply(self.invoke(conn, "refresh", "").await?) {
+            Ok(_) => Ok(()),
+            Err(_) => Err(ConsumeError::NameLost {
                 group: self.group.clone(),
                 consumer: self.consumer.clone(),
             }),
@@ -125,24 +201,21 @@ impl NameLock {
 
     /// Releases the lock (best effort: it lapses by itself anyway).
     pub(crate) async fn release(&self, conn: &mut RedisConnection) {
-        let _ = self.invoke(conn, "release", "", "").await;
-    }
-
-    async fn value(&self, conn: &mut RedisConnection) -> String {
-        format!("{}|{}", self.token, client_id(conn).await)
+        let _ = self.invoke(conn, "release", "").await;
     }
 
     async fn invoke(
         &self,
         conn: &mut RedisConnection,
         mode: &str,
-        value: &str,
         expected: &str,
     ) -> Result<Value, ConsumeError> {
+        let client = client_id(conn).await;
         SCRIPT
             .key(&self.key)
+            .key(&self.marker)
             .arg(&self.token)
-            .arg(value)
+            .arg(client)
             .arg(TTL.as_millis() as u64)
             .arg(mode)
             .arg(expected)

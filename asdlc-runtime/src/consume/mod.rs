@@ -24,6 +24,7 @@
 
 mod engine;
 mod entries;
+mod ledger;
 mod lock;
 
 use std::sync::Arc;
@@ -82,10 +83,12 @@ impl Backoff {
 pub struct ConsumerOptions {
     /// The consumer group.
     pub group: String,
-    /// This consumer's name. Keep it stable across restarts (the default is the host name,
-    /// or `ASDLC_CONSUMER`), so a restarted process finds its own pending entries at once; a
-    /// second live process with the same name is refused.
-    pub consumer: String,
+    /// This consumer's name (default: `ASDLC_CONSUMER`, else `None`). A name is held by one
+    /// live process at a time: a second process given a name in use is refused. `None`
+    /// takes the lowest free `<host>-<n>` (`n` from 1), which is stable across restarts (a
+    /// restarted process gets its number back, and with it its pending entries) and lets
+    /// several processes of one group run on one host without configuration.
+    pub consumer: Option<String>,
     /// Entries read per round trip.
     pub batch_size: usize,
     /// How long a read waits for new entries. Kept well under the read connection's timeout,
@@ -115,13 +118,16 @@ pub struct ConsumerOptions {
     pub group_start: GroupStart,
 }
 
-/// The default consumer name: `ASDLC_CONSUMER`, else the host name, else `consumer`.
-pub fn default_consumer_name() -> String {
-    if let Ok(name) = std::env::var("ASDLC_CONSUMER")
-        && validate_consumer(&name).is_ok()
-    {
-        return name;
-    }
+/// The consumer name `ASDLC_CONSUMER` sets, if it is set to a valid name.
+pub fn default_consumer_name() -> Option<String> {
+    std::env::var("ASDLC_CONSUMER")
+        .ok()
+        .filter(|name| validate_consumer(name).is_ok())
+}
+
+/// The host name as automatic consumer names start (`<host>-<n>`): characters a consumer
+/// name may not hold become `-`; `consumer` if there is none.
+pub fn host_name() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
@@ -143,6 +149,14 @@ pub fn default_consumer_name() -> String {
     } else {
         host
     }
+}
+
+/// The name a consumer most likely runs under before it has taken one.
+fn first_name(options: &ConsumerOptions) -> String {
+    options
+        .consumer
+        .clone()
+        .unwrap_or_else(|| format!("{}-1", host_name()))
 }
 
 impl ConsumerOptions {
@@ -168,13 +182,15 @@ impl ConsumerOptions {
 
     /// Sets the consumer name.
     pub fn consumer(mut self, name: impl Into<String>) -> Self {
-        self.consumer = name.into();
+        self.consumer = Some(name.into());
         self
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         validate_group(&self.group)?;
-        validate_consumer(&self.consumer)?;
+        if let Some(name) = &self.consumer {
+            validate_consumer(name)?;
+        }
         let bad = |what: &str| {
             Err(ConfigError::Invalid(crate::error::ValidationError::new(
                 "consumer options",
@@ -271,7 +287,7 @@ impl std::fmt::Debug for EventConsumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EventConsumer")
             .field("group", &self.shared.group)
-            .field("consumer", &self.shared.consumer)
+            .field("consumer", &self.shared.consumer())
             .finish_non_exhaustive()
     }
 }
@@ -356,9 +372,10 @@ impl EventConsumer {
         &self.shared.group
     }
 
-    /// This consumer's name.
-    pub fn consumer_name(&self) -> &str {
-        &self.shared.consumer
+    /// This consumer's name: the one its current (or last) run took; before the first run,
+    /// the configured name, or for an automatic one `<host>-1`, the one it most likely gets.
+    pub fn consumer_name(&self) -> String {
+        self.shared.consumer().to_string()
     }
 
     /// The streams consumed.
@@ -366,9 +383,13 @@ impl EventConsumer {
         self.shared.stream_names()
     }
 
-    /// Runs until [`EventConsumer::stop`]: takes the consumer name, creates the group if
-    /// needed, recovers (this consumer's pending entries, then stale ones of dead peers),
-    /// then reads and dispatches. Returns the counts of the whole run.
+    /// Runs until [`EventConsumer::stop`]: creates the group if needed, takes the consumer
+    /// name, recovers (this consumer's pending entries, then stale ones of dead peers), then
+    /// reads and dispatches. Returns the counts of the whole run.
+    ///
+    /// A consumer runs once: after its run ended, or after [`EventConsumer::stop`] (even
+    /// one called before `start`), `start` returns [`ConsumeError::Finished`]; build a new
+    /// consumer to consume again.
     pub async fn start(&self) -> Result<ConsumerStats, ConsumeError> {
         engine::run(self.shared.clone()).await
     }
@@ -380,10 +401,29 @@ impl EventConsumer {
         self.shared.stop.cancel();
     }
 
-    /// Waits until the consumer has finished its start-up recovery and is reading.
-    pub async fn ready(&self) {
+    /// Waits until the consumer has finished its start-up recovery and is reading. Fails
+    /// if its run ends first: [`ConsumeError::Finished`] if it was stopped (or had been,
+    /// before it started), [`ConsumeError::NotReady`] with the reason if the run failed (the
+    /// error itself is what [`EventConsumer::start`] returns).
+    pub async fn ready(&self) -> Result<(), ConsumeError> {
         let mut rx = self.shared.ready.subscribe();
-        let _ = rx.wait_for(|ready| *ready).await;
+        let state = rx
+            .wait_for(|r| !matches!(r, engine::Readiness::Starting))
+            .await
+            .map(|r| r.clone())
+            .unwrap_or(engine::Readiness::Ended(None));
+        let (group, consumer) = (self.group().to_owned(), self.consumer_name());
+        match state {
+            engine::Readiness::Ready => Ok(()),
+            engine::Readiness::Ended(None) | engine::Readiness::Starting => {
+                Err(ConsumeError::Finished { group, consumer })
+            }
+            engine::Readiness::Ended(Some(reason)) => Err(ConsumeError::NotReady {
+                group,
+                consumer,
+                reason,
+            }),
+        }
     }
 
     /// Acknowledges entry `id` on the first stream, without handling it. Returns whether it

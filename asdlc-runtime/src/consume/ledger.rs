@@ -1,0 +1,145 @@
+//! The in-flight ledger: every entry this consumer is working on, per stream.
+//!
+//! An entry is admitted once, by whichever path finds it first (a fresh read, a re-read of
+//! our own pending entries, recovery, a claim, a redelivery), and stays until its outcome is
+//! committed or the run lets it go. Admission is one atomic check-and-insert, so two paths
+//! never dispatch the same entry at once in one process. An entry waiting for a retry stays
+//! in the ledger as deferred: it is ours, only not running.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::idempotency::FINGERPRINT_LEN;
+
+/// The fingerprint a delivery holds the lease of, if it took one.
+pub(crate) type Lease = Option<[u8; FINGERPRINT_LEN]>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// Dispatched: decoding, beginning, running or committing; with its lease once taken.
+    Running(Lease),
+    /// Pending for a retry or a recheck, scheduled for redelivery to this consumer.
+    Deferred,
+}
+
+/// One stream's running entries and their leases, for the keep-alive.
+pub(crate) type RunningSnapshot = (Arc<str>, Vec<(String, Lease)>);
+
+/// The entries this consumer is working on.
+#[derive(Debug, Default)]
+pub(crate) struct Ledger {
+    streams: Mutex<HashMap<Arc<str>, HashMap<String, Slot>>>,
+}
+
+impl Ledger {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, HashMap<String, Slot>>> {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admits entries as running and says which were admitted: not those already running,
+    /// and deferred ones only if `redelivery` (the redelivery of a deferred entry is its
+    /// one way back).
+    pub(crate) fn admit(&self, stream: &Arc<str>, ids: &[&str], redelivery: bool) -> Vec<bool> {
+        let mut streams = self.lock();
+        let m = streams.entry(stream.clone()).or_default();
+        ids.iter()
+            .map(|id| match m.get(*id) {
+                Some(Slot::Running(_)) => false,
+                Some(Slot::Deferred) if !redelivery => false,
+                _ => {
+                    m.insert((*id).to_owned(), Slot::Running(None));
+                    true
+                }
+            })
+            .collect()
+    }
+
+    /// Notes the leases running entries are about to take, for the keep-alive.
+    pub(crate) fn set_leases<'a>(
+        &self,
+        stream: &Arc<str>,
+        leases: impl Iterator<Item = (&'a str, [u8; FINGERPRINT_LEN])>,
+    ) {
+        let mut streams = self.lock();
+        let Some(m) = streams.get_mut(stream) else {
+            return;
+        };
+        for (id, fp) in leases {
+            if let Some(slot @ Slot::Running(_)) = m.get_mut(id) {
+                *slot = Slot::Running(Some(fp));
+            }
+        }
+    }
+
+    /// Marks an entry as waiting for its redelivery.
+    pub(crate) fn defer(&self, stream: &Arc<str>, id: &str) {
+        self.lock()
+            .entry(stream.clone())
+            .or_default()
+            .insert(id.to_owned(), Slot::Deferred);
+    }
+
+    /// Lets an entry go: committed, or left pending for a later run or for a peer.
+    pub(crate) fn remove(&self, stream: &Arc<str>, id: &str) {
+        if let Some(m) = self.lock().get_mut(stream) {
+            m.remove(id);
+        }
+    }
+
+    /// Whether an entry is running or deferred here.
+    pub(crate) fn contains(&self, stream: &str, id: &str) -> bool {
+        self.lock().get(stream).is_some_and(|m| m.contains_key(id))
+    }
+
+    /// The running entries of every stream, with their leases.
+    pub(crate) fn running(&self) -> Vec<RunningSnapshot> {
+        self.lock()
+            .iter()
+            .filter_map(|(s, m)| {
+                let entries: Vec<(String, Lease)> = m
+                    .iter()
+                    .filter_map(|(id, slot)| match slot {
+                        Slot::Running(lease) => Some((id.clone(), *lease)),
+                        Slot::Deferred => None,
+                    })
+                    .collect();
+                (!entries.is_empty()).then(|| (s.clone(), entries))
+            })
+            .collect()
+    }
+
+    /// Forgets everything (a run ended: what is left stays pending in Redis).
+    pub(crate) fn clear(&self) {
+        self.lock().clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_is_admitted_once_until_removed() {
+        let l = Ledger::default();
+        let s: Arc<str> = Arc::from("s");
+        assert_eq!(l.admit(&s, &["1-0", "2-0"], false), [true, true]);
+        assert_eq!(l.admit(&s, &["1-0", "3-0"], false), [false, true]);
+        l.remove(&s, "1-0");
+        assert_eq!(l.admit(&s, &["1-0"], false), [true]);
+    }
+
+    #[test]
+    fn a_deferred_entry_comes_back_only_through_its_redelivery() {
+        let l = Ledger::default();
+        let s: Arc<str> = Arc::from("s");
+        l.admit(&s, &["1-0"], false);
+        l.set_leases(&s, [("1-0", [7u8; FINGERPRINT_LEN])].into_iter());
+        assert_eq!(l.running()[0].1, vec![("1-0".to_owned(), Some([7; 12]))]);
+        l.defer(&s, "1-0");
+        assert!(l.running().is_empty());
+        assert!(l.contains("s", "1-0"));
+        assert_eq!(l.admit(&s, &["1-0"], false), [false]);
+        assert_eq!(l.admit(&s, &["1-0"], true), [true]);
+        assert_eq!(l.admit(&s, &["1-0"], true), [false]);
+    }
+}
