@@ -246,24 +246,18 @@ async fn a_tenant_user_cannot_read_write_or_list_another_tenant() {
             .arg("hitl-handlers"),
     )
     .await;
-    // Not through a script either: each call inside is checked.
+    // Not through the protocol's functions either: every key is declared and checked first.
+    let lag = format!("{}_lag", asdlc::functions::library_name());
     refused(
         &mut a,
-        redis::cmd("EVAL")
-            .arg("return redis.call('XLEN', KEYS[1])")
+        redis::cmd("FCALL")
+            .arg(&lag)
             .arg(1)
-            .arg(&b_stream),
+            .arg(&b_stream)
+            .arg("0-0")
+            .arg(10),
     )
     .await;
-    let err = redis::cmd("EVAL")
-        .arg("return redis.call('XLEN', ARGV[1])")
-        .arg(1)
-        .arg(t.as_a.stream_for(Some(&t.a)))
-        .arg(&b_stream)
-        .query_async::<Value>(&mut a)
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("access"), "{err}");
     // List: no way to learn what keys exist.
     refused(&mut a, redis::cmd("SCAN").arg(0)).await;
     refused(&mut a, redis::cmd("KEYS").arg("*")).await;
@@ -362,4 +356,141 @@ async fn extra_grants_and_client_list_are_opt_in() {
             .await,
         Err(acl::AclError::Command { .. })
     ));
+}
+
+#[tokio::test]
+async fn a_tenant_cannot_run_code_of_its_own_so_it_cannot_stall_the_server() {
+    let t = setup().await;
+    let mut a = RedisConnection::connect(&t.as_a.redis_url).await.unwrap();
+    let own = t.as_a.stream_for(Some(&t.a));
+    // A busy loop on its own key: refused before it runs, as any code of its own is.
+    let busy = "local i = 0 while true do i = i + 1 end";
+    refused(&mut a, redis::cmd("EVAL").arg(busy).arg(1).arg(&own)).await;
+    refused(&mut a, redis::cmd("SCRIPT").arg("LOAD").arg(busy)).await;
+    refused(
+        &mut a,
+        redis::cmd("EVALSHA").arg("0".repeat(40)).arg(1).arg(&own),
+    )
+    .await;
+    let lib = format!("#!lua name=stall\nredis.register_function('stall', function() {busy} end)");
+    refused(&mut a, redis::cmd("FUNCTION").arg("LOAD").arg(&lib)).await;
+    // Nor take the protocol away from the other tenants.
+    refused(
+        &mut a,
+        redis::cmd("FUNCTION")
+            .arg("DELETE")
+            .arg(asdlc::functions::library_name()),
+    )
+    .await;
+    refused(&mut a, redis::cmd("FUNCTION").arg("FLUSH")).await;
+    refused(&mut a, redis::cmd("SCRIPT").arg("FLUSH")).await;
+    // The protocol's own functions it may call, on its own keys.
+    let created: i64 = redis::cmd("FCALL")
+        .arg(format!(
+            "{}_ensure_stream",
+            asdlc::functions::library_name()
+        ))
+        .arg(1)
+        .arg(&own)
+        .query_async(&mut a)
+        .await
+        .unwrap();
+    assert_eq!(created, 1);
+}
+
+#[tokio::test]
+async fn a_tenant_whose_server_lost_the_library_is_told_who_can_load_it() {
+    let mut t = setup().await;
+    let p = Publisher::connect(t.as_a.clone()).await.unwrap();
+    let _: () = redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .query_async(&mut t.admin)
+        .await
+        .unwrap();
+    let mut a = RedisConnection::connect(&t.as_a.redis_url).await.unwrap();
+    let err = asdlc::functions::ensure_loaded(&mut a).await.unwrap_err();
+    assert!(
+        matches!(err, asdlc::functions::FunctionsError::NotLoaded { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("asdlc functions load"), "{err}");
+    // The consumer cannot start without it, and says why.
+    let h = TestHandler::all("h");
+    let c = EventConsumer::builder(t.as_a.clone(), "development-handlers")
+        .tenant(t.a.clone())
+        .handler(h.clone())
+        .configure(|o| {
+            fast(o);
+            o.consumer = Some("w1".into());
+        })
+        .build()
+        .await;
+    let started = match c {
+        Ok(c) => c.start().await.map(|_| c),
+        Err(e) => Err(e),
+    };
+    let Err(err) = started else {
+        panic!("no start without the library")
+    };
+    assert!(err.to_string().contains("asdlc functions load"), "{err}");
+    // An admin loads it; the tenant works again.
+    asdlc::functions::ensure_loaded(&mut t.admin).await.unwrap();
+    asdlc::functions::ensure_loaded(&mut a).await.unwrap();
+    let c = EventConsumer::builder(t.as_a.clone(), "development-handlers")
+        .tenant(t.a.clone())
+        .handler(h.clone())
+        .configure(|o| {
+            fast(o);
+            o.consumer = Some("w2".into());
+        })
+        .build()
+        .await
+        .unwrap();
+    let run = spawn(&c).await;
+    TenantContext::scope(
+        t.a.clone(),
+        p.publish(&event(EventType::TaskCreated, "after")),
+    )
+    .await
+    .unwrap();
+    eventually(
+        WAIT,
+        "handled after the admin loaded the library",
+        || async { h.count() == 1 },
+    )
+    .await;
+    c.stop();
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_protocol_function_refuses_keys_it_was_not_given() {
+    let s = server();
+    let mut admin = conn(&s).await;
+    asdlc::functions::ensure_loaded(&mut admin).await.unwrap();
+    let keys = StreamKeys::new("asdlc:events");
+    // The mark check of one fingerprint, without the mark hashes it would read.
+    let err = redis::cmd("FCALL")
+        .arg(format!("{}_mark", asdlc::functions::library_name()))
+        .arg(1)
+        .arg(keys.stream())
+        .arg(keys.marks_prefix("g"))
+        .arg(1000)
+        .arg(3)
+        .arg(2000)
+        .arg(16)
+        .arg("abcdefghijkl")
+        .arg("check")
+        .query_async::<Value>(&mut admin)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("was not declared in KEYS"),
+        "{err}"
+    );
+    // Through the tracker, which declares them, the same check works.
+    let tracker = IdempotencyTracker::new(admin.clone(), keys, "g");
+    assert!(!tracker.is_processed("k").await.unwrap());
+    assert!(tracker.mark_processed("k").await.unwrap());
+    assert!(tracker.is_processed("k").await.unwrap());
 }

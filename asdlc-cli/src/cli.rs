@@ -82,6 +82,20 @@ pub enum Command {
     /// Tenant ACL users: one Redis user per tenant, allowed only that tenant's keys.
     #[command(subcommand)]
     Tenant(TenantCommand),
+    /// The protocol's Redis Functions library, which every asdlc process calls.
+    #[command(subcommand)]
+    Functions(FunctionsCommand),
+}
+
+/// `functions` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum FunctionsCommand {
+    /// Load this build's library (FUNCTION LOAD REPLACE; on a cluster, on every master). Needs
+    /// an admin user: tenant users may call the library but not load it. Run it after a
+    /// server lost its data, or before starting tenants' processes of a new release.
+    Load,
+    /// Whether this build's library is loaded; exit 1 if not.
+    Status,
 }
 
 /// `tenant` subcommands.

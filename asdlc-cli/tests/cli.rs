@@ -733,3 +733,28 @@ fn tenant_streams_are_found_and_selected() {
     assert_eq!(code(&run(&s, &["health"])), 1);
     assert_eq!(code(&run(&s, &["health", "--allow-missing"])), 0);
 }
+
+#[test]
+fn functions_status_and_load_bring_back_a_library_the_server_lost() {
+    let s = TestServer::start();
+    // A fresh server has no library until someone loads it.
+    let _ = redis(&s, &["FUNCTION", "FLUSH"]);
+    let out = run(&s, &["--json", "functions", "status"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let v = json(&out);
+    assert_eq!(v["loaded"], false);
+    let library = v["library"].as_str().unwrap().to_owned();
+    assert!(library.starts_with("asdlc_"), "{library}");
+    let out = run(&s, &["functions", "load"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).contains(&library));
+    let out = run(&s, &["functions", "status"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).contains("loaded"));
+    // The server lists it under that name.
+    let listed = redis(&s, &["FUNCTION", "LIST", "LIBRARYNAME", &library]);
+    assert!(
+        matches!(&listed, redis::Value::Array(libs) if libs.len() == 1),
+        "{listed:?}"
+    );
+}

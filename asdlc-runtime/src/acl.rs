@@ -6,7 +6,12 @@
 //! leases, consumer locks and scoped keys all match, by the slot rule of [`crate::keys`]), and
 //! can run only the commands asdlc needs. It cannot read, write or even list another
 //! tenant's keys: `KEYS`, `SCAN`, `RANDOMKEY`, `INFO keyspace`, `FLUSHDB` and the like are not
-//! granted, and a Lua script runs with its caller's permissions, key by key.
+//! granted, and a function of the protocol runs with its caller's permissions, key by key.
+//!
+//! A tenant user runs no code of its own: it may call the protocol's functions (`FCALL`,
+//! see [`crate::functions`]) but not `EVAL`, `SCRIPT` or `FUNCTION LOAD`, so it cannot block
+//! the server for the other tenants with a long script. An admin loads the library:
+//! [`provision_tenant`] does.
 //!
 //! ```no_run
 //! # async fn demo(mut admin: asdlc_runtime::RedisConnection) -> Result<(), Box<dyn std::error::Error>> {
@@ -22,9 +27,10 @@
 //! # What a tenant user may run
 //!
 //! [`TENANT_COMMANDS`]: the stream commands of publishing, consuming, recovery and dead
-//! letters; `EVAL`/`EVALSHA`/`SCRIPT LOAD` for the protocol's scripts, and the data commands
-//! those scripts and staged [`Effect`](crate::Effect)s run (checked against the key pattern at
-//! each call inside the script); `TIME` (read by the scripts); `MULTI`/`EXEC`/`DISCARD`
+//! letters; `FCALL`/`FCALL_RO` for the protocol's functions, and the data commands those
+//! functions and staged [`Effect`](crate::Effect)s run (every key declared, and checked
+//! against the key pattern before the call and at each command inside it); `TIME` (read by the
+//! functions); `MULTI`/`EXEC`/`DISCARD`
 //! (each queued command is still checked against the key pattern); `WAIT` (durable
 //! publishing);
 //! `PING`, `CLIENT ID`/`SETNAME`/`GETNAME` about its own connection (not `CLIENT SETINFO`,
@@ -76,10 +82,10 @@ pub const TENANT_COMMANDS: &[&str] = &[
     "xrevrange",
     "xdel",
     "xtrim",
-    // The protocol's scripts, and what they (and staged effects) run inside.
-    "eval",
-    "evalsha",
-    "script|load",
+    // The protocol's functions (never EVAL, SCRIPT or FUNCTION LOAD: a tenant runs no code of
+    // its own), and what they (and staged effects) run inside.
+    "fcall",
+    "fcall_ro",
     "time",
     "get",
     "set",
@@ -300,8 +306,9 @@ impl TenantAcl {
         rules
     }
 
-    /// Creates (or replaces) the tenant's user with `password`. On a cluster connection the
-    /// user is created on every node.
+    /// Creates (or replaces) the tenant's user with `password`, and loads the protocol's
+    /// functions library if the server lacks it. On a cluster connection the user is created
+    /// on every node.
     pub async fn provision(
         &self,
         conn: &mut RedisConnection,
@@ -344,6 +351,13 @@ impl TenantAcl {
             .map_err(|source| AclError::Redis {
                 tenant: tenant.clone(),
                 source,
+            })?;
+        // The tenant may call the protocol's functions but not load them: load them now.
+        crate::functions::ensure_loaded(conn)
+            .await
+            .map_err(|e| AclError::Redis {
+                tenant: tenant.clone(),
+                source: e.into(),
             })?;
         tracing::info!(%tenant, user = %username, "provisioned the tenant's ACL user");
         Ok(TenantCredentials {

@@ -6,8 +6,6 @@
 //! idempotency key, so a group that already handled it skips it) and removes the dead letter,
 //! in one atomic step.
 
-use std::sync::LazyLock;
-
 use redis::Value;
 use serde::{Deserialize, Serialize};
 
@@ -19,9 +17,6 @@ use crate::keys::StreamKeys;
 
 /// The prefix of the original entry's fields in a dead letter.
 pub const FIELD_PREFIX: &str = "f:";
-
-static REPLAY: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("deadletter_replay.lua")));
 
 /// One dead letter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,7 +138,7 @@ pub async fn replay(
     id: &str,
 ) -> Result<Option<String>, StreamError> {
     let keys = StreamKeys::new(stream);
-    REPLAY
+    crate::functions::REPLAY
         .key(keys.dead_letter())
         .key(stream)
         .arg(id)

@@ -20,6 +20,7 @@
 //! - [`error`]: one error enum per concern.
 //! - [`connection`]: the [`RedisConnection`] to one server or a Redis Cluster.
 //! - [`acl`]: one Redis ACL user per tenant, so the server enforces tenant isolation.
+//! - [`functions`]: the protocol's server side, one versioned Redis Functions library.
 
 pub mod acl;
 pub mod config;
@@ -30,6 +31,7 @@ pub mod effects;
 pub mod encoding;
 pub mod error;
 pub mod events;
+pub mod functions;
 pub mod handler;
 pub mod idempotency;
 pub mod keys;

@@ -27,15 +27,7 @@ pub async fn ensure_stream_exists(
     conn: &mut RedisConnection,
     stream: &str,
 ) -> Result<bool, StreamError> {
-    // XGROUP CREATE ... MKSTREAM is the only way to make an empty stream without adding and
-    // deleting an entry; the helper group is removed in the same atomic step.
-    const SCRIPT: &str = r#"
-        if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-        redis.call('XGROUP', 'CREATE', KEYS[1], '__asdlc_init', '$', 'MKSTREAM')
-        redis.call('XGROUP', 'DESTROY', KEYS[1], '__asdlc_init')
-        return 1
-    "#;
-    let created: i64 = redis::Script::new(SCRIPT)
+    let created: i64 = crate::functions::ENSURE_STREAM
         .key(stream)
         .invoke_async(conn)
         .await
@@ -259,17 +251,8 @@ async fn count_lag(
     if position < id_parts(first) {
         return Ok(Some(info.length));
     }
-    // Counted inside the server so no entry crosses the network; `(` (exclusive) ranges need
-    // Redis 6.2.
-    const SCRIPT: &str = r#"
-        local limit = tonumber(ARGV[2])
-        local after = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', limit + 1)
-        if #after <= limit then return #after end
-        local upto = redis.call('XRANGE', KEYS[1], '-', ARGV[1], 'COUNT', limit + 1)
-        if #upto <= limit then return redis.call('XLEN', KEYS[1]) - #upto end
-        return -1
-    "#;
-    let n: i64 = redis::Script::new(SCRIPT)
+    // Counted inside the server, so no entry crosses the network.
+    let n: i64 = crate::functions::LAG
         .key(stream)
         .arg(last_delivered)
         .arg(LAG_COUNT_LIMIT)

@@ -3,6 +3,7 @@
 //! Result<u8, CliError>` returning the exit status, and an arm below.
 
 mod dlq;
+mod functions;
 mod health;
 mod info;
 mod pending;
@@ -29,5 +30,6 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Recover(args) => recover::run(&mut ctx, args).await,
         Command::Trim(args) => trim::run(&mut ctx, args).await,
         Command::Tenant(command) => tenant::run(&mut ctx, command).await,
+        Command::Functions(command) => functions::run(&mut ctx, command).await,
     }
 }

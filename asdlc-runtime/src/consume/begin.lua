@@ -1,6 +1,6 @@
 -- Begin step, one call per batch: for each entry, acknowledge it if its key is already
 -- processed by this group, otherwise take the key's in-flight lease and count the attempt.
--- KEYS[1] stream, KEYS[2] lease hash
+-- KEYS[1] stream, KEYS[2] lease hash, then the mark hashes of the entries' fingerprints
 -- ARGV: marks prefix, width, nbuckets, ttl, shards, group, token, predecessor token ('' for
 --       none), lease ms, then (entry id, fingerprint) for each entry (fingerprints distinct
 --       within a call).
@@ -9,7 +9,7 @@
 -- taken and the handler is about to run its attempt n.
 local group, token, pred, lease_ms = ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
 local now = asdlc_now_ms()
-local marks = asdlc_marks(now)
+local marks = asdlc_marks(now, KEYS, ARGV)
 local out, acks, want, fps, gone = {}, {}, {}, {}, {}
 for i = 10, #ARGV, 2 do
   local id, fp = ARGV[i], ARGV[i + 1]

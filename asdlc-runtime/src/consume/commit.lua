@@ -1,6 +1,7 @@
 -- Commit step, one call per batch of finished entries. Each record is applied atomically
--- with its acknowledgement (the whole call is one script, so nothing runs in between).
--- KEYS[1] stream, KEYS[2] dead-letter stream, KEYS[3] lease hash
+-- with its acknowledgement (the whole call is one function, so nothing runs in between).
+-- KEYS[1] stream, KEYS[2] dead-letter stream, KEYS[3] lease hash, then the mark hashes of
+-- the S and s records and the keys of their staged effects
 -- ARGV: marks prefix, width, nbuckets, ttl, shards, group, token, then records, where
 -- `lease` is the key's fingerprint if the delivery took a lease, else empty:
 --   S id fp lease n  (cmd key nargs arg...)*n   success: mark, apply effects, ack, drop lease
@@ -21,7 +22,7 @@
 -- refused, code 2). Without a live lease (it lapsed) the marks are checked again.
 local group, token = ARGV[6], ARGV[7]
 local now = asdlc_now_ms()
-local marks = asdlc_marks(now)
+local marks = asdlc_marks(now, KEYS, ARGV)
 local now_text = asdlc_ms_text(now)
 local wants = {
   SET = 'string', INCRBY = 'string', HSET = 'hash', HINCRBY = 'hash',
@@ -43,6 +44,9 @@ local function check_effects(first, n)
     local want = wants[cmd]
     if want == nil then
       return nil, 'command ' .. cmd .. ' cannot be staged'
+    end
+    if not marks.declared[key] then
+      return nil, cmd .. ' on ' .. key .. ': key not declared in KEYS'
     end
     if want then
       local t = redis.call('TYPE', key)['ok']

@@ -5,7 +5,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -28,28 +28,12 @@ use crate::effects::Effect;
 use crate::encoding::decode;
 use crate::error::ConsumeError;
 use crate::events::{AsdlcEvent, HandlerResult, RecoveryResult};
+use crate::functions::{BEGIN, COMMIT, FORGET, KEEPALIVE, REDELIVER, SWEEP_LEASES};
 use crate::handler::HandlerContext;
-use crate::idempotency::{FINGERPRINT_LEN, MARKS_LUA, fingerprint};
+use crate::idempotency::{FINGERPRINT_LEN, fingerprint};
 use crate::keys::StreamKeys;
 use crate::streams::{create_consumer_group, is_no_group};
 use crate::tenancy::{TenantContext, TenantId};
-
-const LEASES_LUA: &str = include_str!("leases.lua");
-static BEGIN: LazyLock<redis::Script> = LazyLock::new(|| with_helpers(include_str!("begin.lua")));
-static COMMIT: LazyLock<redis::Script> = LazyLock::new(|| with_helpers(include_str!("commit.lua")));
-static KEEPALIVE: LazyLock<redis::Script> =
-    LazyLock::new(|| with_helpers(include_str!("keepalive.lua")));
-static REDELIVER: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("redeliver.lua")));
-static FORGET: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("forget.lua")));
-static SWEEP: LazyLock<redis::Script> =
-    LazyLock::new(|| with_helpers(include_str!("sweep_leases.lua")));
-
-/// A script with the mark and lease helpers it calls prepended.
-fn with_helpers(script: &str) -> redis::Script {
-    redis::Script::new(&format!("{MARKS_LUA}\n{LEASES_LUA}\n{script}"))
-}
 
 /// A lease as a script argument: the fingerprint, or empty for none.
 fn lease_arg(lease: &Lease) -> &[u8] {
@@ -1039,6 +1023,12 @@ async fn begin(
 ) -> redis::RedisResult<Vec<Begun>> {
     let mut inv = BEGIN.key(&*stream.name);
     inv.key(&stream.lease_key);
+    let marks = &shared.options.marks;
+    marks.mark_keys(
+        &stream.marks_prefix,
+        chunk.iter().map(|c| &c.fp[..]),
+        &mut inv,
+    );
     shared
         .options
         .marks
@@ -1425,6 +1415,22 @@ async fn commit(
 ) -> redis::RedisResult<Vec<Value>> {
     let mut inv = COMMIT.key(&*stream.name);
     inv.key(&stream.dead_letter).key(&stream.lease_key);
+    // Declared: the mark hashes of the records that mark, and every staged effect's key.
+    let marking = outcomes.iter().filter_map(|o| match &o.kind {
+        Kind::Success { fp, .. } => Some(&fp[..]),
+        _ => None,
+    });
+    shared
+        .options
+        .marks
+        .mark_keys(&stream.marks_prefix, marking, &mut inv);
+    for o in outcomes {
+        if let Kind::Success { effects, .. } = &o.kind {
+            for e in effects {
+                inv.key(e.key());
+            }
+        }
+    }
     shared
         .options
         .marks
@@ -1636,7 +1642,7 @@ async fn sweep_leases(
     let mut cursor = "0".to_owned();
     let mut removed = 0u64;
     loop {
-        let (next, n): (String, u64) = SWEEP
+        let (next, n): (String, u64) = SWEEP_LEASES
             .key(&stream.lease_key)
             .arg(&cursor)
             .arg(500)
@@ -1683,9 +1689,9 @@ async fn forget_gone(
         let lock_key = stream.keys.consumer_lock(&shared.group, &name);
         let removed: i64 = FORGET
             .key(&*stream.name)
+            .key(lock_key)
             .arg(&*shared.group)
             .arg(&name)
-            .arg(lock_key)
             .arg(lock::TTL.as_millis() as u64)
             .invoke_async(conn)
             .await

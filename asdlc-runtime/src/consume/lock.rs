@@ -26,9 +26,6 @@ pub(crate) const REFRESH: Duration = Duration::from_millis(500);
 /// long it waits on probation after finding a name free.
 pub(crate) const WATCH: Duration = Duration::from_secs(2);
 
-static SCRIPT: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(include_str!("name_lock.lua")));
-
 /// A held consumer-name lock.
 #[derive(Debug)]
 pub(crate) struct NameLock {
@@ -211,7 +208,7 @@ impl NameLock {
         expected: &str,
     ) -> Result<Value, ConsumeError> {
         let client = client_id(conn).await;
-        SCRIPT
+        crate::functions::NAME_LOCK
             .key(&self.key)
             .key(&self.marker)
             .arg(&self.token)

@@ -1,4 +1,4 @@
--- Processed marks, shared by every script that reads or writes them (prepended to each).
+-- Processed marks, shared by every function that reads or writes them.
 --
 -- A mark is one field of a small hash: the field is the 12-byte fingerprint of the
 -- idempotency key, the value 1 (and each hash has one more field, '#'). Hashes are named <prefix><bucket>:<shard>, where the bucket
@@ -8,9 +8,12 @@
 -- Small hashes stay in Redis's compact listpack encoding: 20 to 40 bytes a mark instead of
 -- 100 or more for a key per mark.
 --
--- Every script takes the layout as ARGV[1..5]: prefix, width, nbuckets, ttl, shards. Key
+-- Every function takes the layout as ARGV[1..5]: prefix, width, nbuckets, ttl, shards. Key
 -- names are built from strings made once per call (numbers turned into text cost a float
 -- formatting each in the server's Lua), so a lookup is one concatenation and one command.
+-- Every mark hash a call may touch is declared in its KEYS, computed by the client from its
+-- own clock for one bucket more on each side (MarkLayout::mark_keys); the buckets used are
+-- those of the server's clock, checked against the declared keys.
 
 local ASDLC_HEX = {
   [0] = '00', '01', '02', '03', '04', '05', '06', '07', '08', '09', '0a', '0b', '0c', '0d', '0e',
@@ -39,11 +42,11 @@ local function asdlc_now_ms()
 end
 
 -- The marks of this call, at time `now` (ms).
-local function asdlc_marks(now)
-  local prefix, width, nbuckets = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-  local ttl, shards = tonumber(ARGV[4]), tonumber(ARGV[5])
+local function asdlc_marks(now, keys, argv)
+  local prefix, width, nbuckets = argv[1], tonumber(argv[2]), tonumber(argv[3])
+  local ttl, shards = tonumber(argv[4]), tonumber(argv[5])
   local bucket = math.floor(now / width)
-  local m = { shards = shards, buckets = {} }
+  local m = { shards = shards, buckets = {}, declared = asdlc_declared(keys) }
   for b = 0, nbuckets - 1 do
     m.buckets[b + 1] = prefix .. string.format('%d', bucket - b) .. ':'
   end
@@ -59,7 +62,9 @@ end
 local function asdlc_is_marked(m, fp)
   local shard = asdlc_shard(m, fp)
   for _, bucket in ipairs(m.buckets) do
-    if redis.call('HEXISTS', bucket .. shard, fp) == 1 then
+    local key = bucket .. shard
+    asdlc_check_declared(m.declared, key, 'mark hash')
+    if redis.call('HEXISTS', key, fp) == 1 then
       return true
     end
   end
@@ -68,6 +73,7 @@ end
 
 local function asdlc_set_mark(m, fp)
   local key = m.buckets[1] .. asdlc_shard(m, fp)
+  asdlc_check_declared(m.declared, key, 'mark hash')
   -- '#' is in every mark hash from its first mark on, so two new fields mean a new hash:
   -- only then is its expiry set, without a second command for every mark.
   if redis.call('HSET', key, fp, '1', '#', '') == 2 then

@@ -27,9 +27,8 @@ use sha2::{Digest, Sha256};
 use crate::config::DEFAULT_IDEMPOTENCY_TTL;
 use crate::connection::RedisConnection;
 use crate::error::StreamError;
+use crate::functions::{Call, MARK, MARK_MANY};
 use crate::keys::StreamKeys;
-
-pub(crate) const MARKS_LUA: &str = include_str!("marks.lua");
 
 /// Bytes of SHA-256 kept as a key's fingerprint.
 pub const FINGERPRINT_LEN: usize = 12;
@@ -86,13 +85,50 @@ impl MarkLayout {
         self.ttl_ms().div_ceil(self.width_ms()) + 1
     }
 
-    /// Adds the layout arguments every mark script takes: prefix, width, nbuckets, ttl, shards.
-    pub(crate) fn script_args(&self, prefix: &str, inv: &mut redis::ScriptInvocation<'_>) {
-        inv.arg(prefix)
+    /// Adds the layout arguments every mark function takes: prefix, width, nbuckets, ttl,
+    /// shards.
+    pub(crate) fn script_args(&self, prefix: &str, call: &mut Call) {
+        call.arg(prefix)
             .arg(self.width_ms())
             .arg(self.lookback())
             .arg(self.ttl_ms())
             .arg(self.shards.max(1));
+    }
+
+    /// Declares the mark hashes a call may touch for `fps`: the buckets a lookup at this
+    /// moment reads, by this process's clock, and one more on each side, so a server whose
+    /// clock is up to one bucket (by default 3.5 days) ahead or behind finds its buckets
+    /// among them. Each shard is declared once.
+    pub(crate) fn mark_keys<'a>(
+        &self,
+        prefix: &str,
+        fps: impl IntoIterator<Item = &'a [u8]>,
+        call: &mut Call,
+    ) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let bucket = now / self.width_ms();
+        let first = bucket + 1;
+        let last = bucket.saturating_sub(self.lookback());
+        let mut shards: Vec<u32> = fps
+            .into_iter()
+            .map(|fp| self.shard_of(fp))
+            .collect::<Vec<_>>();
+        shards.sort_unstable();
+        shards.dedup();
+        for shard in shards {
+            for b in (last..=first).rev() {
+                call.key(format!("{prefix}{b}:{shard:04x}"));
+            }
+        }
+    }
+
+    /// The shard of a fingerprint, as marks.lua computes it.
+    fn shard_of(&self, fp: &[u8]) -> u32 {
+        let high = u32::from(fp.first().copied().unwrap_or(0));
+        let low = u32::from(fp.get(1).copied().unwrap_or(0));
+        (high * 256 + low) % self.shards.max(1)
     }
 }
 
@@ -149,19 +185,16 @@ impl IdempotencyTracker {
     /// check: the answer says, key by key, whether this call marked it (`true`) or it was
     /// already marked (`false`). A key given twice is marked by its first occurrence.
     pub async fn mark_many<K: AsRef<str>>(&self, keys: &[K]) -> Result<Vec<bool>, StreamError> {
-        static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-            redis::Script::new(&format!(
-                "{MARKS_LUA}\n{}",
-                include_str!("tracker_many.lua")
-            ))
-        });
         let mut out = Vec::with_capacity(keys.len());
         let mut conn = self.conn.clone();
         for chunk in keys.chunks(1000) {
-            let mut inv = SCRIPT.key(self.keys.stream());
+            let fps: Vec<_> = chunk.iter().map(|k| fingerprint(k.as_ref())).collect();
+            let mut inv = MARK_MANY.key(self.keys.stream());
+            self.layout
+                .mark_keys(&self.prefix, fps.iter().map(|f| &f[..]), &mut inv);
             self.layout.script_args(&self.prefix, &mut inv);
-            for key in chunk {
-                inv.arg(&fingerprint(key.as_ref())[..]);
+            for fp in &fps {
+                inv.arg(&fp[..]);
             }
             let marked: Vec<i64> = inv
                 .invoke_async(&mut conn)
@@ -173,11 +206,9 @@ impl IdempotencyTracker {
     }
 
     async fn run(&self, key: &str, mode: &str) -> Result<bool, StreamError> {
-        static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-            redis::Script::new(&format!("{MARKS_LUA}\n{}", include_str!("tracker.lua")))
-        });
         let fp = fingerprint(key);
-        let mut inv = SCRIPT.key(self.keys.stream());
+        let mut inv = MARK.key(self.keys.stream());
+        self.layout.mark_keys(&self.prefix, [&fp[..]], &mut inv);
         self.layout.script_args(&self.prefix, &mut inv);
         inv.arg(&fp[..]).arg(mode);
         let mut conn = self.conn.clone();

@@ -16,7 +16,6 @@
 //! One thing no trim can know: a group that does not exist yet. A group created later "from
 //! the beginning" sees only what retention kept, so create groups before trimming.
 
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -26,9 +25,6 @@ use crate::config::Config;
 use crate::connection::RedisConnection;
 use crate::error::StreamError;
 use crate::streams::value_string;
-
-static TRIM: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("retention.lua")));
 
 /// Options of one trim.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -145,7 +141,7 @@ pub async fn trim_acknowledged_with(
     options: TrimOptions,
 ) -> Result<TrimReport, StreamError> {
     let min_age_ms = options.min_age.map_or(0, |d| d.as_millis().max(1) as u64);
-    let reply: Vec<redis::Value> = TRIM
+    let reply: Vec<redis::Value> = crate::functions::TRIM
         .key(stream)
         .arg(min_age_ms)
         .arg(if options.dry_run { "1" } else { "0" })

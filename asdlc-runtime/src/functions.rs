@@ -1,0 +1,292 @@
+//! The server side of the protocol: one Redis Functions library, called with `FCALL`.
+//!
+//! Every atomic step of asdlc (begin, commit, keep-alive, the name lock, marks, trim, replay)
+//! is a Lua function of one library, loaded once per server with `FUNCTION LOAD` and called
+//! with `FCALL`. Why functions and not `EVAL`: a user allowed `EVAL` can run any code of its
+//! own, and one long script blocks every client of the server; tenants are granted `FCALL`
+//! only, so the only code a tenant can run is ours (see [`crate::acl`]).
+//!
+//! **Versioned.** The library is named `asdlc_<version>`, the version a hash of its source,
+//! and its functions `asdlc_<version>_<step>`: processes of two releases can share a server
+//! during a rolling upgrade, each calling its own functions. [`ensure_loaded`] loads it
+//! (`FUNCTION LOAD REPLACE`, on every master of a cluster, from where replicas copy it); a
+//! call that finds it missing (a server restarted without persistence, a new master) loads
+//! it and calls again, if the user may load functions. A tenant user may not: an admin loads
+//! the library ([`crate::acl::provision_tenant`] does, and `asdlc functions load`).
+//!
+//! **Every key declared.** A function touches only keys passed in its `KEYS` (the mark hashes
+//! a lookup may read are computed by the client, see [`crate::idempotency::MarkLayout`]), and
+//! checks each key it builds against them. So the server checks every key against the
+//! caller's ACL before anything runs, and a cluster routes the call by all its keys: a slot
+//! being migrated gets a redirect for the whole call instead of a half-seen mark.
+
+use std::sync::LazyLock;
+
+use redis::aio::ConnectionLike;
+use redis::{ErrorKind, FromRedisValue, RedisError, RedisResult, ToRedisArgs};
+
+/// The helpers every function may use, and the functions: (step name, source). A source sees
+/// `KEYS` and `ARGV` as in a script.
+const HELPERS: &[&str] = &[
+    include_str!("functions.lua"),
+    include_str!("idempotency/marks.lua"),
+    include_str!("consume/leases.lua"),
+];
+
+const FUNCTIONS: &[(&str, &str)] = &[
+    ("begin", include_str!("consume/begin.lua")),
+    ("commit", include_str!("consume/commit.lua")),
+    ("keepalive", include_str!("consume/keepalive.lua")),
+    ("redeliver", include_str!("consume/redeliver.lua")),
+    ("forget", include_str!("consume/forget.lua")),
+    ("sweep_leases", include_str!("consume/sweep_leases.lua")),
+    ("name_lock", include_str!("consume/name_lock.lua")),
+    ("mark", include_str!("idempotency/tracker.lua")),
+    ("mark_many", include_str!("idempotency/tracker_many.lua")),
+    ("trim", include_str!("monitor/retention.lua")),
+    ("replay", include_str!("deadletter_replay.lua")),
+    ("ensure_stream", include_str!("streams_ensure.lua")),
+    ("lag", include_str!("streams_lag.lua")),
+];
+
+/// The library: its name and its source for `FUNCTION LOAD`.
+struct Library {
+    name: String,
+    source: String,
+}
+
+static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
+    let mut body = String::new();
+    for h in HELPERS {
+        body.push_str(h);
+        body.push('\n');
+    }
+    for (step, source) in FUNCTIONS {
+        body.push_str(&format!(
+            "local function asdlc_step_{step}(KEYS, ARGV)\n{source}\nend\n"
+        ));
+    }
+    let name = format!("asdlc_{:016x}", fnv1a(body.as_bytes()));
+    let mut source = format!("#!lua name={name}\n{body}");
+    for (step, _) in FUNCTIONS {
+        source.push_str(&format!(
+            "redis.register_function('{name}_{step}', asdlc_step_{step})\n"
+        ));
+    }
+    // Answers whether this version is loaded, for any user allowed FCALL.
+    source.push_str(&format!(
+        "redis.register_function{{function_name='{name}_version', \
+         callback=function() return '{name}' end, flags={{'no-writes'}}}}\n"
+    ));
+    Library { name, source }
+});
+
+/// FNV-1a, 64 bits: a stable hash of the source (the std hasher is not stable across
+/// releases, and the version must be the same in every process built from one source).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// The name of the library this build calls (`asdlc_<version>`).
+pub fn library_name() -> &'static str {
+    &LIBRARY.name
+}
+
+/// The library's source, as `FUNCTION LOAD` takes it (for an operator who loads it by hand).
+pub fn library_source() -> &'static str {
+    &LIBRARY.source
+}
+
+/// Loads this build's library onto the server (every master of a cluster) unless it is there.
+///
+/// A user without `FUNCTION LOAD` (a tenant) gets [`FunctionsError::NotLoaded`] when the
+/// library is missing; when it is present, nothing needs loading and this succeeds.
+pub async fn ensure_loaded<C: ConnectionLike + Send>(conn: &mut C) -> Result<(), FunctionsError> {
+    let present: RedisResult<String> = redis::cmd("FCALL")
+        .arg(format!("{}_version", LIBRARY.name))
+        .arg(0)
+        .query_async(conn)
+        .await;
+    match present {
+        Ok(_) => Ok(()),
+        Err(e) if is_missing(&e) => load(conn).await,
+        Err(e) => Err(FunctionsError::Redis(e)),
+    }
+}
+
+/// Loads (or loads again) this build's library: `FUNCTION LOAD REPLACE`, which needs a user
+/// allowed to load functions.
+pub async fn load<C: ConnectionLike + Send>(conn: &mut C) -> Result<(), FunctionsError> {
+    redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(&LIBRARY.source)
+        .query_async::<()>(conn)
+        .await
+        .map_err(|source| {
+            if source.code() == Some("NOPERM") {
+                FunctionsError::NotLoaded {
+                    library: LIBRARY.name.clone(),
+                    source,
+                }
+            } else {
+                FunctionsError::Redis(source)
+            }
+        })
+}
+
+/// Whether `e` says the function called does not exist.
+fn is_missing(e: &RedisError) -> bool {
+    e.code() == Some("ERR")
+        && e.detail()
+            .is_some_and(|d| d.starts_with("Function not found"))
+}
+
+/// Why the protocol's library could not be made available.
+#[derive(Debug, thiserror::Error)]
+pub enum FunctionsError {
+    /// The library is missing and this user may not load it.
+    #[error(
+        "the asdlc functions library {library} is not loaded on the server, and this user \
+         may not load it ({source}): load it as an admin with `asdlc functions load` (also \
+         done by `asdlc tenant provision`)"
+    )]
+    NotLoaded {
+        /// The library's name.
+        library: String,
+        /// The server's refusal.
+        #[source]
+        source: RedisError,
+    },
+    /// The server failed otherwise.
+    #[error("loading the asdlc functions library: {0}")]
+    Redis(#[source] RedisError),
+}
+
+impl From<FunctionsError> for RedisError {
+    fn from(e: FunctionsError) -> Self {
+        match e {
+            FunctionsError::Redis(e) => e,
+            e @ FunctionsError::NotLoaded { .. } => RedisError::from((
+                ErrorKind::Client,
+                "asdlc functions library missing",
+                e.to_string(),
+            )),
+        }
+    }
+}
+
+/// One function of the library.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Function(&'static str);
+
+pub(crate) const BEGIN: Function = Function("begin");
+pub(crate) const COMMIT: Function = Function("commit");
+pub(crate) const KEEPALIVE: Function = Function("keepalive");
+pub(crate) const REDELIVER: Function = Function("redeliver");
+pub(crate) const FORGET: Function = Function("forget");
+pub(crate) const SWEEP_LEASES: Function = Function("sweep_leases");
+pub(crate) const NAME_LOCK: Function = Function("name_lock");
+pub(crate) const MARK: Function = Function("mark");
+pub(crate) const MARK_MANY: Function = Function("mark_many");
+pub(crate) const TRIM: Function = Function("trim");
+pub(crate) const REPLAY: Function = Function("replay");
+pub(crate) const ENSURE_STREAM: Function = Function("ensure_stream");
+pub(crate) const LAG: Function = Function("lag");
+
+impl Function {
+    /// A call of this function, with its first key.
+    pub(crate) fn key<T: ToRedisArgs>(self, key: T) -> Call {
+        let mut call = Call {
+            function: self,
+            keys: Vec::new(),
+            args: Vec::new(),
+        };
+        call.key(key);
+        call
+    }
+}
+
+/// A call being built: keys and arguments, as [`redis::ScriptInvocation`] takes them.
+#[derive(Debug, Clone)]
+pub(crate) struct Call {
+    function: Function,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl Call {
+    /// Adds a key (declared in `KEYS`).
+    pub(crate) fn key<T: ToRedisArgs>(&mut self, key: T) -> &mut Self {
+        key.write_redis_args(&mut self.keys);
+        self
+    }
+
+    /// Adds an argument.
+    pub(crate) fn arg<T: ToRedisArgs>(&mut self, arg: T) -> &mut Self {
+        arg.write_redis_args(&mut self.args);
+        self
+    }
+
+    /// Calls the function; if the server lacks the library, loads it and calls once more.
+    pub(crate) async fn invoke_async<T: FromRedisValue>(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+    ) -> RedisResult<T> {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg(format!("{}_{}", LIBRARY.name, self.function.0))
+            .arg(self.keys.len())
+            .arg(&self.keys)
+            .arg(&self.args);
+        match cmd.query_async(conn).await {
+            Err(e) if is_missing(&e) => {
+                load(conn).await?;
+                cmd.query_async(conn).await
+            }
+            reply => reply,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_library_registers_every_step_under_its_version() {
+        let lib = &*LIBRARY;
+        assert!(lib.name.starts_with("asdlc_") && lib.name.len() == 6 + 16);
+        assert!(
+            lib.source
+                .starts_with(&format!("#!lua name={}\n", lib.name))
+        );
+        for (step, _) in FUNCTIONS {
+            assert!(
+                lib.source
+                    .contains(&format!("register_function('{}_{step}'", lib.name)),
+                "{step}"
+            );
+        }
+        assert!(lib.source.contains(&format!("'{}_version'", lib.name)));
+    }
+
+    #[test]
+    fn the_version_is_a_stable_hash_of_the_source() {
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_ne!(fnv1a(b"begin"), fnv1a(b"begim"));
+    }
+
+    #[test]
+    fn a_call_puts_keys_before_arguments() {
+        let mut call = BEGIN.key("k1");
+        call.arg("a1").key("k2").arg(7);
+        assert_eq!(call.keys, vec![b"k1".to_vec(), b"k2".to_vec()]);
+        assert_eq!(call.args, vec![b"a1".to_vec(), b"7".to_vec()]);
+    }
+}
