@@ -597,11 +597,10 @@ async fn tenant_users_are_confined_to_their_keys_on_a_cluster() {
     let creds = acl::provision_tenant(&mut admin, a, &acl::generate_password())
         .await
         .unwrap();
-    // The user exists on every node, replicas included.
+    // Provisioning returns once every node, replicas included, has the user.
+    assert_eq!(creds.nodes().len(), c.node_count(), "{:?}", creds.nodes());
     for n in 0..c.node_count() {
-        let mut con = c.node_client(n).get_connection().unwrap();
-        let users: Vec<String> = redis::cmd("ACL").arg("USERS").query(&mut con).unwrap();
-        assert!(users.contains(&creds.username().to_owned()), "node {n}");
+        assert!(has_user(c, n, creds.username()), "node {n}");
     }
     let admin_p = Publisher::connect(multi(c, base)).await.unwrap();
     TenantContext::scope(
@@ -664,6 +663,123 @@ async fn tenant_users_are_confined_to_their_keys_on_a_cluster() {
         .await
         .unwrap();
     assert_eq!(b_info.length, 1, "B's data is intact");
+}
+
+/// Whether node `n` of `c` has ACL user `user` (`ACL GETUSER`, on the node itself).
+fn has_user(c: &TestCluster, n: usize, user: &str) -> bool {
+    let mut con = c.node_client(n).get_connection().unwrap();
+    let reply: Value = redis::cmd("ACL")
+        .arg("GETUSER")
+        .arg(user)
+        .query(&mut con)
+        .unwrap();
+    reply != Value::Nil
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_keeps_working_after_failing_over_to_a_replica_that_had_lost_its_user() {
+    trace();
+    let mut cl = blocking(|| {
+        TestCluster::builder()
+            .masters(1)
+            .replicas_per_master(1)
+            .start()
+    });
+    let master = cl.master_of_slot(0).unwrap();
+    let replica = cl.replica_of(master).unwrap().expect("a replica");
+    let base = "ha:events";
+    let tenant = TenantId::new("ha1").unwrap();
+    let late = TenantId::new("ha2").unwrap();
+    let mut admin = connect(&cl).await;
+    let creds = acl::provision_tenant(&mut admin, &tenant, &acl::generate_password())
+        .await
+        .unwrap();
+    assert_eq!(creds.nodes().len(), 2);
+    assert!(has_user(&cl, replica, creds.username()));
+
+    let config = Config {
+        redis_url: creds.url(&cl.redis_url()).unwrap(),
+        ..multi(&cl, base)
+    };
+    let p = Publisher::connect(config.clone()).await.unwrap();
+    let h = TestHandler::all("h");
+    let consumer = EventConsumer::builder(config.clone(), "development-handlers")
+        .tenant(tenant.clone())
+        .handler(h.clone())
+        .configure(|o| {
+            fast(o);
+            o.consumer = Some("ha-w1".into());
+        })
+        .build()
+        .await
+        .unwrap();
+    let run = spawn(&consumer).await;
+    let publish = |session: &'static str| {
+        let e = AsdlcEvent::builder(EventType::TaskCreated, session)
+            .tenant_id(tenant.clone())
+            .build()
+            .unwrap();
+        let p = p.clone();
+        async move { p.publish(&e).await }
+    };
+    publish("before").await.unwrap();
+    eventually(WAIT, "the first event handled", || async { h.count() == 1 }).await;
+
+    // A node that cannot be reached is named, not skipped.
+    blocking(|| cl.kill_node(replica));
+    let err = acl::provision_tenant(&mut admin, &late, &acl::generate_password())
+        .await
+        .unwrap_err();
+    let replica_addr = format!("127.0.0.1:{}", cl.node(replica).port());
+    match &err {
+        acl::AclError::Unreached {
+            report,
+            credentials: Some(late_creds),
+            ..
+        } => {
+            assert_eq!(report.unreached.len(), 1, "{err}");
+            assert_eq!(report.unreached[0].node, replica_addr, "{err}");
+            assert_eq!(late_creds.nodes().len(), 1);
+        }
+        other => panic!("expected Unreached, got {other}"),
+    }
+    assert!(err.to_string().contains(&replica_addr), "{err}");
+
+    // Restarted without an ACL file, the replica has lost every tenant user; a sync puts
+    // them back from the record.
+    blocking(|| cl.restart_node(replica)).unwrap();
+    assert!(!has_user(&cl, replica, creds.username()));
+    let report = acl::sync_tenants(&mut admin).await.unwrap();
+    let mut restored: Vec<_> = report
+        .changes_of(acl::UserChange::Created)
+        .map(|c| (c.node.clone(), c.user.clone()))
+        .collect();
+    restored.sort();
+    assert_eq!(
+        restored,
+        [
+            (replica_addr.clone(), acl::tenant_username(&tenant)),
+            (replica_addr.clone(), acl::tenant_username(&late)),
+        ]
+    );
+    assert_eq!(report.changes_of(acl::UserChange::Unchanged).count(), 2);
+    assert!(has_user(&cl, replica, creds.username()));
+
+    // The replica takes over: the tenant's publisher and consumer keep working.
+    blocking(|| cl.failover(replica)).unwrap();
+    assert_eq!(cl.master_of_slot(0).unwrap(), replica);
+    eventually(WAIT, "publishing works on the promoted master", || async {
+        publish("after").await.is_ok()
+    })
+    .await;
+    eventually(
+        WAIT,
+        "the event published after the failover handled",
+        || async { h.calls().iter().any(|c| c.event.session_id == "after") },
+    )
+    .await;
+    consumer.stop();
+    run.await.unwrap().unwrap();
 }
 
 /// Runs `f` on a blocking-friendly thread of the multi-threaded test runtime.

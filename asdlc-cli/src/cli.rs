@@ -103,7 +103,10 @@ pub enum FunctionsCommand {
 pub enum TenantCommand {
     /// Create (or replace) the tenant's ACL user, allowed only keys `tenant:{ID}:*` and the
     /// commands asdlc needs; prints the user name, its password and the URL to give the
-    /// tenant's processes. On a cluster URL the user is created on every node.
+    /// tenant's processes. The user is created on every node, replicas included (every node
+    /// of a cluster; the server and the replicas ROLE lists), read back on each, and recorded
+    /// (asdlc:acl:tenants) for `tenant sync`. A node it cannot reach makes it fail (exit 5)
+    /// after printing the credentials: run `tenant sync` once the node is back.
     Provision {
         /// The tenant id.
         id: String,
@@ -119,11 +122,19 @@ pub enum TenantCommand {
         #[arg(long = "allow-command", value_name = "COMMAND")]
         allow_commands: Vec<String>,
     },
-    /// Delete the tenant's ACL user; its open connections are closed. Its keys stay.
+    /// Delete the tenant's ACL user on every node; its open connections are closed. Its keys
+    /// stay. The record keeps a tombstone, so `tenant sync` deletes the user from a node that
+    /// was down.
     Revoke {
         /// The tenant id.
         id: String,
     },
+    /// Apply the record of provisioned tenants to every node again: a node that lost a user
+    /// (a new replica, a node restarted without an aclfile) gets it back, a revoked tenant's
+    /// user still on a node is deleted; unrecorded asdlc-tenant-* users are only reported.
+    /// Needs an admin URL. Run it after every change of topology. Exit 5 if a node could not
+    /// be reached.
+    Sync,
 }
 
 /// `health` thresholds; a value at or above a level reaches it.

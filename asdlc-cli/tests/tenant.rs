@@ -1,5 +1,5 @@
-//! `asdlc tenant provision|revoke` against a real server: the user it creates reaches its
-//! tenant's keys and nothing else.
+//! `asdlc tenant provision|revoke|sync` against a real server (and a replica of it): the user
+//! it creates reaches its tenant's keys and nothing else, on every node.
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -106,4 +106,141 @@ fn provisioned_tenant_users_reach_only_their_keys_until_revoked() {
         Some("short\n"),
     );
     assert_eq!(out.status.code(), Some(2));
+}
+
+fn on(port: u16, args: &[&str]) -> redis::Value {
+    as_user(&format!("redis://127.0.0.1:{port}"), args).unwrap()
+}
+
+fn has_user(port: u16, user: &str) -> bool {
+    on(port, &["ACL", "GETUSER", user]) != redis::Value::Nil
+}
+
+#[test]
+fn tenant_sync_gives_a_replica_back_the_users_it_lost_and_deletes_revoked_ones() {
+    let master = TestServer::start();
+    let replica = TestServer::builder()
+        .arg("--replicaof", format!("127.0.0.1 {}", master.port()))
+        .start();
+    let replica_addr = format!("127.0.0.1:{}", replica.port());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !format!("{:?}", on(master.port(), &["ROLE"])).contains(&replica.port().to_string()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica never connected"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    // Provisioning reaches the replica that ROLE lists, not only the server of the URL.
+    let out = run(&master, &["--json", "tenant", "provision", "acme"], None);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["nodes"].as_array().unwrap().len(), 2, "{v}");
+    assert!(v["nodes"][1] == replica_addr.as_str(), "{v}");
+    assert!(has_user(replica.port(), "asdlc-tenant-acme"));
+    let password = v["password"].as_str().unwrap().to_owned();
+    assert_eq!(
+        run(&master, &["tenant", "provision", "globex"], None)
+            .status
+            .code(),
+        Some(0)
+    );
+    assert_eq!(
+        run(&master, &["tenant", "revoke", "globex"], None)
+            .status
+            .code(),
+        Some(0)
+    );
+    assert!(!has_user(replica.port(), "asdlc-tenant-globex"));
+
+    // The replica loses acme (as a restart without an ACL file does) and gets globex back
+    // (as from a stale ACL file); a user asdlc never recorded sits on the master.
+    on(replica.port(), &["ACL", "DELUSER", "asdlc-tenant-acme"]);
+    on(
+        replica.port(),
+        &[
+            "ACL",
+            "SETUSER",
+            "asdlc-tenant-globex",
+            "on",
+            "nopass",
+            "+@all",
+        ],
+    );
+    on(
+        master.port(),
+        &["ACL", "SETUSER", "asdlc-tenant-legacy", "off"],
+    );
+
+    let out = run(&master, &["--json", "tenant", "sync"], None);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut changes: Vec<(String, String, String)> = v["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["node"].as_str().unwrap().to_owned(),
+                c["user"].as_str().unwrap().to_owned(),
+                c["change"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    changes.sort();
+    let master_addr = format!("127.0.0.1:{}", master.port());
+    let mut expected = vec![
+        (
+            master_addr.clone(),
+            "asdlc-tenant-acme".to_owned(),
+            "unchanged".to_owned(),
+        ),
+        (
+            master_addr.clone(),
+            "asdlc-tenant-legacy".to_owned(),
+            "unrecorded".to_owned(),
+        ),
+        (
+            replica_addr.clone(),
+            "asdlc-tenant-acme".to_owned(),
+            "restored".to_owned(),
+        ),
+        (
+            replica_addr.clone(),
+            "asdlc-tenant-globex".to_owned(),
+            "deleted".to_owned(),
+        ),
+    ];
+    expected.sort();
+    assert_eq!(changes, expected, "{v}");
+    assert!(v["unreached"].as_array().unwrap().is_empty());
+
+    // acme can log in on the replica with its password again; globex cannot; legacy stays.
+    let acme_on_replica = format!(
+        "redis://asdlc-tenant-acme:{password}@127.0.0.1:{}",
+        replica.port()
+    );
+    as_user(&acme_on_replica, &["PING"]).unwrap();
+    assert!(!has_user(replica.port(), "asdlc-tenant-globex"));
+    assert!(has_user(master.port(), "asdlc-tenant-legacy"));
+
+    // A second sync finds nothing to do.
+    let out = run(&master, &["tenant", "sync"], None);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("2 node(s) reached, 0 unreached: 0 restored, 0 updated, 2 unchanged"),
+        "{text}"
+    );
 }

@@ -23,6 +23,8 @@
 //!   one process reads can be checked by another (the consumer-name lock relies on this).
 //! - **Replication.** [`RedisConnection::wait_for_replicas`] sends `WAIT` to the node that
 //!   holds a key, for writes that must survive a failover.
+//! - **State that is not replicated** (ACL users) must be set on each node directly:
+//!   [`RedisConnection::nodes`] lists them, replicas included.
 
 use std::time::Duration;
 
@@ -34,6 +36,7 @@ use redis::{Arg, Cmd, Pipeline, RedisFuture, Value};
 
 use crate::config::RedisUrl;
 use crate::keys::hash_slot;
+use crate::topology::Node;
 
 /// How long an ordinary command may take before it fails with a timeout.
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -46,6 +49,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct RedisConnection {
     inner: Inner,
+    url: RedisUrl,
 }
 
 #[derive(Clone)]
@@ -90,6 +94,7 @@ impl RedisConnection {
             tracing::debug!(url = %url, "connected to a Redis Cluster");
             return Ok(RedisConnection {
                 inner: Inner::Cluster(inner),
+                url: url.clone(),
             });
         }
         let client = redis::Client::open(url.expose())?;
@@ -101,7 +106,15 @@ impl RedisConnection {
         let inner = client.get_connection_manager_with_config(config).await?;
         Ok(RedisConnection {
             inner: Inner::Single(inner),
+            url: url.clone(),
         })
+    }
+
+    /// Every node behind this connection, each reachable on its own: the masters and replicas
+    /// of a cluster, or the server and its replicas (see [`crate::topology`]). For server state
+    /// that is not replicated, such as ACL users.
+    pub async fn nodes(&self) -> redis::RedisResult<Vec<Node>> {
+        crate::topology::discover_nodes(&self.url).await
     }
 
     /// Whether this is a connection to a Redis Cluster.

@@ -42,6 +42,7 @@ pub mod streams;
 pub mod tenancy;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod topology;
 
 pub use config::{Config, RedisUrl, Tenancy};
 pub use connection::RedisConnection;
