@@ -316,7 +316,8 @@ impl Config {
 
     /// From the environment: `REDIS_URL` (one server, or a cluster as
     /// `redis+cluster://host:port,host:port`, see [`RedisUrl`]), `ASDLC_STREAM`, `ASDLC_TENANCY` (`single` or
-    /// `multi`), `ASDLC_TENANTS` (comma-separated allow-list, implies multi),
+    /// `multi`), `ASDLC_TENANTS` (comma-separated allow-list, implies multi; a list naming no
+    /// tenant is [`ConfigError::EmptyTenantList`]),
     /// `ASDLC_IDEMPOTENCY_TTL_SECS`, `ASDLC_MAXLEN`. Unset variables take the defaults.
     pub fn from_env() -> Result<Self, ConfigError> {
         Config::from_lookup(|k| std::env::var(k).ok())
@@ -345,6 +346,11 @@ impl Config {
                 var: "ASDLC_TENANTS",
                 reason: e.to_string(),
             })?;
+        if tenants.as_ref().is_some_and(BTreeSet::is_empty) {
+            return Err(ConfigError::EmptyTenantList {
+                source_name: "ASDLC_TENANTS",
+            });
+        }
         match lookup("ASDLC_TENANCY").as_deref() {
             None | Some("") => {
                 if let Some(t) = tenants {
@@ -407,6 +413,13 @@ impl Config {
                 "max_len",
                 "must be at least 1 (or None for no trimming)",
             )));
+        }
+        if let Tenancy::Multi { allowed: Some(set) } = &self.tenancy
+            && set.is_empty()
+        {
+            return Err(ConfigError::EmptyTenantList {
+                source_name: "tenancy",
+            });
         }
         Ok(())
     }
@@ -472,6 +485,39 @@ mod tests {
             }
         }
         assert!(Config::from_lookup(env(&[("ASDLC_STREAM", "{x}")])).is_err());
+    }
+
+    #[test]
+    fn an_empty_tenant_list_is_refused() {
+        for list in ["", " ", ",", " , ,"] {
+            for tenancy in [None, Some("multi")] {
+                let mut pairs = vec![("ASDLC_TENANTS", list)];
+                pairs.extend(tenancy.map(|t| ("ASDLC_TENANCY", t)));
+                match Config::from_lookup(env(&pairs)) {
+                    Err(ConfigError::EmptyTenantList { source_name }) => {
+                        assert_eq!(source_name, "ASDLC_TENANTS")
+                    }
+                    other => panic!("ASDLC_TENANTS={list:?} gave {other:?}"),
+                }
+            }
+        }
+        let err = Config::from_lookup(env(&[("ASDLC_TENANTS", " ")])).unwrap_err();
+        assert!(
+            err.to_string().contains("ASDLC_TENANTS names no tenant"),
+            "{err}"
+        );
+        let config = Config {
+            tenancy: Tenancy::multi_only([]),
+            ..Config::default()
+        };
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::EmptyTenantList {
+                source_name: "tenancy"
+            })
+        ));
+        let trailing = Config::from_lookup(env(&[("ASDLC_TENANTS", "acme,")])).unwrap();
+        assert!(trailing.tenancy.allows(&TenantId::new("acme").unwrap()));
     }
 
     #[test]

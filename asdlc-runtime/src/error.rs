@@ -80,6 +80,17 @@ pub enum ConfigError {
         /// Why.
         reason: String,
     },
+    /// A tenant allow-list names no tenant (`ASDLC_TENANTS=""`, `" "` or `","`, or
+    /// [`crate::Tenancy::multi_only`] of nothing): it would give a service that consumes nothing
+    /// and refuses every publish, so it is refused instead.
+    #[error(
+        "{source_name} names no tenant: list the tenants (`acme,globex`), or unset it and set \
+         ASDLC_TENANCY=multi to allow any tenant"
+    )]
+    EmptyTenantList {
+        /// Where the list came from (`ASDLC_TENANTS`, or `tenancy` for a struct literal).
+        source_name: &'static str,
+    },
     /// A name or value is invalid.
     #[error(transparent)]
     Invalid(#[from] ValidationError),
