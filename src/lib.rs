@@ -15,6 +15,11 @@
 pub use asdlc_macros::event_handler;
 pub use asdlc_runtime::*;
 
+/// The operator's web dashboard (feature `dashboard`): [`dashboard::router`] to mount in an
+/// axum application, [`dashboard::serve`] to run it alone. See the book's Dashboard chapter.
+#[cfg(feature = "dashboard")]
+pub use asdlc_dashboard as dashboard;
+
 /// The names nearly every handler module uses, and the attribute.
 pub mod prelude {
     pub use asdlc_macros::event_handler;

@@ -15,10 +15,12 @@ stream and every tenant stream found (tenant:{ID}:<base>); with it, that tenant'
 Exit status:
   0   success (health: healthy)
   1   health: degraded
-  2   bad arguments or input (health: unhealthy, which includes an unreachable server)
+  2   health: unhealthy (which includes an unreachable server)
   3   the server cannot be reached
   4   not found (a dead letter, a group)
   5   the server refused a command
+  6   authentication failed (wrong user name or password)
+  64  bad arguments or input
   70  internal error (a bug: please report it)
 Errors are one line on stderr.";
 
@@ -56,7 +58,7 @@ pub enum Command {
     /// letters.
     Info,
     /// Check the server and every group against thresholds; exit 0 healthy, 1 degraded,
-    /// 2 unhealthy.
+    /// 2 unhealthy. A stream not created yet is healthy unless --require-stream.
     Health(HealthArgs),
     /// Follow new events live, one line each (XREAD, not a consumer group: nothing is
     /// acknowledged or taken from anyone).
@@ -85,6 +87,23 @@ pub enum Command {
     /// The protocol's Redis Functions library, which every asdlc process calls.
     #[command(subcommand)]
     Functions(FunctionsCommand),
+    /// Serve the web dashboard: streams, groups, lag, pending, dead letters, live.
+    ///
+    /// Read-only unless started with --write and a token (--token, or better
+    /// ASDLC_DASHBOARD_TOKEN, which `ps` does not show); the page asks for the token before
+    /// it replays or purges. Bound to 127.0.0.1 by default; requests whose Host header is not
+    /// the bound address are refused (against DNS rebinding). Stops on Ctrl-C.
+    Dashboard(DashboardArgs),
+    /// A live view of every group, refreshing like `top`: lag, pending, oldest pending,
+    /// processed/s. Quit with Ctrl-C.
+    Top(TopArgs),
+    /// Print a shell completion script: `asdlc completions bash > /etc/bash_completion.d/asdlc`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `asdlc man | man -l -`.
+    Man,
 }
 
 /// `functions` subcommands.
@@ -96,6 +115,40 @@ pub enum FunctionsCommand {
     Load,
     /// Whether this build's library is loaded; exit 1 if not.
     Status,
+}
+
+/// `dashboard` options.
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// The address to listen on (port 0: any free port; the URL is printed).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7878")]
+    pub bind: std::net::SocketAddr,
+    /// Allow replaying and purging dead letters from the page (needs a token).
+    #[arg(long)]
+    pub write: bool,
+    /// The token the page must send to replay or purge.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "ASDLC_DASHBOARD_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Also accept this Host header (repeatable), e.g. behind a reverse proxy; on 0.0.0.0 any
+    /// host is accepted unless this is given.
+    #[arg(long = "allow-host", value_name = "HOST:PORT")]
+    pub allow_hosts: Vec<String>,
+}
+
+/// `top` options.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Time between refreshes.
+    #[arg(long, short = 'd', value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Stop after this many refreshes (default: run until Ctrl-C).
+    #[arg(long, short = 'n', value_name = "N")]
+    pub iterations: Option<u64>,
 }
 
 /// `tenant` subcommands.
@@ -161,9 +214,10 @@ pub struct HealthArgs {
     /// Dead letters in a stream that make it degraded (default: dead letters never do).
     #[arg(long, value_name = "N")]
     pub dead_letters_degraded: Option<u64>,
-    /// A stream that does not exist is healthy (default: degraded).
+    /// A stream that does not exist yet makes it degraded (default: a fresh deployment, with
+    /// nothing published yet, is healthy).
     #[arg(long)]
-    pub allow_missing: bool,
+    pub require_stream: bool,
 }
 
 /// `tail` options.

@@ -104,8 +104,14 @@ async fn connect(url: &RedisUrl, timeout: Option<Duration>) -> Result<RedisConne
         Some(t) => RedisConnection::connect_with_timeout(url, t).await,
         None => RedisConnection::connect(url).await,
     };
-    result.map_err(|e| CliError::Connect {
-        url: url.redacted(),
-        reason: e.to_string(),
+    result.map_err(|e| {
+        if crate::error::is_auth_problem(&e) {
+            CliError::auth(&url.redacted(), &e)
+        } else {
+            CliError::Connect {
+                url: url.redacted(),
+                reason: e.to_string(),
+            }
+        }
     })
 }

@@ -4,14 +4,20 @@ use asdlc_runtime::error::{ConfigError, PublishError, StreamError, ValidationErr
 
 /// Exit status: success.
 pub const EXIT_OK: u8 = 0;
-/// Exit status: bad arguments or input.
-pub const EXIT_USAGE: u8 = 2;
+/// Exit status of `health`: degraded.
+pub const EXIT_DEGRADED: u8 = 1;
+/// Exit status of `health`: unhealthy (which includes an unreachable server).
+pub const EXIT_UNHEALTHY: u8 = 2;
+/// Exit status: bad arguments or input (`EX_USAGE` of sysexits.h).
+pub const EXIT_USAGE: u8 = 64;
 /// Exit status: the server cannot be reached.
 pub const EXIT_CONNECT: u8 = 3;
 /// Exit status: the thing asked for does not exist.
 pub const EXIT_NOT_FOUND: u8 = 4;
 /// Exit status: the server refused a command.
 pub const EXIT_FAILED: u8 = 5;
+/// Exit status: the server refused the user name or password.
+pub const EXIT_AUTH: u8 = 6;
 /// Exit status: a bug in the CLI (a panic).
 pub const EXIT_INTERNAL: u8 = 70;
 
@@ -27,6 +33,14 @@ pub enum CliError {
         /// The URL, password redacted.
         url: String,
         /// Why.
+        reason: String,
+    },
+    /// The server refused the credentials.
+    #[error("authentication failed for {url}: wrong user name or password ({reason})")]
+    Auth {
+        /// The URL, password redacted.
+        url: String,
+        /// The server's words.
         reason: String,
     },
     /// What was asked for does not exist.
@@ -46,6 +60,7 @@ impl CliError {
         match self {
             CliError::Usage(_) => EXIT_USAGE,
             CliError::Connect { .. } => EXIT_CONNECT,
+            CliError::Auth { .. } => EXIT_AUTH,
             CliError::NotFound(_) => EXIT_NOT_FOUND,
             CliError::Failed(_) => EXIT_FAILED,
             CliError::BrokenPipe => EXIT_OK,
@@ -54,7 +69,9 @@ impl CliError {
 
     /// A Redis error met while talking to `url`: unreachable, or refused.
     pub fn redis(url: &str, e: &redis::RedisError) -> Self {
-        if is_connection_problem(e) {
+        if is_auth_problem(e) {
+            CliError::auth(url, e)
+        } else if is_connection_problem(e) {
             CliError::Connect {
                 url: url.to_owned(),
                 reason: e.to_string(),
@@ -64,9 +81,20 @@ impl CliError {
         }
     }
 
+    /// The server refused the credentials given with `url`.
+    pub fn auth(url: &str, e: &redis::RedisError) -> Self {
+        CliError::Auth {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        }
+    }
+
     /// A stream operation's error.
     pub fn stream(url: &str, e: StreamError) -> Self {
         match e {
+            StreamError::Redis { ref source, .. } if is_auth_problem(source) => {
+                CliError::auth(url, source)
+            }
             StreamError::Redis { ref source, .. } if is_connection_problem(source) => {
                 CliError::Connect {
                     url: url.to_owned(),
@@ -81,6 +109,9 @@ impl CliError {
     /// A publish error.
     pub fn publish(url: &str, e: PublishError) -> Self {
         match e {
+            PublishError::Redis { ref source, .. } if is_auth_problem(source) => {
+                CliError::auth(url, source)
+            }
             PublishError::Redis { ref source, .. } if is_connection_problem(source) => {
                 CliError::Connect {
                     url: url.to_owned(),
@@ -91,6 +122,12 @@ impl CliError {
             other => CliError::Usage(other.to_string()),
         }
     }
+}
+
+/// A wrong password (`WRONGPASS`), or none where one is needed (`NOAUTH`).
+pub fn is_auth_problem(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("WRONGPASS" | "NOAUTH"))
 }
 
 fn is_connection_problem(e: &redis::RedisError) -> bool {

@@ -138,6 +138,22 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{text}` is out of range"))
 }
 
+/// A progress bar on stderr for `len` steps, hidden when stderr is not a terminal or the
+/// output is JSON (so scripts and logs see no escape codes).
+pub fn progress(len: u64, json: bool, verb: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if json || len == 0 || !io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
+        "{verb} {{bar:40}} {{pos}}/{{len}} [{{elapsed}}, eta {{eta}}] {{msg}}"
+    )) {
+        bar.set_style(style);
+    }
+    bar
+}
+
 /// `-` for a missing value.
 pub fn or_dash<T: Display>(v: Option<T>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| v.to_string())

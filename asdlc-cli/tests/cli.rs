@@ -179,7 +179,7 @@ fn help_and_version_exit_zero() {
 }
 
 #[test]
-fn bad_arguments_exit_2_with_one_line() {
+fn bad_arguments_exit_64_with_one_line() {
     let s = TestServer::start();
     let cases: [(&[&str], &str); 10] = [
         (&[], "a command is required"),
@@ -201,7 +201,7 @@ fn bad_arguments_exit_2_with_one_line() {
     ];
     for (args, mentions) in cases {
         let o = run(&s, args);
-        assert_one_line_error(&o, 2, mentions);
+        assert_one_line_error(&o, 64, mentions);
         assert!(o.stdout.is_empty(), "{args:?}: {}", stdout(&o));
     }
     // Nothing was published by the invalid events.
@@ -468,7 +468,7 @@ fn publish_from_flags_prints_the_id_and_validates() {
             "xyz",
         ],
     );
-    assert_one_line_error(&o, 2, "git_sha");
+    assert_one_line_error(&o, 64, "git_sha");
 }
 
 #[test]
@@ -544,7 +544,7 @@ fn dlq_list_show_replay_purge_round_trip() {
     // The group still refuses them: three dead letters again, then purge.
     dead_letter_everything(&s, 3);
     let o = run(&s, &["dlq", "purge"]);
-    assert_one_line_error(&o, 2, "--yes");
+    assert_one_line_error(&o, 64, "--yes");
     assert_eq!(
         json(&run(&s, &["--json", "dlq", "list"]))["dead_letters"]
             .as_array()
@@ -729,9 +729,132 @@ fn tenant_streams_are_found_and_selected() {
     let one = json(&run(&s, &["--json", "--tenant", "globex", "info"]));
     assert_eq!(one["streams"].as_array().unwrap().len(), 1);
     assert_eq!(one["streams"][0]["length"], 1);
-    // The shared stream is missing: degraded unless allowed.
-    assert_eq!(code(&run(&s, &["health"])), 1);
-    assert_eq!(code(&run(&s, &["health", "--allow-missing"])), 0);
+    // The shared stream is missing: healthy unless the operator requires it.
+    assert_eq!(code(&run(&s, &["health"])), 0);
+    assert_eq!(code(&run(&s, &["health", "--require-stream"])), 1);
+}
+
+#[test]
+fn a_wrong_password_says_authentication_failed_with_its_own_status() {
+    let s = TestServer::start();
+    redis(&s, &["CONFIG", "SET", "requirepass", "right-one"]);
+    for url in [
+        format!("redis://:wrong-one@127.0.0.1:{}", s.port()),
+        format!("redis://127.0.0.1:{}", s.port()),
+    ] {
+        for args in [&["info"][..], &["dlq", "list"], &["health"]] {
+            let o = command()
+                .arg("--url")
+                .arg(&url)
+                .args(args)
+                .output()
+                .unwrap();
+            assert_one_line_error(&o, 6, "authentication failed");
+            assert!(!stderr(&o).contains("wrong-one"), "{}", stderr(&o));
+        }
+    }
+    let o = command()
+        .arg("--url")
+        .arg(format!("redis://:right-one@127.0.0.1:{}", s.port()))
+        .arg("info")
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}
+
+#[test]
+fn a_bad_url_names_the_accepted_schemes() {
+    for url in ["http://127.0.0.1:6379", "localhost:6379"] {
+        let o = command().args(["--url", url, "info"]).output().unwrap();
+        assert_one_line_error(&o, 64, "redis://, rediss://");
+        assert!(stderr(&o).contains("redis+cluster://"), "{}", stderr(&o));
+    }
+}
+
+#[test]
+fn health_of_a_fresh_deployment_is_healthy_unless_the_stream_is_required() {
+    let s = TestServer::start();
+    let o = run(&s, &["health"]);
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    let o = run(&s, &["health", "--require-stream"]);
+    assert_eq!(code(&o), 1, "{}", stdout(&o));
+    assert!(stdout(&o).contains("does not exist"), "{}", stdout(&o));
+}
+
+#[test]
+fn completions_and_man_page_are_generated() {
+    for (shell, mentions) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef asdlc"),
+        ("fish", "complete -c asdlc"),
+    ] {
+        let o = command().args(["completions", shell]).output().unwrap();
+        assert_eq!(code(&o), 0, "{shell}: {}", stderr(&o));
+        assert!(stdout(&o).contains(mentions), "{shell}");
+        assert!(stdout(&o).contains("dashboard"), "{shell}");
+    }
+    let o = command().args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(code(&o), 64);
+    // A bad REDIS_URL does not stop them: they need no server.
+    let o = command()
+        .env("REDIS_URL", "http://nope")
+        .arg("man")
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains(".TH asdlc"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("dlq"));
+}
+
+#[test]
+fn top_refreshes_lag_pending_and_rates() {
+    let s = TestServer::start();
+    redis(
+        &s,
+        &["XGROUP", "CREATE", "asdlc:events", "slow", "$", "MKSTREAM"],
+    );
+    publish(&s, 7);
+    redis(
+        &s,
+        &[
+            "XREADGROUP",
+            "GROUP",
+            "slow",
+            "w1",
+            "COUNT",
+            "3",
+            "STREAMS",
+            "asdlc:events",
+            ">",
+        ],
+    );
+    let o = run(&s, &["top", "-n", "2", "--interval", "100ms"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    assert_eq!(out.matches("asdlc top:").count(), 2, "two frames: {out}");
+    assert!(!out.contains('\x1b'), "no escape codes without a terminal");
+    let row = out.lines().find(|l| l.contains("slow")).unwrap();
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    // STREAM TENANT GROUP CONSUMERS LAG PENDING ...
+    assert_eq!(
+        &cells[..6],
+        ["asdlc:events", "-", "slow", "1", "4", "3"],
+        "{row}"
+    );
+    let frames: Vec<Value> = stdout(&run(&s, &["--json", "top", "-n", "2", "-d", "50ms"]))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(frames.len(), 2);
+    assert_eq!(frames[1]["groups"][0]["lag"], 4);
+    assert_eq!(frames[1]["groups"][0]["processed_per_second"], 0.0);
+}
+
+#[test]
+fn dashboard_write_needs_a_token() {
+    let s = TestServer::start();
+    let o = run(&s, &["dashboard", "--write", "--bind", "127.0.0.1:0"]);
+    assert_one_line_error(&o, 64, "--write needs a token");
 }
 
 #[test]

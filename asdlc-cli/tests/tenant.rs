@@ -99,13 +99,13 @@ fn provisioned_tenant_users_reach_only_their_keys_until_revoked() {
     let out = run(&s, &["tenant", "revoke", "acme"], None);
     assert_eq!(out.status.code(), Some(4), "nothing left to revoke");
     let out = run(&s, &["tenant", "provision", "Not Valid"], None);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(64));
     let out = run(
         &s,
         &["tenant", "provision", "x", "--password-stdin"],
         Some("short\n"),
     );
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(64));
 }
 
 fn on(port: u16, args: &[&str]) -> redis::Value {

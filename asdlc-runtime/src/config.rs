@@ -18,6 +18,27 @@ pub const CLUSTER_SCHEME: &str = "redis+cluster";
 /// The URL scheme of a Redis Cluster over TLS (needs a redis-rs TLS feature).
 pub const CLUSTER_TLS_SCHEME: &str = "rediss+cluster";
 
+/// The URL schemes [`RedisUrl::parse`] accepts.
+pub const ACCEPTED_SCHEMES: &[&str] = &[
+    "redis",
+    "rediss",
+    "valkey",
+    "valkeys",
+    "redis+unix",
+    "valkey+unix",
+    "unix",
+    CLUSTER_SCHEME,
+    CLUSTER_TLS_SCHEME,
+];
+
+fn accepted_schemes() -> String {
+    ACCEPTED_SCHEMES
+        .iter()
+        .map(|s| format!("{s}://"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A Redis URL whose password never shows in `Debug`, `Display`, logs or errors.
 ///
 /// Two kinds of URL are accepted:
@@ -65,8 +86,21 @@ impl RedisUrl {
                 }
             }
             None => {
-                redis::IntoConnectionInfo::into_connection_info(url.as_str())
-                    .map_err(|e| fail(e.to_string()))?;
+                redis::IntoConnectionInfo::into_connection_info(url.as_str()).map_err(
+                    |e| match url.split_once("://").map(|(s, _)| s) {
+                        Some(s) if !ACCEPTED_SCHEMES.contains(&s) => fail(format!(
+                            "unsupported scheme `{s}://`; accepted: {}",
+                            accepted_schemes()
+                        )),
+                        None => fail(format!(
+                            "not a URL (like redis://host:6379); accepted schemes: {}",
+                            accepted_schemes()
+                        )),
+                        Some(_) => fail(format!(
+                            "{e} (expected like redis://[user:password@]host:port[/db])"
+                        )),
+                    },
+                )?;
             }
         }
         Ok(RedisUrl(url))
@@ -441,6 +475,20 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn a_bad_url_names_the_accepted_schemes() {
+        for bad in [
+            "http://127.0.0.1:6379",
+            "127.0.0.1:6379",
+            "mysql://u:pw@h/db",
+        ] {
+            let e = RedisUrl::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("redis://, rediss://"), "{bad}: {e}");
+            assert!(e.contains("redis+cluster://"), "{bad}: {e}");
+            assert!(!e.contains("pw@"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -1,16 +1,13 @@
 //! `asdlc dlq`: list, show, replay and purge dead letters.
 
-use std::io::IsTerminal;
-
 use asdlc_runtime::deadletter::{self, DeadLetter};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde_json::json;
 
 use crate::cli::DlqCommand;
 use crate::ctx::{Ctx, Target};
 use crate::error::{CliError, EXIT_OK, EXIT_USAGE};
-use crate::fmt::{Table, clip};
+use crate::fmt::{Table, clip, progress};
 
 /// Dead letters replayed per listing.
 const BATCH: usize = 100;
@@ -231,17 +228,7 @@ async fn replay_all(ctx: &mut Ctx) -> Result<u8, CliError> {
             .await
             .map_err(|e| CliError::stream(&url, e))?;
     }
-    let bar = if std::io::stderr().is_terminal() && !ctx.json && total > 0 {
-        let bar = ProgressBar::new(total);
-        if let Ok(style) =
-            ProgressStyle::with_template("replaying {bar:40} {pos}/{len} [{elapsed}, eta {eta}]")
-        {
-            bar.set_style(style);
-        }
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = progress(total, ctx.json, "replaying");
     let mut replayed = Vec::new();
     for t in &targets {
         loop {

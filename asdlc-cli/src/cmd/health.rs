@@ -5,7 +5,7 @@ use asdlc_runtime::{HealthStatus, RedisConnection};
 
 use crate::cli::HealthArgs;
 use crate::ctx::Ctx;
-use crate::error::CliError;
+use crate::error::{CliError, EXIT_DEGRADED, EXIT_OK, EXIT_UNHEALTHY};
 use crate::fmt::or_dash;
 
 pub async fn run(ctx: &mut Ctx, args: HealthArgs) -> Result<u8, CliError> {
@@ -17,10 +17,10 @@ pub async fn run(ctx: &mut Ctx, args: HealthArgs) -> Result<u8, CliError> {
             degraded: args.dead_letters_degraded,
             unhealthy: None,
         },
-        missing_stream: if args.allow_missing {
-            HealthStatus::Healthy
-        } else {
+        missing_stream: if args.require_stream {
             HealthStatus::Degraded
+        } else {
+            HealthStatus::Healthy
         },
     };
     // An unreachable server is a health finding (unhealthy), not a command failure.
@@ -55,7 +55,11 @@ pub async fn run(ctx: &mut Ctx, args: HealthArgs) -> Result<u8, CliError> {
             ctx.out.line(format!("- {reason}"))?;
         }
     }
-    Ok(report.status.exit_code() as u8)
+    Ok(match report.status {
+        HealthStatus::Healthy => EXIT_OK,
+        HealthStatus::Degraded => EXIT_DEGRADED,
+        HealthStatus::Unhealthy => EXIT_UNHEALTHY,
+    })
 }
 
 async fn check(ctx: &mut Ctx, thresholds: &HealthThresholds) -> Result<HealthReport, CliError> {

@@ -2,6 +2,8 @@
 //! [`crate::cli::Command`], a module here with `pub async fn run(ctx: &mut Ctx, ...) ->
 //! Result<u8, CliError>` returning the exit status, and an arm below.
 
+mod completions;
+mod dashboard;
 mod dlq;
 mod functions;
 mod health;
@@ -11,6 +13,7 @@ mod publish;
 mod recover;
 mod tail;
 mod tenant;
+mod top;
 mod trim;
 
 use crate::cli::{Cli, Command};
@@ -19,6 +22,12 @@ use crate::error::CliError;
 
 /// Runs the command `cli` names; returns the exit status.
 pub async fn run(cli: Cli) -> Result<u8, CliError> {
+    // These need no configuration, so a bad REDIS_URL does not stop them.
+    match &cli.command {
+        Command::Completions { shell } => return completions::completions(*shell),
+        Command::Man => return completions::man(),
+        _ => {}
+    }
     let mut ctx = Ctx::new(&cli)?;
     match cli.command {
         Command::Info => info::run(&mut ctx).await,
@@ -31,5 +40,9 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Trim(args) => trim::run(&mut ctx, args).await,
         Command::Tenant(command) => tenant::run(&mut ctx, command).await,
         Command::Functions(command) => functions::run(&mut ctx, command).await,
+        Command::Dashboard(args) => dashboard::run(&mut ctx, args).await,
+        Command::Top(args) => top::run(&mut ctx, args).await,
+        Command::Completions { shell } => completions::completions(shell),
+        Command::Man => completions::man(),
     }
 }

@@ -7,7 +7,10 @@ use super::pending::{Described, groups_streams, list, print_entries};
 use crate::cli::RecoverArgs;
 use crate::ctx::Ctx;
 use crate::error::{CliError, EXIT_OK};
-use crate::fmt::duration;
+use crate::fmt::{duration, progress};
+
+/// Entries claimed per XCLAIM.
+const CLAIM_BATCH: usize = 100;
 
 #[derive(Serialize)]
 struct StreamStale {
@@ -32,21 +35,27 @@ pub async fn run(ctx: &mut Ctx, args: RecoverArgs) -> Result<u8, CliError> {
             && !stale.is_empty()
         {
             // The minimum idle time makes the claim skip any entry that became active again
-            // since it was listed; JUSTID leaves delivery counts as they are.
-            let mut cmd = redis::cmd("XCLAIM");
-            cmd.arg(&t.stream)
-                .arg(&args.group)
-                .arg(to)
-                .arg(args.min_idle.as_millis() as u64);
-            for d in &stale {
-                cmd.arg(&d.entry.id);
+            // since it was listed; JUSTID leaves delivery counts as they are. In batches, so
+            // the bar moves.
+            let bar = progress(stale.len() as u64, ctx.json, "claiming");
+            for batch in stale.chunks(CLAIM_BATCH) {
+                let mut cmd = redis::cmd("XCLAIM");
+                cmd.arg(&t.stream)
+                    .arg(&args.group)
+                    .arg(to)
+                    .arg(args.min_idle.as_millis() as u64);
+                for d in batch {
+                    cmd.arg(&d.entry.id);
+                }
+                cmd.arg("JUSTID");
+                let ids: Vec<String> = cmd
+                    .query_async(ctx.conn().await?)
+                    .await
+                    .map_err(|e| CliError::redis(&url, &e))?;
+                claimed += ids.len() as u64;
+                bar.inc(batch.len() as u64);
             }
-            cmd.arg("JUSTID");
-            let ids: Vec<String> = cmd
-                .query_async(ctx.conn().await?)
-                .await
-                .map_err(|e| CliError::redis(&url, &e))?;
-            claimed = ids.len() as u64;
+            bar.finish_and_clear();
         }
         results.push(StreamStale {
             stream: t.stream,

@@ -5,7 +5,7 @@ use asdlc_runtime::monitor::{TrimOptions, trim_acknowledged_with};
 use crate::cli::TrimArgs;
 use crate::ctx::Ctx;
 use crate::error::{CliError, EXIT_OK};
-use crate::fmt::Table;
+use crate::fmt::{Table, progress};
 
 pub async fn run(ctx: &mut Ctx, args: TrimArgs) -> Result<u8, CliError> {
     let url = ctx.url();
@@ -14,12 +14,18 @@ pub async fn run(ctx: &mut Ctx, args: TrimArgs) -> Result<u8, CliError> {
         dry_run: args.dry_run,
     };
     let mut reports = Vec::new();
-    for t in ctx.targets().await? {
+    let targets = ctx.targets().await?;
+    // One atomic step per stream: the bar counts streams.
+    let bar = progress(targets.len() as u64, ctx.json, "trimming");
+    for t in targets {
+        bar.set_message(t.stream.clone());
         let report = trim_acknowledged_with(ctx.conn().await?, &t.stream, options)
             .await
             .map_err(|e| CliError::stream(&url, e))?;
         reports.push(report);
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     if ctx.json {
         ctx.out.json(&serde_json::json!({ "trimmed": reports }))?;
         return Ok(EXIT_OK);
