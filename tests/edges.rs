@@ -494,3 +494,304 @@ async fn entries_of_ours_that_nobody_handles_are_read_again_without_waiting_for_
     c.stop();
     run.await.unwrap().unwrap();
 }
+
+/// Writes an entry as another producer might: no idempotency key, deduplicated by its id.
+async fn xadd_keyless(conn: &mut asdlc::RedisConnection, session: &str) -> String {
+    redis::cmd("XADD")
+        .arg(STREAM)
+        .arg("*")
+        .arg("v")
+        .arg("1")
+        .arg("event_type")
+        .arg("task_created")
+        .arg("session_id")
+        .arg(session)
+        .arg("timestamp")
+        .arg("2026-12-03T12:00:00Z")
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+/// A handler that fails for good while `failing` is set.
+fn failing_while(name: &str, failing: &Arc<std::sync::atomic::AtomicBool>) -> TestHandler {
+    let failing = failing.clone();
+    TestHandler::all(name).behave(move |_, _| {
+        if failing.load(std::sync::atomic::Ordering::SeqCst) {
+            Behavior::Permanent
+        } else {
+            Behavior::Ok
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_replayed_keyless_entry_is_skipped_by_the_groups_that_handled_the_original() {
+    let s = server();
+    let mut conn = conn(&s).await;
+    let original = xadd_keyless(&mut conn, "s1").await;
+    let fails = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (ha, hb) = (TestHandler::all("a"), failing_while("b", &fails));
+    let a = consumer_with(&s, "a", Some("wa"), ha.clone(), |_| {}).await;
+    let b = consumer_with(&s, "b", Some("wb"), hb.clone(), |_| {}).await;
+    let (ra, rb) = (spawn(&a).await, spawn(&b).await);
+    eventually(WAIT, "a handled, b dead-lettered", || async {
+        a.stats().processed == 1 && b.stats().dead_lettered == 1
+    })
+    .await;
+
+    fails.store(false, std::sync::atomic::Ordering::SeqCst);
+    let dead = deadletter::list(&mut conn, STREAM, "-", 10).await.unwrap();
+    let copy = deadletter::replay(&mut conn, STREAM, &dead[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    eventually(WAIT, "b handled the copy", || async {
+        b.stats().processed == 1
+    })
+    .await;
+    eventually(WAIT, "a read the copy and owes nothing", || async {
+        let mut conn = common::conn(&s).await;
+        let info = get_stream_info(&mut conn, STREAM).await.unwrap();
+        let g = info.group("a").unwrap();
+        g.pending == 0 && g.last_delivered_id == copy
+    })
+    .await;
+    assert_eq!(ha.count(), 1, "group a skipped the copy of what it handled");
+    let last = hb.calls().last().unwrap().clone();
+    assert_eq!(last.entry_id, copy);
+    assert_eq!(
+        last.key,
+        deadletter::keyless_identity(&original),
+        "the copy keeps the identity of the original"
+    );
+    a.stop();
+    b.stop();
+    ra.await.unwrap().unwrap();
+    rb.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_dead_letter_replayed_to_its_group_is_handled_by_that_group_only() {
+    let s = server();
+    let mut conn = conn(&s).await;
+    let fails = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (hb, hc) = (failing_while("b", &fails), failing_while("c", &fails));
+    let b = consumer_with(&s, "b", Some("wb"), hb.clone(), |_| {}).await;
+    let c = consumer_with(&s, "c", Some("wc"), hc.clone(), |_| {}).await;
+    let (rb, rc) = (spawn(&b).await, spawn(&c).await);
+    let p = Publisher::connect(config(&s)).await.unwrap();
+    p.publish(&event(EventType::TaskCreated, "s1"))
+        .await
+        .unwrap();
+    eventually(WAIT, "both groups gave up", || async {
+        b.stats().dead_lettered == 1 && c.stats().dead_lettered == 1
+    })
+    .await;
+    fails.store(false, std::sync::atomic::Ordering::SeqCst);
+    let dead = deadletter::list(&mut conn, STREAM, "-", 10).await.unwrap();
+    let of_b = dead.iter().find(|d| d.group == "b").unwrap();
+    let copy = deadletter::replay_to_group(&mut conn, STREAM, &of_b.id, "b")
+        .await
+        .unwrap()
+        .unwrap();
+    eventually(WAIT, "b handled the copy", || async {
+        b.stats().processed == 1
+    })
+    .await;
+    eventually(WAIT, "c read the copy and owes nothing", || async {
+        let mut conn = common::conn(&s).await;
+        let info = get_stream_info(&mut conn, STREAM).await.unwrap();
+        let g = info.group("c").unwrap();
+        g.pending == 0 && g.last_delivered_id == copy
+    })
+    .await;
+    assert_eq!(hc.count(), 1, "c never handled the copy meant for b");
+    assert_eq!(c.stats().processed, 0);
+    assert_eq!(
+        deadletter::count(&mut conn, STREAM).await.unwrap(),
+        1,
+        "c's dead letter is still there"
+    );
+    assert!(
+        deadletter::replay_to_group(&mut conn, STREAM, &of_b.id, "not a group!")
+            .await
+            .is_err()
+    );
+    b.stop();
+    c.stop();
+    rb.await.unwrap().unwrap();
+    rc.await.unwrap().unwrap();
+}
+
+/// Writes an entry no handler can take: its type is unknown.
+async fn xadd_malformed(conn: &mut asdlc::RedisConnection, size: usize) -> String {
+    redis::cmd("XADD")
+        .arg(STREAM)
+        .arg("*")
+        .arg("v")
+        .arg("1")
+        .arg("event_type")
+        .arg("no_such_type")
+        .arg("session_id")
+        .arg("s1")
+        .arg("blob")
+        .arg(vec![b'x'; size])
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn replaying_all_skips_dead_letters_that_cannot_succeed_and_says_why() {
+    let s = server();
+    let mut conn = conn(&s).await;
+    let fails = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let h = failing_while("h", &fails);
+    let c = consumer_with(&s, "g", Some("w1"), h.clone(), |_| {}).await;
+    let run = spawn(&c).await;
+    xadd_malformed(&mut conn, 10).await;
+    let p = Publisher::connect(config(&s)).await.unwrap();
+    p.publish(&event(EventType::TaskCreated, "s1"))
+        .await
+        .unwrap();
+    eventually(WAIT, "both dead-lettered", || async {
+        c.stats().dead_lettered == 2
+    })
+    .await;
+    fails.store(false, std::sync::atomic::Ordering::SeqCst);
+    let report = deadletter::replay_all(&mut conn, STREAM).await.unwrap();
+    assert_eq!(report.replayed.len(), 1);
+    assert_eq!(report.skipped.len(), 1);
+    assert!(
+        report.skipped[0].reason.contains("malformed")
+            && report.skipped[0].reason.contains("no_such_type"),
+        "{:?}",
+        report.skipped
+    );
+    eventually(WAIT, "the good one handled", || async {
+        c.stats().processed == 1
+    })
+    .await;
+    assert_eq!(deadletter::count(&mut conn, STREAM).await.unwrap(), 1);
+
+    // Asked to, it replays the malformed one too, which comes straight back: the replay
+    // covers what was there when it began, so it ends.
+    let again = deadletter::replay_all_with(
+        &mut conn,
+        STREAM,
+        deadletter::ReplayOptions {
+            include_malformed: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!((again.replayed.len(), again.skipped.len()), (1, 0));
+    eventually(WAIT, "dead-lettered again", || async {
+        c.stats().dead_lettered == 3
+    })
+    .await;
+    c.stop();
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn the_dead_letter_stream_keeps_only_its_newest_within_its_length_and_age() {
+    let s = server();
+    let mut conn = conn(&s).await;
+    let c = consumer_with(&s, "g", Some("w1"), TestHandler::all("h"), |o| {
+        o.dead_letters.max_len = Some(5);
+        o.dead_letters.max_age = Some(Duration::from_millis(1500));
+    })
+    .await;
+    let run = spawn(&c).await;
+    let mut sources = Vec::new();
+    for _ in 0..12 {
+        sources.push(xadd_malformed(&mut conn, 10).await);
+    }
+    eventually(WAIT, "all dead-lettered", || async {
+        c.stats().dead_lettered == 12
+    })
+    .await;
+    let kept: Vec<String> = deadletter::list(&mut conn, STREAM, "-", 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.source_id)
+        .collect();
+    assert_eq!(kept, sources[7..], "the five newest are kept");
+
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let newest = xadd_malformed(&mut conn, 10).await;
+    eventually(WAIT, "one more dead-lettered", || async {
+        c.stats().dead_lettered == 13
+    })
+    .await;
+    let kept: Vec<String> = deadletter::list(&mut conn, STREAM, "-", 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.source_id)
+        .collect();
+    assert_eq!(kept, [newest], "the older ones aged out");
+    c.stop();
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_huge_poison_entry_is_kept_cut_to_the_payload_cap_and_never_replayed() {
+    let s = server();
+    let mut conn = conn(&s).await;
+    let c = consumer_with(&s, "g", Some("w1"), TestHandler::all("h"), |_| {}).await;
+    let run = spawn(&c).await;
+    let source = xadd_malformed(&mut conn, 1_200_000).await;
+    eventually(WAIT, "dead-lettered", || async {
+        c.stats().dead_lettered == 1
+    })
+    .await;
+    let dead = deadletter::list(&mut conn, STREAM, "-", 10).await.unwrap();
+    let d = &dead[0];
+    assert_eq!(d.source_id, source);
+    let stored: usize = d.fields.iter().map(|(k, v)| k.len() + v.len()).sum();
+    assert!(stored <= 64 * 1024, "{stored} bytes stored");
+    assert!(d.truncated_from.unwrap() > 1_200_000);
+    let event_type = d.fields.iter().find(|(k, _)| k == "event_type").unwrap();
+    assert_eq!(
+        event_type.1, "no_such_type",
+        "the small fields survive whole"
+    );
+    let dlq_bytes: i64 = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(StreamKeys::new(STREAM).dead_letter())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(dlq_bytes < 200_000, "{dlq_bytes} bytes");
+
+    let refused = deadletter::replay(&mut conn, STREAM, &d.id)
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("cannot be replayed"),
+        "{refused}"
+    );
+    let report = deadletter::replay_all_with(
+        &mut conn,
+        STREAM,
+        deadletter::ReplayOptions {
+            include_malformed: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!((report.replayed.len(), report.skipped.len()), (0, 1));
+    assert!(
+        report.skipped[0].reason.contains("part of its"),
+        "{report:?}"
+    );
+    assert_eq!(deadletter::count(&mut conn, STREAM).await.unwrap(), 1);
+    c.stop();
+    run.await.unwrap().unwrap();
+}

@@ -525,6 +525,59 @@ async fn trim_dry_run_and_min_age_keep_everything_they_promise() {
     assert_eq!(ids(&mut c, STREAM).await, published[2100..]);
 }
 
+/// How many function calls the server has run.
+async fn fcalls(c: &mut RedisConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(c)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_fcall:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_dry_run_trim_counts_a_long_stream_in_bounded_calls() {
+    let s = server();
+    let mut c = conn(&s).await;
+    let n = 25_000;
+    let mut pipe = redis::pipe();
+    for i in 0..n {
+        pipe.cmd("XADD")
+            .arg(STREAM)
+            .arg("*")
+            .arg("n")
+            .arg(i)
+            .ignore();
+    }
+    let () = pipe.query_async(&mut c).await.unwrap();
+    // A group that starts at the end has read everything and owes nothing.
+    create_consumer_group(&mut c, STREAM, "g", GroupStart::End)
+        .await
+        .unwrap();
+
+    let before = fcalls(&mut c).await;
+    let dry = trim_acknowledged_with(
+        &mut c,
+        STREAM,
+        TrimOptions {
+            dry_run: true,
+            ..TrimOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let calls = fcalls(&mut c).await - before;
+    assert_eq!((dry.removed, dry.length_after), (n, n));
+    // One call finds the bound; each further call counts at most 10,000 entries.
+    assert!(calls > n.div_ceil(10_000), "{calls} calls");
+    assert_eq!(ids(&mut c, STREAM).await.len() as u64, n, "nothing removed");
+    let real = trim_acknowledged(&mut c, STREAM).await.unwrap();
+    assert_eq!(real.removed, dry.removed);
+}
+
 #[tokio::test]
 async fn trimming_while_consuming_loses_nothing() {
     let s = server();

@@ -264,9 +264,17 @@ pub enum DlqCommand {
         /// The dead letter to replay.
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         id: Option<String>,
-        /// Replay every dead letter.
+        /// Replay every dead letter, skipping (and naming) those that cannot succeed:
+        /// malformed, of another tenant, or cut to the payload cap.
         #[arg(long)]
         all: bool,
+        /// Replay for this group only (the others acknowledge the copy unhandled); with
+        /// `--all`, only the dead letters this group gave up on.
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
+        /// With `--all`, replay malformed dead letters too (they are dead-lettered again).
+        #[arg(long, requires = "all")]
+        include_malformed: bool,
     },
     /// Delete every dead letter (of the selected streams).
     Purge {

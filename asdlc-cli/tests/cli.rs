@@ -561,6 +561,76 @@ fn dlq_list_show_replay_purge_round_trip() {
 }
 
 #[test]
+fn dlq_replay_all_skips_malformed_unless_asked_and_replay_can_target_one_group() {
+    let s = TestServer::start();
+    redis(
+        &s,
+        &[
+            "XADD",
+            "asdlc:events",
+            "*",
+            "v",
+            "1",
+            "event_type",
+            "no_such_type",
+            "session_id",
+            "s9",
+        ],
+    );
+    publish(&s, 1);
+    dead_letter_everything(&s, 2);
+
+    let o = run(&s, &["dlq", "replay", "--all"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.starts_with("replayed 1 dead letter(s)"), "{out}");
+    assert!(out.contains("skipped 1 that cannot succeed"), "{out}");
+    assert!(out.contains("no_such_type"), "{out}");
+    let left = json(&run(&s, &["--json", "dlq", "list"]));
+    assert_eq!(left["dead_letters"].as_array().unwrap().len(), 1);
+
+    let o = run(
+        &s,
+        &["--json", "dlq", "replay", "--all", "--include-malformed"],
+    );
+    let report = json(&o);
+    assert_eq!(report["replayed"].as_array().unwrap().len(), 1);
+    assert_eq!(report["skipped"].as_array().unwrap().len(), 0);
+
+    // Both copies come back as dead letters; the well-formed one goes back to group g only.
+    dead_letter_everything(&s, 2);
+    let listed = json(&run(&s, &["--json", "dlq", "list"]));
+    let good = listed["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["reason"] == "permanent failure")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let o = run(&s, &["--json", "dlq", "replay", &good, "--group", "g"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let new_id = json(&o)["replayed"][0]["new_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let entry = format!(
+        "{:?}",
+        redis(&s, &["XRANGE", "asdlc:events", &new_id, &new_id])
+    );
+    assert!(
+        entry.contains("replay_group") && entry.contains("\"g\""),
+        "{entry}"
+    );
+    assert_one_line_error(
+        &run(&s, &["dlq", "replay", "--all", "--group", "no good!"]),
+        64,
+        "group",
+    );
+}
+
+#[test]
 fn pending_and_recover_show_and_hand_over_stale_entries() {
     let s = TestServer::start();
     let published = publish(&s, 4);

@@ -3,8 +3,14 @@
 //! A dead letter keeps the original entry's fields exactly (prefixed with `f:`) and its
 //! provenance: source stream and id, group, consumer, handler, reason, last error, delivery
 //! count and time. [`replay`] puts the original fields back on the source stream (same
-//! idempotency key, so a group that already handled it skips it) and removes the dead letter,
-//! in one atomic step.
+//! identity: its idempotency key, or for an entry written without one the original entry id,
+//! so a group that already handled it skips it) and removes the dead letter, in one atomic
+//! step; [`replay_to_group`] puts it back for one group only.
+//!
+//! The stream is bounded by a [`DeadLetterPolicy`] (length, age, and the bytes of an entry it
+//! keeps): a poison flood or one huge bad entry cannot grow it without end.
+
+use std::time::Duration;
 
 use redis::Value;
 use serde::{Deserialize, Serialize};
@@ -17,6 +23,69 @@ use crate::keys::StreamKeys;
 
 /// The prefix of the original entry's fields in a dead letter.
 pub const FIELD_PREFIX: &str = "f:";
+
+/// The field a copy replayed for one group carries: every other group acknowledges it
+/// without handling it.
+pub const REPLAY_GROUP_FIELD: &str = "replay_group";
+
+/// The identity an entry without an `idempotency_key` is deduplicated under (its entry id),
+/// and the key its replayed copy carries so that identity survives the new entry id.
+pub fn keyless_identity(entry_id: &str) -> String {
+    format!("entry:{entry_id}")
+}
+
+/// What the dead-letter stream keeps. Every commit that writes a dead letter trims the
+/// stream to it, exactly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterPolicy {
+    /// Keep at most this many dead letters, the newest (`None`: no limit). Default 100,000.
+    pub max_len: Option<u64>,
+    /// Drop dead letters older than this (`None`: never). Default 30 days.
+    pub max_age: Option<Duration>,
+    /// Keep at most this many bytes of the original entry's values; longer values are cut
+    /// and the record says so (`truncated_from`). Such a dead letter cannot be replayed.
+    /// Default 64 KiB.
+    pub max_payload: usize,
+}
+
+impl Default for DeadLetterPolicy {
+    fn default() -> Self {
+        DeadLetterPolicy {
+            max_len: Some(100_000),
+            max_age: Some(Duration::from_secs(30 * 24 * 3600)),
+            max_payload: 64 * 1024,
+        }
+    }
+}
+
+/// Field/value pairs borrowed from an entry.
+type FieldRefs<'a> = Vec<(&'a [u8], &'a [u8])>;
+
+impl DeadLetterPolicy {
+    /// The original entry's fields as the dead letter stores them, and the entry's size in
+    /// bytes if they had to be cut to `max_payload`. Each value longer than an even share
+    /// of the cap is cut to that share, so the small fields that say what the entry was
+    /// (its type, session, key) survive a huge one.
+    pub(crate) fn cap<'a>(
+        &self,
+        fields: &'a [(Vec<u8>, Vec<u8>)],
+    ) -> (FieldRefs<'a>, Option<usize>) {
+        let total: usize = fields.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if total <= self.max_payload || fields.is_empty() {
+            let kept = fields
+                .iter()
+                .map(|(k, v)| (k.as_slice(), v.as_slice()))
+                .collect();
+            return (kept, None);
+        }
+        let share = self.max_payload / fields.len();
+        let kept = fields
+            .iter()
+            .map(|(k, v)| (k.as_slice(), &v[..v.len().min(share)]))
+            .collect();
+        (kept, Some(total))
+    }
+}
 
 /// One dead letter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +111,10 @@ pub struct DeadLetter {
     pub attempts: u32,
     /// When (RFC 3339).
     pub dead_at: String,
+    /// The original entry's size in bytes, if it was over the payload cap and its values
+    /// were cut (see [`DeadLetterPolicy::max_payload`]); such a dead letter cannot be
+    /// replayed.
+    pub truncated_from: Option<u64>,
     /// The original entry's fields, as text (lossy for non-UTF-8 bytes).
     pub fields: Vec<(String, String)>,
     #[serde(skip)]
@@ -56,6 +129,22 @@ impl DeadLetter {
         Ok(e)
     }
 
+    /// Why replaying this dead letter cannot succeed, if it cannot: it was cut to the
+    /// payload cap, its entry does not decode (unknown type, missing or bad fields), or it
+    /// names another tenant than its stream's. [`replay_all`] skips these unless asked.
+    pub fn cannot_succeed(&self) -> Option<String> {
+        if let Some(n) = self.truncated_from {
+            return Some(format!("kept only part of its {n}-byte entry"));
+        }
+        if let Err(e) = self.event() {
+            return Some(format!("malformed: {e}"));
+        }
+        if self.reason.starts_with("tenant mismatch") {
+            return Some(self.reason.clone());
+        }
+        None
+    }
+
     fn from_entry(id: String, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Self {
         let mut d = DeadLetter {
             id,
@@ -68,6 +157,7 @@ impl DeadLetter {
             error: String::new(),
             attempts: 0,
             dead_at: String::new(),
+            truncated_from: None,
             fields: Vec::new(),
             raw: Vec::new(),
         };
@@ -91,6 +181,7 @@ impl DeadLetter {
                 b"error" => d.error = text,
                 b"attempts" => d.attempts = text.parse().unwrap_or(0),
                 b"dead_at" => d.dead_at = text,
+                b"truncated_from" => d.truncated_from = text.parse().ok(),
                 _ => {}
             }
         }
@@ -131,11 +222,33 @@ pub async fn count(conn: &mut RedisConnection, stream: &str) -> Result<u64, Stre
 }
 
 /// Re-publishes dead letter `id` to its source stream with its original fields and removes
-/// it, atomically. Returns the new entry id, or `None` if there is no such dead letter.
+/// it, atomically. Every group sees the copy; a group that already handled the original
+/// skips it. Returns the new entry id, or `None` if there is no such dead letter.
 pub async fn replay(
     conn: &mut RedisConnection,
     stream: &str,
     id: &str,
+) -> Result<Option<String>, StreamError> {
+    replay_inner(conn, stream, id, "").await
+}
+
+/// [`replay`] for one group: only `group` handles the copy (typically the group that
+/// dead-lettered it); every other group acknowledges it unhandled.
+pub async fn replay_to_group(
+    conn: &mut RedisConnection,
+    stream: &str,
+    id: &str,
+    group: &str,
+) -> Result<Option<String>, StreamError> {
+    crate::keys::validate_group(group)?;
+    replay_inner(conn, stream, id, group).await
+}
+
+async fn replay_inner(
+    conn: &mut RedisConnection,
+    stream: &str,
+    id: &str,
+    group: &str,
 ) -> Result<Option<String>, StreamError> {
     let keys = StreamKeys::new(stream);
     crate::functions::REPLAY
@@ -143,25 +256,182 @@ pub async fn replay(
         .key(stream)
         .arg(id)
         .arg(FIELD_PREFIX)
+        .arg(group)
         .invoke_async(conn)
         .await
         .map_err(StreamError::redis(stream))
 }
 
-/// Replays every dead letter of `stream` (in batches); returns how many.
-pub async fn replay_all(conn: &mut RedisConnection, stream: &str) -> Result<u64, StreamError> {
-    let mut n = 0;
-    loop {
-        let batch = list(conn, stream, "-", 100).await?;
-        if batch.is_empty() {
-            return Ok(n);
+/// How [`replay_all_with`] replays.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayOptions {
+    /// Replay for this group only (see [`replay_to_group`]); `None`: for every group.
+    pub to_group: Option<String>,
+    /// Replay only dead letters this group gave up on; `None`: every dead letter.
+    pub from_group: Option<String>,
+    /// Also replay dead letters that cannot succeed ([`DeadLetter::cannot_succeed`]); they
+    /// are dead-lettered again. A truncated one is never replayed.
+    pub include_malformed: bool,
+}
+
+/// One dead letter put back on its stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Replayed {
+    /// Its id in the dead-letter stream (now removed).
+    pub dead_letter_id: String,
+    /// The copy's id in the source stream.
+    pub new_id: String,
+}
+
+/// One dead letter left where it is, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    /// Its id in the dead-letter stream.
+    pub dead_letter_id: String,
+    /// Why it was not replayed.
+    pub reason: String,
+}
+
+/// What [`replay_all_with`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReplayReport {
+    /// Dead letters put back.
+    pub replayed: Vec<Replayed>,
+    /// Dead letters left, with why.
+    pub skipped: Vec<Skipped>,
+}
+
+/// Replays the dead letters of a stream batch by batch, so a caller can show progress.
+/// It covers the dead letters that exist when it starts: one dead-lettered again meanwhile
+/// is not replayed a second time.
+#[derive(Debug)]
+pub struct ReplayAll {
+    stream: String,
+    options: ReplayOptions,
+    after: Option<String>,
+    last: Option<String>,
+}
+
+impl ReplayAll {
+    /// Starts replaying `stream`'s dead letters.
+    pub async fn new(
+        conn: &mut RedisConnection,
+        stream: &str,
+        options: ReplayOptions,
+    ) -> Result<Self, StreamError> {
+        if let Some(g) = &options.to_group {
+            crate::keys::validate_group(g)?;
         }
+        let newest: Value = redis::cmd("XREVRANGE")
+            .arg(StreamKeys::new(stream).dead_letter())
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(conn)
+            .await
+            .map_err(StreamError::redis(stream))?;
+        let last = crate::consume::parse_entries_pub(newest)
+            .into_iter()
+            .next()
+            .map(|(id, _)| id);
+        Ok(ReplayAll {
+            stream: stream.to_owned(),
+            options,
+            after: None,
+            last,
+        })
+    }
+
+    /// Replays the next batch (up to 100 dead letters); `None` when all are done.
+    pub async fn next_batch(
+        &mut self,
+        conn: &mut RedisConnection,
+    ) -> Result<Option<ReplayReport>, StreamError> {
+        let Some(last) = self.last.clone() else {
+            return Ok(None);
+        };
+        let start = match &self.after {
+            Some(id) => format!("({id}"),
+            None => "-".to_owned(),
+        };
+        let dlq = StreamKeys::new(&self.stream).dead_letter();
+        let reply: Value = redis::cmd("XRANGE")
+            .arg(&dlq)
+            .arg(&start)
+            .arg(&last)
+            .arg("COUNT")
+            .arg(100)
+            .query_async(conn)
+            .await
+            .map_err(StreamError::redis(&self.stream))?;
+        let batch: Vec<DeadLetter> = crate::consume::parse_entries_pub(reply)
+            .into_iter()
+            .map(|(id, fields)| DeadLetter::from_entry(id, fields))
+            .collect();
+        let Some(tail) = batch.last() else {
+            self.last = None;
+            return Ok(None);
+        };
+        self.after = Some(tail.id.clone());
+        if tail.id == last {
+            self.last = None;
+        }
+        let mut report = ReplayReport::default();
         for d in batch {
-            if replay(conn, stream, &d.id).await?.is_some() {
-                n += 1;
+            if self
+                .options
+                .from_group
+                .as_deref()
+                .is_some_and(|g| g != d.group)
+            {
+                continue;
+            }
+            let why = d.cannot_succeed();
+            if let Some(reason) = why
+                && (!self.options.include_malformed || d.truncated_from.is_some())
+            {
+                report.skipped.push(Skipped {
+                    dead_letter_id: d.id,
+                    reason,
+                });
+                continue;
+            }
+            let to = self.options.to_group.as_deref().unwrap_or("");
+            if let Some(new_id) = replay_inner(conn, &self.stream, &d.id, to).await? {
+                report.replayed.push(Replayed {
+                    dead_letter_id: d.id,
+                    new_id,
+                });
             }
         }
+        Ok(Some(report))
     }
+}
+
+/// Replays every dead letter of `stream` for every group, skipping those that cannot
+/// succeed (see [`ReplayReport::skipped`]).
+pub async fn replay_all(
+    conn: &mut RedisConnection,
+    stream: &str,
+) -> Result<ReplayReport, StreamError> {
+    replay_all_with(conn, stream, ReplayOptions::default()).await
+}
+
+/// [`replay_all`] with options: one target group, only one group's dead letters, or the
+/// malformed ones too.
+pub async fn replay_all_with(
+    conn: &mut RedisConnection,
+    stream: &str,
+    options: ReplayOptions,
+) -> Result<ReplayReport, StreamError> {
+    let mut all = ReplayAll::new(conn, stream, options).await?;
+    let mut report = ReplayReport::default();
+    while let Some(batch) = all.next_batch(conn).await? {
+        report.replayed.extend(batch.replayed);
+        report.skipped.extend(batch.skipped);
+    }
+    Ok(report)
 }
 
 /// Deletes dead letter `id`. Returns whether it existed.
@@ -192,4 +462,33 @@ pub async fn purge(conn: &mut RedisConnection, stream: &str) -> Result<u64, Stre
         .await
         .map_err(StreamError::redis(stream))?;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_value_is_cut_to_its_share_and_the_small_fields_survive() {
+        let policy = DeadLetterPolicy {
+            max_payload: 4096,
+            ..DeadLetterPolicy::default()
+        };
+        let fields = vec![
+            (b"event_type".to_vec(), b"task_created".to_vec()),
+            (b"metadata".to_vec(), vec![b'x'; 1_200_000]),
+        ];
+        let (kept, truncated_from) = policy.cap(&fields);
+        assert_eq!(truncated_from, Some(10 + 12 + 8 + 1_200_000));
+        assert_eq!(kept[0], (&b"event_type"[..], &b"task_created"[..]));
+        assert_eq!(kept[1].1.len(), 2048);
+        let small = vec![(b"a".to_vec(), b"b".to_vec())];
+        assert_eq!(policy.cap(&small).1, None);
+    }
+
+    #[test]
+    fn keyless_identity_is_the_one_the_consumer_deduplicates_under() {
+        assert_eq!(keyless_identity("1-0"), "entry:1-0");
+        assert!(include_str!("deadletter_replay.lua").contains("'entry:' .. source_id"));
+    }
 }

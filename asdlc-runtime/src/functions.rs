@@ -44,6 +44,7 @@ const FUNCTIONS: &[(&str, &str)] = &[
     ("mark", include_str!("idempotency/tracker.lua")),
     ("mark_many", include_str!("idempotency/tracker_many.lua")),
     ("trim", include_str!("monitor/retention.lua")),
+    ("count_range", include_str!("monitor/count_range.lua")),
     ("replay", include_str!("deadletter_replay.lua")),
     ("ensure_stream", include_str!("streams_ensure.lua")),
     ("lag", include_str!("streams_lag.lua")),
@@ -195,6 +196,7 @@ pub(crate) const NAME_LOCK: Function = Function("name_lock");
 pub(crate) const MARK: Function = Function("mark");
 pub(crate) const MARK_MANY: Function = Function("mark_many");
 pub(crate) const TRIM: Function = Function("trim");
+pub(crate) const COUNT_RANGE: Function = Function("count_range");
 pub(crate) const REPLAY: Function = Function("replay");
 pub(crate) const ENSURE_STREAM: Function = Function("ensure_stream");
 pub(crate) const LAG: Function = Function("lag");

@@ -9,9 +9,6 @@ use crate::ctx::{Ctx, Target};
 use crate::error::{CliError, EXIT_OK, EXIT_USAGE};
 use crate::fmt::{Table, clip, progress};
 
-/// Dead letters replayed per listing.
-const BATCH: usize = 100;
-
 #[derive(Serialize)]
 struct Listed<'a> {
     stream: &'a str,
@@ -31,8 +28,24 @@ pub async fn run(ctx: &mut Ctx, command: DlqCommand) -> Result<u8, CliError> {
     match command {
         DlqCommand::List { limit } => list(ctx, limit).await,
         DlqCommand::Show { id } => show(ctx, &id).await,
-        DlqCommand::Replay { id: Some(id), .. } => replay_one(ctx, &id).await,
-        DlqCommand::Replay { id: None, .. } => replay_all(ctx).await,
+        DlqCommand::Replay {
+            id: Some(id),
+            group,
+            ..
+        } => replay_one(ctx, &id, group.as_deref()).await,
+        DlqCommand::Replay {
+            id: None,
+            group,
+            include_malformed,
+            ..
+        } => {
+            let options = deadletter::ReplayOptions {
+                from_group: group.clone(),
+                to_group: group,
+                include_malformed,
+            };
+            replay_all(ctx, options).await
+        }
         DlqCommand::Purge { yes } => purge(ctx, yes).await,
     }
 }
@@ -196,11 +209,15 @@ async fn show(ctx: &mut Ctx, id: &str) -> Result<u8, CliError> {
     Ok(EXIT_OK)
 }
 
-async fn replay_one(ctx: &mut Ctx, id: &str) -> Result<u8, CliError> {
+async fn replay_one(ctx: &mut Ctx, id: &str, group: Option<&str>) -> Result<u8, CliError> {
     let (t, _) = locate(ctx, id).await?;
     let url = ctx.url();
-    let new_id = deadletter::replay(ctx.conn().await?, &t.stream, id)
-        .await
+    let conn = ctx.conn().await?;
+    let replayed = match group {
+        Some(g) => deadletter::replay_to_group(conn, &t.stream, id, g).await,
+        None => deadletter::replay(conn, &t.stream, id).await,
+    };
+    let new_id = replayed
         .map_err(|e| CliError::stream(&url, e))?
         .ok_or_else(|| CliError::NotFound(format!("no dead letter with id {id}")))?;
     let r = Replayed {
@@ -219,7 +236,14 @@ async fn replay_one(ctx: &mut Ctx, id: &str) -> Result<u8, CliError> {
     Ok(EXIT_OK)
 }
 
-async fn replay_all(ctx: &mut Ctx) -> Result<u8, CliError> {
+#[derive(Serialize)]
+struct Skipped {
+    stream: String,
+    dead_letter_id: String,
+    reason: String,
+}
+
+async fn replay_all(ctx: &mut Ctx, options: deadletter::ReplayOptions) -> Result<u8, CliError> {
     let url = ctx.url();
     let targets = ctx.targets().await?;
     let mut total = 0;
@@ -229,34 +253,50 @@ async fn replay_all(ctx: &mut Ctx) -> Result<u8, CliError> {
             .map_err(|e| CliError::stream(&url, e))?;
     }
     let bar = progress(total, ctx.json, "replaying");
-    let mut replayed = Vec::new();
+    let (mut replayed, mut skipped) = (Vec::new(), Vec::new());
     for t in &targets {
-        loop {
-            let batch = letters(ctx, t, "-", BATCH).await?;
-            if batch.is_empty() {
-                break;
-            }
-            for l in batch {
-                let new_id = deadletter::replay(ctx.conn().await?, &t.stream, &l.id)
-                    .await
-                    .map_err(|e| CliError::stream(&url, e))?;
-                if let Some(new_id) = new_id {
-                    replayed.push(Replayed {
-                        stream: t.stream.clone(),
-                        dead_letter_id: l.id,
-                        new_id,
-                    });
-                }
-                bar.inc(1);
-            }
+        let mut all = deadletter::ReplayAll::new(ctx.conn().await?, &t.stream, options.clone())
+            .await
+            .map_err(|e| CliError::stream(&url, e))?;
+        while let Some(batch) = all
+            .next_batch(ctx.conn().await?)
+            .await
+            .map_err(|e| CliError::stream(&url, e))?
+        {
+            bar.inc((batch.replayed.len() + batch.skipped.len()) as u64);
+            replayed.extend(batch.replayed.into_iter().map(|r| Replayed {
+                stream: t.stream.clone(),
+                dead_letter_id: r.dead_letter_id,
+                new_id: r.new_id,
+            }));
+            skipped.extend(batch.skipped.into_iter().map(|s| Skipped {
+                stream: t.stream.clone(),
+                dead_letter_id: s.dead_letter_id,
+                reason: s.reason,
+            }));
         }
     }
     bar.finish_and_clear();
     if ctx.json {
-        ctx.out.json(&json!({ "replayed": replayed }))?;
+        ctx.out
+            .json(&json!({ "replayed": replayed, "skipped": skipped }))?;
     } else {
         ctx.out
             .line(format!("replayed {} dead letter(s)", replayed.len()))?;
+        if !skipped.is_empty() {
+            ctx.out.line(format!(
+                "skipped {} that cannot succeed (replay them with --include-malformed, or one by one):",
+                skipped.len()
+            ))?;
+            for s in &skipped {
+                ctx.out.line(format!(
+                    "  {} {}: {}",
+                    s.stream,
+                    s.dead_letter_id,
+                    clip(&s.reason, 200)
+                ))?;
+            }
+        }
     }
     Ok(EXIT_OK)
 }

@@ -2,13 +2,15 @@
 -- with its acknowledgement (the whole call is one function, so nothing runs in between).
 -- KEYS[1] stream, KEYS[2] dead-letter stream, KEYS[3] lease hash, then the mark hashes of
 -- the S and s records and the keys of their staged effects
--- ARGV: marks prefix, width, nbuckets, ttl, shards, group, token, then records, where
+-- ARGV: marks prefix, width, nbuckets, ttl, shards, group, token, the dead-letter stream's
+-- retention (most entries, '' for no limit; oldest age in ms, 0 for none), then records, where
 -- `lease` is the key's fingerprint if the delivery took a lease, else empty:
 --   S id fp lease n  (cmd key nargs arg...)*n   success: mark, apply effects, ack, drop lease
 --   s id fp                                     the same without effects, lease = fp
 --   R id lease                                  retry: release the lease (keeping the key's
 --                                               attempt count), leave the entry pending
---   D id lease n  (field value)*n               dead letter: XADD, ack, drop lease
+--   D id lease n  (field value)*n               dead letter: XADD (trimming the dead-letter
+--                                               stream to its retention), ack, drop lease
 --   A id                                        acknowledge only
 -- Returns one value per record: 1 done; 0 (S and s) already processed: acknowledged, effects
 -- dropped; 2 (S and s) another delivery of the key holds its lease (ours lapsed): nothing
@@ -21,6 +23,8 @@
 -- no other commit can mark the key (a commit whose lease went to another delivery is
 -- refused, code 2). Without a live lease (it lapsed) the marks are checked again.
 local group, token = ARGV[6], ARGV[7]
+local dlq_max_len, dlq_max_age = ARGV[8], tonumber(ARGV[9])
+local dead = 0
 local now = asdlc_now_ms()
 local marks = asdlc_marks(now, KEYS, ARGV)
 local now_text = asdlc_ms_text(now)
@@ -64,7 +68,7 @@ end
 
 -- First pass: the leases of every record, read with one command.
 local fields, field_of = {}, {}
-local i, r = 8, 0
+local i, r = 10, 0
 while i <= #ARGV do
   local kind = ARGV[i]
   r = r + 1
@@ -125,7 +129,7 @@ end
 local out = {}
 -- Acknowledged together at the end: one XACK for the whole call.
 local acks = {}
-i, r = 8, 0
+i, r = 10, 0
 while i <= #ARGV do
   local kind = ARGV[i]
   r = r + 1
@@ -185,6 +189,7 @@ while i <= #ARGV do
     local args = { 'XADD', KEYS[2], '*' }
     for a = 1, 2 * n do args[#args + 1] = ARGV[i + 3 + a] end
     redis.call(unpack(args))
+    dead = dead + 1
     acks[#acks + 1] = id
     lease_state(r, id)
     out[#out + 1] = 1
@@ -193,6 +198,16 @@ while i <= #ARGV do
     acks[#acks + 1] = ARGV[i + 1]
     out[#out + 1] = 1
     i = i + 2
+  end
+end
+if dead > 0 then
+  -- Exact trims: once the stream is within its retention, each removes about as many
+  -- entries as this call added.
+  if dlq_max_len ~= '' then
+    redis.call('XTRIM', KEYS[2], 'MAXLEN', dlq_max_len)
+  end
+  if dlq_max_age > 0 then
+    redis.call('XTRIM', KEYS[2], 'MINID', string.format('%.0f', math.max(now - dlq_max_age, 0)))
   end
 end
 if #acks > 0 then

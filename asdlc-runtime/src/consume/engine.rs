@@ -841,7 +841,17 @@ async fn dispatch(
             send(shared, run, dead(reason, fields)).await;
             continue;
         }
-        let Some(handler) = shared.handler_for(&event) else {
+        // A dead letter replayed for one group: the others acknowledge it unhandled.
+        let for_other_group = fields.iter().any(|(k, v)| {
+            k.as_slice() == crate::deadletter::REPLAY_GROUP_FIELD.as_bytes()
+                && v.as_slice() != shared.group.as_bytes()
+        });
+        let handler = if for_other_group {
+            None
+        } else {
+            shared.handler_for(&event)
+        };
+        let Some(handler) = handler else {
             send(
                 shared,
                 run,
@@ -860,7 +870,7 @@ async fn dispatch(
         let key = event
             .idempotency_key
             .clone()
-            .unwrap_or_else(|| format!("entry:{}", entry.id));
+            .unwrap_or_else(|| crate::deadletter::keyless_identity(&entry.id));
         let fp = fingerprint(&key);
         if !seen.insert(fp) {
             // A second copy of a key in one batch waits for the first to finish.
@@ -1436,6 +1446,16 @@ async fn commit(
         .marks
         .script_args(&stream.marks_prefix, &mut inv);
     inv.arg(&*shared.group).arg(&*run.token);
+    let dead_letters = &shared.options.dead_letters;
+    match dead_letters.max_len {
+        Some(n) => inv.arg(n),
+        None => inv.arg(""),
+    };
+    inv.arg(
+        dead_letters
+            .max_age
+            .map_or(0, |d| d.as_millis().max(1) as u64),
+    );
     let mut now = String::new();
     for o in outcomes {
         match &o.kind {
@@ -1481,19 +1501,24 @@ async fn commit(
                     ("error", error),
                     ("dead_at", &now),
                 ];
+                let (fields, truncated_from) = dead_letters.cap(fields);
+                let extra = 1 + usize::from(truncated_from.is_some());
                 inv.arg("D")
                     .arg(&o.id)
                     .arg(lease_arg(&o.lease))
-                    .arg(meta.len() + 1 + fields.len());
+                    .arg(meta.len() + extra + fields.len());
                 for (k, v) in meta {
                     inv.arg(k).arg(v);
                 }
                 inv.arg("attempts").arg(*attempts);
+                if let Some(n) = truncated_from {
+                    inv.arg("truncated_from").arg(n);
+                }
                 for (k, v) in fields {
                     let mut name = Vec::with_capacity(k.len() + 2);
                     name.extend_from_slice(crate::deadletter::FIELD_PREFIX.as_bytes());
                     name.extend_from_slice(k);
-                    inv.arg(name).arg(v.as_slice());
+                    inv.arg(name).arg(v);
                 }
             }
             Kind::Ack { .. } => {

@@ -116,6 +116,8 @@ pub struct ConsumerOptions {
     pub marks: MarkLayout,
     /// Where a new group starts reading.
     pub group_start: GroupStart,
+    /// What the dead-letter stream keeps (length, age, bytes of an entry).
+    pub dead_letters: crate::deadletter::DeadLetterPolicy,
 }
 
 /// The consumer name `ASDLC_CONSUMER` sets, if it is set to a valid name.
@@ -177,6 +179,7 @@ impl ConsumerOptions {
             forget_idle: Some(Duration::from_secs(3600)),
             marks: MarkLayout::default(),
             group_start: GroupStart::Beginning,
+            dead_letters: crate::deadletter::DeadLetterPolicy::default(),
         }
     }
 
@@ -208,6 +211,12 @@ impl ConsumerOptions {
         }
         if self.claim_idle < Duration::from_millis(100) {
             return bad("claim_idle must be at least 100 ms");
+        }
+        if self.dead_letters.max_len == Some(0) {
+            return bad("dead_letters.max_len must be at least 1 (or None: no limit)");
+        }
+        if self.dead_letters.max_payload < 1024 {
+            return bad("dead_letters.max_payload must be at least 1024 bytes");
         }
         Ok(())
     }

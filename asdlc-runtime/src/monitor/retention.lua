@@ -2,7 +2,8 @@
 -- in one atomic step: nothing can be read, claimed or acknowledged between the computation of
 -- the safe bound and the trim.
 -- KEYS[1] stream
--- ARGV[1] minimum age in ms (0: none), ARGV[2] '1' for a dry run (count, remove nothing)
+-- ARGV[1] minimum age in ms (0: none), ARGV[2] '1' for a dry run (remove nothing; `removed`
+-- is then -1 unless every entry would go: the caller counts the entries below safe_min_id)
 -- Returns { outcome, removed, length_before, safe_min_id, limit_kind, limit_group, limit_id }
 --   outcome: 'no-stream' | 'no-groups' | 'trimmed'
 --   limit_kind: 'pending' (limit_id is the group's oldest pending entry), 'unread'
@@ -105,14 +106,9 @@ end
 
 local removed
 if ARGV[2] == '1' then
-  removed = 0
-  local from = '-'
-  while true do
-    local chunk = redis.call('XRANGE', KEYS[1], from, '(' .. bound, 'COUNT', 1000)
-    removed = removed + #chunk
-    if #chunk < 1000 then break end
-    from = '(' .. chunk[#chunk][1]
-  end
+  -- A dry run counts what it would remove in bounded calls of its own (count_range), so
+  -- a long stream never holds the server in one call.
+  removed = -1
 else
   -- Exact MINID (no `~`): exactly the entries below the bound go, and nothing else.
   removed = redis.call('XTRIM', KEYS[1], 'MINID', bound)

@@ -134,7 +134,35 @@ pub async fn trim_acknowledged(
     trim_acknowledged_with(conn, stream, TrimOptions::default()).await
 }
 
-/// [`trim_acknowledged`] with a minimum age, or as a dry run.
+/// Entries counted per call of a dry run: each call stays short however long the stream.
+pub(crate) const DRY_RUN_PAGE: u64 = 10_000;
+
+/// Counts the entries of `stream` below `bound`, a bounded page per call.
+async fn count_below(
+    conn: &mut RedisConnection,
+    stream: &str,
+    bound: &str,
+) -> Result<u64, StreamError> {
+    let (mut total, mut from) = (0, "-".to_owned());
+    loop {
+        let (n, last): (u64, String) = crate::functions::COUNT_RANGE
+            .key(stream)
+            .arg(&from)
+            .arg(bound)
+            .arg(DRY_RUN_PAGE)
+            .invoke_async(conn)
+            .await
+            .map_err(StreamError::redis(stream))?;
+        total += n;
+        if n < DRY_RUN_PAGE || last.is_empty() {
+            return Ok(total);
+        }
+        from = format!("({last}");
+    }
+}
+
+/// [`trim_acknowledged`] with a minimum age, or as a dry run (which counts in bounded
+/// calls, not in one long one).
 pub async fn trim_acknowledged_with(
     conn: &mut RedisConnection,
     stream: &str,
@@ -150,7 +178,11 @@ pub async fn trim_acknowledged_with(
         .map_err(StreamError::redis(stream))?;
     let text = |i: usize| reply.get(i).and_then(value_string).unwrap_or_default();
     let number = |i: usize| text(i).parse::<u64>().unwrap_or(0);
-    let (outcome, removed, length_before) = (text(0), number(1), number(2));
+    let (outcome, mut removed, length_before) = (text(0), number(1), number(2));
+    let safe_min_id = Some(text(3)).filter(|s| !s.is_empty());
+    if let (true, "-1", Some(bound)) = (options.dry_run, text(1).as_str(), &safe_min_id) {
+        removed = count_below(conn, stream, bound).await?;
+    }
     let (kind, group, limit_id) = (text(4), text(5), text(6));
     let limit = match (outcome.as_str(), kind.as_str()) {
         ("no-stream", _) => TrimLimit::NoStream,
@@ -181,7 +213,6 @@ pub async fn trim_acknowledged_with(
         }
         _ => format!("kept {remaining}: {limit}"),
     };
-    let safe_min_id = Some(text(3)).filter(|s| !s.is_empty());
     let report = TrimReport {
         stream: stream.to_owned(),
         dry_run: options.dry_run,
