@@ -12,9 +12,11 @@
 //! REDIS_URL=redis://127.0.0.1:6379 cargo run --release --example chaos_worker -- w0
 //! ```
 //!
-//! Settings: `REDIS_URL`; the consumer name as the first argument or `ASDLC_CONSUMER`;
-//! `CHAOS_MIN_SLEEP_MS`/`CHAOS_MAX_SLEEP_MS` (0/20), `CHAOS_CONCURRENCY` (64),
-//! `CHAOS_CLAIM_IDLE_MS` (3000), `CHAOS_LOG` (a tracing filter, default `info`).
+//! Settings: `REDIS_URL`; `ASDLC_STREAM` (the stream base, `asdlc:events` by default; the
+//! other examples keep to bases of their own, `examples:<name>`); the consumer name as the
+//! first argument or `ASDLC_CONSUMER`; `CHAOS_MIN_SLEEP_MS`/`CHAOS_MAX_SLEEP_MS` (0/20),
+//! `CHAOS_CONCURRENCY` (64), `CHAOS_CLAIM_IDLE_MS` (3000), `CHAOS_LOG` (a tracing filter,
+//! default `info`).
 
 #[path = "../tests/chaos_support/mod.rs"]
 mod chaos_support;

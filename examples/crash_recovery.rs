@@ -8,7 +8,11 @@
 //! every invocation, so the output shows which events ran twice and that each patch was
 //! still applied once.
 //!
-//! Run it with `scripts/run-example.sh crash_recovery`.
+//! Run it with `scripts/run-example.sh crash_recovery`. Its stream base is
+//! `examples:crash_recovery`, started clean by the driver (the workers share it): it counts
+//! the patches and invocations it expects.
+
+mod common;
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -23,13 +27,16 @@ static CONN: tokio::sync::OnceCell<RedisConnection> = tokio::sync::OnceCell::con
 async fn conn() -> Result<RedisConnection, HandlerError> {
     let conn = CONN
         .get_or_try_init(|| async {
-            let config = Config::from_env().map_err(|e| HandlerError::permanent(e.to_string()))?;
+            let config =
+                common::config(NAME).map_err(|e| HandlerError::permanent(e.to_string()))?;
             Ok::<_, HandlerError>(RedisConnection::connect(&config.redis_url).await?)
         })
         .await?;
     Ok(conn.clone())
 }
 const GROUP: &str = "deployment-handlers";
+/// The example's name, and its stream base `examples:crash_recovery`.
+const NAME: &str = "crash_recovery";
 
 #[event_handler(types = [PatchCreated], group = "deployment-handlers", timeout = "30s")]
 async fn apply_patch(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), HandlerError> {
@@ -49,7 +56,7 @@ async fn apply_patch(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), Han
 }
 
 async fn worker(total: usize) -> Result<(), Box<dyn std::error::Error>> {
-    let config = Config::from_env()?;
+    let config = common::config(NAME)?;
     let runtime = Runtime::builder()
         .config(config.clone())
         .consumer_name("crash-demo")
@@ -126,8 +133,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return worker(total).await;
     }
 
-    let config = Config::from_env()?;
+    let config = common::config(NAME)?;
     println!("asdlc crash-recovery example against {}", config.redis_url);
+    common::start_clean(&config).await?;
     let keys = StreamKeys::new(config.stream.clone());
     let mut conn = RedisConnection::connect(&config.redis_url).await?;
     let publisher = Publisher::connect(config.clone()).await?;

@@ -7,7 +7,10 @@
 //! handles the good events around them. Then the handler is "fixed" and the dead letters that
 //! hold real events are replayed: same idempotency key, handled this time.
 //!
-//! Run it with `scripts/run-example.sh dead_letters`.
+//! Run it with `scripts/run-example.sh dead_letters`. Its stream base is
+//! `examples:dead_letters`, started clean (it counts the dead letters it expects).
+
+mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -57,8 +60,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .unwrap_or_else(|_| "error".into()),
         )
         .init();
-    let config = Config::from_env()?;
+    let config = common::config("dead_letters")?;
     println!("asdlc dead-letter example against {}", config.redis_url);
+    common::start_clean(&config).await?;
     let publisher = Publisher::connect(config.clone()).await?;
     let mut conn = RedisConnection::connect(&config.redis_url).await?;
 

@@ -1,11 +1,14 @@
 //! Two tenants, one process, isolated.
 //!
-//! Each tenant has its own stream (`tenant:{acme}:asdlc:events`, `tenant:{globex}:...`),
+//! Each tenant has its own stream (`tenant:{acme}:<base>`, `tenant:{globex}:<base>`),
 //! its own processed marks and dead letters. One runtime serves both: its consumer reads both
 //! streams fairly and runs each handler inside the event's tenant context, so what a handler
 //! publishes stays with that tenant. A tenant id that could reach another's keys is refused.
 //!
-//! Run it with `scripts/run-example.sh multi_tenant`.
+//! Run it with `scripts/run-example.sh multi_tenant`. Its stream base is `examples:multi_tenant`
+//! (so the streams are `tenant:{acme}:examples:multi_tenant` and so on), started clean.
+
+mod common;
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -40,9 +43,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let globex = TenantId::new("globex")?;
     let config = Config {
         tenancy: Tenancy::multi_only([acme.clone(), globex.clone()]),
-        ..Config::from_env()?
+        ..common::config("multi_tenant")?
     };
     println!("asdlc multi-tenant example against {}", config.redis_url);
+    common::start_clean(&config).await?;
 
     for hostile in ["acme}:x", "{globex}", "a*", "../b", ""] {
         let err = TenantId::new(hostile).unwrap_err();

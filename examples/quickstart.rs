@@ -12,7 +12,11 @@
 //! `gate_approved` is published on purpose, and the stream info is printed.
 //!
 //! Run it with `scripts/run-example.sh quickstart` (which starts a server and sets
-//! `REDIS_URL`), or `cargo run --example quickstart` against your own server.
+//! `REDIS_URL`), or `cargo run --example quickstart` against your own server. It uses the
+//! stream base `examples:quickstart` and deletes what an earlier run left there (see
+//! `examples/common/mod.rs`), so it runs beside the other examples, and again.
+
+mod common;
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -205,8 +209,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .unwrap_or_else(|_| "warn".into()),
         )
         .init();
-    let config = Config::from_env()?;
+    let config = common::config("quickstart")?;
     println!("asdlc quickstart against {}", config.redis_url);
+    common::start_clean(&config).await?;
     PUBLISHER
         .set(Publisher::connect(config.clone()).await?)
         .ok();

@@ -10,6 +10,11 @@
 //! }
 //! ```
 //!
+//! The runtime finds every handler linked into the program. Handlers declared in a library
+//! crate are linked only if the binary names that crate: add `use that_crate as _;` to the
+//! binary, or they are left out (a runtime that finds none fails with
+//! [`RegistryError::NoHandlers`], which says so).
+//!
 //! Everything here is re-exported from `asdlc-runtime`; see its modules for the details.
 
 pub use asdlc_macros::event_handler;

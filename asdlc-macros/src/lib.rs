@@ -28,6 +28,11 @@ use proc_macro::TokenStream;
 /// hidden `EventHandler` implementation that calls it, and registers that with the runtime,
 /// which finds every handler of the program through `asdlc::registered_handlers()`.
 ///
+/// The registration lives in the crate that declares the handler, and rustc links a
+/// dependency only if the binary names it: handlers in a library crate the binary never
+/// refers to are left out silently. Add `use that_crate as _;` to the binary; a runtime that
+/// finds no handler at all fails with `RegistryError::NoHandlers`, which says so.
+///
 /// # The function
 ///
 /// - It is an `async fn`: not `const`, `unsafe` or `extern`, without generic parameters,

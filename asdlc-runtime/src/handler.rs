@@ -324,6 +324,10 @@ inventory::collect!(HandlerRegistration);
 
 /// Every handler registered with `#[event_handler]` in the program, sorted by group and name
 /// (inventory's own order is unspecified).
+///
+/// Only handlers of crates linked into the program are here: a library crate the binary
+/// depends on but never names is not linked, and its handlers are missing without an error.
+/// `use that_crate as _;` in the binary links it (see [`crate::RegistryError::NoHandlers`]).
 pub fn registered_handlers() -> Vec<&'static HandlerRegistration> {
     let mut all: Vec<_> = inventory::iter::<HandlerRegistration>.into_iter().collect();
     all.sort_by(|a, b| (a.group, a.name).cmp(&(b.group, b.name)));

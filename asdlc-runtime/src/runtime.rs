@@ -63,17 +63,29 @@ pub enum RegistryError {
         /// Where the other is.
         second: String,
     },
-    /// A requested group has no handler.
-    #[error("no handler belongs to group `{group}`; groups with handlers: {known}")]
+    /// A requested group has no handler: a typo, or its handlers live in a library crate the
+    /// binary never names, which the linker leaves out (see [`RegistryError::NoHandlers`]).
+    #[error(
+        "no handler belongs to group `{group}`; groups with handlers: {known}. If its handlers \
+         are declared in a library crate, the binary must name that crate (`use that_crate as _;`) \
+         or the linker leaves them out"
+    )]
     UnknownGroup {
         /// The group asked for.
         group: String,
         /// The groups that exist, comma-separated.
         known: String,
     },
-    /// There is nothing to run.
+    /// There is nothing to run: no `#[event_handler]` is linked into the program and none
+    /// was added to the builder. The usual cause is handlers declared in a library crate that
+    /// the binary depends on but never names: rustc links a dependency only if the binary
+    /// refers to it, so its registrations are silently left out; `use that_crate as _;` in the
+    /// binary brings them back. A process that only publishes needs a
+    /// [`crate::Publisher`], not a runtime.
     #[error(
-        "no event handlers found: declare some with #[event_handler] or add them to the builder"
+        "no event handlers found: declare some with #[event_handler] or add them to the builder. \
+         Handlers declared in a library crate are linked only if the binary names that crate: \
+         add `use that_crate as _;` to the binary (e.g. in main.rs)"
     )]
     NoHandlers,
     /// A group name is invalid.
