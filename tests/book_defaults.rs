@@ -201,10 +201,27 @@ fn the_consumer_options_table_matches_consumer_options_new() {
                 book,
                 o.group_start,
             ),
+            "dead_letters" => {
+                let d = &o.dead_letters;
+                let documented = format!(
+                    "`DeadLetterPolicy {{ max_len: Some({}), max_age: Some({} days), max_payload: {} KiB }}`",
+                    d.max_len.unwrap_or(0),
+                    d.max_age.map_or(0, |a| a.as_secs() / 86_400),
+                    d.max_payload / 1024
+                );
+                r.check(
+                    book == documented
+                        && d.max_age.is_some_and(|a| a.as_secs() % 86_400 == 0)
+                        && d.max_payload % 1024 == 0,
+                    &place,
+                    book,
+                    format_args!("{d:?}"),
+                );
+            }
             _ => r.fail(&place, "a row this test does not know: add a check for it"),
         }
     }
-    r.finish("runtime.md, consumer options", 13);
+    r.finish("runtime.md, consumer options", 14);
 }
 
 fn value_of(v: &Value) -> String {
