@@ -115,9 +115,18 @@ function purgeOne(stream, id) {
     mutate("dead-letters/purge", { stream, id }, () => `Purged ${id}`));
 }
 
+// On a phone the table's rows become cards (app.css, `table.stack`): each cell is labelled
+// with its column's header, read from `data-label`.
 function table(headers, rows, attrs) {
+  for (const row of rows) {
+    [...row.children].forEach((cell, i) => {
+      if (headers[i]) cell.dataset.label = headers[i];
+    });
+  }
+  const a = Object.assign({}, attrs);
+  a.class = a.class ? `${a.class} stack` : "stack";
   return el("div", { class: "scroll" },
-    el("table", attrs || {},
+    el("table", a,
       el("thead", {}, el("tr", {}, headers.map((h) => el("th", {}, h)))),
       el("tbody", {}, rows)));
 }
@@ -163,7 +172,8 @@ async function renderOverview(view) {
   const streams = o.streams.map((s) => {
     const title = el("h2", {}, s.stream, s.tenant ? el("span", { class: "tag" }, `tenant ${s.tenant}`) : null);
     const facts = el("p", { class: "muted" },
-      s.exists ? `${s.length} entries · last ${s.last_id || "-"} · ` : "not created yet · ",
+      s.exists ? [el("span", { "data-k": "length" }, s.length), ` entries · last ${s.last_id || "-"} · `]
+        : "not created yet · ",
       link("/dead", {}, `${s.dead_letters} dead letter(s)`));
     const rows = s.groups.map((g) => {
       const samples = series.get(`${s.stream}\n${g.name}`) || [];
@@ -238,11 +248,13 @@ async function renderDead(view) {
   const groups = [...new Set(d.dead_letters.map((l) => l.group))].sort();
   const rows = letters.map((l) => el("tr", { "data-dead-id": l.id, "data-stream": l.stream },
     el("td", { "data-k": "id" }, link("/dead/one", { stream: l.stream, id: l.id }, l.id)),
-    td("stream", l.stream), td("group", l.group), td("reason", l.reason),
+    td("stream", l.stream), td("group", l.group),
+    el("td", { "data-k": "reason" }, l.reason,
+      l.error ? el("div", { class: "muted", "data-k": "error" }, l.error) : null),
     td("attempts", l.attempts), el("td", { "data-k": "age", "data-age-of": l.id }, duration(ageOfId(l.id))),
-    el("td", { class: "actions" },
+    el("td", { class: "actions" }, el("div", { class: "buttons" },
       el("button", { type: "button", class: "replay", on: { click: () => replayOne(l.stream, l.id) } }, "Replay"),
-      el("button", { type: "button", class: "purge danger", on: { click: () => purgeOne(l.stream, l.id) } }, "Purge"))));
+      el("button", { type: "button", class: "purge danger", on: { click: () => purgeOne(l.stream, l.id) } }, "Purge")))));
   const scope = only ? `of group ${only}` : "";
   const bar = el("div", { class: "toolbar" },
     el("label", {}, "Group ",
@@ -256,7 +268,9 @@ async function renderDead(view) {
     el("button", { type: "button", id: "purge-all", class: "danger", disabled: !d.total || !!only, on: { click: () =>
       confirmThen(`Delete all ${d.total} dead letter(s) for good?`, () =>
         mutate("dead-letters/purge", { all: true, tenant: tenant() || undefined },
-          (a) => `Purged ${a.purged.reduce((n, p) => n + p.purged, 0)} dead letter(s)`)) } }, "Purge all"));
+          (a) => `Purged ${a.purged.reduce((n, p) => n + p.purged, 0)} dead letter(s)`)) } }, "Purge all"),
+    o.writable ? null : el("span", { class: "muted", id: "read-only-note" },
+      "read-only: replay and purge are refused (start with --write and a token)"));
   view.replaceChildren(
     el("h2", {}, "Dead letters ", el("span", { id: "dead-total", class: "count" }, d.total)),
     bar,
@@ -287,7 +301,9 @@ async function renderDeadOne(view, params) {
 }
 
 function header(o) {
-  document.getElementById("server").textContent = `${o.url} · ${o.server || "server unreachable"} · ${o.stream_base}`;
+  const server = document.getElementById("server");
+  server.textContent = `${o.url} · ${o.server || "server unreachable"} · ${o.stream_base}`;
+  server.title = server.textContent;
   const badge = document.getElementById("health-status");
   badge.textContent = o.health;
   badge.className = `badge ${o.health}`;
