@@ -570,6 +570,22 @@ async fn the_page_shows_info_replays_with_the_token_and_shows_403_without() {
     assert_eq!(info(&url)["dead_letters"], EVENTS - 1);
     screenshot(&c, "read-only-refused").await;
 
+    // Mounted in an application's own router under /ops, the page finds its assets and API.
+    let mounted = asdlc_dashboard::Dashboard::start(
+        config.clone(),
+        asdlc_dashboard::DashboardOptions::default(),
+    )
+    .await
+    .unwrap();
+    let app = axum::Router::new().nest("/ops", asdlc_dashboard::router(mounted.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_url = format!("http://{}", listener.local_addr().unwrap());
+    let app_task = tokio::spawn(async move { axum::serve(listener, app).await });
+    open(&c, &app_url, "/ops#/dead").await;
+    wait_text(&c, "#dead-total", &(EVENTS - 1).to_string()).await;
+    app_task.abort();
+    mounted.shutdown().await;
+
     // The same pages at a phone's size.
     c.set_window_size(390, 844).await.unwrap();
     open(&c, &page, "#/").await;

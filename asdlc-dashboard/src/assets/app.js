@@ -4,6 +4,9 @@
 "use strict";
 
 const REFRESH_MS = 2000;
+// The API is beside the script, wherever the dashboard is mounted (`/`, `/ops/`, or `/ops`
+// nested in an application's router, where a page-relative `api/` would miss it).
+const BASE = document.currentScript.src.replace(/[^/]*$/, "");
 const state = { overview: null, lastKey: null, busy: false };
 
 function el(tag, attrs, ...children) {
@@ -90,7 +93,7 @@ async function mutate(path, body, describe) {
   const headers = { "Content-Type": "application/json" };
   if (token) headers.Authorization = `Bearer ${token}`;
   try {
-    const r = await fetch(`api/${path}`, { method: "POST", headers, body: JSON.stringify(body) });
+    const r = await fetch(`${BASE}api/${path}`, { method: "POST", headers, body: JSON.stringify(body) });
     const answer = await r.json().catch(() => ({ error: r.statusText }));
     if (!r.ok) {
       say(`Refused (${r.status}): ${answer.error}`, false);
@@ -153,8 +156,8 @@ function sparkline(samples) {
 
 async function renderOverview(view) {
   const [o, tp] = await Promise.all([
-    getJson(withTenant("api/overview")),
-    getJson(withTenant("api/throughput")),
+    getJson(withTenant(BASE + "api/overview")),
+    getJson(withTenant(BASE + "api/throughput")),
   ]);
   state.overview = o;
   header(o);
@@ -210,7 +213,7 @@ function eventCells(e) {
 
 async function renderGroup(view, params) {
   const stream = params.get("stream"), group = params.get("group");
-  const g = await getJson(`api/group?${new URLSearchParams({ stream, group })}`);
+  const g = await getJson(`${BASE}api/group?${new URLSearchParams({ stream, group })}`);
   const pending = g.pending.map((p) => el("tr", { "data-id": p.id },
     td("id", p.id), td("consumer", p.consumer), td("idle", duration(p.idle_ms)),
     td("deliveries", p.deliveries), ...eventCells(p.event)));
@@ -232,8 +235,8 @@ async function renderGroup(view, params) {
 
 async function renderDead(view) {
   const [o, d] = await Promise.all([
-    getJson(withTenant("api/overview")),
-    getJson(withTenant("api/dead-letters")),
+    getJson(withTenant(BASE + "api/overview")),
+    getJson(withTenant(BASE + "api/dead-letters")),
   ]);
   header(o);
   const groupSel = document.getElementById("dead-group");
@@ -280,7 +283,7 @@ async function renderDead(view) {
 
 async function renderDeadOne(view, params) {
   const stream = params.get("stream"), id = params.get("id");
-  const l = await getJson(`api/dead-letter?${new URLSearchParams({ stream, id })}`);
+  const l = await getJson(`${BASE}api/dead-letter?${new URLSearchParams({ stream, id })}`);
   const key = JSON.stringify(l.id);
   if (key === state.lastKey) return;
   state.lastKey = key;
