@@ -5,6 +5,9 @@
 #
 # Gets a server binary (scripts/ensure-redis.sh) and exports it as ASDLC_REDIS_SERVER; each test
 # then starts its own server on a free loopback port (asdlc_runtime::testing::TestServer).
+# Gets headless Chromium and chromedriver (scripts/ensure-chromium.sh) and exports the driver as
+# ASDLC_CHROMEDRIVER for the dashboard's browser test (asdlc-cli/tests/browser.rs), which starts
+# its own chromedriver on a free loopback port.
 # Nothing needs to be running beforehand, and nothing is left running afterwards.
 set -euo pipefail
 
@@ -12,6 +15,8 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 ASDLC_REDIS_SERVER="$("$repo/scripts/ensure-redis.sh")"
 export ASDLC_REDIS_SERVER
+ASDLC_CHROMEDRIVER="$("$repo/scripts/ensure-chromium.sh")"
+export ASDLC_CHROMEDRIVER
 
 cd "$repo"
 # --no-fail-fast: one failing test binary should not hide the results of the others.

@@ -53,6 +53,9 @@ mod book {
     mod recovery {}
     #[doc = include_str!("../book/src/operations.md")]
     mod operations {}
+    #[cfg(feature = "dashboard")]
+    #[doc = include_str!("../book/src/dashboard.md")]
+    mod dashboard {}
     #[doc = include_str!("../book/src/cluster.md")]
     mod cluster {}
     #[doc = include_str!("../book/src/performance.md")]

@@ -411,3 +411,58 @@ async fn the_page_and_its_assets_are_served_from_the_binary() {
     }
     d.shutdown().await;
 }
+
+#[tokio::test]
+async fn nested_under_a_prefix_the_page_finds_its_assets_and_api() {
+    let s = TestServer::start();
+    let d = Dashboard::start(Config::new(&s.url()).unwrap(), options(None))
+        .await
+        .unwrap();
+    let app = axum::Router::new().nest("/ops", router(d.clone()));
+    let get = |path: &'static str| {
+        let app = app.clone();
+        async move {
+            let req = Request::builder()
+                .uri(path)
+                .header(header::HOST, HOST)
+                .body(Body::empty())
+                .unwrap();
+            let res = app.oneshot(req).await.unwrap();
+            let status = res.status();
+            let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            (status, String::from_utf8(body.to_vec()).unwrap())
+        }
+    };
+    // Nested, the page is at `/ops` (no trailing slash): its links must say `ops/...` to
+    // resolve to `/ops/app.js`, not `/app.js`.
+    let (status, html) = get("/ops").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains(r#"src="ops/app.js""#), "{html}");
+    assert!(html.contains(r#"href="ops/app.css""#), "{html}");
+    for path in ["/ops/app.js", "/ops/app.css", "/ops/api/overview"] {
+        assert_eq!(get(path).await.0, StatusCode::OK, "{path}");
+    }
+    // The script finds the API beside itself, not beside the page.
+    let (_, script) = get("/ops/app.js").await;
+    assert!(script.contains("document.currentScript.src"));
+    // Standalone, the links stay relative (a proxy that strips a prefix keeps working).
+    let (_, html) = get_standalone(&d).await;
+    assert!(html.contains(r#"src="app.js""#), "{html}");
+    d.shutdown().await;
+}
+
+async fn get_standalone(d: &Dashboard) -> (StatusCode, String) {
+    let req = Request::builder()
+        .uri("/")
+        .header(header::HOST, HOST)
+        .body(Body::empty())
+        .unwrap();
+    let res = router(d.clone()).oneshot(req).await.unwrap();
+    let status = res.status();
+    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}

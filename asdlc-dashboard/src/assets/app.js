@@ -4,6 +4,9 @@
 "use strict";
 
 const REFRESH_MS = 2000;
+// The API is beside the script, wherever the dashboard is mounted (`/`, `/ops/`, or `/ops`
+// nested in an application's router, where a page-relative `api/` would miss it).
+const BASE = document.currentScript.src.replace(/[^/]*$/, "");
 const state = { overview: null, lastKey: null, busy: false };
 
 function el(tag, attrs, ...children) {
@@ -90,7 +93,7 @@ async function mutate(path, body, describe) {
   const headers = { "Content-Type": "application/json" };
   if (token) headers.Authorization = `Bearer ${token}`;
   try {
-    const r = await fetch(`api/${path}`, { method: "POST", headers, body: JSON.stringify(body) });
+    const r = await fetch(`${BASE}api/${path}`, { method: "POST", headers, body: JSON.stringify(body) });
     const answer = await r.json().catch(() => ({ error: r.statusText }));
     if (!r.ok) {
       say(`Refused (${r.status}): ${answer.error}`, false);
@@ -115,9 +118,18 @@ function purgeOne(stream, id) {
     mutate("dead-letters/purge", { stream, id }, () => `Purged ${id}`));
 }
 
+// On a phone the table's rows become cards (app.css, `table.stack`): each cell is labelled
+// with its column's header, read from `data-label`.
 function table(headers, rows, attrs) {
+  for (const row of rows) {
+    [...row.children].forEach((cell, i) => {
+      if (headers[i]) cell.dataset.label = headers[i];
+    });
+  }
+  const a = Object.assign({}, attrs);
+  a.class = a.class ? `${a.class} stack` : "stack";
   return el("div", { class: "scroll" },
-    el("table", attrs || {},
+    el("table", a,
       el("thead", {}, el("tr", {}, headers.map((h) => el("th", {}, h)))),
       el("tbody", {}, rows)));
 }
@@ -144,8 +156,8 @@ function sparkline(samples) {
 
 async function renderOverview(view) {
   const [o, tp] = await Promise.all([
-    getJson(withTenant("api/overview")),
-    getJson(withTenant("api/throughput")),
+    getJson(withTenant(BASE + "api/overview")),
+    getJson(withTenant(BASE + "api/throughput")),
   ]);
   state.overview = o;
   header(o);
@@ -163,7 +175,8 @@ async function renderOverview(view) {
   const streams = o.streams.map((s) => {
     const title = el("h2", {}, s.stream, s.tenant ? el("span", { class: "tag" }, `tenant ${s.tenant}`) : null);
     const facts = el("p", { class: "muted" },
-      s.exists ? `${s.length} entries · last ${s.last_id || "-"} · ` : "not created yet · ",
+      s.exists ? [el("span", { "data-k": "length" }, s.length), ` entries · last ${s.last_id || "-"} · `]
+        : "not created yet · ",
       link("/dead", {}, `${s.dead_letters} dead letter(s)`));
     const rows = s.groups.map((g) => {
       const samples = series.get(`${s.stream}\n${g.name}`) || [];
@@ -200,7 +213,7 @@ function eventCells(e) {
 
 async function renderGroup(view, params) {
   const stream = params.get("stream"), group = params.get("group");
-  const g = await getJson(`api/group?${new URLSearchParams({ stream, group })}`);
+  const g = await getJson(`${BASE}api/group?${new URLSearchParams({ stream, group })}`);
   const pending = g.pending.map((p) => el("tr", { "data-id": p.id },
     td("id", p.id), td("consumer", p.consumer), td("idle", duration(p.idle_ms)),
     td("deliveries", p.deliveries), ...eventCells(p.event)));
@@ -222,8 +235,8 @@ async function renderGroup(view, params) {
 
 async function renderDead(view) {
   const [o, d] = await Promise.all([
-    getJson(withTenant("api/overview")),
-    getJson(withTenant("api/dead-letters")),
+    getJson(withTenant(BASE + "api/overview")),
+    getJson(withTenant(BASE + "api/dead-letters")),
   ]);
   header(o);
   const groupSel = document.getElementById("dead-group");
@@ -238,11 +251,13 @@ async function renderDead(view) {
   const groups = [...new Set(d.dead_letters.map((l) => l.group))].sort();
   const rows = letters.map((l) => el("tr", { "data-dead-id": l.id, "data-stream": l.stream },
     el("td", { "data-k": "id" }, link("/dead/one", { stream: l.stream, id: l.id }, l.id)),
-    td("stream", l.stream), td("group", l.group), td("reason", l.reason),
+    td("stream", l.stream), td("group", l.group),
+    el("td", { "data-k": "reason" }, l.reason,
+      l.error ? el("div", { class: "muted", "data-k": "error" }, l.error) : null),
     td("attempts", l.attempts), el("td", { "data-k": "age", "data-age-of": l.id }, duration(ageOfId(l.id))),
-    el("td", { class: "actions" },
+    el("td", { class: "actions" }, el("div", { class: "buttons" },
       el("button", { type: "button", class: "replay", on: { click: () => replayOne(l.stream, l.id) } }, "Replay"),
-      el("button", { type: "button", class: "purge danger", on: { click: () => purgeOne(l.stream, l.id) } }, "Purge"))));
+      el("button", { type: "button", class: "purge danger", on: { click: () => purgeOne(l.stream, l.id) } }, "Purge")))));
   const scope = only ? `of group ${only}` : "";
   const bar = el("div", { class: "toolbar" },
     el("label", {}, "Group ",
@@ -256,7 +271,9 @@ async function renderDead(view) {
     el("button", { type: "button", id: "purge-all", class: "danger", disabled: !d.total || !!only, on: { click: () =>
       confirmThen(`Delete all ${d.total} dead letter(s) for good?`, () =>
         mutate("dead-letters/purge", { all: true, tenant: tenant() || undefined },
-          (a) => `Purged ${a.purged.reduce((n, p) => n + p.purged, 0)} dead letter(s)`)) } }, "Purge all"));
+          (a) => `Purged ${a.purged.reduce((n, p) => n + p.purged, 0)} dead letter(s)`)) } }, "Purge all"),
+    o.writable ? null : el("span", { class: "muted", id: "read-only-note" },
+      "read-only: replay and purge are refused (start with --write and a token)"));
   view.replaceChildren(
     el("h2", {}, "Dead letters ", el("span", { id: "dead-total", class: "count" }, d.total)),
     bar,
@@ -266,7 +283,7 @@ async function renderDead(view) {
 
 async function renderDeadOne(view, params) {
   const stream = params.get("stream"), id = params.get("id");
-  const l = await getJson(`api/dead-letter?${new URLSearchParams({ stream, id })}`);
+  const l = await getJson(`${BASE}api/dead-letter?${new URLSearchParams({ stream, id })}`);
   const key = JSON.stringify(l.id);
   if (key === state.lastKey) return;
   state.lastKey = key;
@@ -287,7 +304,9 @@ async function renderDeadOne(view, params) {
 }
 
 function header(o) {
-  document.getElementById("server").textContent = `${o.url} · ${o.server || "server unreachable"} · ${o.stream_base}`;
+  const server = document.getElementById("server");
+  server.textContent = `${o.url} · ${o.server || "server unreachable"} · ${o.stream_base}`;
+  server.title = server.textContent;
   const badge = document.getElementById("health-status");
   badge.textContent = o.health;
   badge.className = `badge ${o.health}`;
