@@ -505,6 +505,11 @@ struct Mutation {
     all: bool,
     tenant: Option<String>,
     group: Option<String>,
+    /// Replay for this group only (the others acknowledge the copy unhandled).
+    to_group: Option<String>,
+    /// With `all`, replay malformed dead letters too.
+    #[serde(default)]
+    include_malformed: bool,
 }
 
 /// One dead letter put back.
@@ -513,6 +518,14 @@ struct Replayed {
     stream: String,
     dead_letter_id: String,
     new_id: String,
+}
+
+/// One dead letter `all` left alone, and why.
+#[derive(Debug, Serialize)]
+struct Skipped {
+    stream: String,
+    dead_letter_id: String,
+    reason: String,
 }
 
 fn parse(body: &Bytes) -> Result<Mutation, ApiError> {
@@ -542,7 +555,7 @@ async fn replay(
     authorize(&d, &headers)?;
     let m = parse(&body)?;
     let mut conn = d.conn();
-    let mut replayed = Vec::new();
+    let (mut replayed, mut skipped) = (Vec::new(), Vec::new());
     match (&m.id, m.all) {
         (Some(id), false) => {
             let stream = m
@@ -551,10 +564,12 @@ async fn replay(
                 .ok_or_else(|| ApiError::BadRequest("`stream` is required with `id`".into()))?;
             own_stream(&d, &stream)?;
             check_id(id)?;
-            let new_id = deadletter::replay(&mut conn, &stream, id)
-                .await?
-                .ok_or_else(|| ApiError::NotFound(format!("no dead letter {id} on {stream}")))?;
-            tracing::info!(%stream, dead_letter = %id, %new_id, "dashboard replayed a dead letter");
+            let new_id = match &m.to_group {
+                Some(g) => deadletter::replay_to_group(&mut conn, &stream, id, g).await?,
+                None => deadletter::replay(&mut conn, &stream, id).await?,
+            }
+            .ok_or_else(|| ApiError::NotFound(format!("no dead letter {id} on {stream}")))?;
+            tracing::info!(%stream, dead_letter = %id, %new_id, to_group = ?m.to_group, "dashboard replayed a dead letter");
             replayed.push(Replayed {
                 stream,
                 dead_letter_id: id.clone(),
@@ -562,27 +577,30 @@ async fn replay(
             });
         }
         (None, true) => {
+            let options = deadletter::ReplayOptions {
+                to_group: m.to_group.clone(),
+                from_group: m.group.clone(),
+                include_malformed: m.include_malformed,
+            };
             for stream in streams_of(&d, &mut conn, &m).await? {
-                let mut from = "-".to_owned();
-                loop {
-                    let batch = deadletter::list(&mut conn, &stream, &from, 100).await?;
-                    let Some(last) = batch.last() else { break };
-                    from = format!("({}", last.id);
-                    for l in batch {
-                        if m.group.as_deref().is_some_and(|g| g != l.group) {
-                            continue;
-                        }
-                        if let Some(new_id) = deadletter::replay(&mut conn, &stream, &l.id).await? {
-                            replayed.push(Replayed {
-                                stream: stream.clone(),
-                                dead_letter_id: l.id,
-                                new_id,
-                            });
-                        }
-                    }
-                }
+                let report =
+                    deadletter::replay_all_with(&mut conn, &stream, options.clone()).await?;
+                replayed.extend(report.replayed.into_iter().map(|r| Replayed {
+                    stream: stream.clone(),
+                    dead_letter_id: r.dead_letter_id,
+                    new_id: r.new_id,
+                }));
+                skipped.extend(report.skipped.into_iter().map(|k| Skipped {
+                    stream: stream.clone(),
+                    dead_letter_id: k.dead_letter_id,
+                    reason: k.reason,
+                }));
             }
-            tracing::info!(count = replayed.len(), "dashboard replayed dead letters");
+            tracing::info!(
+                count = replayed.len(),
+                skipped = skipped.len(),
+                "dashboard replayed dead letters"
+            );
         }
         _ => {
             return Err(ApiError::BadRequest(
@@ -590,9 +608,11 @@ async fn replay(
             ));
         }
     }
-    Ok(Json(
-        serde_json::json!({ "count": replayed.len(), "replayed": replayed }),
-    ))
+    Ok(Json(serde_json::json!({
+        "count": replayed.len(),
+        "replayed": replayed,
+        "skipped": skipped,
+    })))
 }
 
 async fn purge(
@@ -602,9 +622,11 @@ async fn purge(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&d, &headers)?;
     let m = parse(&body)?;
-    if m.group.is_some() {
+    if m.group.is_some() || m.to_group.is_some() || m.include_malformed {
         return Err(ApiError::BadRequest(
-            "purge takes no `group`: it deletes one dead letter or all of a stream".into(),
+            "purge takes no `group`, `to_group` or `include_malformed`: it deletes one dead \
+             letter or all of a stream"
+                .into(),
         ));
     }
     let mut conn = d.conn();

@@ -228,6 +228,46 @@ async fn dashboard_shows_and_replays(config: Config) {
             .unwrap(),
         4
     );
+    // Replayed to the group that gave up on it: the copy names that group alone.
+    let second = list["dead_letters"][1]["id"].as_str().unwrap().to_owned();
+    let (status, r) = call(
+        &app,
+        "POST",
+        "/api/dead-letters/replay",
+        Some(TOKEN),
+        Some(json!({ "stream": stream, "id": second, "to_group": "bad" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    let new_id = r["replayed"][0]["new_id"].as_str().unwrap().to_owned();
+    let copy: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(&stream)
+        .arg(&new_id)
+        .arg(&new_id)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        copy[0]
+            .1
+            .contains(&("replay_group".to_owned(), "bad".to_owned())),
+        "{copy:?}"
+    );
+    let (status, e) = call(
+        &app,
+        "POST",
+        "/api/dead-letters/replay",
+        Some(TOKEN),
+        Some(json!({ "all": true, "to_group": "not a group!" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+    assert_eq!(
+        asdlc_runtime::deadletter::count(&mut conn, &stream)
+            .await
+            .unwrap(),
+        3
+    );
     // A stream outside the deployment is never touched.
     let (status, _) = call(
         &app,
@@ -247,7 +287,7 @@ async fn dashboard_shows_and_replays(config: Config) {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{p}");
-    assert_eq!(p["purged"][0]["purged"], 4);
+    assert_eq!(p["purged"][0]["purged"], 3);
 
     // The sampler saw group `bad` progress (5 read, 0 pending) at least once.
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -107,10 +107,12 @@ async function mutate(path, body, describe) {
   refresh();
 }
 
-function replayOne(stream, id) {
-  confirmThen(`Replay dead letter ${id} to ${stream}?`, () =>
-    mutate("dead-letters/replay", { stream, id }, (a) =>
-      `Replayed ${id} as ${a.replayed[0].new_id}`));
+// `group`: replay for that group only (the others acknowledge the copy unhandled).
+function replayOne(stream, id, group) {
+  const whom = group ? ` for group ${group} only` : " for every group";
+  confirmThen(`Replay dead letter ${id} to ${stream}${whom}?`, () =>
+    mutate("dead-letters/replay", { stream, id, to_group: group || undefined }, (a) =>
+      `Replayed ${id} as ${a.replayed[0].new_id}${whom}`));
 }
 
 function purgeOne(stream, id) {
@@ -257,6 +259,8 @@ async function renderDead(view) {
     td("attempts", l.attempts), el("td", { "data-k": "age", "data-age-of": l.id }, duration(ageOfId(l.id))),
     el("td", { class: "actions" }, el("div", { class: "buttons" },
       el("button", { type: "button", class: "replay", on: { click: () => replayOne(l.stream, l.id) } }, "Replay"),
+      l.group ? el("button", { type: "button", class: "replay-group", title: `replay for group ${l.group} only`,
+        on: { click: () => replayOne(l.stream, l.id, l.group) } }, `Replay to ${l.group}`) : null,
       el("button", { type: "button", class: "purge danger", on: { click: () => purgeOne(l.stream, l.id) } }, "Purge")))));
   const scope = only ? `of group ${only}` : "";
   const bar = el("div", { class: "toolbar" },
@@ -265,9 +269,13 @@ async function renderDead(view) {
         el("option", { value: "" }, "all"),
         groups.map((g) => el("option", { value: g, selected: g === only }, g)))),
     el("button", { type: "button", id: "replay-all", disabled: !letters.length, on: { click: () =>
-      confirmThen(`Replay all ${letters.length} dead letter(s) ${scope}?`, () =>
-        mutate("dead-letters/replay", { all: true, tenant: tenant() || undefined, group: only || undefined },
-          (a) => `Replayed ${a.count} dead letter(s)`)) } }, "Replay all"),
+      confirmThen(`Replay all ${letters.length} dead letter(s) ${scope}${only ? ` to group ${only} only` : ""}? ` +
+        "Those that cannot succeed (malformed, of another tenant, cut to the payload cap) are skipped.", () =>
+        mutate("dead-letters/replay",
+          { all: true, tenant: tenant() || undefined, group: only || undefined, to_group: only || undefined },
+          (a) => `Replayed ${a.count} dead letter(s)` +
+            (a.skipped.length ? `; skipped ${a.skipped.length} that cannot succeed: ` +
+              a.skipped.map((k) => `${k.dead_letter_id} (${k.reason})`).join(", ") : ""))) } }, "Replay all"),
     el("button", { type: "button", id: "purge-all", class: "danger", disabled: !d.total || !!only, on: { click: () =>
       confirmThen(`Delete all ${d.total} dead letter(s) for good?`, () =>
         mutate("dead-letters/purge", { all: true, tenant: tenant() || undefined },
@@ -296,6 +304,8 @@ async function renderDeadOne(view, params) {
     el("dl", { class: "facts" }, facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", { "data-k": k }, v || "-")])),
     el("div", { class: "toolbar" },
       el("button", { type: "button", class: "replay", on: { click: () => replayOne(l.stream, l.id) } }, "Replay"),
+      l.group ? el("button", { type: "button", class: "replay-group",
+        on: { click: () => replayOne(l.stream, l.id, l.group) } }, `Replay to ${l.group}`) : null,
       el("button", { type: "button", class: "purge danger", on: { click: () => purgeOne(l.stream, l.id) } }, "Purge")),
     el("h3", {}, "Event"),
     l.event ? el("pre", {}, JSON.stringify(l.event, null, 2)) : el("p", { class: "error" }, `does not decode: ${l.decode_error}`),
