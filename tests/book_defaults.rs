@@ -211,8 +211,9 @@ fn the_consumer_options_table_matches_consumer_options_new() {
                 );
                 r.check(
                     book == documented
-                        && d.max_age.is_some_and(|a| a.as_secs() % 86_400 == 0)
-                        && d.max_payload % 1024 == 0,
+                        && d.max_age
+                            .is_some_and(|a| a.as_secs().is_multiple_of(86_400))
+                        && d.max_payload.is_multiple_of(1024),
                     &place,
                     book,
                     format_args!("{d:?}"),
