@@ -206,7 +206,7 @@ pub async fn list(
         .query_async(conn)
         .await
         .map_err(StreamError::redis(stream))?;
-    Ok(crate::consume::parse_entries_pub(reply)
+    Ok(crate::reply::parse_present_entries(reply)
         .into_iter()
         .map(|(id, fields)| DeadLetter::from_entry(id, fields))
         .collect())
@@ -331,7 +331,7 @@ impl ReplayAll {
             .query_async(conn)
             .await
             .map_err(StreamError::redis(stream))?;
-        let last = crate::consume::parse_entries_pub(newest)
+        let last = crate::reply::parse_present_entries(newest)
             .into_iter()
             .next()
             .map(|(id, _)| id);
@@ -365,7 +365,7 @@ impl ReplayAll {
             .query_async(conn)
             .await
             .map_err(StreamError::redis(&self.stream))?;
-        let batch: Vec<DeadLetter> = crate::consume::parse_entries_pub(reply)
+        let batch: Vec<DeadLetter> = crate::reply::parse_present_entries(reply)
             .into_iter()
             .map(|(id, fields)| DeadLetter::from_entry(id, fields))
             .collect();

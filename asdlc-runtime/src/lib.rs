@@ -37,6 +37,7 @@ pub mod idempotency;
 pub mod keys;
 pub mod monitor;
 pub mod publish;
+mod reply;
 pub mod runtime;
 pub mod streams;
 pub mod tenancy;

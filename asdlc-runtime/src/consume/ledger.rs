@@ -14,6 +14,11 @@ use crate::idempotency::FINGERPRINT_LEN;
 /// The fingerprint a delivery holds the lease of, if it took one.
 pub(crate) type Lease = Option<[u8; FINGERPRINT_LEN]>;
 
+/// A lease as a script argument: the fingerprint, or empty for none.
+pub(super) fn lease_arg(lease: &Lease) -> &[u8] {
+    lease.as_ref().map_or(&[], |fp| &fp[..])
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Slot {
     /// Dispatched: decoding, beginning, running or committing; with its lease once taken.

@@ -22,10 +22,23 @@
 //! been idle for `claim_idle`. Effects staged in Redis happen exactly once; effects outside
 //! Redis happen at least once.
 
-mod engine;
-mod entries;
+// One module per step: `read` (new entries, and our own pending ones again), `dispatch`
+// (decode, begin, hand out), `execute` (one handler attempt), `commit` (the commit script and
+// its records), `recover` (our own pending entries, claims from dead peers, lease sweeps),
+// `upkeep` (keep-alive, redelivery, the name lock), `run` (one run, start to stop). What they
+// share: `shared`, `ledger` (what is in flight), `stats`, `retry`.
+mod commit;
+mod dispatch;
+mod execute;
 mod ledger;
 mod lock;
+mod read;
+mod recover;
+mod retry;
+mod run;
+mod shared;
+mod stats;
+mod upkeep;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,15 +52,7 @@ use crate::keys::{validate_consumer, validate_group};
 use crate::streams::GroupStart;
 use crate::tenancy::TenantId;
 
-pub use engine::ConsumerStats;
-
-/// Entries of an XRANGE-like reply as (id, fields); deleted entries are left out.
-pub(crate) fn parse_entries_pub(v: redis::Value) -> Vec<(String, entries::Fields)> {
-    entries::parse_entries(v)
-        .into_iter()
-        .filter_map(|e| Some((e.id, e.fields?)))
-        .collect()
-}
+pub use stats::ConsumerStats;
 
 /// How retries are spaced: exponential from `base`, capped at `max`, with jitter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,7 +294,7 @@ impl HandlerSpec {
 /// the same consumer.
 #[derive(Clone)]
 pub struct EventConsumer {
-    shared: Arc<engine::Shared>,
+    shared: Arc<shared::Shared>,
 }
 
 impl std::fmt::Debug for EventConsumer {
@@ -354,7 +359,7 @@ impl EventConsumerBuilder {
     pub async fn build(self) -> Result<EventConsumer, ConsumeError> {
         self.config.validate()?;
         let shared =
-            engine::Shared::connect(self.config, self.options, self.handlers, self.tenants).await?;
+            shared::Shared::connect(self.config, self.options, self.handlers, self.tenants).await?;
         Ok(EventConsumer {
             shared: Arc::new(shared),
         })
@@ -400,7 +405,7 @@ impl EventConsumer {
     /// one called before `start`), `start` returns [`ConsumeError::Finished`]; build a new
     /// consumer to consume again.
     pub async fn start(&self) -> Result<ConsumerStats, ConsumeError> {
-        engine::run(self.shared.clone()).await
+        run::run(self.shared.clone()).await
     }
 
     /// Asks a running consumer to stop: it stops reading at once (even mid-read), lets
@@ -417,17 +422,17 @@ impl EventConsumer {
     pub async fn ready(&self) -> Result<(), ConsumeError> {
         let mut rx = self.shared.ready.subscribe();
         let state = rx
-            .wait_for(|r| !matches!(r, engine::Readiness::Starting))
+            .wait_for(|r| !matches!(r, shared::Readiness::Starting))
             .await
             .map(|r| r.clone())
-            .unwrap_or(engine::Readiness::Ended(None));
+            .unwrap_or(shared::Readiness::Ended(None));
         let (group, consumer) = (self.group().to_owned(), self.consumer_name());
         match state {
-            engine::Readiness::Ready => Ok(()),
-            engine::Readiness::Ended(None) | engine::Readiness::Starting => {
+            shared::Readiness::Ready => Ok(()),
+            shared::Readiness::Ended(None) | shared::Readiness::Starting => {
                 Err(ConsumeError::Finished { group, consumer })
             }
-            engine::Readiness::Ended(Some(reason)) => Err(ConsumeError::NotReady {
+            shared::Readiness::Ended(Some(reason)) => Err(ConsumeError::NotReady {
                 group,
                 consumer,
                 reason,
@@ -462,7 +467,7 @@ impl EventConsumer {
     /// start; call it directly to recover without starting.
     pub async fn process_pending(&self) -> Result<RecoveryResult, ConsumeError> {
         self.shared.prepare().await?;
-        engine::process_pending(&self.shared).await
+        recover::process_pending(&self.shared).await
     }
 
     /// Claims entries idle for at least `min_idle` from any consumer of the group (dead
@@ -473,7 +478,7 @@ impl EventConsumer {
         min_idle: Duration,
     ) -> Result<RecoveryResult, ConsumeError> {
         self.shared.prepare().await?;
-        engine::claim_stale(&self.shared, min_idle).await
+        recover::claim_stale(&self.shared, min_idle).await
     }
 
     /// What the start-up recovery of the current (or last) run did, once it has finished.

@@ -1,5 +1,6 @@
 //! Reading stream entries out of Redis replies, without ever failing a whole batch on one
 //! bad entry: field names and values are kept as bytes, and the decoder judges each entry.
+//! Below both the consumer and the dead-letter stream, which read the same replies.
 
 use redis::Value;
 
@@ -63,6 +64,14 @@ fn entry(v: Value) -> Option<RawEntry> {
 /// Entries of an `XCLAIM` / `XRANGE` reply.
 pub(crate) fn parse_entries(v: Value) -> Vec<RawEntry> {
     array(v).into_iter().filter_map(entry).collect()
+}
+
+/// Entries of an XRANGE-like reply as (id, fields); deleted entries are left out.
+pub(crate) fn parse_present_entries(v: Value) -> Vec<(String, Fields)> {
+    parse_entries(v)
+        .into_iter()
+        .filter_map(|e| Some((e.id, e.fields?)))
+        .collect()
 }
 
 /// Entries of an `XREADGROUP` reply, per stream (`Nil` on timeout gives nothing).

@@ -1,0 +1,307 @@
+//! The commit step: finished entries are batched per stream into one commit script call, whose
+//! records (success with staged effects, retry, dead letter, ack) are encoded here, and each
+//! reply is counted and settled.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::Value;
+use tokio::sync::mpsc;
+
+use super::dispatch::{Delay, defer};
+use super::execute::failed_attempt;
+use super::ledger::lease_arg;
+use super::retry::retry_pause;
+use super::shared::{Kind, Outcome, RunCtx, SCRIPT_CHUNK, Shared, StreamCtx, finish, lock};
+use super::stats::{Pass, bump};
+use crate::functions::COMMIT;
+use crate::tenancy::TenantId;
+
+pub(super) async fn send(shared: &Shared, run: &RunCtx, outcome: Outcome) {
+    let tx = lock(&run.commit_tx).clone();
+    let result = match tx {
+        Some(tx) => tx.send(outcome).await,
+        None => Err(mpsc::error::SendError(outcome)),
+    };
+    if let Err(mpsc::error::SendError(outcome)) = result {
+        // The committer is gone (the run is ending): the entry stays pending.
+        shared.untrack(&outcome.stream.name, &outcome.id);
+        finish(shared, outcome.pass.as_deref());
+    }
+}
+
+/// Commits finished entries in batches: one script call per stream per batch.
+pub(super) async fn committer(
+    shared: Arc<Shared>,
+    run: Arc<RunCtx>,
+    mut rx: mpsc::Receiver<Outcome>,
+) {
+    let mut again: Vec<Outcome> = Vec::new();
+    loop {
+        let mut batch = std::mem::take(&mut again);
+        if batch.is_empty() {
+            match rx.recv().await {
+                Some(o) => batch.push(o),
+                None => break,
+            }
+        }
+        while batch.len() < SCRIPT_CHUNK {
+            match rx.try_recv() {
+                Ok(o) => batch.push(o),
+                Err(_) => break,
+            }
+        }
+        let mut by_stream: HashMap<Arc<str>, Vec<Outcome>> = HashMap::new();
+        for o in batch {
+            by_stream.entry(o.stream.name.clone()).or_default().push(o);
+        }
+        for (_, outcomes) in by_stream {
+            commit_batch(&shared, &run, outcomes, &mut again).await;
+        }
+    }
+}
+
+async fn commit_batch(
+    shared: &Arc<Shared>,
+    run: &Arc<RunCtx>,
+    outcomes: Vec<Outcome>,
+    again: &mut Vec<Outcome>,
+) {
+    let stream = outcomes[0].stream.clone();
+    let mut attempt = 0u32;
+    let results = loop {
+        match commit(shared, run, &stream, &outcomes).await {
+            Ok(v) => break Some(v),
+            Err(e) => {
+                attempt += 1;
+                // Committing again is safe: a record whose mark is already set acks without
+                // applying its effects a second time.
+                tracing::warn!(stream = %stream.name, error = %e, attempt, "commit failed; retrying");
+                if run.abort.is_cancelled() || attempt > 100 {
+                    break None;
+                }
+                if retry_pause(attempt) {
+                    let pause = 100 * u64::from((attempt / 2).min(20));
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+            }
+        }
+    };
+    let Some(results) = results else {
+        // Given up: the entries stay pending; a re-read of our own pending entries finds them.
+        for o in outcomes {
+            shared.untrack(&stream.name, &o.id);
+            finish(shared, o.pass.as_deref());
+        }
+        run.reread.store(true, Ordering::Release);
+        return;
+    };
+    let tenant = stream.tenant.as_ref().map(TenantId::as_str);
+    for (o, r) in outcomes.into_iter().zip(results) {
+        let pass = o.pass.as_deref();
+        let handler = o.handler.map_or("", |i| shared.handlers[i].name());
+        let count = |f: fn(&Pass) -> &AtomicU64| {
+            if let Some(p) = pass {
+                f(p).fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        match (o.kind, r) {
+            // After a failed attempt whose reply was lost, "already marked" is nearly always
+            // that attempt's own work (a key another delivery marks meanwhile needs our lease
+            // to have lapsed): counted as processed.
+            (Kind::Success { .. }, Value::Int(n)) if n == 1 || (n == 0 && attempt > 0) => {
+                bump(&shared.stats.processed, 1);
+                crate::monitor::record_processed(&shared.group, tenant, handler);
+                count(|p| &p.processed);
+            }
+            (Kind::Success { .. }, Value::Int(2)) => {
+                // Our lease lapsed and another delivery of the key took it: that one decides.
+                count(|p| &p.skipped);
+                tracing::info!(stream = %stream.name, id = %o.id, "another delivery holds this key's lease; checking again later");
+                defer(shared, run, &stream, o.id, Delay::Recheck, None);
+                finish(shared, pass);
+                continue;
+            }
+            (Kind::Success { .. }, Value::Int(_)) => {
+                shared.count_duplicate(&stream, o.handler, pass);
+                tracing::info!(stream = %stream.name, id = %o.id, "another delivery committed this key first; effects dropped");
+            }
+            (
+                Kind::Success {
+                    attempt: tried,
+                    fields,
+                    ..
+                },
+                refusal,
+            ) => {
+                // A refused effect is a failed attempt: nothing of the record was applied.
+                let refusal = match refusal {
+                    Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+                    Value::SimpleString(s) => s,
+                    other => format!("{other:?}"),
+                };
+                let error = format!("effect refused: {refusal}");
+                tracing::warn!(stream = %stream.name, id = %o.id, %error, attempt = tried, "staged effect refused");
+                crate::monitor::record_failed(&shared.group, tenant, handler);
+                if let Some(h) = o.handler {
+                    again.push(Outcome {
+                        kind: failed_attempt(shared, h, tried, fields, error),
+                        ..o
+                    });
+                    continue;
+                }
+            }
+            (
+                Kind::Retry {
+                    attempt: tried,
+                    error,
+                },
+                _,
+            ) => {
+                bump(&shared.stats.retried, 1);
+                crate::monitor::record_retried(&shared.group, tenant, handler);
+                count(|p| &p.failed);
+                tracing::info!(stream = %stream.name, id = %o.id, attempt = tried, %error, "handler failed; will retry");
+                defer(shared, run, &stream, o.id, Delay::Retry(tried), None);
+                finish(shared, pass);
+                continue;
+            }
+            (
+                Kind::Dead {
+                    reason,
+                    error,
+                    handler: dead_handler,
+                    ..
+                },
+                _,
+            ) => {
+                bump(&shared.stats.dead_lettered, 1);
+                crate::monitor::record_dead_lettered(&shared.group, tenant, &dead_handler);
+                count(|p| &p.failed);
+                tracing::warn!(stream = %stream.name, id = %o.id, %reason, %error, "moved to the dead-letter stream");
+            }
+            (Kind::Ack { deleted }, _) => {
+                bump(&shared.stats.unhandled, 1);
+                count(|p| &p.skipped);
+                tracing::debug!(stream = %stream.name, id = %o.id, deleted, "acknowledged without handling");
+            }
+        }
+        shared.untrack(&stream.name, &o.id);
+        finish(shared, pass);
+    }
+}
+
+async fn commit(
+    shared: &Shared,
+    run: &RunCtx,
+    stream: &StreamCtx,
+    outcomes: &[Outcome],
+) -> redis::RedisResult<Vec<Value>> {
+    let mut inv = COMMIT.key(&*stream.name);
+    inv.key(&stream.dead_letter).key(&stream.lease_key);
+    // Declared: the mark hashes of the records that mark, and every staged effect's key.
+    let marking = outcomes.iter().filter_map(|o| match &o.kind {
+        Kind::Success { fp, .. } => Some(&fp[..]),
+        _ => None,
+    });
+    shared
+        .options
+        .marks
+        .mark_keys(&stream.marks_prefix, marking, &mut inv);
+    for o in outcomes {
+        if let Kind::Success { effects, .. } = &o.kind {
+            for e in effects {
+                inv.key(e.key());
+            }
+        }
+    }
+    shared
+        .options
+        .marks
+        .script_args(&stream.marks_prefix, &mut inv);
+    inv.arg(&*shared.group).arg(&*run.token);
+    let dead_letters = &shared.options.dead_letters;
+    match dead_letters.max_len {
+        Some(n) => inv.arg(n),
+        None => inv.arg(""),
+    };
+    inv.arg(
+        dead_letters
+            .max_age
+            .map_or(0, |d| d.as_millis().max(1) as u64),
+    );
+    let mut now = String::new();
+    for o in outcomes {
+        match &o.kind {
+            Kind::Success { fp, effects, .. }
+                if effects.is_empty() && o.lease.as_ref() == Some(fp) =>
+            {
+                // The common record, in its short form.
+                inv.arg("s").arg(&o.id).arg(&fp[..]);
+            }
+            Kind::Success { fp, effects, .. } => {
+                inv.arg("S")
+                    .arg(&o.id)
+                    .arg(&fp[..])
+                    .arg(lease_arg(&o.lease))
+                    .arg(effects.len());
+                for e in effects {
+                    inv.arg(e.command()).arg(e.key()).arg(e.args().len());
+                    for a in e.args() {
+                        inv.arg(a.as_slice());
+                    }
+                }
+            }
+            Kind::Retry { .. } => {
+                inv.arg("R").arg(&o.id).arg(lease_arg(&o.lease));
+            }
+            Kind::Dead {
+                fields,
+                reason,
+                error,
+                attempts,
+                handler,
+            } => {
+                if now.is_empty() {
+                    now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+                }
+                let meta: [(&str, &str); 8] = [
+                    ("source_stream", &stream.name),
+                    ("source_id", &o.id),
+                    ("group", &shared.group),
+                    ("consumer", &run.consumer),
+                    ("handler", handler),
+                    ("reason", reason),
+                    ("error", error),
+                    ("dead_at", &now),
+                ];
+                let (fields, truncated_from) = dead_letters.cap(fields);
+                let extra = 1 + usize::from(truncated_from.is_some());
+                inv.arg("D")
+                    .arg(&o.id)
+                    .arg(lease_arg(&o.lease))
+                    .arg(meta.len() + extra + fields.len());
+                for (k, v) in meta {
+                    inv.arg(k).arg(v);
+                }
+                inv.arg("attempts").arg(*attempts);
+                if let Some(n) = truncated_from {
+                    inv.arg("truncated_from").arg(n);
+                }
+                for (k, v) in fields {
+                    let mut name = Vec::with_capacity(k.len() + 2);
+                    name.extend_from_slice(crate::deadletter::FIELD_PREFIX.as_bytes());
+                    name.extend_from_slice(k);
+                    inv.arg(name).arg(v);
+                }
+            }
+            Kind::Ack { .. } => {
+                inv.arg("A").arg(&o.id);
+            }
+        }
+    }
+    let mut conn = shared.conn.clone();
+    inv.invoke_async(&mut conn).await
+}

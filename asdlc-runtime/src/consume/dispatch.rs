@@ -1,0 +1,343 @@
+//! The dispatch step: a batch of entries is admitted to the ledger, decoded, run through the
+//! begin script (duplicate, busy or leased) and handed to a handler, to the commit step, or
+//! back to the redelivery schedule.
+
+use std::cmp::Reverse;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use redis::Value;
+use tokio::time::Instant;
+
+use super::commit::send;
+use super::execute::spawn_handler;
+use super::retry::retry_pause;
+use super::shared::{
+    Kind, Outcome, Redelivery, RunCtx, SCRIPT_CHUNK, Shared, StreamCtx, finish, lock,
+};
+use super::stats::Pass;
+use crate::encoding::decode;
+use crate::events::AsdlcEvent;
+use crate::functions::BEGIN;
+use crate::idempotency::{FINGERPRINT_LEN, fingerprint};
+use crate::reply::RawEntry;
+use crate::tenancy::TenantId;
+
+pub(super) struct Candidate {
+    pub(super) entry_id: String,
+    pub(super) event: AsdlcEvent,
+    pub(super) fields: Vec<(Vec<u8>, Vec<u8>)>,
+    pub(super) handler: usize,
+    pub(super) fp: [u8; FINGERPRINT_LEN],
+}
+
+/// What the begin step said of one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Begun {
+    /// Already processed by the group: acknowledged.
+    Duplicate,
+    /// Another delivery holds the key's live lease: checked again later.
+    Busy,
+    /// The lease is ours; the handler runs its attempt `n` (counted in the server).
+    Leased(u32),
+}
+
+impl redis::FromRedisValue for Begun {
+    fn from_redis_value(v: Value) -> Result<Self, redis::ParsingError> {
+        match i64::from_redis_value(v)? {
+            0 => Ok(Begun::Duplicate),
+            -1 => Ok(Begun::Busy),
+            n if n > 0 => Ok(Begun::Leased(u32::try_from(n).unwrap_or(u32::MAX))),
+            n => Err(format!("unexpected begin code {n}").into()),
+        }
+    }
+}
+
+/// Runs a batch of entries of one stream through decode, begin and the handlers. Entries
+/// this consumer is already working on are left out (`redelivery`: the batch is the
+/// redelivery of deferred entries, which takes them back).
+pub(super) async fn dispatch(
+    shared: &Arc<Shared>,
+    run: &Arc<RunCtx>,
+    stream: &Arc<StreamCtx>,
+    entries: Vec<RawEntry>,
+    pass: Option<Arc<Pass>>,
+    redelivery: bool,
+) {
+    let admitted = {
+        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+        shared.ledger.admit(&stream.name, &ids, redelivery)
+    };
+    let entries: Vec<RawEntry> = entries
+        .into_iter()
+        .zip(admitted)
+        .filter_map(|(e, ok)| ok.then_some(e))
+        .collect();
+    if entries.is_empty() {
+        return;
+    }
+    let n = entries.len();
+    shared.active.begin(n);
+    if let Some(p) = &pass {
+        p.begin(n);
+    }
+    let mut candidates: Vec<Candidate> = Vec::with_capacity(n);
+    let mut seen: HashSet<[u8; FINGERPRINT_LEN]> = HashSet::new();
+    let mut deferred: Vec<String> = Vec::new();
+    for entry in entries {
+        let Some(fields) = entry.fields else {
+            send(
+                shared,
+                run,
+                Outcome {
+                    stream: stream.clone(),
+                    id: entry.id,
+                    lease: None,
+                    kind: Kind::Ack { deleted: true },
+                    pass: pass.clone(),
+                    handler: None,
+                },
+            )
+            .await;
+            continue;
+        };
+        let dead = |reason: String, fields| Outcome {
+            stream: stream.clone(),
+            id: entry.id.clone(),
+            lease: None,
+            kind: Kind::Dead {
+                fields,
+                reason,
+                error: String::new(),
+                attempts: 0,
+                handler: String::new(),
+            },
+            pass: pass.clone(),
+            handler: None,
+        };
+        let event = match decode(&fields) {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::warn!(stream = %stream.name, id = %entry.id, error = %e, "malformed entry: dead-lettering it");
+                send(shared, run, dead(e.to_string(), fields)).await;
+                continue;
+            }
+        };
+        if event.tenant_id != stream.tenant {
+            let reason = format!(
+                "tenant mismatch: the event names tenant {:?} but stream `{}` belongs to {:?}",
+                event.tenant_id.as_ref().map(TenantId::as_str),
+                stream.name,
+                stream.tenant.as_ref().map(TenantId::as_str)
+            );
+            tracing::warn!(stream = %stream.name, id = %entry.id, %reason, "dead-lettering entry");
+            send(shared, run, dead(reason, fields)).await;
+            continue;
+        }
+        // A dead letter replayed for one group: the others acknowledge it unhandled.
+        let for_other_group = fields.iter().any(|(k, v)| {
+            k.as_slice() == crate::deadletter::REPLAY_GROUP_FIELD.as_bytes()
+                && v.as_slice() != shared.group.as_bytes()
+        });
+        let handler = if for_other_group {
+            None
+        } else {
+            shared.handler_for(&event)
+        };
+        let Some(handler) = handler else {
+            send(
+                shared,
+                run,
+                Outcome {
+                    stream: stream.clone(),
+                    id: entry.id,
+                    lease: None,
+                    kind: Kind::Ack { deleted: false },
+                    pass: pass.clone(),
+                    handler: None,
+                },
+            )
+            .await;
+            continue;
+        };
+        let key = event
+            .idempotency_key
+            .clone()
+            .unwrap_or_else(|| crate::deadletter::keyless_identity(&entry.id));
+        let fp = fingerprint(&key);
+        if !seen.insert(fp) {
+            // A second copy of a key in one batch waits for the first to finish.
+            deferred.push(entry.id);
+            continue;
+        }
+        candidates.push(Candidate {
+            entry_id: entry.id,
+            event,
+            fields,
+            handler,
+            fp,
+        });
+    }
+    shared.ledger.set_leases(
+        &stream.name,
+        candidates.iter().map(|c| (c.entry_id.as_str(), c.fp)),
+    );
+    for id in deferred {
+        defer(shared, run, stream, id, Delay::Recheck, pass.as_deref());
+        finish(shared, pass.as_deref());
+    }
+
+    let mut remaining = candidates;
+    while !remaining.is_empty() {
+        let rest = if remaining.len() > SCRIPT_CHUNK {
+            remaining.split_off(SCRIPT_CHUNK)
+        } else {
+            Vec::new()
+        };
+        let chunk = std::mem::replace(&mut remaining, rest);
+        let mut failures = 0u32;
+        let codes = loop {
+            match begin(shared, run, stream, &chunk).await {
+                Ok(codes) => break Some(codes),
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(stream = %stream.name, error = %e, "begin step failed; retrying");
+                    if shared.stop.is_cancelled() || run.abort.is_cancelled() {
+                        break None;
+                    }
+                    if retry_pause(failures) {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        };
+        let Some(codes) = codes else {
+            // Stopping: leave the rest pending for the next start.
+            for c in chunk.into_iter().chain(std::mem::take(&mut remaining)) {
+                shared.untrack(&stream.name, &c.entry_id);
+                finish(shared, pass.as_deref());
+            }
+            return;
+        };
+        for (c, code) in chunk.into_iter().zip(codes) {
+            match code {
+                Begun::Duplicate => {
+                    shared.count_duplicate(stream, Some(c.handler), pass.as_deref());
+                    tracing::debug!(stream = %stream.name, id = %c.entry_id, "duplicate: already processed");
+                    shared.untrack(&stream.name, &c.entry_id);
+                    finish(shared, pass.as_deref());
+                }
+                Begun::Leased(attempt) if attempt > shared.max_deliveries(c.handler) => {
+                    // Every allowed attempt began and none ended with an outcome: the handler
+                    // (or its process) kept crashing.
+                    let max = shared.max_deliveries(c.handler);
+                    let started = attempt - 1;
+                    let reason = format!(
+                        "{started} attempts started and none finished, max_deliveries is {max}: the handler or its process kept crashing"
+                    );
+                    let out = Outcome {
+                        stream: stream.clone(),
+                        id: c.entry_id,
+                        lease: Some(c.fp),
+                        kind: Kind::Dead {
+                            fields: c.fields,
+                            reason,
+                            error: String::new(),
+                            attempts: started,
+                            handler: shared.handlers[c.handler].name().to_owned(),
+                        },
+                        pass: pass.clone(),
+                        handler: Some(c.handler),
+                    };
+                    send(shared, run, out).await;
+                }
+                Begun::Leased(attempt) => {
+                    spawn_handler(shared, run, stream, c, attempt, pass.clone()).await
+                }
+                Begun::Busy => {
+                    tracing::debug!(stream = %stream.name, id = %c.entry_id, "key held by another delivery; checking again later");
+                    defer(
+                        shared,
+                        run,
+                        stream,
+                        c.entry_id,
+                        Delay::Recheck,
+                        pass.as_deref(),
+                    );
+                    finish(shared, pass.as_deref());
+                }
+            }
+        }
+    }
+}
+
+/// How long a deferred entry waits.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Delay {
+    /// Another delivery holds its key: a short wait, not counted as an attempt.
+    Recheck,
+    /// Attempt `n` failed: the backoff after it.
+    Retry(u32),
+}
+
+/// Leaves an entry pending and schedules it for redelivery to this consumer.
+pub(super) fn defer(
+    shared: &Arc<Shared>,
+    run: &Arc<RunCtx>,
+    stream: &Arc<StreamCtx>,
+    id: String,
+    delay: Delay,
+    pass: Option<&Pass>,
+) {
+    shared.ledger.defer(&stream.name, &id);
+    let delay = match delay {
+        Delay::Recheck => {
+            if let Some(p) = pass {
+                p.skipped.fetch_add(1, Ordering::Relaxed);
+            }
+            shared
+                .options
+                .retry
+                .delay(1)
+                .max(Duration::from_millis(100))
+        }
+        Delay::Retry(attempt) => shared.options.retry.delay(attempt),
+    };
+    lock(&run.retries).push(Reverse(Redelivery {
+        due: Instant::now() + delay,
+        stream: stream.clone(),
+        id,
+    }));
+    run.retry_wake.notify_one();
+}
+
+async fn begin(
+    shared: &Shared,
+    run: &RunCtx,
+    stream: &StreamCtx,
+    chunk: &[Candidate],
+) -> redis::RedisResult<Vec<Begun>> {
+    let mut inv = BEGIN.key(&*stream.name);
+    inv.key(&stream.lease_key);
+    let marks = &shared.options.marks;
+    marks.mark_keys(
+        &stream.marks_prefix,
+        chunk.iter().map(|c| &c.fp[..]),
+        &mut inv,
+    );
+    shared
+        .options
+        .marks
+        .script_args(&stream.marks_prefix, &mut inv);
+    inv.arg(&*shared.group)
+        .arg(&*run.token)
+        .arg(run.predecessor(&stream.name))
+        .arg(shared.lease_ms());
+    for c in chunk {
+        inv.arg(&c.entry_id).arg(&c.fp[..]);
+    }
+    let mut conn = shared.conn.clone();
+    inv.invoke_async(&mut conn).await
+}

@@ -1,0 +1,210 @@
+//! The execute step: one handler attempt as its own task, within the concurrency limits, with
+//! a timeout, catching panics, in the event's tenant and trace context; its result becomes an
+//! [`Outcome`] for the commit step.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use tracing::Instrument;
+
+use super::commit::send;
+use super::dispatch::Candidate;
+use super::shared::{Kind, Outcome, RunCtx, Shared, StreamCtx, finish};
+use super::stats::{Pass, bump};
+use crate::events::HandlerResult;
+use crate::handler::HandlerContext;
+use crate::tenancy::{TenantContext, TenantId};
+
+pub(super) async fn spawn_handler(
+    shared: &Arc<Shared>,
+    run: &Arc<RunCtx>,
+    stream: &Arc<StreamCtx>,
+    c: Candidate,
+    attempt: u32,
+    pass: Option<Arc<Pass>>,
+) {
+    // A free slot is taken without waiting (and without registering with the abort token).
+    let permit = match shared.permits.clone().try_acquire_owned() {
+        Ok(p) => Some(p),
+        Err(_) => tokio::select! {
+            p = shared.permits.clone().acquire_owned() => p.ok(),
+            _ = run.abort.cancelled() => None,
+        },
+    };
+    let Some(permit) = permit else {
+        shared.untrack(&stream.name, &c.entry_id);
+        finish(shared, pass.as_deref());
+        return;
+    };
+    let shared = shared.clone();
+    let run2 = run.clone();
+    let stream = stream.clone();
+    let spec = shared.handlers[c.handler].clone();
+    // At debug level: a span per event costs little when debug is off, and a consumer at info
+    // level should not pay for one per event.
+    let span = tracing::debug_span!(
+        "asdlc.handle",
+        event_id = %c.entry_id,
+        event_type = %c.event.event_type,
+        group = %shared.group,
+        tenant = stream.tenant.as_ref().map(TenantId::as_str).unwrap_or(""),
+        attempt,
+        handler = spec.name(),
+        trace_id = tracing::field::Empty,
+    );
+    // A publish and its handling join one trace; events the handler publishes continue it.
+    let trace = crate::monitor::extract_trace_context(&c.event).map(|t| t.child());
+    if let Some(t) = &trace {
+        span.record("trace_id", t.trace_id_hex());
+    }
+    run.tasks.spawn(
+        async move {
+            let _permit = permit;
+            let _limit = match &shared.handler_limits[c.handler] {
+                Some(sem) => sem.clone().acquire_owned().await.ok(),
+                None => None,
+            };
+            let ctx = HandlerContext::new(
+                stream.tenant.clone(),
+                attempt,
+                c.entry_id.clone(),
+                stream.keys.clone(),
+                shared.group.clone(),
+                run2.consumer.clone(),
+            );
+            let mut event = c.event;
+            event.event_id = Some(c.entry_id.clone());
+            let timeout = spec
+                .options
+                .timeout
+                .unwrap_or(shared.options.handler_timeout);
+            let call = AssertUnwindSafe(spec.handler.handle(&event, &ctx)).catch_unwind();
+            let call = tokio::time::timeout(timeout, call);
+            let tenant = stream.tenant.as_ref().map(TenantId::as_str);
+            crate::monitor::record_publish_to_handle(
+                &shared.group,
+                tenant,
+                spec.name(),
+                &c.entry_id,
+            );
+            let started = std::time::Instant::now();
+            let scoped = async {
+                match stream.tenant.clone() {
+                    Some(t) => TenantContext::scope(t, call).await,
+                    None => call.await,
+                }
+            };
+            // The handler first: one that finishes at once never registers with the abort
+            // token (a lock each way). An abort that came before the start is seen here.
+            let outcome = if run2.abort.is_cancelled() {
+                None
+            } else {
+                tokio::select! {
+                    biased;
+                    r = async {
+                        match trace {
+                            Some(t) => t.scope(scoped).await,
+                            None => scoped.await,
+                        }
+                    } => Some(r),
+                    _ = run2.abort.cancelled() => None,
+                }
+            };
+            let Some(outcome) = outcome else {
+                // Aborted at shutdown: the entry stays pending, handled again on restart.
+                shared.untrack(&stream.name, &c.entry_id);
+                finish(&shared, pass.as_deref());
+                return;
+            };
+            let result = match outcome {
+                Ok(Ok(result)) => result,
+                Ok(Err(panic)) => {
+                    bump(&shared.stats.panics, 1);
+                    let msg = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "non-string panic payload".to_owned());
+                    tracing::error!(panic = %msg, "handler panicked");
+                    HandlerResult::retry(format!("handler panicked: {msg}"))
+                }
+                Err(_) => {
+                    bump(&shared.stats.timeouts, 1);
+                    tracing::warn!(?timeout, "handler timed out");
+                    HandlerResult::retry(format!("timed out after {timeout:?}"))
+                }
+            };
+            crate::monitor::record_handler_latency(
+                &shared.group,
+                tenant,
+                spec.name(),
+                started.elapsed(),
+            );
+            if !result.success {
+                crate::monitor::record_failed(&shared.group, tenant, spec.name());
+            }
+            tracing::debug!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                success = result.success,
+                "handled"
+            );
+            let kind = if result.success {
+                Kind::Success {
+                    fp: c.fp,
+                    effects: ctx.take_effects(),
+                    attempt,
+                    fields: c.fields,
+                }
+            } else {
+                let error = result
+                    .error_message
+                    .unwrap_or_else(|| "handler failed".to_owned());
+                if result.should_retry {
+                    failed_attempt(&shared, c.handler, attempt, c.fields, error)
+                } else {
+                    Kind::Dead {
+                        fields: c.fields,
+                        reason: "permanent failure".to_owned(),
+                        error,
+                        attempts: attempt,
+                        handler: spec.name().to_owned(),
+                    }
+                }
+            };
+            let out = Outcome {
+                stream: stream.clone(),
+                id: c.entry_id,
+                lease: Some(c.fp),
+                kind,
+                pass,
+                handler: Some(c.handler),
+            };
+            send(&shared, &run2, out).await;
+        }
+        .instrument(span),
+    );
+}
+
+/// What follows a failed attempt: a retry after its backoff, or, on the last allowed attempt,
+/// the dead-letter stream.
+pub(super) fn failed_attempt(
+    shared: &Shared,
+    handler: usize,
+    attempt: u32,
+    fields: Vec<(Vec<u8>, Vec<u8>)>,
+    error: String,
+) -> Kind {
+    let max = shared.max_deliveries(handler);
+    if attempt < max {
+        Kind::Retry { attempt, error }
+    } else {
+        Kind::Dead {
+            fields,
+            reason: format!("failed on the last allowed attempt ({max})"),
+            error,
+            attempts: attempt,
+            handler: shared.handlers[handler].name().to_owned(),
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! Recovery: this consumer's own pending entries at start, stale entries claimed from dead
+//! peers (at start and periodically), lapsed leases swept and gone consumers forgotten. All of
+//! it feeds the same dispatch step as fresh reads.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use redis::Value;
+
+use super::dispatch::dispatch;
+use super::lock;
+use super::run::with_run;
+use super::shared::{RunCtx, SCRIPT_CHUNK, Shared, StreamCtx};
+use super::stats::{Pass, bump};
+use crate::connection::RedisConnection;
+use crate::error::ConsumeError;
+use crate::events::RecoveryResult;
+use crate::functions::{FORGET, SWEEP_LEASES};
+use crate::reply::{RawEntry, parse_autoclaim, parse_entries, parse_pending};
+use crate::tenancy::TenantId;
+
+pub(super) async fn process_pending(shared: &Arc<Shared>) -> Result<RecoveryResult, ConsumeError> {
+    with_run(shared, |run| async move {
+        let pass = Arc::new(Pass::default());
+        for stream in shared.stream_list() {
+            recover_own(shared, &run, &stream, &pass).await?;
+        }
+        pass.wait().await;
+        Ok(pass.result())
+    })
+    .await
+}
+
+pub(super) async fn claim_stale(
+    shared: &Arc<Shared>,
+    min_idle: Duration,
+) -> Result<RecoveryResult, ConsumeError> {
+    with_run(shared, |run| async move {
+        let pass = Arc::new(Pass::default());
+        for stream in shared.stream_list() {
+            claim_stream(shared, &run, &stream, min_idle, &pass).await?;
+        }
+        pass.wait().await;
+        Ok(pass.result())
+    })
+    .await
+}
+
+/// This consumer's own pending entries, all of them, in batches.
+pub(super) async fn recover_own(
+    shared: &Arc<Shared>,
+    run: &Arc<RunCtx>,
+    stream: &Arc<StreamCtx>,
+    pass: &Arc<Pass>,
+) -> Result<(), ConsumeError> {
+    let mut conn = shared.conn.clone();
+    // Pages as large as the handler slots allow (within one script call): a recovery is a
+    // backlog, and every page costs a claim and a begin round trip.
+    let batch = shared
+        .options
+        .batch_size
+        .max(shared.options.concurrency.min(SCRIPT_CHUNK))
+        .max(1);
+    let list = |start: &str| {
+        let mut cmd = redis::cmd("XPENDING");
+        cmd.arg(&*stream.name)
+            .arg(&*shared.group)
+            .arg(start)
+            .arg("+")
+            .arg(batch)
+            .arg(&*run.consumer);
+        cmd
+    };
+    let mut pending = parse_pending(
+        list("-")
+            .query_async(&mut conn)
+            .await
+            .map_err(shared.redis_err(&stream.name))?,
+    );
+    // The page claimed last, dispatched while the next one is claimed.
+    let mut claimed_page: Vec<RawEntry> = Vec::new();
+    loop {
+        let page = std::mem::take(&mut pending);
+        let claim_next = async {
+            let Some(last) = page.last() else {
+                return Ok(None);
+            };
+            let next = list(&format!("({}", last.0));
+            let mut conn = conn.clone();
+            let wanted: Vec<String> = page
+                .into_iter()
+                .filter(|(id, ..)| !shared.is_tracked(&stream.name, id))
+                .map(|(id, ..)| id)
+                .collect();
+            if wanted.is_empty() {
+                let listed: Value = next.query_async(&mut conn).await?;
+                return Ok(Some((Vec::new(), parse_pending(listed))));
+            }
+            // One round trip per page: claim this page and list the next.
+            let mut claim = redis::cmd("XCLAIM");
+            claim
+                .arg(&*stream.name)
+                .arg(&*shared.group)
+                .arg(&*run.consumer)
+                .arg(0);
+            for id in &wanted {
+                claim.arg(id);
+            }
+            let mut pipe = redis::pipe();
+            pipe.add_command(claim).add_command(next);
+            let (claimed, listed): (Value, Value) = pipe.query_async(&mut conn).await?;
+            // XCLAIM answers in the order asked, leaving out entries deleted from the
+            // stream: those are acknowledged as gone.
+            let mut claimed = parse_entries(claimed).into_iter().peekable();
+            let mut entries: Vec<RawEntry> = Vec::with_capacity(wanted.len());
+            for id in wanted {
+                match claimed.next_if(|e| e.id == id) {
+                    Some(e) => entries.push(e),
+                    None => entries.push(RawEntry { id, fields: None }),
+                }
+            }
+            Ok(Some((entries, parse_pending(listed))))
+        };
+        let current = std::mem::take(&mut claimed_page);
+        let dispatch_current = async {
+            if !current.is_empty() {
+                dispatch(shared, run, stream, current, Some(pass.clone()), false).await;
+            }
+        };
+        let ((), next): ((), redis::RedisResult<_>) = tokio::join!(dispatch_current, claim_next);
+        match next.map_err(shared.redis_err(&stream.name))? {
+            Some((entries, listed)) => {
+                claimed_page = entries;
+                pending = listed;
+            }
+            None => return Ok(()),
+        }
+    }
+}
+
+/// Entries idle for `min_idle` from any consumer of the group, with XAUTOCLAIM, to the end.
+pub(super) async fn claim_stream(
+    shared: &Arc<Shared>,
+    run: &Arc<RunCtx>,
+    stream: &Arc<StreamCtx>,
+    min_idle: Duration,
+    pass: &Arc<Pass>,
+) -> Result<(), ConsumeError> {
+    let mut conn = shared.conn.clone();
+    let mut cursor = "0-0".to_owned();
+    loop {
+        let reply: Value = redis::cmd("XAUTOCLAIM")
+            .arg(&*stream.name)
+            .arg(&*shared.group)
+            .arg(&*run.consumer)
+            .arg(min_idle.as_millis() as u64)
+            .arg(&cursor)
+            .arg("COUNT")
+            .arg(shared.options.batch_size.max(1))
+            .query_async(&mut conn)
+            .await
+            .map_err(shared.redis_err(&stream.name))?;
+        let (next, entries, deleted) = parse_autoclaim(reply);
+        let n_claimed = (entries.len() + deleted.len()) as u64;
+        if n_claimed > 0 {
+            bump(&shared.stats.claimed, n_claimed);
+            crate::monitor::record_claimed(
+                &shared.group,
+                stream.tenant.as_ref().map(TenantId::as_str),
+                n_claimed,
+            );
+            pass.claimed.fetch_add(n_claimed, Ordering::Relaxed);
+            tracing::info!(stream = %stream.name, group = %shared.group, claimed = n_claimed, "claimed stale entries");
+        }
+        // Deleted entries were dropped from the pending list by XAUTOCLAIM itself.
+        if !deleted.is_empty() {
+            bump(&shared.stats.unhandled, deleted.len() as u64);
+            pass.skipped
+                .fetch_add(deleted.len() as u64, Ordering::Relaxed);
+        }
+        let entries: Vec<RawEntry> = entries
+            .into_iter()
+            .filter(|e| !shared.is_tracked(&stream.name, &e.id))
+            .collect();
+        if !entries.is_empty() {
+            dispatch(shared, run, stream, entries, Some(pass.clone()), false).await;
+        }
+        if next == "0-0" || next == "0" {
+            break;
+        }
+        cursor = next;
+    }
+    Ok(())
+}
+
+/// Claims stale entries from dead peers while running, and forgets consumers that are gone.
+pub(super) async fn claim_loop(shared: Arc<Shared>, run: Arc<RunCtx>) {
+    let mut conn = shared.conn.clone();
+    // The first pass sweeps (a start after a long pause finds the most left behind), then
+    // every SWEEP_PASSES passes.
+    let mut passes = 0u32;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(shared.options.claim_interval) => {}
+            _ = shared.stop.cancelled() => return,
+        }
+        // Entries of ours that nobody is working on (a read reply lost on a cut connection, a
+        // commit that gave up) are read again by the read loop, without waiting for a claim.
+        run.reread.store(true, Ordering::Release);
+        let sweep = passes.is_multiple_of(SWEEP_PASSES);
+        passes = passes.wrapping_add(1);
+        let pass = Arc::new(Pass::default());
+        for stream in shared.stream_list() {
+            if sweep && let Err(e) = sweep_leases(&shared, &mut conn, &stream).await {
+                tracing::warn!(stream = %stream.name, error = %e, "sweeping stale leases failed");
+            }
+            if let Err(e) =
+                claim_stream(&shared, &run, &stream, shared.options.claim_idle, &pass).await
+            {
+                tracing::warn!(stream = %stream.name, error = %e, "claiming stale entries failed");
+            }
+            if let Some(idle) = shared.options.forget_idle
+                && let Err(e) = forget_gone(&shared, &run, &mut conn, &stream, idle).await
+            {
+                tracing::warn!(stream = %stream.name, error = %e, "removing gone consumers failed");
+            }
+        }
+    }
+}
+
+/// Claim passes between two sweeps of the lease hashes (every 10 minutes by default).
+const SWEEP_PASSES: u32 = 40;
+
+/// Removes leases (and attempt counts) that lapsed long ago, one bounded page per call.
+async fn sweep_leases(
+    shared: &Shared,
+    conn: &mut RedisConnection,
+    stream: &StreamCtx,
+) -> Result<(), ConsumeError> {
+    let stale = (shared.options.claim_idle * 2).max(Duration::from_secs(3600));
+    let mut cursor = "0".to_owned();
+    let mut removed = 0u64;
+    loop {
+        let (next, n): (String, u64) = SWEEP_LEASES
+            .key(&stream.lease_key)
+            .arg(&cursor)
+            .arg(500)
+            .arg(stale.as_millis() as u64)
+            .invoke_async(conn)
+            .await
+            .map_err(shared.redis_err(&stream.name))?;
+        removed += n;
+        if next == "0" {
+            break;
+        }
+        cursor = next;
+    }
+    if removed > 0 {
+        tracing::info!(stream = %stream.name, group = %shared.group, removed, "swept stale leases");
+    }
+    Ok(())
+}
+
+async fn forget_gone(
+    shared: &Shared,
+    run: &RunCtx,
+    conn: &mut RedisConnection,
+    stream: &StreamCtx,
+    idle: Duration,
+) -> Result<(), ConsumeError> {
+    let consumers: Value = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(&*stream.name)
+        .arg(&*shared.group)
+        .query_async(conn)
+        .await
+        .map_err(shared.redis_err(&stream.name))?;
+    for c in crate::streams::as_array(&consumers) {
+        let f = crate::streams::Fields::new(c);
+        let (Some(name), Some(pending), Some(idle_ms)) =
+            (f.string("name"), f.u64("pending"), f.u64("idle"))
+        else {
+            continue;
+        };
+        if name == *run.consumer || pending > 0 || idle_ms < idle.as_millis() as u64 {
+            continue;
+        }
+        let lock_key = stream.keys.consumer_lock(&shared.group, &name);
+        let removed: i64 = FORGET
+            .key(&*stream.name)
+            .key(lock_key)
+            .arg(&*shared.group)
+            .arg(&name)
+            .arg(lock::TTL.as_millis() as u64)
+            .invoke_async(conn)
+            .await
+            .map_err(shared.redis_err(&stream.name))?;
+        if removed == 1 {
+            tracing::info!(stream = %stream.name, group = %shared.group, consumer = %name, "removed a consumer that is gone and owned nothing");
+        }
+    }
+    Ok(())
+}
