@@ -13,6 +13,9 @@
 //!
 //! Redis failures carry the stream (and group) they concern and the [`redis::RedisError`] as
 //! their source. No error message ever contains a password from a Redis URL.
+//!
+//! [`RuntimeError`](crate::RuntimeError) and [`RegistryError`](crate::RegistryError) live in
+//! [`crate::runtime`], next to the code that raises them.
 
 use crate::tenancy::TenantId;
 
