@@ -707,7 +707,7 @@ async fn latency(b: &Bench, secs: u64) -> Latency {
 
 fn keys(n: usize) -> Vec<String> {
     (0..n)
-        .map(|_| asdlc::events::unique_idempotency_key())
+        .map(|_| asdlc::event::unique_idempotency_key())
         .collect()
 }
 

@@ -495,7 +495,7 @@ async fn oversized_events_are_refused_before_they_reach_redis() {
     let p = asdlc::Publisher::connect(config(&s)).await.unwrap();
     let mut conn = conn(&s).await;
     let big = AsdlcEvent::builder(EventType::PatchCreated, "big")
-        .meta("diff", "x".repeat(asdlc::events::MAX_EVENT_BYTES))
+        .meta("diff", "x".repeat(asdlc::event::MAX_EVENT_BYTES))
         .build_unchecked();
     let small = event(EventType::PatchCreated, "small");
     let before = xadd_calls(&mut conn).await;
@@ -518,7 +518,7 @@ async fn oversized_events_are_refused_before_they_reach_redis() {
     let overhead = asdlc::encoding::encoded_len(&fits) + r#","diff":"""#.len();
     fits.metadata.insert(
         "diff".into(),
-        "x".repeat(asdlc::events::MAX_EVENT_BYTES - overhead).into(),
+        "x".repeat(asdlc::event::MAX_EVENT_BYTES - overhead).into(),
     );
     assert_eq!(xadd_calls(&mut conn).await, before, "nothing reached Redis");
     assert!(
@@ -528,7 +528,7 @@ async fn oversized_events_are_refused_before_they_reach_redis() {
             .exists
     );
     assert!(
-        asdlc::encoding::encoded_len(&fits) <= asdlc::events::MAX_EVENT_BYTES,
+        asdlc::encoding::encoded_len(&fits) <= asdlc::event::MAX_EVENT_BYTES,
         "{}",
         asdlc::encoding::encoded_len(&fits)
     );

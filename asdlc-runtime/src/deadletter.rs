@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::connection::RedisConnection;
 use crate::encoding::decode;
 use crate::error::{DecodeError, StreamError};
-use crate::events::AsdlcEvent;
+use crate::event::AsdlcEvent;
 use crate::keys::StreamKeys;
 
 /// The prefix of the original entry's fields in a dead letter.

@@ -18,7 +18,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::error::DecodeError;
-use crate::events::{AsdlcEvent, EventType, Mode};
+use crate::event::{AsdlcEvent, EventType, MAX_EVENT_BYTES, Mode, UnknownEventType};
 use crate::tenancy::TenantId;
 
 /// The encoding version written in the `v` field.
@@ -199,12 +199,9 @@ where
             ),
         ));
     }
-    let event_type: EventType =
-        required(1)?
-            .parse()
-            .map_err(|e: crate::events::UnknownEventType| {
-                DecodeError::new("event_type", e.to_string())
-            })?;
+    let event_type: EventType = required(1)?
+        .parse()
+        .map_err(|e: UnknownEventType| DecodeError::new("event_type", e.to_string()))?;
     let session_id = required(2)?.to_owned();
     let tenant_id = text(6)?
         .map(TenantId::new)
@@ -263,14 +260,14 @@ where
         .iter()
         .map(|(k, v)| k.as_ref().len() + v.as_ref().len())
         .sum();
-    if stored > crate::events::MAX_EVENT_BYTES / 2 {
+    if stored > MAX_EVENT_BYTES / 2 {
         event.validate()?;
     }
     Ok(event)
 }
 
 fn short(s: &str) -> String {
-    crate::events::truncate(s, 40)
+    crate::text::truncate(s, 40)
 }
 
 #[cfg(test)]

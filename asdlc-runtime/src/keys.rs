@@ -88,7 +88,7 @@ fn validate_name(
             field,
             format!(
                 "`{}` must be 1 to {max} characters long",
-                crate::events::truncate(value, 80)
+                crate::text::truncate(value, 80)
             ),
         ));
     }
@@ -97,7 +97,7 @@ fn validate_name(
             field,
             format!(
                 "`{}` contains the character {bad:?}",
-                crate::events::truncate(value, 80)
+                crate::text::truncate(value, 80)
             ),
         ));
     }

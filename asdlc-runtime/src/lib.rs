@@ -3,7 +3,7 @@
 //! Most applications depend on the `asdlc` crate, which re-exports this one together with the
 //! `#[event_handler]` attribute. The modules, each owning one idea:
 //!
-//! - [`events`]: the event model ([`AsdlcEvent`], [`EventType`], [`HandlerResult`]).
+//! - [`event`]: the event model ([`AsdlcEvent`], [`EventType`], idempotency keys, validation).
 //! - [`encoding`]: events as stream fields, and back.
 //! - [`keys`]: the key layout and the slot rule.
 //! - [`tenancy`]: tenant ids and the task-local [`TenantContext`].
@@ -13,7 +13,8 @@
 //! - [`consume`]: the [`EventConsumer`]: dispatch, retries, dead letters, recovery.
 //! - [`idempotency`]: processed marks and the [`IdempotencyTracker`].
 //! - [`deadletter`]: the dead-letter stream: list, replay, purge.
-//! - [`handler`]: the [`EventHandler`] trait, [`HandlerContext`], the handler registry.
+//! - [`handler`]: the [`EventHandler`] trait, [`HandlerContext`], what a handler reports
+//!   ([`HandlerResult`]), the handler registry.
 //! - [`runtime`]: the [`Runtime`]: discovery, checks, recovery, consumers, shutdown.
 //! - [`effects`]: Redis writes staged to commit exactly once.
 //! - [`monitor`]: stream discovery, health, safe retention, metrics, trace context.
@@ -30,7 +31,7 @@ pub mod deadletter;
 pub mod effects;
 pub mod encoding;
 pub mod error;
-pub mod events;
+pub mod event;
 pub mod functions;
 pub mod handler;
 pub mod idempotency;
@@ -43,25 +44,24 @@ pub mod streams;
 pub mod tenancy;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod text;
 pub mod topology;
 
 pub use config::{Config, RedisUrl, Tenancy};
 pub use connection::RedisConnection;
 pub use consume::{
     Backoff, ConsumerOptions, ConsumerStats, EventConsumer, EventConsumerBuilder, HandlerSpec,
+    RecoveryResult,
 };
 pub use deadletter::DeadLetter;
 pub use effects::Effect;
 pub use error::{
     ConfigError, ConsumeError, DecodeError, EffectError, PublishError, StreamError, ValidationError,
 };
-pub use events::{
-    AsdlcEvent, AsdlcEventBuilder, EventType, HandlerResult, Mode, RecoveryResult,
-    generate_idempotency_key,
-};
+pub use event::{AsdlcEvent, AsdlcEventBuilder, EventType, Mode, generate_idempotency_key};
 pub use handler::{
     BoxFuture, EventHandler, HandlerContext, HandlerError, HandlerOptions, HandlerRegistration,
-    IntoHandlerResult, registered_handlers,
+    HandlerResult, IntoHandlerResult, registered_handlers,
 };
 pub use idempotency::{IdempotencyTracker, MarkLayout};
 pub use keys::{StreamKeys, get_stream_name};
@@ -81,6 +81,35 @@ pub use streams::{
 };
 pub use tenancy::{TenantContext, TenantId, discover_tenants};
 
+/// The event model, what a handler reports and what a recovery pass did, under the one module
+/// name code written against `asdlc::events::...` imports them from, so that code keeps
+/// compiling. New code names them where they live: [`event`], [`HandlerResult`],
+/// [`RecoveryResult`].
+///
+/// ```
+/// use asdlc_runtime::events;
+///
+/// // The same types as at their homes, not copies.
+/// let task = events::EventType::TaskCreated;
+/// let _: asdlc_runtime::event::AsdlcEvent = events::AsdlcEvent::new(task, "s1");
+/// let _: events::AsdlcEventBuilder = events::AsdlcEvent::builder(task, "s1").mode(events::Mode::Rlm);
+/// let _: Result<events::EventType, events::UnknownEventType> = "task_created".parse();
+/// let _: asdlc_runtime::HandlerResult = events::HandlerResult::ok();
+/// let _: asdlc_runtime::RecoveryResult = events::RecoveryResult::default();
+/// assert!(events::unique_idempotency_key().starts_with("evt-"));
+/// assert!(events::generate_idempotency_key(task, "s1", None, None, None).starts_with("op-"));
+/// assert!(events::MAX_ID_LEN < events::MAX_PATH_LEN && events::MAX_PATH_LEN < events::MAX_EVENT_BYTES);
+/// ```
+#[doc(hidden)]
+pub mod events {
+    pub use crate::consume::RecoveryResult;
+    pub use crate::event::{
+        AsdlcEvent, AsdlcEventBuilder, EventType, MAX_EVENT_BYTES, MAX_ID_LEN, MAX_PATH_LEN, Mode,
+        UnknownEventType, generate_idempotency_key, unique_idempotency_key,
+    };
+    pub use crate::handler::HandlerResult;
+}
+
 /// The names nearly every handler module uses.
 pub mod prelude {
     pub use crate::{
@@ -92,10 +121,10 @@ pub mod prelude {
 /// What `#[event_handler]` expands to. Not a public API: it may change in any release.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::events::{AsdlcEvent, EventType, HandlerResult};
+    pub use crate::event::{AsdlcEvent, EventType};
     pub use crate::handler::{
         BoxFuture, EventHandler, HandlerContext, HandlerOptions, HandlerRegistration,
-        IntoHandlerResult,
+        HandlerResult, IntoHandlerResult,
     };
     pub use inventory;
     pub use std::boxed::Box;

@@ -14,7 +14,7 @@ use crate::connection::RedisConnection;
 use crate::encoding::encode_into;
 use crate::error::PublishError;
 use crate::error::ValidationError;
-use crate::events::{AsdlcEvent, MAX_EVENT_BYTES, unique_idempotency_key};
+use crate::event::{AsdlcEvent, MAX_EVENT_BYTES, unique_idempotency_key};
 use crate::tenancy::{TenantContext, TenantId};
 
 /// What a successful publish returns.

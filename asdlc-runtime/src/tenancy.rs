@@ -45,7 +45,7 @@ impl TenantId {
                 "tenant_id",
                 format!(
                     "`{}` contains {bad:?}; only lowercase letters, digits, `-` and `_` are allowed",
-                    crate::events::truncate(&id, 80)
+                    crate::text::truncate(&id, 80)
                 ),
             ));
         }

@@ -89,7 +89,7 @@ fn from_flags(args: &PublishArgs) -> Result<AsdlcEvent, CliError> {
     let type_name = args.event_type.as_deref().unwrap_or_default();
     let event_type: EventType = type_name
         .parse()
-        .map_err(|e: asdlc_runtime::events::UnknownEventType| CliError::Usage(e.to_string()))?;
+        .map_err(|e: asdlc_runtime::event::UnknownEventType| CliError::Usage(e.to_string()))?;
     let mut b = AsdlcEvent::builder(event_type, args.session.clone().unwrap_or_default());
     if let Some(v) = &args.epic {
         b = b.epic_id(v);

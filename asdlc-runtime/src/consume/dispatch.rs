@@ -19,7 +19,7 @@ use super::shared::{
 };
 use super::stats::Pass;
 use crate::encoding::decode;
-use crate::events::AsdlcEvent;
+use crate::event::AsdlcEvent;
 use crate::functions::BEGIN;
 use crate::idempotency::{FINGERPRINT_LEN, fingerprint};
 use crate::reply::RawEntry;

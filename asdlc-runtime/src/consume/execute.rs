@@ -12,8 +12,8 @@ use super::commit::send;
 use super::dispatch::Candidate;
 use super::shared::{Kind, Outcome, RunCtx, Shared, StreamCtx, finish};
 use super::stats::{Pass, bump};
-use crate::events::HandlerResult;
 use crate::handler::HandlerContext;
+use crate::handler::HandlerResult;
 use crate::tenancy::{TenantContext, TenantId};
 
 pub(super) async fn spawn_handler(

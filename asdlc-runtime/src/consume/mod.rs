@@ -45,14 +45,13 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::error::{ConfigError, ConsumeError};
-use crate::events::RecoveryResult;
 use crate::handler::{EventHandler, HandlerOptions, HandlerRegistration};
 use crate::idempotency::MarkLayout;
 use crate::keys::{validate_consumer, validate_group};
 use crate::streams::GroupStart;
 use crate::tenancy::TenantId;
 
-pub use stats::ConsumerStats;
+pub use stats::{ConsumerStats, RecoveryResult};
 
 /// How retries are spaced: exponential from `base`, capped at `max`, with jitter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

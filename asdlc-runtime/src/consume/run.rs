@@ -13,10 +13,9 @@ use super::read::read_loop;
 use super::recover::{claim_loop, claim_stream, recover_own};
 use super::retry::at_startup;
 use super::shared::{Readiness, RunCtx, Shared, lock, new_run};
-use super::stats::Pass;
+use super::stats::{Pass, RecoveryResult};
 use super::upkeep::{keepalive_loop, lock_loop, redeliver_loop, release, take_name};
 use crate::error::ConsumeError;
-use crate::events::RecoveryResult;
 
 pub(super) async fn run(shared: Arc<Shared>) -> Result<super::ConsumerStats, ConsumeError> {
     if shared.running.swap(true, Ordering::AcqRel) {

@@ -15,13 +15,13 @@ use tokio_util::task::TaskTracker;
 
 use super::ledger::{Lease, Ledger};
 use super::lock::NameLock;
-use super::stats::{Pass, Stats, bump};
+use super::stats::{Pass, RecoveryResult, Stats, bump};
 use super::{ConsumerOptions, HandlerSpec};
 use crate::config::Config;
 use crate::connection::RedisConnection;
 use crate::effects::Effect;
 use crate::error::ConsumeError;
-use crate::events::{AsdlcEvent, RecoveryResult};
+use crate::event::AsdlcEvent;
 use crate::idempotency::FINGERPRINT_LEN;
 use crate::keys::StreamKeys;
 use crate::streams::create_consumer_group;

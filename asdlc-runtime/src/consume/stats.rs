@@ -1,12 +1,10 @@
-//! What the consume side counts: the public [`ConsumerStats`], the atomic counters behind it,
-//! and the counts of one recovery pass. Every step bumps these, so they sit below all of them.
+//! What the consume side counts: the public [`ConsumerStats`] and [`RecoveryResult`], and the
+//! atomic counters behind them. Every step bumps these, so they sit below all of them.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
-
-use crate::events::RecoveryResult;
 
 /// What a consumer has done since it was built.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +25,30 @@ pub struct ConsumerStats {
     pub panics: u64,
     /// Handler calls that timed out.
     pub timeouts: u64,
+}
+
+/// What a recovery pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryResult {
+    /// Entries handled successfully.
+    pub processed: u64,
+    /// Entries acknowledged without handling: already processed (idempotent), or deleted
+    /// from the stream.
+    pub skipped: u64,
+    /// Entries whose handling failed (left for retry or dead-lettered).
+    pub failed: u64,
+    /// Entries claimed from dead or stuck consumers.
+    pub claimed: u64,
+}
+
+impl RecoveryResult {
+    /// Adds another pass's counts to this one.
+    pub fn merge(&mut self, other: RecoveryResult) {
+        self.processed += other.processed;
+        self.skipped += other.skipped;
+        self.failed += other.failed;
+        self.claimed += other.claimed;
+    }
 }
 
 #[derive(Default)]

@@ -11,7 +11,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::error::ValidationError;
-use crate::events::AsdlcEvent;
+use crate::event::AsdlcEvent;
 
 /// The metadata key the trace context lives under.
 pub const TRACEPARENT_KEY: &str = "traceparent";
@@ -217,7 +217,7 @@ fn hex_byte(s: &str) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::EventType;
+    use crate::event::EventType;
 
     const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 

@@ -1,5 +1,7 @@
-//! The handler side: the [`EventHandler`] trait, the context a handler gets, what it may
-//! return, and the registry `#[event_handler]` fills through `inventory`.
+//! The handler side: the [`EventHandler`] trait, the context a handler gets, and the registry
+//! `#[event_handler]` fills through `inventory`. What a handler reports is in `outcome`.
+
+mod outcome;
 
 use std::fmt;
 use std::future::Future;
@@ -9,9 +11,11 @@ use std::time::Duration;
 
 use crate::effects::Effect;
 use crate::error::EffectError;
-use crate::events::{AsdlcEvent, EventType, HandlerResult};
+use crate::event::{AsdlcEvent, EventType};
 use crate::keys::StreamKeys;
 use crate::tenancy::TenantId;
+
+pub use outcome::{HandlerError, HandlerResult, IntoHandlerResult};
 
 /// A boxed, sendable future, as [`EventHandler::handle`] returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -177,105 +181,6 @@ impl HandlerContext {
     }
 }
 
-/// A failure a handler reports through `Result`.
-///
-/// Any `std::error::Error` converts into a retryable one with `?`; say
-/// [`HandlerError::permanent`] when retrying cannot help.
-pub struct HandlerError {
-    message: String,
-    retryable: bool,
-}
-
-impl HandlerError {
-    /// A failure worth retrying.
-    pub fn retryable(message: impl Into<String>) -> Self {
-        HandlerError {
-            message: message.into(),
-            retryable: true,
-        }
-    }
-
-    /// A failure retrying cannot fix: the event goes to the dead-letter stream.
-    pub fn permanent(message: impl Into<String>) -> Self {
-        HandlerError {
-            message: message.into(),
-            retryable: false,
-        }
-    }
-
-    /// Whether the event should be retried.
-    pub fn is_retryable(&self) -> bool {
-        self.retryable
-    }
-
-    /// The message.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-}
-
-impl fmt::Debug for HandlerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HandlerError")
-            .field("message", &self.message)
-            .field("retryable", &self.retryable)
-            .finish()
-    }
-}
-
-impl fmt::Display for HandlerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
-    fn from(e: E) -> Self {
-        let mut message = e.to_string();
-        let mut source = e.source();
-        while let Some(s) = source {
-            message.push_str(": ");
-            message.push_str(&s.to_string());
-            source = s.source();
-        }
-        HandlerError::retryable(message)
-    }
-}
-
-/// What a handler function may return: [`HandlerResult`], `()`, or a `Result` of either
-/// with a [`HandlerError`].
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` is not a handler return type",
-    label = "a handler returns `HandlerResult`, `()`, or a `Result` of either with `HandlerError`",
-    note = "any `std::error::Error` converts into a `HandlerError` with `?`"
-)]
-pub trait IntoHandlerResult {
-    /// The result the consumer acts on.
-    fn into_handler_result(self) -> HandlerResult;
-}
-
-impl IntoHandlerResult for HandlerResult {
-    fn into_handler_result(self) -> HandlerResult {
-        self
-    }
-}
-
-impl IntoHandlerResult for () {
-    fn into_handler_result(self) -> HandlerResult {
-        HandlerResult::ok()
-    }
-}
-
-impl<T: IntoHandlerResult> IntoHandlerResult for Result<T, HandlerError> {
-    fn into_handler_result(self) -> HandlerResult {
-        match self {
-            Ok(v) => v.into_handler_result(),
-            Err(e) if e.retryable => HandlerResult::retry(e.message),
-            Err(e) => HandlerResult::permanent(e.message),
-        }
-    }
-}
-
 /// Per-handler settings from `#[event_handler(...)]`; `None` takes the consumer's default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HandlerOptions {
@@ -337,22 +242,6 @@ pub fn registered_handlers() -> Vec<&'static HandlerRegistration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("disk full")]
-    struct DiskFull;
-
-    #[test]
-    fn return_types_convert() {
-        assert!(().into_handler_result().success);
-        let r: Result<(), HandlerError> = Err(DiskFull.into());
-        let r = r.into_handler_result();
-        assert!(r.should_retry && !r.success);
-        assert_eq!(r.error_message.as_deref(), Some("disk full"));
-        let p: Result<HandlerResult, HandlerError> = Err(HandlerError::permanent("bad patch"));
-        let p = p.into_handler_result();
-        assert!(!p.should_retry && !p.success);
-    }
 
     #[test]
     fn staging_outside_the_slot_is_refused() {
