@@ -6,7 +6,7 @@
 //! - [`event`]: the event model ([`AsdlcEvent`], [`EventType`], idempotency keys, validation).
 //! - [`encoding`]: events as stream fields, and back.
 //! - [`keys`]: the key layout and the slot rule.
-//! - [`tenancy`]: tenant ids and the task-local [`TenantContext`].
+//! - [`tenancy`]: tenant ids, the task-local [`TenantContext`], tenant discovery.
 //! - [`config`]: [`Config`], from code or the environment.
 //! - [`streams`]: stream and group operations.
 //! - [`publish`]: the validating, tenant-aware [`Publisher`].
@@ -19,11 +19,12 @@
 //! - [`effects`]: Redis writes staged to commit exactly once.
 //! - [`monitor`]: stream discovery, health, safe retention, metrics, trace context.
 //! - [`error`]: one error enum per concern.
-//! - [`connection`]: the [`RedisConnection`] to one server or a Redis Cluster.
-//! - [`acl`]: one Redis ACL user per tenant, so the server enforces tenant isolation.
+//! - [`connection`]: the [`RedisConnection`] to one server or a Redis Cluster, and the
+//!   [`topology`] of every node behind it.
+//! - [`acl`] (in [`tenancy`]): one Redis ACL user per tenant, so the server enforces tenant
+//!   isolation.
 //! - [`functions`]: the protocol's server side, one versioned Redis Functions library.
 
-pub mod acl;
 pub mod config;
 pub mod connection;
 pub mod consume;
@@ -45,10 +46,10 @@ pub mod tenancy;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod text;
-pub mod topology;
 
 pub use config::{Config, RedisUrl, Tenancy};
 pub use connection::RedisConnection;
+pub use connection::topology;
 pub use consume::{
     Backoff, ConsumerOptions, ConsumerStats, EventConsumer, EventConsumerBuilder, HandlerSpec,
     RecoveryResult,
@@ -79,6 +80,7 @@ pub use streams::{
     ConsumerInfo, GroupInfo, GroupStart, StreamInfo, create_consumer_group, ensure_stream_exists,
     get_stream_info,
 };
+pub use tenancy::acl;
 pub use tenancy::{TenantContext, TenantId, discover_tenants};
 
 /// The event model, what a handler reports and what a recovery pass did, under the one module

@@ -3,7 +3,7 @@
 //! because a conflict names an [`EventType`] and the crate's error module stays below events.
 
 use crate::error::{ConfigError, ConsumeError, StreamError, ValidationError};
-use crate::events::EventType;
+use crate::event::EventType;
 
 /// The handler set is inconsistent: found at startup, before anything is consumed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

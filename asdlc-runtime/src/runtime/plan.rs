@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::consume::{ConsumerOptions, EventConsumer, HandlerSpec};
 use crate::error::ConsumeError;
-use crate::events::EventType;
+use crate::event::EventType;
 use crate::handler::{EventHandler, HandlerOptions, HandlerRegistration};
 use crate::keys::validate_group;
 use crate::tenancy::TenantId;

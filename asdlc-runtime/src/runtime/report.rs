@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::consume::{ConsumerStats, EventConsumer};
-use crate::events::{EventType, RecoveryResult};
+use crate::{EventType, RecoveryResult};
 
 /// One handler as the runtime plans to run it.
 #[derive(Debug, Clone, Serialize)]

@@ -4,6 +4,12 @@
 //! between one tenant and another's data. [`TenantId`] accepts only lowercase letters, digits,
 //! `-` and `_` (1 to 63 characters): nothing that could change what a key means (`:`, braces,
 //! glob characters, whitespace) can get in.
+//!
+//! [`discover_tenants`] finds the tenants a deployment has; [`acl`] makes the server itself keep
+//! them apart, with one ACL user per tenant.
+
+pub mod acl;
+mod discover;
 
 use std::fmt;
 use std::future::Future;
@@ -12,6 +18,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ValidationError;
+
+pub use discover::discover_tenants;
 
 /// The longest tenant id, in characters.
 pub const MAX_TENANT_LEN: usize = 63;
@@ -122,25 +130,6 @@ impl TenantContext {
     pub fn current() -> Option<TenantId> {
         CURRENT_TENANT.try_with(Clone::clone).ok()
     }
-}
-
-/// Every tenant whose stream exists for stream base `base` (a `SCAN` for
-/// `tenant:{*}:<base>` streams), sorted.
-pub async fn discover_tenants(
-    conn: &mut crate::connection::RedisConnection,
-    base: &str,
-) -> Result<Vec<TenantId>, crate::error::StreamError> {
-    let pattern = format!("tenant:{{*}}:{base}");
-    // scan_match walks every master of a cluster; a single SCAN cursor would not.
-    let keys = conn
-        .scan_match(&pattern, Some("stream"))
-        .await
-        .map_err(crate::error::StreamError::redis(base))?;
-    let found: std::collections::BTreeSet<TenantId> = keys
-        .iter()
-        .filter_map(|k| crate::keys::tenant_of_stream(k, base))
-        .collect();
-    Ok(found.into_iter().collect())
 }
 
 #[cfg(test)]

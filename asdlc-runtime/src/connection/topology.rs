@@ -21,8 +21,8 @@ use std::fmt;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Value};
 
+use super::{CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT};
 use crate::config::RedisUrl;
-use crate::connection::{CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT};
 
 /// What a node is in its deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -24,7 +24,9 @@
 //! - **Replication.** [`RedisConnection::wait_for_replicas`] sends `WAIT` to the node that
 //!   holds a key, for writes that must survive a failover.
 //! - **State that is not replicated** (ACL users) must be set on each node directly:
-//!   [`RedisConnection::nodes`] lists them, replicas included.
+//!   [`RedisConnection::nodes`] lists them, replicas included ([`topology`]).
+
+pub mod topology;
 
 use std::time::Duration;
 
@@ -34,9 +36,9 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Arg, Cmd, Pipeline, RedisFuture, Value};
 
+use self::topology::Node;
 use crate::config::RedisUrl;
 use crate::keys::hash_slot;
-use crate::topology::Node;
 
 /// How long an ordinary command may take before it fails with a timeout.
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -111,10 +113,10 @@ impl RedisConnection {
     }
 
     /// Every node behind this connection, each reachable on its own: the masters and replicas
-    /// of a cluster, or the server and its replicas (see [`crate::topology`]). For server state
+    /// of a cluster, or the server and its replicas (see [`topology`]). For server state
     /// that is not replicated, such as ACL users.
     pub async fn nodes(&self) -> redis::RedisResult<Vec<Node>> {
-        crate::topology::discover_nodes(&self.url).await
+        topology::discover_nodes(&self.url).await
     }
 
     /// Whether this is a connection to a Redis Cluster.
