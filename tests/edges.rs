@@ -513,6 +513,21 @@ async fn xadd_keyless(conn: &mut asdlc::RedisConnection, session: &str) -> Strin
         .unwrap()
 }
 
+/// Waits until `group` has read up to `id` and has nothing pending.
+async fn read_and_owes_nothing(s: &TestServer, group: &str, id: &str) {
+    eventually(
+        WAIT,
+        &format!("{group} read {id} and owes nothing"),
+        || async {
+            let mut conn = common::conn(s).await;
+            let info = get_stream_info(&mut conn, STREAM).await.unwrap();
+            let g = info.group(group).unwrap();
+            g.pending == 0 && g.last_delivered_id == id
+        },
+    )
+    .await;
+}
+
 /// A handler that fails for good while `failing` is set.
 fn failing_while(name: &str, failing: &Arc<std::sync::atomic::AtomicBool>) -> TestHandler {
     let failing = failing.clone();
@@ -550,13 +565,7 @@ async fn a_replayed_keyless_entry_is_skipped_by_the_groups_that_handled_the_orig
         b.stats().processed == 1
     })
     .await;
-    eventually(WAIT, "a read the copy and owes nothing", || async {
-        let mut conn = common::conn(&s).await;
-        let info = get_stream_info(&mut conn, STREAM).await.unwrap();
-        let g = info.group("a").unwrap();
-        g.pending == 0 && g.last_delivered_id == copy
-    })
-    .await;
+    read_and_owes_nothing(&s, "a", &copy).await;
     assert_eq!(ha.count(), 1, "group a skipped the copy of what it handled");
     let last = hb.calls().last().unwrap().clone();
     assert_eq!(last.entry_id, copy);
@@ -599,13 +608,7 @@ async fn a_dead_letter_replayed_to_its_group_is_handled_by_that_group_only() {
         b.stats().processed == 1
     })
     .await;
-    eventually(WAIT, "c read the copy and owes nothing", || async {
-        let mut conn = common::conn(&s).await;
-        let info = get_stream_info(&mut conn, STREAM).await.unwrap();
-        let g = info.group("c").unwrap();
-        g.pending == 0 && g.last_delivered_id == copy
-    })
-    .await;
+    read_and_owes_nothing(&s, "c", &copy).await;
     assert_eq!(hc.count(), 1, "c never handled the copy meant for b");
     assert_eq!(c.stats().processed, 0);
     assert_eq!(

@@ -479,6 +479,14 @@ async fn trim_without_groups_removes_nothing() {
     assert_eq!(missing.removed, 0);
 }
 
+async fn dry_run(c: &mut RedisConnection) -> asdlc::monitor::TrimReport {
+    let options = TrimOptions {
+        dry_run: true,
+        ..TrimOptions::default()
+    };
+    trim_acknowledged_with(c, STREAM, options).await.unwrap()
+}
+
 #[tokio::test]
 async fn trim_dry_run_and_min_age_keep_everything_they_promise() {
     let s = server();
@@ -489,16 +497,7 @@ async fn trim_dry_run_and_min_age_keep_everything_they_promise() {
     assert_eq!(read(&mut c, STREAM, "g", 3000).await.len(), 2500);
     ack(&mut c, STREAM, "g", &published[..2100]).await;
 
-    let dry = trim_acknowledged_with(
-        &mut c,
-        STREAM,
-        TrimOptions {
-            dry_run: true,
-            ..TrimOptions::default()
-        },
-    )
-    .await
-    .unwrap();
+    let dry = dry_run(&mut c).await;
     assert!(dry.dry_run);
     assert_eq!((dry.removed, dry.length_after), (2100, 2500));
     assert_eq!(
@@ -559,16 +558,7 @@ async fn a_dry_run_trim_counts_a_long_stream_in_bounded_calls() {
         .unwrap();
 
     let before = fcalls(&mut c).await;
-    let dry = trim_acknowledged_with(
-        &mut c,
-        STREAM,
-        TrimOptions {
-            dry_run: true,
-            ..TrimOptions::default()
-        },
-    )
-    .await
-    .unwrap();
+    let dry = dry_run(&mut c).await;
     let calls = fcalls(&mut c).await - before;
     assert_eq!((dry.removed, dry.length_after), (n, n));
     // One call finds the bound; each further call counts at most 10,000 entries.

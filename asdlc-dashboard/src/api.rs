@@ -528,6 +528,17 @@ struct Skipped {
     reason: String,
 }
 
+/// The stream of a mutation of one dead letter `id`, checked to be the deployment's.
+fn one_letter(d: &Dashboard, m: &Mutation, id: &str) -> Result<String, ApiError> {
+    let stream = m
+        .stream
+        .clone()
+        .ok_or_else(|| ApiError::BadRequest("`stream` is required with `id`".into()))?;
+    own_stream(d, &stream)?;
+    check_id(id)?;
+    Ok(stream)
+}
+
 fn parse(body: &Bytes) -> Result<Mutation, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("bad request body: {e}")))
 }
@@ -558,12 +569,7 @@ async fn replay(
     let (mut replayed, mut skipped) = (Vec::new(), Vec::new());
     match (&m.id, m.all) {
         (Some(id), false) => {
-            let stream = m
-                .stream
-                .clone()
-                .ok_or_else(|| ApiError::BadRequest("`stream` is required with `id`".into()))?;
-            own_stream(&d, &stream)?;
-            check_id(id)?;
+            let stream = one_letter(&d, &m, id)?;
             let new_id = match &m.to_group {
                 Some(g) => deadletter::replay_to_group(&mut conn, &stream, id, g).await?,
                 None => deadletter::replay(&mut conn, &stream, id).await?,
@@ -633,12 +639,7 @@ async fn purge(
     let mut purged = Vec::new();
     match (&m.id, m.all) {
         (Some(id), false) => {
-            let stream = m
-                .stream
-                .clone()
-                .ok_or_else(|| ApiError::BadRequest("`stream` is required with `id`".into()))?;
-            own_stream(&d, &stream)?;
-            check_id(id)?;
+            let stream = one_letter(&d, &m, id)?;
             if !deadletter::delete(&mut conn, &stream, id).await? {
                 return Err(ApiError::NotFound(format!(
                     "no dead letter {id} on {stream}"

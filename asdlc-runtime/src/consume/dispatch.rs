@@ -87,20 +87,18 @@ pub(super) async fn dispatch(
     let mut seen: HashSet<[u8; FINGERPRINT_LEN]> = HashSet::new();
     let mut deferred: Vec<String> = Vec::new();
     for entry in entries {
+        // Acknowledged without a handler: an entry deleted meanwhile, or one no handler of
+        // this group takes.
+        let ack = |id: String, deleted: bool| Outcome {
+            stream: stream.clone(),
+            id,
+            lease: None,
+            kind: Kind::Ack { deleted },
+            pass: pass.clone(),
+            handler: None,
+        };
         let Some(fields) = entry.fields else {
-            send(
-                shared,
-                run,
-                Outcome {
-                    stream: stream.clone(),
-                    id: entry.id,
-                    lease: None,
-                    kind: Kind::Ack { deleted: true },
-                    pass: pass.clone(),
-                    handler: None,
-                },
-            )
-            .await;
+            send(shared, run, ack(entry.id, true)).await;
             continue;
         };
         let dead = |reason: String, fields| Outcome {
@@ -147,19 +145,7 @@ pub(super) async fn dispatch(
             shared.handler_for(&event)
         };
         let Some(handler) = handler else {
-            send(
-                shared,
-                run,
-                Outcome {
-                    stream: stream.clone(),
-                    id: entry.id,
-                    lease: None,
-                    kind: Kind::Ack { deleted: false },
-                    pass: pass.clone(),
-                    handler: None,
-                },
-            )
-            .await;
+            send(shared, run, ack(entry.id, false)).await;
             continue;
         };
         let key = event
