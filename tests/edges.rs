@@ -513,6 +513,18 @@ async fn xadd_keyless(conn: &mut asdlc::RedisConnection, session: &str) -> Strin
         .unwrap()
 }
 
+async fn replay_all_including_malformed(
+    conn: &mut asdlc::RedisConnection,
+) -> deadletter::ReplayReport {
+    let options = deadletter::ReplayOptions {
+        include_malformed: true,
+        ..Default::default()
+    };
+    deadletter::replay_all_with(conn, STREAM, options)
+        .await
+        .unwrap()
+}
+
 /// Waits until `group` has read up to `id` and has nothing pending.
 async fn read_and_owes_nothing(s: &TestServer, group: &str, id: &str) {
     eventually(
@@ -680,16 +692,7 @@ async fn replaying_all_skips_dead_letters_that_cannot_succeed_and_says_why() {
 
     // Asked to, it replays the malformed one too, which comes straight back: the replay
     // covers what was there when it began, so it ends.
-    let again = deadletter::replay_all_with(
-        &mut conn,
-        STREAM,
-        deadletter::ReplayOptions {
-            include_malformed: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let again = replay_all_including_malformed(&mut conn).await;
     assert_eq!((again.replayed.len(), again.skipped.len()), (1, 0));
     eventually(WAIT, "dead-lettered again", || async {
         c.stats().dead_lettered == 3
@@ -779,16 +782,7 @@ async fn a_huge_poison_entry_is_kept_cut_to_the_payload_cap_and_never_replayed()
         refused.to_string().contains("cannot be replayed"),
         "{refused}"
     );
-    let report = deadletter::replay_all_with(
-        &mut conn,
-        STREAM,
-        deadletter::ReplayOptions {
-            include_malformed: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let report = replay_all_including_malformed(&mut conn).await;
     assert_eq!((report.replayed.len(), report.skipped.len()), (0, 1));
     assert!(
         report.skipped[0].reason.contains("part of its"),
