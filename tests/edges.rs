@@ -633,6 +633,29 @@ async fn a_dead_letter_replayed_to_its_group_is_handled_by_that_group_only() {
             .await
             .is_err()
     );
+
+    // A malformed entry replayed to b alone: c acknowledges it without dead-lettering it
+    // a second time.
+    xadd_malformed(&mut conn, 10).await;
+    eventually(WAIT, "both dead-lettered the malformed entry", || async {
+        b.stats().dead_lettered == 2 && c.stats().dead_lettered == 2
+    })
+    .await;
+    let dead = deadletter::list(&mut conn, STREAM, "-", 10).await.unwrap();
+    let malformed_of_b = dead
+        .iter()
+        .find(|d| d.group == "b" && d.reason.starts_with("malformed"))
+        .unwrap();
+    let copy = deadletter::replay_to_group(&mut conn, STREAM, &malformed_of_b.id, "b")
+        .await
+        .unwrap()
+        .unwrap();
+    eventually(WAIT, "b dead-lettered the copy", || async {
+        b.stats().dead_lettered == 3
+    })
+    .await;
+    read_and_owes_nothing(&s, "c", &copy).await;
+    assert_eq!(c.stats().dead_lettered, 2, "c left the copy for b alone");
     b.stop();
     c.stop();
     rb.await.unwrap().unwrap();

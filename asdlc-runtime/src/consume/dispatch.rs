@@ -101,6 +101,16 @@ pub(super) async fn dispatch(
             send(shared, run, ack(entry.id, true)).await;
             continue;
         };
+        // A dead letter replayed for one group: the others acknowledge it unhandled, before
+        // decoding it, so a malformed one replayed to its group is not dead-lettered by them.
+        let for_other_group = fields.iter().any(|(k, v)| {
+            k.as_slice() == crate::deadletter::REPLAY_GROUP_FIELD.as_bytes()
+                && v.as_slice() != shared.group.as_bytes()
+        });
+        if for_other_group {
+            send(shared, run, ack(entry.id, false)).await;
+            continue;
+        }
         let dead = |reason: String, fields| Outcome {
             stream: stream.clone(),
             id: entry.id.clone(),
@@ -134,17 +144,7 @@ pub(super) async fn dispatch(
             send(shared, run, dead(reason, fields)).await;
             continue;
         }
-        // A dead letter replayed for one group: the others acknowledge it unhandled.
-        let for_other_group = fields.iter().any(|(k, v)| {
-            k.as_slice() == crate::deadletter::REPLAY_GROUP_FIELD.as_bytes()
-                && v.as_slice() != shared.group.as_bytes()
-        });
-        let handler = if for_other_group {
-            None
-        } else {
-            shared.handler_for(&event)
-        };
-        let Some(handler) = handler else {
+        let Some(handler) = shared.handler_for(&event) else {
             send(shared, run, ack(entry.id, false)).await;
             continue;
         };
