@@ -612,6 +612,17 @@ async fn a_dead_letter_replayed_to_its_group_is_handled_by_that_group_only() {
     fails.store(false, std::sync::atomic::Ordering::SeqCst);
     let dead = deadletter::list(&mut conn, STREAM, "-", 10).await.unwrap();
     let of_b = dead.iter().find(|d| d.group == "b").unwrap();
+    // To any group but b the letter would be lost (skipped there, ignored everywhere else).
+    for wrong in ["c", "nobody"] {
+        let refused = deadletter::replay_to_group(&mut conn, STREAM, &of_b.id, wrong)
+            .await
+            .unwrap_err();
+        assert!(
+            refused.to_string().contains("given up by group b"),
+            "{refused}"
+        );
+    }
+    assert_eq!(deadletter::count(&mut conn, STREAM).await.unwrap(), 2);
     let copy = deadletter::replay_to_group(&mut conn, STREAM, &of_b.id, "b")
         .await
         .unwrap()

@@ -248,9 +248,10 @@ async fn dashboard_shows_and_replays(config: Config) {
         .await
         .unwrap();
     assert!(
-        copy[0]
-            .1
-            .contains(&("replay_group".to_owned(), "bad".to_owned())),
+        copy[0].1.contains(&(
+            asdlc_runtime::deadletter::REPLAY_GROUP_FIELD.to_owned(),
+            "bad".to_owned()
+        )),
         "{copy:?}"
     );
     let (status, e) = call(

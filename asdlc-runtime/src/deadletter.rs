@@ -26,7 +26,7 @@ pub const FIELD_PREFIX: &str = "f:";
 
 /// The field a copy replayed for one group carries: every other group acknowledges it
 /// without handling it.
-pub const REPLAY_GROUP_FIELD: &str = "replay_group";
+pub const REPLAY_GROUP_FIELD: &str = "asdlc:replay_group";
 
 /// The identity an entry without an `idempotency_key` is deduplicated under (its entry id),
 /// and the key its replayed copy carries so that identity survives the new entry id.
@@ -58,6 +58,20 @@ impl Default for DeadLetterPolicy {
     }
 }
 
+/// Where to cut `v` to at most `max` bytes: at a character boundary if it is UTF-8 text.
+fn cut_at(v: &[u8], max: usize) -> usize {
+    if v.len() <= max {
+        return v.len();
+    }
+    match std::str::from_utf8(v) {
+        Ok(text) => (0..=max)
+            .rev()
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(0),
+        Err(_) => max,
+    }
+}
+
 /// Field/value pairs borrowed from an entry.
 type FieldRefs<'a> = Vec<(&'a [u8], &'a [u8])>;
 
@@ -78,10 +92,11 @@ impl DeadLetterPolicy {
                 .collect();
             return (kept, None);
         }
-        let share = self.max_payload / fields.len();
+        // At least a little of each, so the type and session survive even a flood of fields.
+        let share = (self.max_payload / fields.len()).max(64);
         let kept = fields
             .iter()
-            .map(|(k, v)| (k.as_slice(), &v[..v.len().min(share)]))
+            .map(|(k, v)| (k.as_slice(), &v[..cut_at(v, share)]))
             .collect();
         (kept, Some(total))
     }
@@ -232,8 +247,9 @@ pub async fn replay(
     replay_inner(conn, stream, id, "").await
 }
 
-/// [`replay`] for one group: only `group` handles the copy (typically the group that
-/// dead-lettered it); every other group acknowledges it unhandled.
+/// [`replay`] for one group: only `group` handles the copy; every other group acknowledges
+/// it unhandled. `group` must be the group that gave up on the letter and must exist (any
+/// other would lose it: a group that handled the original skips the copy), else an error.
 pub async fn replay_to_group(
     conn: &mut RedisConnection,
     stream: &str,
@@ -257,6 +273,7 @@ async fn replay_inner(
         .arg(id)
         .arg(FIELD_PREFIX)
         .arg(group)
+        .arg(REPLAY_GROUP_FIELD)
         .invoke_async(conn)
         .await
         .map_err(StreamError::redis(stream))
@@ -398,11 +415,29 @@ impl ReplayAll {
                 continue;
             }
             let to = self.options.to_group.as_deref().unwrap_or("");
-            if let Some(new_id) = replay_inner(conn, &self.stream, &d.id, to).await? {
-                report.replayed.push(Replayed {
+            if !to.is_empty() && to != d.group {
+                report.skipped.push(Skipped {
+                    reason: format!("given up by group {}, not {to}", d.group),
+                    dead_letter_id: d.id,
+                });
+                continue;
+            }
+            match replay_inner(conn, &self.stream, &d.id, to).await {
+                Ok(Some(new_id)) => report.replayed.push(Replayed {
                     dead_letter_id: d.id,
                     new_id,
-                });
+                }),
+                Ok(None) => {}
+                // The function refused this letter (and changed nothing): say so, go on.
+                Err(StreamError::Redis { source, .. })
+                    if source.to_string().contains("asdlc replay:") =>
+                {
+                    report.skipped.push(Skipped {
+                        dead_letter_id: d.id,
+                        reason: source.to_string(),
+                    });
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(Some(report))

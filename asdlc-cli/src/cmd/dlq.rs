@@ -285,7 +285,7 @@ async fn replay_all(ctx: &mut Ctx, options: deadletter::ReplayOptions) -> Result
             .line(format!("replayed {} dead letter(s)", replayed.len()))?;
         if !skipped.is_empty() {
             ctx.out.line(format!(
-                "skipped {} that cannot succeed (replay them with --include-malformed, or one by one):",
+                "skipped {} (--include-malformed replays the malformed ones; a cut one cannot be replayed):",
                 skipped.len()
             ))?;
             for s in &skipped {

@@ -267,6 +267,8 @@ async fn commit(
                 if now.is_empty() {
                     now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
                 }
+                // A handler's error can be any size: it gets at most a tenth of the cap.
+                let error_kept = crate::text::truncate(error, dead_letters.max_payload / 10);
                 let meta: [(&str, &str); 8] = [
                     ("source_stream", &stream.name),
                     ("source_id", &o.id),
@@ -274,7 +276,7 @@ async fn commit(
                     ("consumer", &run.consumer),
                     ("handler", handler),
                     ("reason", reason),
-                    ("error", error),
+                    ("error", &error_kept),
                     ("dead_at", &now),
                 ];
                 let (fields, truncated_from) = dead_letters.cap(fields);

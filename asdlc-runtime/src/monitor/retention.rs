@@ -143,6 +143,10 @@ async fn count_below(
     stream: &str,
     bound: &str,
 ) -> Result<u64, StreamError> {
+    if bound == "0-0" {
+        // Nothing is below the smallest id (and `(0-0` is no valid range end).
+        return Ok(0);
+    }
     let (mut total, mut from) = (0, "-".to_owned());
     loop {
         let (n, last): (u64, String) = crate::functions::COUNT_RANGE
