@@ -512,22 +512,6 @@ struct Mutation {
     include_malformed: bool,
 }
 
-/// One dead letter put back.
-#[derive(Debug, Serialize)]
-struct Replayed {
-    stream: String,
-    dead_letter_id: String,
-    new_id: String,
-}
-
-/// One dead letter `all` left alone, and why.
-#[derive(Debug, Serialize)]
-struct Skipped {
-    stream: String,
-    dead_letter_id: String,
-    reason: String,
-}
-
 /// The stream of a mutation of one dead letter `id`, checked to be the deployment's.
 fn one_letter(d: &Dashboard, m: &Mutation, id: &str) -> Result<String, ApiError> {
     let stream = m
@@ -576,7 +560,7 @@ async fn replay(
             }
             .ok_or_else(|| ApiError::NotFound(format!("no dead letter {id} on {stream}")))?;
             tracing::info!(%stream, dead_letter = %id, %new_id, to_group = ?m.to_group, "dashboard replayed a dead letter");
-            replayed.push(Replayed {
+            replayed.push(deadletter::Replayed {
                 stream,
                 dead_letter_id: id.clone(),
                 new_id,
@@ -591,16 +575,8 @@ async fn replay(
             for stream in streams_of(&d, &mut conn, &m).await? {
                 let report =
                     deadletter::replay_all_with(&mut conn, &stream, options.clone()).await?;
-                replayed.extend(report.replayed.into_iter().map(|r| Replayed {
-                    stream: stream.clone(),
-                    dead_letter_id: r.dead_letter_id,
-                    new_id: r.new_id,
-                }));
-                skipped.extend(report.skipped.into_iter().map(|k| Skipped {
-                    stream: stream.clone(),
-                    dead_letter_id: k.dead_letter_id,
-                    reason: k.reason,
-                }));
+                replayed.extend(report.replayed);
+                skipped.extend(report.skipped);
             }
             tracing::info!(
                 count = replayed.len(),

@@ -211,11 +211,22 @@ pub async fn list(
     start: &str,
     count: usize,
 ) -> Result<Vec<DeadLetter>, StreamError> {
-    let dlq = StreamKeys::new(stream).dead_letter();
+    range(conn, stream, start, "+", count).await
+}
+
+/// Dead letters of `stream` from `start` to `end` (ids, or `-`/`+`, `(` for exclusive),
+/// oldest first, at most `count`.
+async fn range(
+    conn: &mut RedisConnection,
+    stream: &str,
+    start: &str,
+    end: &str,
+    count: usize,
+) -> Result<Vec<DeadLetter>, StreamError> {
     let reply: Value = redis::cmd("XRANGE")
-        .arg(&dlq)
+        .arg(StreamKeys::new(stream).dead_letter())
         .arg(start)
-        .arg("+")
+        .arg(end)
         .arg("COUNT")
         .arg(count.max(1))
         .query_async(conn)
@@ -294,6 +305,8 @@ pub struct ReplayOptions {
 /// One dead letter put back on its stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Replayed {
+    /// The source stream it went back to.
+    pub stream: String,
     /// Its id in the dead-letter stream (now removed).
     pub dead_letter_id: String,
     /// The copy's id in the source stream.
@@ -303,6 +316,8 @@ pub struct Replayed {
 /// One dead letter left where it is, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Skipped {
+    /// The source stream of its dead-letter stream.
+    pub stream: String,
     /// Its id in the dead-letter stream.
     pub dead_letter_id: String,
     /// Why it was not replayed.
@@ -372,20 +387,7 @@ impl ReplayAll {
             Some(id) => format!("({id}"),
             None => "-".to_owned(),
         };
-        let dlq = StreamKeys::new(&self.stream).dead_letter();
-        let reply: Value = redis::cmd("XRANGE")
-            .arg(&dlq)
-            .arg(&start)
-            .arg(&last)
-            .arg("COUNT")
-            .arg(100)
-            .query_async(conn)
-            .await
-            .map_err(StreamError::redis(&self.stream))?;
-        let batch: Vec<DeadLetter> = crate::reply::parse_present_entries(reply)
-            .into_iter()
-            .map(|(id, fields)| DeadLetter::from_entry(id, fields))
-            .collect();
+        let batch = range(conn, &self.stream, &start, &last, 100).await?;
         let Some(tail) = batch.last() else {
             self.last = None;
             return Ok(None);
@@ -409,6 +411,7 @@ impl ReplayAll {
                 && (!self.options.include_malformed || d.truncated_from.is_some())
             {
                 report.skipped.push(Skipped {
+                    stream: self.stream.clone(),
                     dead_letter_id: d.id,
                     reason,
                 });
@@ -417,6 +420,7 @@ impl ReplayAll {
             let to = self.options.to_group.as_deref().unwrap_or("");
             if !to.is_empty() && to != d.group {
                 report.skipped.push(Skipped {
+                    stream: self.stream.clone(),
                     reason: format!("given up by group {}, not {to}", d.group),
                     dead_letter_id: d.id,
                 });
@@ -424,6 +428,7 @@ impl ReplayAll {
             }
             match replay_inner(conn, &self.stream, &d.id, to).await {
                 Ok(Some(new_id)) => report.replayed.push(Replayed {
+                    stream: self.stream.clone(),
                     dead_letter_id: d.id,
                     new_id,
                 }),
@@ -433,6 +438,7 @@ impl ReplayAll {
                     if source.to_string().contains("asdlc replay:") =>
                 {
                     report.skipped.push(Skipped {
+                        stream: self.stream.clone(),
                         dead_letter_id: d.id,
                         reason: source.to_string(),
                     });

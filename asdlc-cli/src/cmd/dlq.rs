@@ -17,13 +17,6 @@ struct Listed<'a> {
     letter: &'a DeadLetter,
 }
 
-#[derive(Serialize)]
-struct Replayed {
-    stream: String,
-    dead_letter_id: String,
-    new_id: String,
-}
-
 pub async fn run(ctx: &mut Ctx, command: DlqCommand) -> Result<u8, CliError> {
     match command {
         DlqCommand::List { limit } => list(ctx, limit).await,
@@ -220,7 +213,7 @@ async fn replay_one(ctx: &mut Ctx, id: &str, group: Option<&str>) -> Result<u8, 
     let new_id = replayed
         .map_err(|e| CliError::stream(&url, e))?
         .ok_or_else(|| CliError::NotFound(format!("no dead letter with id {id}")))?;
-    let r = Replayed {
+    let r = deadletter::Replayed {
         stream: t.stream,
         dead_letter_id: id.to_owned(),
         new_id,
@@ -234,13 +227,6 @@ async fn replay_one(ctx: &mut Ctx, id: &str, group: Option<&str>) -> Result<u8, 
         ))?;
     }
     Ok(EXIT_OK)
-}
-
-#[derive(Serialize)]
-struct Skipped {
-    stream: String,
-    dead_letter_id: String,
-    reason: String,
 }
 
 async fn replay_all(ctx: &mut Ctx, options: deadletter::ReplayOptions) -> Result<u8, CliError> {
@@ -264,16 +250,8 @@ async fn replay_all(ctx: &mut Ctx, options: deadletter::ReplayOptions) -> Result
             .map_err(|e| CliError::stream(&url, e))?
         {
             bar.inc((batch.replayed.len() + batch.skipped.len()) as u64);
-            replayed.extend(batch.replayed.into_iter().map(|r| Replayed {
-                stream: t.stream.clone(),
-                dead_letter_id: r.dead_letter_id,
-                new_id: r.new_id,
-            }));
-            skipped.extend(batch.skipped.into_iter().map(|s| Skipped {
-                stream: t.stream.clone(),
-                dead_letter_id: s.dead_letter_id,
-                reason: s.reason,
-            }));
+            replayed.extend(batch.replayed);
+            skipped.extend(batch.skipped);
         }
     }
     bar.finish_and_clear();
