@@ -64,10 +64,7 @@ fn cut_at(v: &[u8], max: usize) -> usize {
         return v.len();
     }
     match std::str::from_utf8(v) {
-        Ok(text) => (0..=max)
-            .rev()
-            .find(|&i| text.is_char_boundary(i))
-            .unwrap_or(0),
+        Ok(text) => crate::text::floor_char_boundary(text, max),
         Err(_) => max,
     }
 }
@@ -525,6 +522,24 @@ mod tests {
         assert_eq!(kept[1].1.len(), 2048);
         let small = vec![(b"a".to_vec(), b"b".to_vec())];
         assert_eq!(policy.cap(&small).1, None);
+    }
+
+    #[test]
+    fn a_cut_text_value_ends_on_a_character_boundary() {
+        let policy = DeadLetterPolicy {
+            max_payload: 1024,
+            ..DeadLetterPolicy::default()
+        };
+        let fields = vec![(b"m".to_vec(), "é".repeat(2000).into_bytes())];
+        let (kept, _) = policy.cap(&fields);
+        assert_eq!(kept[0].1.len(), 1024);
+        assert!(std::str::from_utf8(kept[0].1).is_ok());
+        let odd = DeadLetterPolicy {
+            max_payload: 1025,
+            ..DeadLetterPolicy::default()
+        };
+        let (kept, _) = odd.cap(&fields);
+        assert_eq!(kept[0].1.len(), 1024, "not inside the two bytes of an é");
     }
 
     #[test]

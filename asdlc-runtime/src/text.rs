@@ -6,9 +6,14 @@ pub(crate) fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_owned();
     }
-    let mut end = max;
+    format!("{}…", &s[..floor_char_boundary(s, max)])
+}
+
+/// The largest character boundary of `s` at or below `max`.
+pub(crate) fn floor_char_boundary(s: &str, max: usize) -> usize {
+    let mut end = max.min(s.len());
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}…", &s[..end])
+    end
 }
