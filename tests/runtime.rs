@@ -325,3 +325,27 @@ async fn a_busy_tenant_does_not_starve_a_quiet_one() {
     handle.stop();
     run.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_runtime_stopped_while_it_is_starting_stops_cleanly() {
+    let s = server();
+    // On a fresh server the consumer name is taken on probation (a couple of seconds), so the
+    // stop lands while the consumer is still starting.
+    let rt = fast_runtime(config(&s), &["rt-hitl"]).build().await.unwrap();
+    let handle = rt.handle();
+    let run = tokio::spawn(rt.run_until(std::future::pending()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1), handle.ready())
+            .await
+            .is_err(),
+        "the consumer is still starting when the stop comes"
+    );
+    handle.stop();
+    let report = tokio::time::timeout(WAIT, run)
+        .await
+        .expect("stops in time")
+        .unwrap()
+        .expect("a stop during start-up is not an error");
+    assert_eq!(report.processed(), 0);
+}

@@ -195,6 +195,8 @@ impl Runtime {
                 }
                 joined = tasks.join_next() => {
                     match joined {
+                        // Stopped before it was consuming: a stop, not a failure.
+                        Some(Ok(Err(ConsumeError::Finished { .. }))) => break,
                         Some(Ok(Err(e))) => { failure = Some(e); break; }
                         Some(Ok(Ok(_))) | None => break,
                         Some(Err(e)) => {
@@ -218,6 +220,7 @@ impl Runtime {
         while let Some(joined) = tasks.join_next().await {
             if let Ok(Err(e)) = joined
                 && failure.is_none()
+                && !matches!(e, ConsumeError::Finished { .. })
             {
                 failure = Some(e);
             }
