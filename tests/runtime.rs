@@ -331,7 +331,10 @@ async fn a_runtime_stopped_while_it_is_starting_stops_cleanly() {
     let s = server();
     // On a fresh server the consumer name is taken on probation (a couple of seconds), so the
     // stop lands while the consumer is still starting.
-    let rt = fast_runtime(config(&s), &["rt-hitl"]).build().await.unwrap();
+    let rt = fast_runtime(config(&s), &["rt-hitl"])
+        .build()
+        .await
+        .unwrap();
     let handle = rt.handle();
     let run = tokio::spawn(rt.run_until(std::future::pending()));
     tokio::time::sleep(Duration::from_millis(200)).await;
