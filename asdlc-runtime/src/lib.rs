@@ -40,6 +40,7 @@ pub mod keys;
 pub mod monitor;
 pub mod publish;
 mod reply;
+mod retry;
 pub mod runtime;
 pub mod streams;
 pub mod tenancy;

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use redis::Value;
 use tokio::sync::mpsc;
@@ -13,7 +12,7 @@ use tokio::sync::mpsc;
 use super::dispatch::{Delay, defer};
 use super::execute::failed_attempt;
 use super::ledger::lease_arg;
-use super::retry::retry_pause;
+use super::retry;
 use super::shared::{Kind, Outcome, RunCtx, SCRIPT_CHUNK, Shared, StreamCtx, finish, lock};
 use super::stats::{Pass, bump};
 use crate::functions::COMMIT;
@@ -70,22 +69,18 @@ async fn commit_batch(
     again: &mut Vec<Outcome>,
 ) {
     let stream = outcomes[0].stream.clone();
-    let mut attempt = 0u32;
+    let mut tries = retry::COMMIT.start();
     let results = loop {
         match commit(shared, run, &stream, &outcomes).await {
             Ok(v) => break Some(v),
             Err(e) => {
-                attempt += 1;
-                // Committing again is safe: a record whose mark is already set acks without
-                // applying its effects a second time.
+                let pause = tries.failed();
+                let attempt = tries.failures();
                 tracing::warn!(stream = %stream.name, error = %e, attempt, "commit failed; retrying");
-                if run.abort.is_cancelled() || attempt > 100 {
+                let Some(pause) = pause.filter(|_| !run.abort.is_cancelled()) else {
                     break None;
-                }
-                if retry_pause(attempt) {
-                    let pause = 100 * u64::from((attempt / 2).min(20));
-                    tokio::time::sleep(Duration::from_millis(pause)).await;
-                }
+                };
+                crate::retry::sleep(pause, None).await;
             }
         }
     };
@@ -98,6 +93,7 @@ async fn commit_batch(
         run.reread.store(true, Ordering::Release);
         return;
     };
+    let attempt = tries.failures();
     let tenant = stream.tenant.as_ref().map(TenantId::as_str);
     for (o, r) in outcomes.into_iter().zip(results) {
         let pass = o.pass.as_deref();

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::commit::send;
 use super::execute::spawn_handler;
-use super::retry::retry_pause;
+use super::retry;
 use super::shared::{
     Kind, Outcome, Redelivery, RunCtx, SCRIPT_CHUNK, Shared, StreamCtx, finish, lock,
 };
@@ -183,19 +183,17 @@ pub(super) async fn dispatch(
             Vec::new()
         };
         let chunk = std::mem::replace(&mut remaining, rest);
-        let mut failures = 0u32;
+        let mut failures = retry::BEGIN.start();
         let codes = loop {
             match begin(shared, run, stream, &chunk).await {
                 Ok(codes) => break Some(codes),
                 Err(e) => {
-                    failures += 1;
                     tracing::warn!(stream = %stream.name, error = %e, "begin step failed; retrying");
+                    let pause = failures.failed();
                     if shared.stop.is_cancelled() || run.abort.is_cancelled() {
                         break None;
                     }
-                    if retry_pause(failures) {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
+                    crate::retry::sleep(pause.unwrap_or_default(), None).await;
                 }
             }
         };

@@ -75,10 +75,10 @@ impl Backoff {
     /// The delay after the `delivery`-th delivery failed: `base * 2^(delivery-1)`, capped,
     /// then scaled by a random factor in [0.5, 1] so that retries of a burst spread out.
     pub fn delay(&self, delivery: u32) -> Duration {
-        let exp = delivery.saturating_sub(1).min(20);
-        let raw = self.base.saturating_mul(1u32 << exp).min(self.max);
-        let jitter = 0.5 + rand::random::<f64>() * 0.5;
-        raw.mul_f64(jitter)
+        crate::retry::Policy::exponential(self.base)
+            .cap(self.max)
+            .jitter(0.5)
+            .delay(delivery)
     }
 }
 
