@@ -5,7 +5,6 @@
 use std::cmp::Reverse;
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use redis::Value;
@@ -17,7 +16,7 @@ use super::retry;
 use super::shared::{
     Kind, Outcome, Redelivery, RunCtx, SCRIPT_CHUNK, Shared, StreamCtx, finish, lock,
 };
-use super::stats::Pass;
+use super::stats::{Pass, Tally};
 use crate::encoding::decode;
 use crate::event::AsdlcEvent;
 use crate::functions::BEGIN;
@@ -208,7 +207,11 @@ pub(super) async fn dispatch(
         for (c, code) in chunk.into_iter().zip(codes) {
             match code {
                 Begun::Duplicate => {
-                    shared.count_duplicate(stream, Some(c.handler), pass.as_deref());
+                    shared.stats.record(
+                        Tally::Duplicate,
+                        &shared.labels(stream, Some(c.handler)),
+                        pass.as_deref(),
+                    );
                     tracing::debug!(stream = %stream.name, id = %c.entry_id, "duplicate: already processed");
                     shared.untrack(&stream.name, &c.entry_id);
                     finish(shared, pass.as_deref());
@@ -278,9 +281,9 @@ pub(super) fn defer(
     shared.ledger.defer(&stream.name, &id);
     let delay = match delay {
         Delay::Recheck => {
-            if let Some(p) = pass {
-                p.skipped.fetch_add(1, Ordering::Relaxed);
-            }
+            shared
+                .stats
+                .record(Tally::Rechecked, &shared.labels(stream, None), pass);
             shared
                 .options
                 .retry

@@ -11,7 +11,7 @@ use tracing::Instrument;
 use super::commit::send;
 use super::dispatch::Candidate;
 use super::shared::{Kind, Outcome, RunCtx, Shared, StreamCtx, finish};
-use super::stats::{Pass, bump};
+use super::stats::{Pass, Tally};
 use crate::handler::HandlerContext;
 use crate::handler::HandlerResult;
 use crate::tenancy::{TenantContext, TenantId};
@@ -81,13 +81,8 @@ pub(super) async fn spawn_handler(
                 .unwrap_or(shared.options.handler_timeout);
             let call = AssertUnwindSafe(spec.handler.handle(&event, &ctx)).catch_unwind();
             let call = tokio::time::timeout(timeout, call);
-            let tenant = stream.tenant.as_ref().map(TenantId::as_str);
-            crate::monitor::record_publish_to_handle(
-                &shared.group,
-                tenant,
-                spec.name(),
-                &c.entry_id,
-            );
+            let labels = shared.labels(&stream, Some(c.handler));
+            crate::monitor::record_publish_to_handle(&labels, &c.entry_id);
             let started = std::time::Instant::now();
             let scoped = async {
                 match stream.tenant.clone() {
@@ -120,7 +115,7 @@ pub(super) async fn spawn_handler(
             let result = match outcome {
                 Ok(Ok(result)) => result,
                 Ok(Err(panic)) => {
-                    bump(&shared.stats.panics, 1);
+                    shared.stats.record(Tally::Panicked, &labels, None);
                     let msg = panic
                         .downcast_ref::<&str>()
                         .map(|s| (*s).to_owned())
@@ -130,19 +125,14 @@ pub(super) async fn spawn_handler(
                     HandlerResult::retry(format!("handler panicked: {msg}"))
                 }
                 Err(_) => {
-                    bump(&shared.stats.timeouts, 1);
+                    shared.stats.record(Tally::TimedOut, &labels, None);
                     tracing::warn!(?timeout, "handler timed out");
                     HandlerResult::retry(format!("timed out after {timeout:?}"))
                 }
             };
-            crate::monitor::record_handler_latency(
-                &shared.group,
-                tenant,
-                spec.name(),
-                started.elapsed(),
-            );
+            crate::monitor::record_handler_latency(&labels, started.elapsed());
             if !result.success {
-                crate::monitor::record_failed(&shared.group, tenant, spec.name());
+                shared.stats.record(Tally::Failed, &labels, None);
             }
             tracing::debug!(
                 elapsed_ms = started.elapsed().as_millis() as u64,
