@@ -17,7 +17,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use crate::error::DecodeError;
+use crate::error::{DecodeError, ValidationError};
 use crate::event::{AsdlcEvent, EventType, MAX_EVENT_BYTES, Mode, UnknownEventType};
 use crate::tenancy::TenantId;
 
@@ -125,6 +125,28 @@ fn write_fields(
         scratch.extend_from_slice(b"{}");
     }
     put("metadata", scratch);
+}
+
+impl AsdlcEvent {
+    /// Checks every field and the encoded size; the error names the first bad field and says
+    /// why.
+    ///
+    /// Publishing calls this, so an invalid event never reaches the stream.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        self.validate_fields()?;
+        check_encoded_size(encoded_len(self))
+    }
+}
+
+/// Refuses an event whose encoding takes `size` bytes, more than [`MAX_EVENT_BYTES`].
+pub(crate) fn check_encoded_size(size: usize) -> Result<(), ValidationError> {
+    if size > MAX_EVENT_BYTES {
+        return Err(ValidationError::new(
+            "event",
+            format!("encoded size {size} bytes exceeds the limit of {MAX_EVENT_BYTES} bytes"),
+        ));
+    }
+    Ok(())
 }
 
 /// The encoded size of `event`, in bytes: what [`EncodedEvent::len_bytes`] says of

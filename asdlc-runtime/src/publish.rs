@@ -11,10 +11,10 @@ use redis::Cmd;
 
 use crate::config::Config;
 use crate::connection::RedisConnection;
-use crate::encoding::encode_into;
+use crate::encoding::{check_encoded_size, encode_into};
 use crate::error::PublishError;
 use crate::error::ValidationError;
-use crate::event::{AsdlcEvent, MAX_EVENT_BYTES, unique_idempotency_key};
+use crate::event::{AsdlcEvent, unique_idempotency_key};
 use crate::tenancy::{TenantContext, TenantId};
 
 /// What a successful publish returns.
@@ -221,13 +221,7 @@ impl Publisher {
         self.add_trim(&mut cmd);
         cmd.arg("*");
         let size = encode_into(event, tenant.as_ref(), &key, &mut cmd, scratch);
-        if size > MAX_EVENT_BYTES {
-            return Err(ValidationError::new(
-                "event",
-                format!("encoded size {size} bytes exceeds the limit of {MAX_EVENT_BYTES} bytes"),
-            )
-            .into());
-        }
+        check_encoded_size(size)?;
         Ok(Prepared { stream, key, cmd })
     }
 }

@@ -9,27 +9,13 @@ use std::sync::atomic::Ordering;
 use redis::Value;
 use tokio::sync::mpsc;
 
-use super::dispatch::{Delay, defer};
-use super::execute::failed_attempt;
+use super::handoff::{Delay, defer, failed_attempt};
 use super::ledger::lease_arg;
 use super::retry;
-use super::shared::{Kind, Outcome, RunCtx, SCRIPT_CHUNK, Shared, StreamCtx, finish, lock};
+use super::shared::{Kind, Outcome, RunCtx, SCRIPT_CHUNK, Shared, StreamCtx, finish};
 use super::stats::Tally;
 use crate::functions::COMMIT;
 use crate::monitor::Labels;
-
-pub(super) async fn send(shared: &Shared, run: &RunCtx, outcome: Outcome) {
-    let tx = lock(&run.commit_tx).clone();
-    let result = match tx {
-        Some(tx) => tx.send(outcome).await,
-        None => Err(mpsc::error::SendError(outcome)),
-    };
-    if let Err(mpsc::error::SendError(outcome)) = result {
-        // The committer is gone (the run is ending): the entry stays pending.
-        shared.untrack(&outcome.stream.name, &outcome.id);
-        finish(shared, outcome.pass.as_deref());
-    }
-}
 
 /// Commits finished entries in batches: one script call per stream per batch.
 pub(super) async fn committer(

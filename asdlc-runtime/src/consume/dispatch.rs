@@ -2,35 +2,21 @@
 //! begin script (duplicate, busy or leased) and handed to a handler, to the commit step, or
 //! back to the redelivery schedule.
 
-use std::cmp::Reverse;
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use redis::Value;
-use tokio::time::Instant;
 
-use super::commit::send;
 use super::execute::spawn_handler;
+use super::handoff::{Candidate, Delay, defer, send};
 use super::retry;
-use super::shared::{
-    Kind, Outcome, Redelivery, RunCtx, SCRIPT_CHUNK, Shared, StreamCtx, finish, lock,
-};
+use super::shared::{Kind, Outcome, RunCtx, SCRIPT_CHUNK, Shared, StreamCtx, finish};
 use super::stats::{Pass, Tally};
 use crate::encoding::decode;
-use crate::event::AsdlcEvent;
 use crate::functions::BEGIN;
 use crate::idempotency::{FINGERPRINT_LEN, fingerprint};
 use crate::reply::RawEntry;
 use crate::tenancy::TenantId;
-
-pub(super) struct Candidate {
-    pub(super) entry_id: String,
-    pub(super) event: AsdlcEvent,
-    pub(super) fields: Vec<(Vec<u8>, Vec<u8>)>,
-    pub(super) handler: usize,
-    pub(super) fp: [u8; FINGERPRINT_LEN],
-}
 
 /// What the begin step said of one entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,46 +244,6 @@ pub(super) async fn dispatch(
             }
         }
     }
-}
-
-/// How long a deferred entry waits.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Delay {
-    /// Another delivery holds its key: a short wait, not counted as an attempt.
-    Recheck,
-    /// Attempt `n` failed: the backoff after it.
-    Retry(u32),
-}
-
-/// Leaves an entry pending and schedules it for redelivery to this consumer.
-pub(super) fn defer(
-    shared: &Arc<Shared>,
-    run: &Arc<RunCtx>,
-    stream: &Arc<StreamCtx>,
-    id: String,
-    delay: Delay,
-    pass: Option<&Pass>,
-) {
-    shared.ledger.defer(&stream.name, &id);
-    let delay = match delay {
-        Delay::Recheck => {
-            shared
-                .stats
-                .record(Tally::Rechecked, &shared.labels(stream, None), pass);
-            shared
-                .options
-                .retry
-                .delay(1)
-                .max(Duration::from_millis(100))
-        }
-        Delay::Retry(attempt) => shared.options.retry.delay(attempt),
-    };
-    lock(&run.retries).push(Reverse(Redelivery {
-        due: Instant::now() + delay,
-        stream: stream.clone(),
-        id,
-    }));
-    run.retry_wake.notify_one();
 }
 
 async fn begin(

@@ -8,8 +8,7 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 use tracing::Instrument;
 
-use super::commit::send;
-use super::dispatch::Candidate;
+use super::handoff::{Candidate, failed_attempt, send};
 use super::shared::{Kind, Outcome, RunCtx, Shared, StreamCtx, finish};
 use super::stats::{Pass, Tally};
 use crate::handler::HandlerContext;
@@ -174,27 +173,4 @@ pub(super) async fn spawn_handler(
         }
         .instrument(span),
     );
-}
-
-/// What follows a failed attempt: a retry after its backoff, or, on the last allowed attempt,
-/// the dead-letter stream.
-pub(super) fn failed_attempt(
-    shared: &Shared,
-    handler: usize,
-    attempt: u32,
-    fields: Vec<(Vec<u8>, Vec<u8>)>,
-    error: String,
-) -> Kind {
-    let max = shared.max_deliveries(handler);
-    if attempt < max {
-        Kind::Retry { attempt, error }
-    } else {
-        Kind::Dead {
-            fields,
-            reason: format!("failed on the last allowed attempt ({max})"),
-            error,
-            attempts: attempt,
-            handler: shared.handlers[handler].name().to_owned(),
-        }
-    }
 }

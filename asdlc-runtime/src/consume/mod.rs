@@ -26,10 +26,12 @@
 // (decode, begin, hand out), `execute` (one handler attempt), `commit` (the commit script and
 // its records), `recover` (our own pending entries, claims from dead peers, lease sweeps),
 // `upkeep` (keep-alive, redelivery, the name lock), `run` (one run, start to stop). What they
-// share: `shared`, `ledger` (what is in flight), `stats`, `retry`.
+// share: `handoff` (an entry passed from step to step), `shared`, `ledger` (what is in
+// flight), `stats`, `retry`.
 mod commit;
 mod dispatch;
 mod execute;
+mod handoff;
 mod ledger;
 mod lock;
 mod read;
@@ -466,7 +468,7 @@ impl EventConsumer {
     /// start; call it directly to recover without starting.
     pub async fn process_pending(&self) -> Result<RecoveryResult, ConsumeError> {
         self.shared.prepare().await?;
-        recover::process_pending(&self.shared).await
+        run::process_pending(&self.shared).await
     }
 
     /// Claims entries idle for at least `min_idle` from any consumer of the group (dead
@@ -477,7 +479,7 @@ impl EventConsumer {
         min_idle: Duration,
     ) -> Result<RecoveryResult, ConsumeError> {
         self.shared.prepare().await?;
-        recover::claim_stale(&self.shared, min_idle).await
+        run::claim_stale(&self.shared, min_idle).await
     }
 
     /// What the start-up recovery of the current (or last) run did, once it has finished.

@@ -10,40 +10,12 @@ use redis::Value;
 
 use super::dispatch::dispatch;
 use super::lock;
-use super::run::with_run;
 use super::shared::{RunCtx, SCRIPT_CHUNK, Shared, StreamCtx};
-use super::stats::{Pass, RecoveryResult, Tally};
+use super::stats::{Pass, Tally};
 use crate::connection::RedisConnection;
 use crate::error::ConsumeError;
 use crate::functions::{FORGET, SWEEP_LEASES};
 use crate::reply::{RawEntry, parse_autoclaim, parse_entries, parse_pending};
-
-pub(super) async fn process_pending(shared: &Arc<Shared>) -> Result<RecoveryResult, ConsumeError> {
-    with_run(shared, |run| async move {
-        let pass = Arc::new(Pass::default());
-        for stream in shared.stream_list() {
-            recover_own(shared, &run, &stream, &pass).await?;
-        }
-        pass.wait().await;
-        Ok(pass.result())
-    })
-    .await
-}
-
-pub(super) async fn claim_stale(
-    shared: &Arc<Shared>,
-    min_idle: Duration,
-) -> Result<RecoveryResult, ConsumeError> {
-    with_run(shared, |run| async move {
-        let pass = Arc::new(Pass::default());
-        for stream in shared.stream_list() {
-            claim_stream(shared, &run, &stream, min_idle, &pass).await?;
-        }
-        pass.wait().await;
-        Ok(pass.result())
-    })
-    .await
-}
 
 /// This consumer's own pending entries, all of them, in batches.
 pub(super) async fn recover_own(
