@@ -166,8 +166,8 @@ pub fn encoded_len(event: &AsdlcEvent) -> usize {
 /// Decodes stream fields into an event (without `event_id`, which is the entry id).
 ///
 /// Unknown fields are ignored, so newer producers can add fields; a field given twice is an
-/// error. For entries written by the Python original, `artifact_paths` that is not a JSON
-/// array is read as its comma-joined form. The event passes every check of
+/// error. An `artifact_paths` that is not a JSON array is read as a comma-joined list, the
+/// form some producers write. The event passes every check of
 /// [`AsdlcEvent::validate`]; the encoded-size limit is checked only on entries stored with
 /// more than half of it (measuring it means encoding the event again).
 pub fn decode<K, V>(fields: &[(K, V)]) -> Result<AsdlcEvent, DecodeError>

@@ -25,6 +25,8 @@
 //!   isolation.
 //! - [`functions`]: the protocol's server side, one versioned Redis Functions library.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod config;
 pub mod connection;
 pub mod consume;
@@ -45,6 +47,7 @@ pub mod runtime;
 pub mod streams;
 pub mod tenancy;
 #[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 mod text;
 

@@ -79,7 +79,7 @@ impl Publisher {
         Ok(self.config.stream_for(tenant.as_ref()))
     }
 
-    /// Validates and publishes `event` (seed: `publish_event_model`).
+    /// Validates and publishes `event`.
     pub async fn publish(&self, event: &AsdlcEvent) -> Result<Published, PublishError> {
         let prepared = self.prepare(event, &mut Vec::new())?;
         let mut conn = self.conn.clone();
@@ -141,8 +141,8 @@ impl Publisher {
             .collect())
     }
 
-    /// Writes raw fields to the current context's stream, unvalidated (seed:
-    /// `publish_event`, kept for producers that predate the event model). Consumers
+    /// Writes raw fields to the current context's stream, unvalidated, for producers that
+    /// write fields of their own rather than an [`AsdlcEvent`]. Consumers
     /// dead-letter entries that do not decode.
     pub async fn publish_event<K, V>(&self, fields: &[(K, V)]) -> Result<String, PublishError>
     where
@@ -226,8 +226,7 @@ impl Publisher {
     }
 }
 
-// Durable publishing (Redis Cluster and replication work, issue 8): kept apart from the
-// publishing hot path above.
+// Durable publishing (waiting for replicas): kept apart from the publishing hot path above.
 
 /// How many replicas must have an event before [`Publisher::publish_durable`] returns, and
 /// how long to wait for them.

@@ -17,7 +17,7 @@ use super::ledger::{Lease, Ledger};
 use super::lock::NameLock;
 use super::stats::{Pass, RecoveryResult, Stats};
 use super::{ConsumerOptions, HandlerSpec};
-use crate::config::Config;
+use crate::config::{Config, Valid};
 use crate::connection::RedisConnection;
 use crate::effects::Effect;
 use crate::error::ConsumeError;
@@ -206,12 +206,12 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Shared {
     pub(super) async fn connect(
-        config: Config,
-        options: ConsumerOptions,
+        config: Valid<Config>,
+        options: Valid<ConsumerOptions>,
         handlers: Vec<HandlerSpec>,
         tenants: Vec<TenantId>,
     ) -> Result<Self, ConsumeError> {
-        options.validate()?;
+        let (config, options) = (config.into_inner(), options.into_inner());
         let redis_err = |source| ConsumeError::Redis {
             stream: config.stream.clone(),
             group: options.group.clone(),

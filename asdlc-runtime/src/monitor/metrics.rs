@@ -130,6 +130,7 @@ fn publish_to_handle_seconds(entry_id: &str, now_ms: i64) -> Option<f64> {
 
 /// The Prometheus exporter could not start.
 #[cfg(feature = "prometheus")]
+#[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
 #[derive(Debug, thiserror::Error)]
 #[error("cannot serve Prometheus metrics on {addr}: {source}")]
 pub struct MetricsError {
@@ -150,6 +151,7 @@ pub struct MetricsError {
 /// # Ok(()) }
 /// ```
 #[cfg(feature = "prometheus")]
+#[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
 pub fn serve_prometheus(addr: std::net::SocketAddr) -> Result<(), MetricsError> {
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)

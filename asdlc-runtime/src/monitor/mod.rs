@@ -1,4 +1,4 @@
-//! Operations: what an operator needs to see and keep an event backbone healthy (seed US-07).
+//! Operations: what an operator needs to see and keep an event backbone healthy.
 //!
 //! - **Discovery**: [`list_streams`] finds the shared stream and every tenant stream;
 //!   [`crate::get_stream_info`] describes one (length, groups, consumers, pending, lag, oldest
