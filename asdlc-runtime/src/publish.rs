@@ -1,7 +1,7 @@
 //! Publishing: validated, tenant-aware, idempotency-keyed.
 //!
 //! [`Publisher::publish`] checks the event, stamps the tenant from the
-//! [`TenantContext`](crate::TenantContext), fills a unique idempotency key if there is none,
+//! [`TenantContext`], fills a unique idempotency key if there is none,
 //! resolves the tenant's stream and returns the id Redis assigned. An invalid event writes
 //! nothing. Streams are not trimmed unless [`Config::max_len`] asks for it.
 
