@@ -101,7 +101,8 @@ impl Count {
     }
 }
 
-/// Adds `n` to the counter `c` of the series `labels`.
+/// Adds `n` to the counter `c` of the series `labels`. The consumer counts through its
+/// stats (`Stats::record` in `consume`), which call this together with their own counter.
 pub(crate) fn count(c: Count, labels: &Labels<'_>, n: u64) {
     counter!(c.name(), &labels.pairs()).increment(n);
 }
