@@ -17,12 +17,15 @@
 //!
 //! Everything here is re-exported from `asdlc-runtime`; see its modules for the details.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub use asdlc_macros::event_handler;
 pub use asdlc_runtime::*;
 
 /// The operator's web dashboard (feature `dashboard`): [`dashboard::router`] to mount in an
 /// axum application, [`dashboard::serve`] to run it alone. See the book's Dashboard chapter.
 #[cfg(feature = "dashboard")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dashboard")))]
 pub use asdlc_dashboard as dashboard;
 
 /// The names nearly every handler module uses, and the attribute.

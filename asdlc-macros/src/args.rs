@@ -11,7 +11,7 @@ use syn::punctuated::Punctuated;
 use syn::{Expr, ExprLit, Ident, Lit, LitStr, Meta, Token};
 
 use crate::errors::Errors;
-use crate::event_types::{EVENT_TYPES, is_event_type, suggest};
+use crate::suggest::suggest;
 
 /// The longest consumer group name, as `asdlc_runtime::keys::validate_group` allows.
 const MAX_GROUP_LEN: usize = 63;
@@ -46,9 +46,30 @@ pub(crate) struct HandlerArgs {
     pub(crate) krate: Option<syn::Path>,
 }
 
+/// The event types an attribute names and the path they are under, kept when other
+/// arguments are wrong: the expansion names them all the same, so that rustc reports an
+/// unknown one together with the attribute's other mistakes.
+pub(crate) struct TypeNames {
+    /// The variant names, in the order written.
+    pub(crate) types: Vec<Ident>,
+    /// The path generated code starts from, instead of `::asdlc`.
+    pub(crate) krate: Option<syn::Path>,
+}
+
 /// Parses and checks the attribute's arguments, reporting every mistake at once.
+#[cfg(test)]
 pub(crate) fn parse_args(tokens: TokenStream) -> syn::Result<HandlerArgs> {
-    let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(tokens)?;
+    parse_args_keeping_types(tokens).0
+}
+
+/// As `parse_args`, and on error the types named (when they and `crate` parsed).
+pub(crate) fn parse_args_keeping_types(
+    tokens: TokenStream,
+) -> (syn::Result<HandlerArgs>, Option<TypeNames>) {
+    let metas = match Punctuated::<Meta, Token![,]>::parse_terminated.parse2(tokens) {
+        Ok(metas) => metas,
+        Err(e) => return (Err(e), None),
+    };
     let mut errors = Errors::default();
     let mut seen = BTreeSet::new();
 
@@ -59,6 +80,7 @@ pub(crate) fn parse_args(tokens: TokenStream) -> syn::Result<HandlerArgs> {
     let mut timeout_ms = None;
     let mut concurrency = None;
     let mut krate = None;
+    let mut crate_failed = false;
 
     for meta in metas {
         let Some(key) = meta.path().get_ident() else {
@@ -91,7 +113,11 @@ pub(crate) fn parse_args(tokens: TokenStream) -> syn::Result<HandlerArgs> {
             }
         };
         let parsed = match *key_name {
-            "types" => parse_types(value).map(|v| types = Some(v)),
+            "types" => {
+                let (named, error) = parse_types(value);
+                types = named;
+                error.map_or(Ok(()), Err)
+            }
             "group" => parse_group(value).map(|v| group = Some(v)),
             "name" => parse_name(value).map(|v| name = Some(v)),
             "max_deliveries" => {
@@ -105,6 +131,7 @@ pub(crate) fn parse_args(tokens: TokenStream) -> syn::Result<HandlerArgs> {
             _ => unreachable!("every key in KEYS is handled"),
         };
         if let Err(e) = parsed {
+            crate_failed |= *key_name == "crate";
             errors.push(e);
         }
     }
@@ -122,17 +149,25 @@ pub(crate) fn parse_args(tokens: TokenStream) -> syn::Result<HandlerArgs> {
         }
     }
 
-    errors.finish()?;
+    if let Err(e) = errors.finish() {
+        let names = types
+            .filter(|_| !crate_failed)
+            .map(|types| TypeNames { types, krate });
+        return (Err(e), names);
+    }
     match (types, group) {
-        (Some(types), Some(group)) => Ok(HandlerArgs {
-            types,
-            group,
-            name,
-            max_deliveries,
-            timeout_ms,
-            concurrency,
-            krate,
-        }),
+        (Some(types), Some(group)) => (
+            Ok(HandlerArgs {
+                types,
+                group,
+                name,
+                max_deliveries,
+                timeout_ms,
+                concurrency,
+                krate,
+            }),
+            None,
+        ),
         _ => unreachable!("a missing or invalid `types` or `group` was reported above"),
     }
 }
@@ -166,18 +201,22 @@ fn unwrap_group(mut expr: &Expr) -> &Expr {
     expr
 }
 
-fn parse_types(value: &Expr) -> syn::Result<Vec<Ident>> {
+/// The types named, each once (`None` if `value` is no list of them), and the mistakes in
+/// the list: the names kept are checked by rustc even when the list has mistakes.
+fn parse_types(value: &Expr) -> (Option<Vec<Ident>>, Option<syn::Error>) {
     let Expr::Array(array) = value else {
-        return Err(syn::Error::new_spanned(
+        let e = syn::Error::new_spanned(
             value,
             "expected a list of event types in brackets, like `types = [TaskCreated]`",
-        ));
+        );
+        return (None, Some(e));
     };
     if array.elems.is_empty() {
-        return Err(syn::Error::new(
+        let e = syn::Error::new(
             array.bracket_token.span.join(),
             "`types` is empty: list at least one event type, like `types = [TaskCreated]`",
-        ));
+        );
+        return (None, Some(e));
     }
     let mut errors = Errors::default();
     let mut types: Vec<Ident> = Vec::new();
@@ -191,11 +230,12 @@ fn parse_types(value: &Expr) -> syn::Result<Vec<Ident>> {
             Err(e) => errors.push(e),
         }
     }
-    errors.finish()?;
-    Ok(types)
+    let types = (!types.is_empty()).then_some(types);
+    (types, errors.finish().err())
 }
 
-/// One element of `types`: a variant name, optionally written `EventType::Name`.
+/// One element of `types`: a variant name, optionally written `EventType::Name`. Any name
+/// is taken; the expansion's `EventType::<name>` is where an unknown one fails.
 fn event_type(elem: &Expr) -> syn::Result<Ident> {
     let path = match elem {
         Expr::Path(p) if p.qself.is_none() => &p.path,
@@ -222,18 +262,9 @@ fn event_type(elem: &Expr) -> syn::Result<Ident> {
             ));
         }
     };
-    let name = ident.to_string();
-    if is_event_type(&name) {
-        return Ok(ident.clone());
-    }
-    let message = match suggest(&name, EVENT_TYPES) {
-        Some(s) => format!("unknown event type `{name}`; did you mean `{s}`?"),
-        None => format!(
-            "unknown event type `{name}`; the event types are {}",
-            EVENT_TYPES.join(", ")
-        ),
-    };
-    Err(syn::Error::new_spanned(ident, message))
+    // Whether it names a variant is rustc's to say: the expansion writes `EventType::<ident>`
+    // with this token's span.
+    Ok(ident.clone())
 }
 
 fn string_literal(value: &Expr, example: &str) -> syn::Result<LitStr> {
@@ -409,14 +440,30 @@ mod tests {
     }
 
     #[test]
-    fn unknown_event_type_suggests_the_closest() {
-        let e = error_of(quote!(types = [TaskCreate], group = "g"));
-        assert_eq!(
-            e,
-            "unknown event type `TaskCreate`; did you mean `TaskCreated`?"
-        );
-        let e = error_of(quote!(types = [Deploy], group = "g"));
-        assert!(e.starts_with("unknown event type `Deploy`; the event types are SessionStarted, "));
+    fn any_event_type_name_is_taken_for_rustc_to_check() {
+        let args = parse_args(quote!(types = [TaskCreate], group = "g")).unwrap();
+        assert_eq!(args.types[0].to_string(), "TaskCreate");
+    }
+
+    #[test]
+    fn the_types_named_survive_other_mistakes() {
+        let (args, names) = parse_args_keeping_types(quote!(
+            types = [TaskCreate, Foo],
+            group = "Bad",
+            crate = "::asdlc_runtime"
+        ));
+        assert!(args.is_err());
+        let names = names.unwrap();
+        let types: Vec<String> = names.types.iter().map(ToString::to_string).collect();
+        assert_eq!(types, ["TaskCreate", "Foo"]);
+        let krate = names.krate.unwrap();
+        assert_eq!(quote!(#krate).to_string(), ":: asdlc_runtime");
+        let (_, names) = parse_args_keeping_types(quote!(
+            types = [TaskCreate],
+            group = "Bad",
+            crate = "not a path"
+        ));
+        assert!(names.is_none(), "no path to check the types under");
     }
 
     #[test]
@@ -525,17 +572,12 @@ mod tests {
 
     #[test]
     fn several_mistakes_are_reported_at_once() {
-        let e = error_of(quote!(
-            types = [TaskCreate, Foo],
-            group = "Bad",
-            timeout = "soon"
-        ));
+        let e = error_of(quote!(types = [], group = "Bad", timeout = "soon"));
         let lines: Vec<&str> = e.lines().collect();
-        assert_eq!(lines.len(), 4, "{e}");
-        assert!(lines[0].starts_with("unknown event type `TaskCreate`"));
-        assert!(lines[1].starts_with("unknown event type `Foo`"));
-        assert!(lines[2].starts_with("invalid group `Bad`"));
-        assert!(lines[3].starts_with("invalid timeout `soon`"));
+        assert_eq!(lines.len(), 3, "{e}");
+        assert!(lines[0].starts_with("`types` is empty"));
+        assert!(lines[1].starts_with("invalid group `Bad`"));
+        assert!(lines[2].starts_with("invalid timeout `soon`"));
     }
 
     #[test]

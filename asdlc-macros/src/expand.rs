@@ -13,7 +13,7 @@ use quote::{ToTokens, quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::{Ident, ItemFn, Type};
 
-use crate::args::{HandlerArgs, parse_args};
+use crate::args::{HandlerArgs, TypeNames, parse_args_keeping_types};
 use crate::errors::Errors;
 use crate::signature::{HandlerSignature, Param, check_signature};
 
@@ -21,10 +21,12 @@ use crate::signature::{HandlerSignature, Param, check_signature};
 ///
 /// On any error the output is the item, unchanged, followed by one `compile_error!` per
 /// problem: the function keeps existing for the IDE and for the code that calls it, and no
-/// follow-up errors about a half-generated handler bury the real ones.
+/// follow-up errors about a half-generated handler bury the real ones. The event types named
+/// are still checked (see [`type_check`]), so an unknown one is reported with the rest.
 pub(crate) fn event_handler(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
-    let args = errors.check(parse_args(args));
+    let (args, names) = parse_args_keeping_types(args);
+    let args = errors.check(args);
     let function = match syn::parse2::<ItemFn>(item.clone()) {
         Ok(function) => function,
         Err(e) => {
@@ -32,27 +34,54 @@ pub(crate) fn event_handler(args: TokenStream, item: TokenStream) -> TokenStream
                 e.span(),
                 "`#[event_handler]` goes on an `async fn`",
             ));
-            return with_errors(item, errors);
+            return with_errors(item, errors, names.as_ref());
         }
     };
     let signature = errors.check(check_signature(&function.sig));
     match (args, signature) {
         (Some(args), Some(signature)) => expand(&function, &args, &signature),
-        _ => with_errors(item, errors),
+        _ => with_errors(item, errors, names.as_ref()),
     }
 }
 
-fn with_errors(item: TokenStream, errors: Errors) -> TokenStream {
+fn with_errors(item: TokenStream, errors: Errors, names: Option<&TypeNames>) -> TokenStream {
+    let check = names.map(type_check);
     let errors = errors.finish().err().map(|e| e.to_compile_error());
-    quote!(#item #errors)
+    quote!(#item #check #errors)
+}
+
+/// `#krate::__private`, the path generated code starts from.
+fn private_path(krate: Option<&syn::Path>) -> TokenStream {
+    match krate {
+        Some(path) => quote!(#path::__private),
+        None => quote!(::asdlc::__private),
+    }
+}
+
+/// `EventType::<name>` for each type named, each on the user's own token: rustc then reports
+/// an unknown name there, with its suggestion of the variant meant, and the macro needs no
+/// list of the variants of its own.
+fn event_type_paths(private: &TokenStream, types: &[Ident]) -> Vec<TokenStream> {
+    types
+        .iter()
+        .map(|t| {
+            let private = respan(private.clone(), t.span());
+            quote_spanned!(t.span()=> #private::EventType::#t)
+        })
+        .collect()
+}
+
+/// Only the check of the event types named, for an attribute with other mistakes.
+fn type_check(names: &TypeNames) -> TokenStream {
+    let private = private_path(names.krate.as_ref());
+    let types = event_type_paths(&private, &names.types);
+    quote! {
+        const _: &[#private::EventType] = &[#(#types),*];
+    }
 }
 
 fn expand(function: &ItemFn, args: &HandlerArgs, signature: &HandlerSignature) -> TokenStream {
-    let krate = match &args.krate {
-        Some(path) => path.to_token_stream(),
-        None => quote!(::asdlc),
-    };
-    let private = quote!(#krate::__private);
+    let private = private_path(args.krate.as_ref());
     let fn_name = &function.sig.ident;
 
     let name = match &args.name {
@@ -63,11 +92,7 @@ fn expand(function: &ItemFn, args: &HandlerArgs, signature: &HandlerSignature) -
         }
     };
     let group = &args.group;
-    let types: Vec<TokenStream> = args
-        .types
-        .iter()
-        .map(|t| quote!(#private::EventType::#t))
-        .collect();
+    let types = event_type_paths(&private, &args.types);
     let some_or_none = |value: Option<TokenStream>| match value {
         Some(v) => quote!(::core::option::Option::Some(#v)),
         None => quote!(::core::option::Option::None),
@@ -125,6 +150,9 @@ fn expand(function: &ItemFn, args: &HandlerArgs, signature: &HandlerSignature) -
 
             const __ASDLC_NAME: &str = #name;
 
+            // Named once, so an unknown type is reported once.
+            const __ASDLC_TYPES: &[#private::EventType] = &[#(#types),*];
+
             fn __asdlc_into_handler_result<T: #private::IntoHandlerResult>(
                 output: T,
             ) -> #private::HandlerResult {
@@ -137,7 +165,7 @@ fn expand(function: &ItemFn, args: &HandlerArgs, signature: &HandlerSignature) -
                 }
 
                 fn can_handle(&self, event_type: #private::EventType) -> bool {
-                    ::core::matches!(event_type, #(#types)|*)
+                    __ASDLC_TYPES.contains(&event_type)
                 }
 
                 fn handle<'__asdlc>(
@@ -158,7 +186,7 @@ fn expand(function: &ItemFn, args: &HandlerArgs, signature: &HandlerSignature) -
                 #private::HandlerRegistration {
                     name: __ASDLC_NAME,
                     group: #group,
-                    types: &[#(#types),*],
+                    types: __ASDLC_TYPES,
                     options: #private::HandlerOptions {
                         max_deliveries: #max_deliveries,
                         timeout: #timeout,
@@ -261,7 +289,8 @@ mod tests {
         for expected in [
             "const _ : () =",
             "impl :: asdlc :: __private :: EventHandler for __AsdlcHandler",
-            ":: core :: matches ! (event_type , :: asdlc :: __private :: EventType :: TaskCreated | :: asdlc :: __private :: EventType :: TaskDispatched)",
+            "const __ASDLC_TYPES : & [:: asdlc :: __private :: EventType] = & [:: asdlc :: __private :: EventType :: TaskCreated , :: asdlc :: __private :: EventType :: TaskDispatched] ;",
+            "__ASDLC_TYPES . contains (& event_type)",
             "let __asdlc_event_ref : & :: asdlc :: __private :: AsdlcEvent = __asdlc_event_ref ; let __asdlc_event : & AsdlcEvent = __asdlc_event_ref ;",
             "let __asdlc_ctx_ref : & :: asdlc :: __private :: HandlerContext = __asdlc_ctx_ref ; let __asdlc_ctx : & HandlerContext = __asdlc_ctx_ref ;",
             "let __asdlc_future = on_task (__asdlc_event , __asdlc_ctx) ;",
@@ -269,7 +298,7 @@ mod tests {
             ":: asdlc :: __private :: inventory :: submit !",
             "const __ASDLC_NAME : & str = :: core :: concat ! (:: core :: module_path ! () , \"::\" , \"on_task\") ;",
             "group : \"development-handlers\"",
-            "types : & [:: asdlc :: __private :: EventType :: TaskCreated , :: asdlc :: __private :: EventType :: TaskDispatched]",
+            "types : __ASDLC_TYPES ,",
             "max_deliveries : :: core :: option :: Option :: None",
             "timeout : :: core :: option :: Option :: None",
             "concurrency : :: core :: option :: Option :: None",
@@ -349,12 +378,16 @@ mod tests {
         assert!(out.starts_with("fn h (e : AsdlcEvent) { }"), "{out}");
         assert!(!out.contains("EventHandler"), "{out}");
         assert!(!out.contains("submit"), "{out}");
+        // The types are still named, for rustc to check.
+        assert!(
+            out.contains("const _ : & [:: asdlc :: __private :: EventType] = & [:: asdlc :: __private :: EventType :: TaskCreate] ;"),
+            "{out}"
+        );
         let errors = compile_errors(&out);
-        assert_eq!(errors.len(), 4, "{errors:?}");
-        assert!(errors[0].starts_with("unknown event type `TaskCreate`"));
-        assert!(errors[1].starts_with("invalid group `Bad`"));
-        assert!(errors[2].starts_with("an event handler must be an `async fn`"));
-        assert!(errors[3].starts_with("the event parameter must be a reference"));
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].starts_with("invalid group `Bad`"));
+        assert!(errors[1].starts_with("an event handler must be an `async fn`"));
+        assert!(errors[2].starts_with("the event parameter must be a reference"));
     }
 
     #[test]

@@ -5,9 +5,9 @@
 
 mod args;
 mod errors;
-mod event_types;
 mod expand;
 mod signature;
+mod suggest;
 
 use proc_macro::TokenStream;
 
@@ -80,10 +80,11 @@ use proc_macro::TokenStream;
 /// # Errors
 ///
 /// Mistakes in the arguments or the function's shape are reported together, each at its
-/// token ("unknown event type \`TaskCreate\`; did you mean \`TaskCreated\`?"); the function is
-/// still emitted, so the rest of the crate keeps compiling against it. Wrong parameter
-/// types, an unsupported return type and a future that is not `Send` are reported by rustc,
-/// at the parameter, the return type and the function name.
+/// token ("unknown argument \`grup\`; did you mean \`group\`?"); the function is still
+/// emitted, so the rest of the crate keeps compiling against it. An unknown event type,
+/// wrong parameter types, an unsupported return type and a future that is not `Send` are
+/// reported by rustc, at the type's name (with rustc's suggestion of the variant meant), the
+/// parameter, the return type and the function name.
 #[proc_macro_attribute]
 pub fn event_handler(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::event_handler(args.into(), item.into()).into()

@@ -464,6 +464,42 @@ impl Config {
     }
 }
 
+/// A value that passed its checks once, where it entered (a builder's `build`, a
+/// `connect`): code handed a `Valid` takes it as checked instead of checking it again.
+#[derive(Debug, Clone)]
+pub(crate) struct Valid<T>(T);
+
+impl<T> Valid<T> {
+    /// Wraps `value` that its own check has just accepted.
+    pub(crate) fn checked(
+        value: T,
+        check: impl FnOnce(&T) -> Result<(), ConfigError>,
+    ) -> Result<Self, ConfigError> {
+        check(&value)?;
+        Ok(Valid(value))
+    }
+
+    /// The value, no longer marked as checked.
+    pub(crate) fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+impl<T> std::ops::Deref for Valid<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl Config {
+    /// This configuration, checked by [`Config::validate`].
+    pub(crate) fn checked(self) -> Result<Valid<Config>, ConfigError> {
+        Valid::checked(self, Config::validate)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use crate::error::DecodeError;
+use crate::error::{DecodeError, ValidationError};
 use crate::event::{AsdlcEvent, EventType, MAX_EVENT_BYTES, Mode, UnknownEventType};
 use crate::tenancy::TenantId;
 
@@ -127,6 +127,28 @@ fn write_fields(
     put("metadata", scratch);
 }
 
+impl AsdlcEvent {
+    /// Checks every field and the encoded size; the error names the first bad field and says
+    /// why.
+    ///
+    /// Publishing calls this, so an invalid event never reaches the stream.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        self.validate_fields()?;
+        check_encoded_size(encoded_len(self))
+    }
+}
+
+/// Refuses an event whose encoding takes `size` bytes, more than [`MAX_EVENT_BYTES`].
+pub(crate) fn check_encoded_size(size: usize) -> Result<(), ValidationError> {
+    if size > MAX_EVENT_BYTES {
+        return Err(ValidationError::new(
+            "event",
+            format!("encoded size {size} bytes exceeds the limit of {MAX_EVENT_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
 /// The encoded size of `event`, in bytes: what [`EncodedEvent::len_bytes`] says of
 /// [`encode`]`(event)`, without building the fields.
 pub fn encoded_len(event: &AsdlcEvent) -> usize {
@@ -144,8 +166,8 @@ pub fn encoded_len(event: &AsdlcEvent) -> usize {
 /// Decodes stream fields into an event (without `event_id`, which is the entry id).
 ///
 /// Unknown fields are ignored, so newer producers can add fields; a field given twice is an
-/// error. For entries written by the Python original, `artifact_paths` that is not a JSON
-/// array is read as its comma-joined form. The event passes every check of
+/// error. An `artifact_paths` that is not a JSON array is read as a comma-joined list, the
+/// form some producers write. The event passes every check of
 /// [`AsdlcEvent::validate`]; the encoded-size limit is checked only on entries stored with
 /// more than half of it (measuring it means encoding the event again).
 pub fn decode<K, V>(fields: &[(K, V)]) -> Result<AsdlcEvent, DecodeError>

@@ -24,6 +24,18 @@
 //! - [`acl`] (in [`tenancy`]): one Redis ACL user per tenant, so the server enforces tenant
 //!   isolation.
 //! - [`functions`]: the protocol's server side, one versioned Redis Functions library.
+//!
+//! The crate root re-exports what an application names: the event model, configuration,
+//! publishing, handlers, consumers and the runtime, the errors, and the operations most
+//! deployments script (health, retention, stream info). Tools find the rest in the modules:
+//! the `asdlc` command line and the dashboard are built only on this public API, chiefly
+//! [`monitor`], [`deadletter`], [`functions`], [`keys`] and [`acl`]. Everything else is
+//! private to the crate.
+//!
+//! With the `testing` feature, `testing` starts a real server for tests and examples; with
+//! `prometheus`, `monitor::serve_prometheus` serves the metrics.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod config;
 pub mod connection;
@@ -40,10 +52,12 @@ pub mod keys;
 pub mod monitor;
 pub mod publish;
 mod reply;
+mod retry;
 pub mod runtime;
 pub mod streams;
 pub mod tenancy;
 #[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 mod text;
 

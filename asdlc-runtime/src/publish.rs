@@ -1,7 +1,7 @@
 //! Publishing: validated, tenant-aware, idempotency-keyed.
 //!
 //! [`Publisher::publish`] checks the event, stamps the tenant from the
-//! [`TenantContext`](crate::TenantContext), fills a unique idempotency key if there is none,
+//! [`TenantContext`], fills a unique idempotency key if there is none,
 //! resolves the tenant's stream and returns the id Redis assigned. An invalid event writes
 //! nothing. Streams are not trimmed unless [`Config::max_len`] asks for it.
 
@@ -11,10 +11,10 @@ use redis::Cmd;
 
 use crate::config::Config;
 use crate::connection::RedisConnection;
-use crate::encoding::encode_into;
+use crate::encoding::{check_encoded_size, encode_into};
 use crate::error::PublishError;
 use crate::error::ValidationError;
-use crate::event::{AsdlcEvent, MAX_EVENT_BYTES, unique_idempotency_key};
+use crate::event::{AsdlcEvent, unique_idempotency_key};
 use crate::tenancy::{TenantContext, TenantId};
 
 /// What a successful publish returns.
@@ -79,7 +79,7 @@ impl Publisher {
         Ok(self.config.stream_for(tenant.as_ref()))
     }
 
-    /// Validates and publishes `event` (seed: `publish_event_model`).
+    /// Validates and publishes `event`.
     pub async fn publish(&self, event: &AsdlcEvent) -> Result<Published, PublishError> {
         let prepared = self.prepare(event, &mut Vec::new())?;
         let mut conn = self.conn.clone();
@@ -141,8 +141,8 @@ impl Publisher {
             .collect())
     }
 
-    /// Writes raw fields to the current context's stream, unvalidated (seed:
-    /// `publish_event`, kept for producers that predate the event model). Consumers
+    /// Writes raw fields to the current context's stream, unvalidated, for producers that
+    /// write fields of their own rather than an [`AsdlcEvent`]. Consumers
     /// dead-letter entries that do not decode.
     pub async fn publish_event<K, V>(&self, fields: &[(K, V)]) -> Result<String, PublishError>
     where
@@ -221,19 +221,12 @@ impl Publisher {
         self.add_trim(&mut cmd);
         cmd.arg("*");
         let size = encode_into(event, tenant.as_ref(), &key, &mut cmd, scratch);
-        if size > MAX_EVENT_BYTES {
-            return Err(ValidationError::new(
-                "event",
-                format!("encoded size {size} bytes exceeds the limit of {MAX_EVENT_BYTES} bytes"),
-            )
-            .into());
-        }
+        check_encoded_size(size)?;
         Ok(Prepared { stream, key, cmd })
     }
 }
 
-// Durable publishing (Redis Cluster and replication work, issue 8): kept apart from the
-// publishing hot path above.
+// Durable publishing (waiting for replicas): kept apart from the publishing hot path above.
 
 /// How many replicas must have an event before [`Publisher::publish_durable`] returns, and
 /// how long to wait for them.

@@ -4,33 +4,18 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
 
 use redis::Value;
 use tokio::sync::mpsc;
 
-use super::dispatch::{Delay, defer};
-use super::execute::failed_attempt;
+use super::handoff::{Delay, defer, failed_attempt};
 use super::ledger::lease_arg;
-use super::retry::retry_pause;
-use super::shared::{Kind, Outcome, RunCtx, SCRIPT_CHUNK, Shared, StreamCtx, finish, lock};
-use super::stats::{Pass, bump};
+use super::retry;
+use super::shared::{Kind, Outcome, RunCtx, SCRIPT_CHUNK, Shared, StreamCtx, finish};
+use super::stats::Tally;
 use crate::functions::COMMIT;
-use crate::tenancy::TenantId;
-
-pub(super) async fn send(shared: &Shared, run: &RunCtx, outcome: Outcome) {
-    let tx = lock(&run.commit_tx).clone();
-    let result = match tx {
-        Some(tx) => tx.send(outcome).await,
-        None => Err(mpsc::error::SendError(outcome)),
-    };
-    if let Err(mpsc::error::SendError(outcome)) = result {
-        // The committer is gone (the run is ending): the entry stays pending.
-        shared.untrack(&outcome.stream.name, &outcome.id);
-        finish(shared, outcome.pass.as_deref());
-    }
-}
+use crate::monitor::Labels;
 
 /// Commits finished entries in batches: one script call per stream per batch.
 pub(super) async fn committer(
@@ -70,22 +55,18 @@ async fn commit_batch(
     again: &mut Vec<Outcome>,
 ) {
     let stream = outcomes[0].stream.clone();
-    let mut attempt = 0u32;
+    let mut tries = retry::COMMIT.start();
     let results = loop {
         match commit(shared, run, &stream, &outcomes).await {
             Ok(v) => break Some(v),
             Err(e) => {
-                attempt += 1;
-                // Committing again is safe: a record whose mark is already set acks without
-                // applying its effects a second time.
+                let pause = tries.failed();
+                let attempt = tries.failures();
                 tracing::warn!(stream = %stream.name, error = %e, attempt, "commit failed; retrying");
-                if run.abort.is_cancelled() || attempt > 100 {
+                let Some(pause) = pause.filter(|_| !run.abort.is_cancelled()) else {
                     break None;
-                }
-                if retry_pause(attempt) {
-                    let pause = 100 * u64::from((attempt / 2).min(20));
-                    tokio::time::sleep(Duration::from_millis(pause)).await;
-                }
+                };
+                crate::retry::sleep(pause, None).await;
             }
         }
     };
@@ -98,34 +79,27 @@ async fn commit_batch(
         run.reread.store(true, Ordering::Release);
         return;
     };
-    let tenant = stream.tenant.as_ref().map(TenantId::as_str);
+    let attempt = tries.failures();
     for (o, r) in outcomes.into_iter().zip(results) {
         let pass = o.pass.as_deref();
-        let handler = o.handler.map_or("", |i| shared.handlers[i].name());
-        let count = |f: fn(&Pass) -> &AtomicU64| {
-            if let Some(p) = pass {
-                f(p).fetch_add(1, Ordering::Relaxed);
-            }
-        };
+        let labels = shared.labels(&stream, o.handler);
         match (o.kind, r) {
             // After a failed attempt whose reply was lost, "already marked" is nearly always
             // that attempt's own work (a key another delivery marks meanwhile needs our lease
             // to have lapsed): counted as processed.
             (Kind::Success { .. }, Value::Int(n)) if n == 1 || (n == 0 && attempt > 0) => {
-                bump(&shared.stats.processed, 1);
-                crate::monitor::record_processed(&shared.group, tenant, handler);
-                count(|p| &p.processed);
+                shared.stats.record(Tally::Processed, &labels, pass);
             }
             (Kind::Success { .. }, Value::Int(2)) => {
                 // Our lease lapsed and another delivery of the key took it: that one decides.
-                count(|p| &p.skipped);
+                shared.stats.record(Tally::Rechecked, &labels, pass);
                 tracing::info!(stream = %stream.name, id = %o.id, "another delivery holds this key's lease; checking again later");
                 defer(shared, run, &stream, o.id, Delay::Recheck, None);
                 finish(shared, pass);
                 continue;
             }
             (Kind::Success { .. }, Value::Int(_)) => {
-                shared.count_duplicate(&stream, o.handler, pass);
+                shared.stats.record(Tally::Duplicate, &labels, pass);
                 tracing::info!(stream = %stream.name, id = %o.id, "another delivery committed this key first; effects dropped");
             }
             (
@@ -144,7 +118,7 @@ async fn commit_batch(
                 };
                 let error = format!("effect refused: {refusal}");
                 tracing::warn!(stream = %stream.name, id = %o.id, %error, attempt = tried, "staged effect refused");
-                crate::monitor::record_failed(&shared.group, tenant, handler);
+                shared.stats.record(Tally::Failed, &labels, pass);
                 if let Some(h) = o.handler {
                     again.push(Outcome {
                         kind: failed_attempt(shared, h, tried, fields, error),
@@ -160,9 +134,7 @@ async fn commit_batch(
                 },
                 _,
             ) => {
-                bump(&shared.stats.retried, 1);
-                crate::monitor::record_retried(&shared.group, tenant, handler);
-                count(|p| &p.failed);
+                shared.stats.record(Tally::Retried, &labels, pass);
                 tracing::info!(stream = %stream.name, id = %o.id, attempt = tried, %error, "handler failed; will retry");
                 defer(shared, run, &stream, o.id, Delay::Retry(tried), None);
                 finish(shared, pass);
@@ -177,14 +149,15 @@ async fn commit_batch(
                 },
                 _,
             ) => {
-                bump(&shared.stats.dead_lettered, 1);
-                crate::monitor::record_dead_lettered(&shared.group, tenant, &dead_handler);
-                count(|p| &p.failed);
+                let labels = Labels {
+                    handler: &dead_handler,
+                    ..labels
+                };
+                shared.stats.record(Tally::DeadLettered, &labels, pass);
                 tracing::warn!(stream = %stream.name, id = %o.id, %reason, %error, "moved to the dead-letter stream");
             }
             (Kind::Ack { deleted }, _) => {
-                bump(&shared.stats.unhandled, 1);
-                count(|p| &p.skipped);
+                shared.stats.record(Tally::Unhandled, &labels, pass);
                 tracing::debug!(stream = %stream.name, id = %o.id, deleted, "acknowledged without handling");
             }
         }

@@ -2,36 +2,21 @@
 //! begin script (duplicate, busy or leased) and handed to a handler, to the commit step, or
 //! back to the redelivery schedule.
 
-use std::cmp::Reverse;
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use redis::Value;
-use tokio::time::Instant;
 
-use super::commit::send;
 use super::execute::spawn_handler;
-use super::retry::retry_pause;
-use super::shared::{
-    Kind, Outcome, Redelivery, RunCtx, SCRIPT_CHUNK, Shared, StreamCtx, finish, lock,
-};
-use super::stats::Pass;
+use super::handoff::{Candidate, Delay, defer, send};
+use super::retry;
+use super::shared::{Kind, Outcome, RunCtx, SCRIPT_CHUNK, Shared, StreamCtx, finish};
+use super::stats::{Pass, Tally};
 use crate::encoding::decode;
-use crate::event::AsdlcEvent;
 use crate::functions::BEGIN;
 use crate::idempotency::{FINGERPRINT_LEN, fingerprint};
 use crate::reply::RawEntry;
 use crate::tenancy::TenantId;
-
-pub(super) struct Candidate {
-    pub(super) entry_id: String,
-    pub(super) event: AsdlcEvent,
-    pub(super) fields: Vec<(Vec<u8>, Vec<u8>)>,
-    pub(super) handler: usize,
-    pub(super) fp: [u8; FINGERPRINT_LEN],
-}
 
 /// What the begin step said of one entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,19 +168,17 @@ pub(super) async fn dispatch(
             Vec::new()
         };
         let chunk = std::mem::replace(&mut remaining, rest);
-        let mut failures = 0u32;
+        let mut failures = retry::BEGIN.start();
         let codes = loop {
             match begin(shared, run, stream, &chunk).await {
                 Ok(codes) => break Some(codes),
                 Err(e) => {
-                    failures += 1;
                     tracing::warn!(stream = %stream.name, error = %e, "begin step failed; retrying");
+                    let pause = failures.failed();
                     if shared.stop.is_cancelled() || run.abort.is_cancelled() {
                         break None;
                     }
-                    if retry_pause(failures) {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
+                    crate::retry::sleep(pause.unwrap_or_default(), None).await;
                 }
             }
         };
@@ -210,7 +193,11 @@ pub(super) async fn dispatch(
         for (c, code) in chunk.into_iter().zip(codes) {
             match code {
                 Begun::Duplicate => {
-                    shared.count_duplicate(stream, Some(c.handler), pass.as_deref());
+                    shared.stats.record(
+                        Tally::Duplicate,
+                        &shared.labels(stream, Some(c.handler)),
+                        pass.as_deref(),
+                    );
                     tracing::debug!(stream = %stream.name, id = %c.entry_id, "duplicate: already processed");
                     shared.untrack(&stream.name, &c.entry_id);
                     finish(shared, pass.as_deref());
@@ -257,46 +244,6 @@ pub(super) async fn dispatch(
             }
         }
     }
-}
-
-/// How long a deferred entry waits.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Delay {
-    /// Another delivery holds its key: a short wait, not counted as an attempt.
-    Recheck,
-    /// Attempt `n` failed: the backoff after it.
-    Retry(u32),
-}
-
-/// Leaves an entry pending and schedules it for redelivery to this consumer.
-pub(super) fn defer(
-    shared: &Arc<Shared>,
-    run: &Arc<RunCtx>,
-    stream: &Arc<StreamCtx>,
-    id: String,
-    delay: Delay,
-    pass: Option<&Pass>,
-) {
-    shared.ledger.defer(&stream.name, &id);
-    let delay = match delay {
-        Delay::Recheck => {
-            if let Some(p) = pass {
-                p.skipped.fetch_add(1, Ordering::Relaxed);
-            }
-            shared
-                .options
-                .retry
-                .delay(1)
-                .max(Duration::from_millis(100))
-        }
-        Delay::Retry(attempt) => shared.options.retry.delay(attempt),
-    };
-    lock(&run.retries).push(Reverse(Redelivery {
-        due: Instant::now() + delay,
-        stream: stream.clone(),
-        id,
-    }));
-    run.retry_wake.notify_one();
 }
 
 async fn begin(

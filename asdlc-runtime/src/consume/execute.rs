@@ -8,10 +8,9 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 use tracing::Instrument;
 
-use super::commit::send;
-use super::dispatch::Candidate;
+use super::handoff::{Candidate, failed_attempt, send};
 use super::shared::{Kind, Outcome, RunCtx, Shared, StreamCtx, finish};
-use super::stats::{Pass, bump};
+use super::stats::{Pass, Tally};
 use crate::handler::HandlerContext;
 use crate::handler::HandlerResult;
 use crate::tenancy::{TenantContext, TenantId};
@@ -81,13 +80,8 @@ pub(super) async fn spawn_handler(
                 .unwrap_or(shared.options.handler_timeout);
             let call = AssertUnwindSafe(spec.handler.handle(&event, &ctx)).catch_unwind();
             let call = tokio::time::timeout(timeout, call);
-            let tenant = stream.tenant.as_ref().map(TenantId::as_str);
-            crate::monitor::record_publish_to_handle(
-                &shared.group,
-                tenant,
-                spec.name(),
-                &c.entry_id,
-            );
+            let labels = shared.labels(&stream, Some(c.handler));
+            crate::monitor::record_publish_to_handle(&labels, &c.entry_id);
             let started = std::time::Instant::now();
             let scoped = async {
                 match stream.tenant.clone() {
@@ -120,7 +114,7 @@ pub(super) async fn spawn_handler(
             let result = match outcome {
                 Ok(Ok(result)) => result,
                 Ok(Err(panic)) => {
-                    bump(&shared.stats.panics, 1);
+                    shared.stats.record(Tally::Panicked, &labels, None);
                     let msg = panic
                         .downcast_ref::<&str>()
                         .map(|s| (*s).to_owned())
@@ -130,19 +124,14 @@ pub(super) async fn spawn_handler(
                     HandlerResult::retry(format!("handler panicked: {msg}"))
                 }
                 Err(_) => {
-                    bump(&shared.stats.timeouts, 1);
+                    shared.stats.record(Tally::TimedOut, &labels, None);
                     tracing::warn!(?timeout, "handler timed out");
                     HandlerResult::retry(format!("timed out after {timeout:?}"))
                 }
             };
-            crate::monitor::record_handler_latency(
-                &shared.group,
-                tenant,
-                spec.name(),
-                started.elapsed(),
-            );
+            crate::monitor::record_handler_latency(&labels, started.elapsed());
             if !result.success {
-                crate::monitor::record_failed(&shared.group, tenant, spec.name());
+                shared.stats.record(Tally::Failed, &labels, None);
             }
             tracing::debug!(
                 elapsed_ms = started.elapsed().as_millis() as u64,
@@ -184,27 +173,4 @@ pub(super) async fn spawn_handler(
         }
         .instrument(span),
     );
-}
-
-/// What follows a failed attempt: a retry after its backoff, or, on the last allowed attempt,
-/// the dead-letter stream.
-pub(super) fn failed_attempt(
-    shared: &Shared,
-    handler: usize,
-    attempt: u32,
-    fields: Vec<(Vec<u8>, Vec<u8>)>,
-    error: String,
-) -> Kind {
-    let max = shared.max_deliveries(handler);
-    if attempt < max {
-        Kind::Retry { attempt, error }
-    } else {
-        Kind::Dead {
-            fields,
-            reason: format!("failed on the last allowed attempt ({max})"),
-            error,
-            attempts: attempt,
-            handler: shared.handlers[handler].name().to_owned(),
-        }
-    }
 }

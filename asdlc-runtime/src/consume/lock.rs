@@ -17,6 +17,7 @@ use redis::Value;
 
 use crate::connection::RedisConnection;
 use crate::error::ConsumeError;
+use crate::retry::Policy;
 
 /// How long a lock lives without a renewal.
 pub(crate) const TTL: Duration = Duration::from_secs(6);
@@ -25,6 +26,10 @@ pub(crate) const REFRESH: Duration = Duration::from_millis(500);
 /// How long a newcomer watches a lock unrenewed before it believes the holder gone, and how
 /// long it waits on probation after finding a name free.
 pub(crate) const WATCH: Duration = Duration::from_secs(2);
+/// How a newcomer polls a name held by another: every 100 ms, until a dead holder's lock
+/// has lapsed ([`TTL`]) and its probation passed.
+const CLAIM_POLL: Policy = Policy::constant(Duration::from_millis(100))
+    .deadline(TTL.saturating_add(WATCH.saturating_mul(2)));
 
 /// A held consumer-name lock.
 #[derive(Debug)]
@@ -122,8 +127,7 @@ impl NameLock {
             group: group.to_owned(),
             consumer: consumer.to_owned(),
         };
-        // A dead holder's lock lapses within TTL; then comes the probation.
-        let give_up = tokio::time::Instant::now() + TTL + WATCH * 2;
+        let mut polls = CLAIM_POLL.start();
         let mut seen: Option<(String, tokio::time::Instant)> = None;
         loop {
             match parse_reply(lock.invoke(conn, "claim", "").await?) {
@@ -165,10 +169,10 @@ impl NameLock {
                             }
                         }
                     }
-                    if now >= give_up {
+                    let Some(pause) = polls.failed() else {
                         return Err(in_use());
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    };
+                    crate::retry::sleep(pause, None).await;
                 }
             }
         }

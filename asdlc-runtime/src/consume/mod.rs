@@ -26,10 +26,12 @@
 // (decode, begin, hand out), `execute` (one handler attempt), `commit` (the commit script and
 // its records), `recover` (our own pending entries, claims from dead peers, lease sweeps),
 // `upkeep` (keep-alive, redelivery, the name lock), `run` (one run, start to stop). What they
-// share: `shared`, `ledger` (what is in flight), `stats`, `retry`.
+// share: `handoff` (an entry passed from step to step), `shared`, `ledger` (what is in
+// flight), `stats`, `retry`.
 mod commit;
 mod dispatch;
 mod execute;
+mod handoff;
 mod ledger;
 mod lock;
 mod read;
@@ -43,7 +45,7 @@ mod upkeep;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{Config, Valid};
 use crate::error::{ConfigError, ConsumeError};
 use crate::handler::{EventHandler, HandlerOptions, HandlerRegistration};
 use crate::idempotency::MarkLayout;
@@ -75,10 +77,10 @@ impl Backoff {
     /// The delay after the `delivery`-th delivery failed: `base * 2^(delivery-1)`, capped,
     /// then scaled by a random factor in [0.5, 1] so that retries of a burst spread out.
     pub fn delay(&self, delivery: u32) -> Duration {
-        let exp = delivery.saturating_sub(1).min(20);
-        let raw = self.base.saturating_mul(1u32 << exp).min(self.max);
-        let jitter = 0.5 + rand::random::<f64>() * 0.5;
-        raw.mul_f64(jitter)
+        crate::retry::Policy::exponential(self.base)
+            .cap(self.max)
+            .jitter(0.5)
+            .delay(delivery)
     }
 }
 
@@ -193,6 +195,12 @@ impl ConsumerOptions {
         self
     }
 
+    /// These options, checked: a group and consumer name Redis accepts, limits that leave a
+    /// consumer able to work.
+    pub(crate) fn checked(self) -> Result<Valid<ConsumerOptions>, ConfigError> {
+        Valid::checked(self, ConsumerOptions::validate)
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         validate_group(&self.group)?;
         if let Some(name) = &self.consumer {
@@ -288,7 +296,7 @@ impl HandlerSpec {
     }
 }
 
-/// Consumes one consumer group over one or more streams (seed T04): reads, dispatches to the
+/// Consumes one consumer group over one or more streams: reads, dispatches to the
 /// handlers, acknowledges, retries, dead-letters and recovers. Cheap to clone; clones control
 /// the same consumer.
 #[derive(Clone)]
@@ -309,7 +317,8 @@ impl std::fmt::Debug for EventConsumer {
 #[derive(Debug)]
 #[must_use]
 pub struct EventConsumerBuilder {
-    config: Config,
+    /// Checked already (by the runtime that builds its consumers), or checked by `build`.
+    config: Result<Valid<Config>, Config>,
     options: ConsumerOptions,
     handlers: Vec<HandlerSpec>,
     tenants: Vec<TenantId>,
@@ -356,9 +365,12 @@ impl EventConsumerBuilder {
 
     /// Connects and checks everything; the group is created when the consumer starts.
     pub async fn build(self) -> Result<EventConsumer, ConsumeError> {
-        self.config.validate()?;
-        let shared =
-            shared::Shared::connect(self.config, self.options, self.handlers, self.tenants).await?;
+        let config = match self.config {
+            Ok(config) => config,
+            Err(config) => config.checked()?,
+        };
+        let options = self.options.checked()?;
+        let shared = shared::Shared::connect(config, options, self.handlers, self.tenants).await?;
         Ok(EventConsumer {
             shared: Arc::new(shared),
         })
@@ -370,8 +382,27 @@ impl EventConsumer {
     /// tenants to consume with [`EventConsumerBuilder::tenant`]. The processed-mark TTL comes
     /// from `config.idempotency_ttl`.
     pub fn builder(config: Config, group: impl Into<String>) -> EventConsumerBuilder {
+        Self::builder_with(Err(config), group)
+    }
+
+    /// As [`EventConsumer::builder`], under a configuration checked already.
+    pub(crate) fn builder_checked(
+        config: Valid<Config>,
+        group: impl Into<String>,
+    ) -> EventConsumerBuilder {
+        Self::builder_with(Ok(config), group)
+    }
+
+    fn builder_with(
+        config: Result<Valid<Config>, Config>,
+        group: impl Into<String>,
+    ) -> EventConsumerBuilder {
         let mut options = ConsumerOptions::new(group);
-        options.marks = MarkLayout::with_ttl(config.idempotency_ttl);
+        let ttl = match &config {
+            Ok(c) => c.idempotency_ttl,
+            Err(c) => c.idempotency_ttl,
+        };
+        options.marks = MarkLayout::with_ttl(ttl);
         EventConsumerBuilder {
             config,
             options,
@@ -462,22 +493,22 @@ impl EventConsumer {
     }
 
     /// Re-processes this consumer's own pending entries, all of them, in batches, through
-    /// the idempotency protocol (seed T06, `process_pending`). The consumer runs this at
+    /// the idempotency protocol. The consumer runs this at
     /// start; call it directly to recover without starting.
     pub async fn process_pending(&self) -> Result<RecoveryResult, ConsumeError> {
         self.shared.prepare().await?;
-        recover::process_pending(&self.shared).await
+        run::process_pending(&self.shared).await
     }
 
     /// Claims entries idle for at least `min_idle` from any consumer of the group (dead
-    /// ones, in practice) and processes them (seed T06, `claim_stale_messages`); entries
+    /// ones, in practice) and processes them; entries
     /// deleted from the stream are acknowledged and counted as skipped.
     pub async fn claim_stale_messages(
         &self,
         min_idle: Duration,
     ) -> Result<RecoveryResult, ConsumeError> {
         self.shared.prepare().await?;
-        recover::claim_stale(&self.shared, min_idle).await
+        run::claim_stale(&self.shared, min_idle).await
     }
 
     /// What the start-up recovery of the current (or last) run did, once it has finished.

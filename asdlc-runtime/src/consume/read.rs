@@ -8,7 +8,7 @@ use std::time::Duration;
 use redis::Value;
 
 use super::dispatch::dispatch;
-use super::retry::backoff;
+use super::retry;
 use super::shared::{RunCtx, Shared, StreamCtx};
 use crate::connection::RedisConnection;
 use crate::error::ConsumeError;
@@ -24,7 +24,7 @@ type Read = (Vec<Arc<StreamCtx>>, redis::RedisResult<Value>);
 /// Reads new entries and dispatches them until stopped.
 pub(super) async fn read_loop(shared: &Arc<Shared>, run: &Arc<RunCtx>) {
     let read_conn = shared.read_conn.clone();
-    let mut failures = 0u32;
+    let mut failures = retry::READ.start();
     // Wait until a good share of the handler slots is free before reading more: reading as
     // soon as one handler finishes would read (and begin, and commit) one entry per round trip.
     let low = (shared.options.batch_size.min(shared.options.concurrency) / 2).max(1);
@@ -42,7 +42,7 @@ pub(super) async fn read_loop(shared: &Arc<Shared>, run: &Arc<RunCtx>) {
         {
             tracing::warn!(group = %shared.group, error = %e, "reading our own pending entries failed; retrying");
             run.reread.store(true, Ordering::Release);
-            backoff(shared, &mut failures).await;
+            failures.wait(&shared.stop).await;
             continue;
         }
         let (streams, reply) = match prefetched.take() {
@@ -74,7 +74,7 @@ pub(super) async fn read_loop(shared: &Arc<Shared>, run: &Arc<RunCtx>) {
         };
         match reply {
             Ok(v) => {
-                failures = 0;
+                failures.succeeded();
                 let batches: Vec<StreamBatch> = parse_read(v)
                     .into_iter()
                     .filter_map(|(name, entries)| {
@@ -112,14 +112,14 @@ pub(super) async fn read_loop(shared: &Arc<Shared>, run: &Arc<RunCtx>) {
                 tracing::warn!(group = %shared.group, "group or stream missing; creating it again");
                 if let Err(e) = shared.prepare().await {
                     tracing::warn!(error = %e, "re-creating the group failed");
-                    backoff(shared, &mut failures).await;
+                    failures.wait(&shared.stop).await;
                 }
             }
             Err(e) => {
                 tracing::warn!(group = %shared.group, error = %e, "read failed; retrying");
                 // A read cut short may have been delivered to us all the same.
                 run.reread.store(true, Ordering::Release);
-                backoff(shared, &mut failures).await;
+                failures.wait(&shared.stop).await;
             }
         }
     }

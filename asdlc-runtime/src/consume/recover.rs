@@ -10,41 +10,12 @@ use redis::Value;
 
 use super::dispatch::dispatch;
 use super::lock;
-use super::run::with_run;
 use super::shared::{RunCtx, SCRIPT_CHUNK, Shared, StreamCtx};
-use super::stats::{Pass, RecoveryResult, bump};
+use super::stats::{Pass, Tally};
 use crate::connection::RedisConnection;
 use crate::error::ConsumeError;
 use crate::functions::{FORGET, SWEEP_LEASES};
 use crate::reply::{RawEntry, parse_autoclaim, parse_entries, parse_pending};
-use crate::tenancy::TenantId;
-
-pub(super) async fn process_pending(shared: &Arc<Shared>) -> Result<RecoveryResult, ConsumeError> {
-    with_run(shared, |run| async move {
-        let pass = Arc::new(Pass::default());
-        for stream in shared.stream_list() {
-            recover_own(shared, &run, &stream, &pass).await?;
-        }
-        pass.wait().await;
-        Ok(pass.result())
-    })
-    .await
-}
-
-pub(super) async fn claim_stale(
-    shared: &Arc<Shared>,
-    min_idle: Duration,
-) -> Result<RecoveryResult, ConsumeError> {
-    with_run(shared, |run| async move {
-        let pass = Arc::new(Pass::default());
-        for stream in shared.stream_list() {
-            claim_stream(shared, &run, &stream, min_idle, &pass).await?;
-        }
-        pass.wait().await;
-        Ok(pass.result())
-    })
-    .await
-}
 
 /// This consumer's own pending entries, all of them, in batches.
 pub(super) async fn recover_own(
@@ -163,20 +134,22 @@ pub(super) async fn claim_stream(
         let (next, entries, deleted) = parse_autoclaim(reply);
         let n_claimed = (entries.len() + deleted.len()) as u64;
         if n_claimed > 0 {
-            bump(&shared.stats.claimed, n_claimed);
-            crate::monitor::record_claimed(
-                &shared.group,
-                stream.tenant.as_ref().map(TenantId::as_str),
+            shared.stats.record_n(
+                Tally::Claimed,
                 n_claimed,
+                &shared.labels(stream, None),
+                Some(pass),
             );
-            pass.claimed.fetch_add(n_claimed, Ordering::Relaxed);
             tracing::info!(stream = %stream.name, group = %shared.group, claimed = n_claimed, "claimed stale entries");
         }
         // Deleted entries were dropped from the pending list by XAUTOCLAIM itself.
         if !deleted.is_empty() {
-            bump(&shared.stats.unhandled, deleted.len() as u64);
-            pass.skipped
-                .fetch_add(deleted.len() as u64, Ordering::Relaxed);
+            shared.stats.record_n(
+                Tally::Unhandled,
+                deleted.len() as u64,
+                &shared.labels(stream, None),
+                Some(pass),
+            );
         }
         let entries: Vec<RawEntry> = entries
             .into_iter()

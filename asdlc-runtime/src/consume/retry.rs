@@ -1,27 +1,29 @@
-//! How the consume side tries a failed Redis step again: the pauses of the read loop, the
+//! How the consume side tries a failed Redis step again: the policies of the read loop, the
 //! begin and commit steps, and the start-up steps that must survive a cut connection.
 
 use std::time::Duration;
 
 use super::shared::Shared;
 use crate::error::ConsumeError;
+use crate::retry::{Policy, retry};
 
-pub(super) async fn backoff(shared: &Shared, failures: &mut u32) {
-    *failures += 1;
-    let delay = Duration::from_millis(50u64 << (*failures).min(6)).min(Duration::from_secs(3));
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => {}
-        _ = shared.stop.cancelled() => {}
-    }
-}
+/// After a failed read (or re-read, or group re-creation): 100 ms, doubling up to 3 s.
+pub(super) const READ: Policy =
+    Policy::exponential(Duration::from_millis(100)).cap(Duration::from_secs(3));
 
-/// Whether to pause before the retry after the `failures`-th failure in a row: not after the
-/// first of a pair. A command that fails on a connection that was cut while idle is mostly
-/// just the first one after the cut (the connection is re-made for the next), so an
-/// immediate retry usually succeeds where one after a pause would meet the next cut.
-pub(super) fn retry_pause(failures: u32) -> bool {
-    failures.is_multiple_of(2)
-}
+/// A start-up step: as a read, but the first failure of each pair is retried at once.
+const STARTUP: Policy = READ.in_pairs();
+
+/// The begin step: 200 ms after every second failure in a row, until the run stops.
+pub(super) const BEGIN: Policy = Policy::constant(Duration::from_millis(200)).in_pairs();
+
+/// The commit step: 50 ms more after every second failure, up to 2 s; given up after 100
+/// retries (the entries stay pending and are read again). Committing again is safe: a
+/// record whose mark is already set acks without applying its effects a second time.
+pub(super) const COMMIT: Policy = Policy::linear(Duration::from_millis(50))
+    .cap(Duration::from_secs(2))
+    .in_pairs()
+    .max_retries(100);
 
 /// Whether a start-up step that failed with `e` is worth trying again: a cut connection, a
 /// timeout, a server loading or failing over, not a refusal (a name in use, a permission).
@@ -35,30 +37,23 @@ fn is_transient(e: &ConsumeError) -> bool {
         && !matches!(source.retry_method(), redis::RetryMethod::NoRetry)
 }
 
-/// Runs a start-up step until it succeeds, retrying transient Redis errors with a backoff (a
-/// connection cut while a consumer starts must not end it), until the consumer is stopped.
+/// Runs a start-up step until it succeeds, retrying transient Redis errors (a connection
+/// cut while a consumer starts must not end it), until the consumer is stopped.
 pub(super) async fn at_startup<T, F, Fut>(
     shared: &Shared,
     what: &str,
-    mut step: F,
+    step: F,
 ) -> Result<T, ConsumeError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, ConsumeError>>,
 {
-    let mut failures = 0u32;
-    loop {
-        match step().await {
-            Ok(v) => return Ok(v),
-            Err(e) if is_transient(&e) && !shared.stop.is_cancelled() => {
-                tracing::warn!(group = %shared.group, error = %e, "{what} failed; retrying");
-                if retry_pause(failures + 1) {
-                    backoff(shared, &mut failures).await;
-                } else {
-                    failures += 1;
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    retry(
+        STARTUP,
+        &shared.stop,
+        is_transient,
+        |e| tracing::warn!(group = %shared.group, error = %e, "{what} failed; retrying"),
+        step,
+    )
+    .await
 }

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use tokio::task::JoinSet;
 
@@ -169,6 +170,37 @@ impl Drop for RunningGuard<'_> {
             true
         });
     }
+}
+
+/// Processes this consumer's own pending entries once, in a run of its own if the
+/// consumer is not running.
+pub(super) async fn process_pending(shared: &Arc<Shared>) -> Result<RecoveryResult, ConsumeError> {
+    with_run(shared, |run| async move {
+        let pass = Arc::new(Pass::default());
+        for stream in shared.stream_list() {
+            recover_own(shared, &run, &stream, &pass).await?;
+        }
+        pass.wait().await;
+        Ok(pass.result())
+    })
+    .await
+}
+
+/// Claims and processes entries idle at least `min_idle`, in a run of its own if the consumer
+/// is not running.
+pub(super) async fn claim_stale(
+    shared: &Arc<Shared>,
+    min_idle: Duration,
+) -> Result<RecoveryResult, ConsumeError> {
+    with_run(shared, |run| async move {
+        let pass = Arc::new(Pass::default());
+        for stream in shared.stream_list() {
+            claim_stream(shared, &run, &stream, min_idle, &pass).await?;
+        }
+        pass.wait().await;
+        Ok(pass.result())
+    })
+    .await
 }
 
 /// A run for a direct recovery call, if the consumer is not running: its committer lives

@@ -4,7 +4,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -15,15 +15,16 @@ use tokio_util::task::TaskTracker;
 
 use super::ledger::{Lease, Ledger};
 use super::lock::NameLock;
-use super::stats::{Pass, RecoveryResult, Stats, bump};
+use super::stats::{Pass, RecoveryResult, Stats};
 use super::{ConsumerOptions, HandlerSpec};
-use crate::config::Config;
+use crate::config::{Config, Valid};
 use crate::connection::RedisConnection;
 use crate::effects::Effect;
 use crate::error::ConsumeError;
 use crate::event::AsdlcEvent;
 use crate::idempotency::FINGERPRINT_LEN;
 use crate::keys::StreamKeys;
+use crate::monitor::Labels;
 use crate::streams::create_consumer_group;
 use crate::tenancy::TenantId;
 
@@ -205,12 +206,12 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Shared {
     pub(super) async fn connect(
-        config: Config,
-        options: ConsumerOptions,
+        config: Valid<Config>,
+        options: Valid<ConsumerOptions>,
         handlers: Vec<HandlerSpec>,
         tenants: Vec<TenantId>,
     ) -> Result<Self, ConsumeError> {
-        options.validate()?;
+        let (config, options) = (config.into_inner(), options.into_inner());
         let redis_err = |source| ConsumeError::Redis {
             stream: config.stream.clone(),
             group: options.group.clone(),
@@ -404,21 +405,16 @@ impl Shared {
         self.ledger.contains(stream, id)
     }
 
-    /// Counts a delivery skipped because its key was already processed.
-    pub(super) fn count_duplicate(
-        &self,
-        stream: &StreamCtx,
+    /// The metric labels of entries of `stream` for `handler` (none: no handler chosen).
+    pub(super) fn labels<'a>(
+        &'a self,
+        stream: &'a StreamCtx,
         handler: Option<usize>,
-        pass: Option<&Pass>,
-    ) {
-        bump(&self.stats.duplicates, 1);
-        crate::monitor::record_duplicate(
-            &self.group,
-            stream.tenant.as_ref().map(TenantId::as_str),
-            handler.map_or("", |h| self.handlers[h].name()),
-        );
-        if let Some(p) = pass {
-            p.skipped.fetch_add(1, Ordering::Relaxed);
+    ) -> Labels<'a> {
+        Labels {
+            group: &self.group,
+            tenant: stream.tenant.as_ref().map(TenantId::as_str),
+            handler: handler.map_or("", |h| self.handlers[h].name()),
         }
     }
 

@@ -1,10 +1,13 @@
 //! What the consume side counts: the public [`ConsumerStats`] and [`RecoveryResult`], and the
-//! atomic counters behind them. Every step bumps these, so they sit below all of them.
+//! atomic counters behind them, and [`Tally`], what every step counts. Every step counts, so
+//! this sits below all of them.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
+
+use crate::monitor::{Count, Labels, count};
 
 /// What a consumer has done since it was built.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,16 +54,43 @@ impl RecoveryResult {
     }
 }
 
+/// What happened to entries. Each is counted by [`Stats::record`] at once in the consumer's
+/// [`ConsumerStats`], in the counts of the recovery pass under way (if any) and in its metric,
+/// so that no step counts it in one place and forgets another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Tally {
+    /// Handled and committed.
+    Processed,
+    /// Skipped: its key was already processed.
+    Duplicate,
+    /// A handler failure left pending for a retry.
+    Retried,
+    /// Moved to the dead-letter stream.
+    DeadLettered,
+    /// Acknowledged without handling: no handler for its type, or deleted.
+    Unhandled,
+    /// Claimed from another consumer.
+    Claimed,
+    /// A handler call panicked.
+    Panicked,
+    /// A handler call timed out.
+    TimedOut,
+    /// A handler call failed, or its staged effects were refused (whatever happens next).
+    Failed,
+    /// Deferred for a recheck: another delivery holds its key's lease and decides.
+    Rechecked,
+}
+
 #[derive(Default)]
 pub(super) struct Stats {
-    pub(super) processed: AtomicU64,
-    pub(super) duplicates: AtomicU64,
-    pub(super) retried: AtomicU64,
-    pub(super) dead_lettered: AtomicU64,
-    pub(super) unhandled: AtomicU64,
-    pub(super) claimed: AtomicU64,
-    pub(super) panics: AtomicU64,
-    pub(super) timeouts: AtomicU64,
+    processed: AtomicU64,
+    duplicates: AtomicU64,
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
+    unhandled: AtomicU64,
+    claimed: AtomicU64,
+    panics: AtomicU64,
+    timeouts: AtomicU64,
 }
 
 impl Stats {
@@ -77,19 +107,69 @@ impl Stats {
             timeouts: g(&self.timeouts),
         }
     }
+
+    /// Counts one entry (or handler call) that `what` happened to.
+    pub(super) fn record(&self, what: Tally, labels: &Labels<'_>, pass: Option<&Pass>) {
+        self.record_n(what, 1, labels, pass);
+    }
+
+    /// Counts `n` entries that `what` happened to.
+    pub(super) fn record_n(&self, what: Tally, n: u64, labels: &Labels<'_>, pass: Option<&Pass>) {
+        let (mine, of_pass, metric): (Option<&AtomicU64>, Option<PassCount>, Option<Count>) =
+            match what {
+                Tally::Processed => (
+                    Some(&self.processed),
+                    Some(|p| &p.processed),
+                    Some(Count::Processed),
+                ),
+                Tally::Duplicate => (
+                    Some(&self.duplicates),
+                    Some(|p| &p.skipped),
+                    Some(Count::Duplicate),
+                ),
+                Tally::Retried => (
+                    Some(&self.retried),
+                    Some(|p| &p.failed),
+                    Some(Count::Retried),
+                ),
+                Tally::DeadLettered => (
+                    Some(&self.dead_lettered),
+                    Some(|p| &p.failed),
+                    Some(Count::DeadLettered),
+                ),
+                Tally::Unhandled => (Some(&self.unhandled), Some(|p| &p.skipped), None),
+                Tally::Claimed => (
+                    Some(&self.claimed),
+                    Some(|p| &p.claimed),
+                    Some(Count::Claimed),
+                ),
+                Tally::Panicked => (Some(&self.panics), None, None),
+                Tally::TimedOut => (Some(&self.timeouts), None, None),
+                Tally::Failed => (None, None, Some(Count::Failed)),
+                Tally::Rechecked => (None, Some(|p| &p.skipped), None),
+            };
+        if let Some(a) = mine {
+            a.fetch_add(n, Ordering::Relaxed);
+        }
+        if let (Some(f), Some(p)) = (of_pass, pass) {
+            f(p).fetch_add(n, Ordering::Relaxed);
+        }
+        if let Some(c) = metric {
+            count(c, labels, n);
+        }
+    }
 }
 
-pub(super) fn bump(a: &AtomicU64, n: u64) {
-    a.fetch_add(n, Ordering::Relaxed);
-}
+/// Which of a [`Pass`]'s counts an entry adds to.
+type PassCount = fn(&Pass) -> &AtomicU64;
 
 /// Counts of one recovery pass, and how many of its entries are still being handled.
 #[derive(Default)]
 pub(super) struct Pass {
-    pub(super) processed: AtomicU64,
-    pub(super) skipped: AtomicU64,
-    pub(super) failed: AtomicU64,
-    pub(super) claimed: AtomicU64,
+    processed: AtomicU64,
+    skipped: AtomicU64,
+    failed: AtomicU64,
+    claimed: AtomicU64,
     outstanding: AtomicUsize,
     done: Notify,
 }
@@ -123,5 +203,53 @@ impl Pass {
         if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.done.notify_waiters();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tally_counts_in_the_stats_and_the_pass_under_way() {
+        let stats = Stats::default();
+        let pass = Pass::default();
+        let labels = Labels {
+            group: "g",
+            tenant: None,
+            handler: "h",
+        };
+        stats.record(Tally::Processed, &labels, Some(&pass));
+        stats.record(Tally::Duplicate, &labels, Some(&pass));
+        stats.record(Tally::Retried, &labels, Some(&pass));
+        stats.record(Tally::DeadLettered, &labels, None);
+        stats.record_n(Tally::Unhandled, 2, &labels, Some(&pass));
+        stats.record_n(Tally::Claimed, 3, &labels, Some(&pass));
+        stats.record(Tally::Panicked, &labels, Some(&pass));
+        stats.record(Tally::TimedOut, &labels, Some(&pass));
+        stats.record(Tally::Failed, &labels, Some(&pass));
+        stats.record(Tally::Rechecked, &labels, Some(&pass));
+        assert_eq!(
+            stats.snapshot(),
+            ConsumerStats {
+                processed: 1,
+                duplicates: 1,
+                retried: 1,
+                dead_lettered: 1,
+                unhandled: 2,
+                claimed: 3,
+                panics: 1,
+                timeouts: 1,
+            }
+        );
+        assert_eq!(
+            pass.result(),
+            RecoveryResult {
+                processed: 1,
+                skipped: 4,
+                failed: 1,
+                claimed: 3,
+            }
+        );
     }
 }

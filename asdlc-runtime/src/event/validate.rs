@@ -1,5 +1,5 @@
 //! Field validation: the length limits, the checks every event passes before it is published
-//! (and after it is decoded), and the limit on its encoded size.
+//! (and after it is decoded), and the limit on its encoded size (measured in `encoding`).
 
 use super::AsdlcEvent;
 use crate::error::ValidationError;
@@ -13,22 +13,8 @@ pub const MAX_PATH_LEN: usize = 4096;
 pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
 
 impl AsdlcEvent {
-    /// Checks every field; the error names the first bad field and says why.
-    ///
-    /// Publishing calls this, so an invalid event never reaches the stream.
-    pub fn validate(&self) -> Result<(), ValidationError> {
-        self.validate_fields()?;
-        let size = crate::encoding::encoded_len(self);
-        if size > MAX_EVENT_BYTES {
-            return Err(ValidationError::new(
-                "event",
-                format!("encoded size {size} bytes exceeds the limit of {MAX_EVENT_BYTES} bytes"),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Every check of [`AsdlcEvent::validate`] but the encoded size.
+    /// Every check of [`AsdlcEvent::validate`] but the encoded size, which is measured where
+    /// the encoding is (`encoding`), so this module does not depend on it.
     pub(crate) fn validate_fields(&self) -> Result<(), ValidationError> {
         check_id("session_id", &self.session_id)?;
         for (field, value) in [

@@ -132,7 +132,7 @@ impl MarkLayout {
     }
 }
 
-/// Processed marks of one consumer group on one stream, for direct use (seed T03).
+/// Processed marks of one consumer group on one stream, for direct use.
 ///
 /// ```no_run
 /// # async fn demo(conn: asdlc_runtime::RedisConnection) -> Result<(), asdlc_runtime::StreamError> {

@@ -52,67 +52,74 @@ pub fn describe_metrics() {
     );
 }
 
-fn labels(group: &str, tenant: Option<&str>, handler: &str) -> [(&'static str, String); 3] {
-    [
-        ("group", group.to_owned()),
-        ("tenant", tenant.unwrap_or("").to_owned()),
-        ("handler", handler.to_owned()),
-    ]
+/// Which series a [`Labels`] belongs to: the group, the tenant (`None` in single-tenant
+/// mode, recorded empty) and the handler (empty where none was chosen, e.g. a claim).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Labels<'a> {
+    pub(crate) group: &'a str,
+    pub(crate) tenant: Option<&'a str>,
+    pub(crate) handler: &'a str,
 }
 
-/// An event was handled and committed.
-pub(crate) fn record_processed(group: &str, tenant: Option<&str>, handler: &str) {
-    counter!(PROCESSED, &labels(group, tenant, handler)).increment(1);
+impl Labels<'_> {
+    fn pairs(&self) -> [(&'static str, String); 3] {
+        [
+            ("group", self.group.to_owned()),
+            ("tenant", self.tenant.unwrap_or("").to_owned()),
+            ("handler", self.handler.to_owned()),
+        ]
+    }
 }
 
-/// A handler call failed (whatever happens next).
-pub(crate) fn record_failed(group: &str, tenant: Option<&str>, handler: &str) {
-    counter!(FAILED, &labels(group, tenant, handler)).increment(1);
+/// The counters asdlc records, one per series name in [`metric_names`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Count {
+    /// An event was handled and committed.
+    Processed,
+    /// A handler call failed (whatever happens next).
+    Failed,
+    /// A failed event was left pending for another delivery.
+    Retried,
+    /// An entry was moved to the dead-letter stream.
+    DeadLettered,
+    /// A delivery was skipped: its key was already processed.
+    Duplicate,
+    /// Entries were claimed from other consumers.
+    Claimed,
 }
 
-/// A failed event was left pending for another delivery.
-pub(crate) fn record_retried(group: &str, tenant: Option<&str>, handler: &str) {
-    counter!(RETRIED, &labels(group, tenant, handler)).increment(1);
+impl Count {
+    fn name(self) -> &'static str {
+        match self {
+            Count::Processed => PROCESSED,
+            Count::Failed => FAILED,
+            Count::Retried => RETRIED,
+            Count::DeadLettered => DEAD_LETTERED,
+            Count::Duplicate => DUPLICATES,
+            Count::Claimed => CLAIMED,
+        }
+    }
 }
 
-/// An entry was moved to the dead-letter stream (`handler` empty when none was chosen).
-pub(crate) fn record_dead_lettered(group: &str, tenant: Option<&str>, handler: &str) {
-    counter!(DEAD_LETTERED, &labels(group, tenant, handler)).increment(1);
-}
-
-/// A delivery was skipped: its key was already processed.
-pub(crate) fn record_duplicate(group: &str, tenant: Option<&str>, handler: &str) {
-    counter!(DUPLICATES, &labels(group, tenant, handler)).increment(1);
-}
-
-/// `n` entries were claimed from other consumers.
-pub(crate) fn record_claimed(group: &str, tenant: Option<&str>, n: u64) {
-    counter!(CLAIMED, &labels(group, tenant, "")).increment(n);
+/// Adds `n` to the counter `c` of the series `labels`. The consumer counts through its
+/// stats (`Stats::record` in `consume`), which call this together with their own counter.
+pub(crate) fn count(c: Count, labels: &Labels<'_>, n: u64) {
+    counter!(c.name(), &labels.pairs()).increment(n);
 }
 
 /// One handler call took `elapsed`.
-pub(crate) fn record_handler_latency(
-    group: &str,
-    tenant: Option<&str>,
-    handler: &str,
-    elapsed: Duration,
-) {
-    histogram!(HANDLER_SECONDS, &labels(group, tenant, handler)).record(elapsed.as_secs_f64());
+pub(crate) fn record_handler_latency(labels: &Labels<'_>, elapsed: Duration) {
+    histogram!(HANDLER_SECONDS, &labels.pairs()).record(elapsed.as_secs_f64());
 }
 
 /// Handling of entry `entry_id` starts now: records the time since it was published (the
 /// millisecond part of its id, stamped by the server). Ids not of the `ms-seq` form, or from
 /// the future (clock skew), record nothing.
-pub(crate) fn record_publish_to_handle(
-    group: &str,
-    tenant: Option<&str>,
-    handler: &str,
-    entry_id: &str,
-) {
+pub(crate) fn record_publish_to_handle(labels: &Labels<'_>, entry_id: &str) {
     if let Some(seconds) =
         publish_to_handle_seconds(entry_id, chrono::Utc::now().timestamp_millis())
     {
-        histogram!(PUBLISH_TO_HANDLE_SECONDS, &labels(group, tenant, handler)).record(seconds);
+        histogram!(PUBLISH_TO_HANDLE_SECONDS, &labels.pairs()).record(seconds);
     }
 }
 
@@ -124,6 +131,7 @@ fn publish_to_handle_seconds(entry_id: &str, now_ms: i64) -> Option<f64> {
 
 /// The Prometheus exporter could not start.
 #[cfg(feature = "prometheus")]
+#[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
 #[derive(Debug, thiserror::Error)]
 #[error("cannot serve Prometheus metrics on {addr}: {source}")]
 pub struct MetricsError {
@@ -144,6 +152,7 @@ pub struct MetricsError {
 /// # Ok(()) }
 /// ```
 #[cfg(feature = "prometheus")]
+#[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
 pub fn serve_prometheus(addr: std::net::SocketAddr) -> Result<(), MetricsError> {
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)
@@ -220,14 +229,19 @@ mod tests {
     fn counters_and_histograms_carry_group_tenant_and_handler() {
         let capture = Capture::default();
         metrics::with_local_recorder(&capture, || {
-            record_processed("g", Some("acme"), "h");
-            record_processed("g", Some("acme"), "h");
-            record_failed("g", None, "h");
-            record_retried("g", None, "h");
-            record_dead_lettered("g", None, "");
-            record_duplicate("g", Some("acme"), "h");
-            record_claimed("g", None, 3);
-            record_handler_latency("g", None, "h", Duration::from_millis(250));
+            let l = |tenant, handler| Labels {
+                group: "g",
+                tenant,
+                handler,
+            };
+            count(Count::Processed, &l(Some("acme"), "h"), 1);
+            count(Count::Processed, &l(Some("acme"), "h"), 1);
+            count(Count::Failed, &l(None, "h"), 1);
+            count(Count::Retried, &l(None, "h"), 1);
+            count(Count::DeadLettered, &l(None, ""), 1);
+            count(Count::Duplicate, &l(Some("acme"), "h"), 1);
+            count(Count::Claimed, &l(None, ""), 3);
+            record_handler_latency(&l(None, "h"), Duration::from_millis(250));
         });
         let counters: BTreeMap<String, u64> = capture
             .counters
@@ -272,8 +286,13 @@ mod tests {
         assert_eq!(publish_to_handle_seconds("garbage", 1000), None);
         let capture = Capture::default();
         metrics::with_local_recorder(&capture, || {
-            record_publish_to_handle("g", None, "h", "1-0");
-            record_publish_to_handle("g", None, "h", "not-an-id");
+            let l = Labels {
+                group: "g",
+                tenant: None,
+                handler: "h",
+            };
+            record_publish_to_handle(&l, "1-0");
+            record_publish_to_handle(&l, "not-an-id");
         });
         let histograms = capture.histograms.lock().unwrap();
         let samples = histograms
@@ -297,13 +316,13 @@ mod tests {
             .port();
         let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
         serve_prometheus(addr).unwrap();
-        record_processed("design-handlers", Some("acme"), "review");
-        record_handler_latency(
-            "design-handlers",
-            Some("acme"),
-            "review",
-            Duration::from_millis(5),
-        );
+        let l = Labels {
+            group: "design-handlers",
+            tenant: Some("acme"),
+            handler: "review",
+        };
+        count(Count::Processed, &l, 1);
+        record_handler_latency(&l, Duration::from_millis(5));
         let mut body = String::new();
         for _ in 0..100 {
             if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {

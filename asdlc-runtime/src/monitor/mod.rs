@@ -1,4 +1,4 @@
-//! Operations: what an operator needs to see and keep an event backbone healthy (seed US-07).
+//! Operations: what an operator needs to see and keep an event backbone healthy.
 //!
 //! - **Discovery**: [`list_streams`] finds the shared stream and every tenant stream;
 //!   [`crate::get_stream_info`] describes one (length, groups, consumers, pending, lag, oldest
@@ -29,14 +29,10 @@ pub use health::{
     HealthReport, HealthStatus, HealthThresholds, Limits, ServerInfo, check_health,
     check_health_url,
 };
+pub(crate) use metrics::{Count, Labels, count, record_handler_latency, record_publish_to_handle};
 #[cfg(feature = "prometheus")]
 pub use metrics::{MetricsError, serve_prometheus};
 pub use metrics::{describe_metrics, metric_names};
-#[allow(unused_imports)]
-pub(crate) use metrics::{
-    record_claimed, record_dead_lettered, record_duplicate, record_failed, record_handler_latency,
-    record_processed, record_publish_to_handle, record_retried,
-};
 pub use retention::{
     RetentionPolicy, RetentionTotals, TrimLimit, TrimOptions, TrimReport, run_retention,
     trim_acknowledged, trim_acknowledged_with,

@@ -126,7 +126,8 @@ pub struct TrimReport {
 }
 
 /// Removes the entries of `stream` that every consumer group has read and acknowledged, and
-/// nothing else; see the [module docs](self). With no groups nothing is removed.
+/// nothing else: an entry some group has not read yet or still has pending stays. With no
+/// groups nothing is removed.
 pub async fn trim_acknowledged(
     conn: &mut RedisConnection,
     stream: &str,

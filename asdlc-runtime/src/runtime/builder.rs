@@ -123,11 +123,12 @@ impl RuntimeBuilder {
     /// Discovers and checks the handlers, connects, and prepares one consumer per group.
     /// Nothing is consumed until [`Runtime::run`].
     pub async fn build(self) -> Result<Runtime, RuntimeError> {
+        // Checked once here; the consumers built from it take it as checked.
         let config = match self.config {
             Some(c) => c,
             None => Config::from_env()?,
         };
-        config.validate()?;
+        let config = config.checked()?;
         let mut all: Vec<PlannedHandler> = Vec::new();
         if self.registered {
             for reg in registered_handlers() {
@@ -160,7 +161,7 @@ impl RuntimeBuilder {
             });
         }
         Ok(Runtime {
-            config,
+            config: config.into_inner(),
             groups,
             consumers: Arc::new(Mutex::new(consumers)),
             tenants,

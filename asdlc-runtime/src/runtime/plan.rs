@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::{Config, Valid};
 use crate::consume::{ConsumerOptions, EventConsumer, HandlerSpec};
 use crate::error::ConsumeError;
 use crate::event::EventType;
@@ -70,7 +70,7 @@ pub(super) struct GroupTemplate {
     pub(super) specs: Vec<HandlerSpec>,
     pub(super) consumer_name: Option<String>,
     pub(super) configure: Arc<Vec<Configure>>,
-    pub(super) config: Config,
+    pub(super) config: Valid<Config>,
 }
 
 impl GroupTemplate {
@@ -78,7 +78,7 @@ impl GroupTemplate {
         &self,
         tenants: Vec<TenantId>,
     ) -> Result<EventConsumer, ConsumeError> {
-        let mut builder = EventConsumer::builder(self.config.clone(), self.group.clone());
+        let mut builder = EventConsumer::builder_checked(self.config.clone(), self.group.clone());
         for t in tenants {
             builder = builder.tenant(t);
         }

@@ -1,0 +1,103 @@
+//! How an entry passes between the steps: a [`Candidate`] from dispatch to a handler, an
+//! [`Outcome`] to the committer ([`send`]), back to the redelivery schedule ([`defer`]), and
+//! what a failed attempt becomes ([`failed_attempt`]). Below dispatch, execute and commit, so
+//! each of them hands entries on without importing another.
+
+use std::cmp::Reverse;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::shared::{Kind, Outcome, Redelivery, RunCtx, Shared, StreamCtx, finish, lock};
+use super::stats::{Pass, Tally};
+use crate::event::AsdlcEvent;
+use crate::idempotency::FINGERPRINT_LEN;
+
+/// A decoded entry whose handler may run, once the begin step leases its key.
+pub(super) struct Candidate {
+    pub(super) entry_id: String,
+    pub(super) event: AsdlcEvent,
+    pub(super) fields: Vec<(Vec<u8>, Vec<u8>)>,
+    pub(super) handler: usize,
+    pub(super) fp: [u8; FINGERPRINT_LEN],
+}
+
+/// Hands a finished entry to the committer; if it is gone (the run is ending), the entry
+/// stays pending.
+pub(super) async fn send(shared: &Shared, run: &RunCtx, outcome: Outcome) {
+    let tx = lock(&run.commit_tx).clone();
+    let result = match tx {
+        Some(tx) => tx.send(outcome).await,
+        None => Err(mpsc::error::SendError(outcome)),
+    };
+    if let Err(mpsc::error::SendError(outcome)) = result {
+        // The committer is gone (the run is ending): the entry stays pending.
+        shared.untrack(&outcome.stream.name, &outcome.id);
+        finish(shared, outcome.pass.as_deref());
+    }
+}
+
+/// How long a deferred entry waits.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Delay {
+    /// Another delivery holds its key: a short wait, not counted as an attempt.
+    Recheck,
+    /// Attempt `n` failed: the backoff after it.
+    Retry(u32),
+}
+
+/// Leaves an entry pending and schedules it for redelivery to this consumer.
+pub(super) fn defer(
+    shared: &Arc<Shared>,
+    run: &Arc<RunCtx>,
+    stream: &Arc<StreamCtx>,
+    id: String,
+    delay: Delay,
+    pass: Option<&Pass>,
+) {
+    shared.ledger.defer(&stream.name, &id);
+    let delay = match delay {
+        Delay::Recheck => {
+            shared
+                .stats
+                .record(Tally::Rechecked, &shared.labels(stream, None), pass);
+            shared
+                .options
+                .retry
+                .delay(1)
+                .max(Duration::from_millis(100))
+        }
+        Delay::Retry(attempt) => shared.options.retry.delay(attempt),
+    };
+    lock(&run.retries).push(Reverse(Redelivery {
+        due: Instant::now() + delay,
+        stream: stream.clone(),
+        id,
+    }));
+    run.retry_wake.notify_one();
+}
+
+/// What follows a failed attempt: a retry after its backoff, or, on the last allowed attempt,
+/// the dead-letter stream.
+pub(super) fn failed_attempt(
+    shared: &Shared,
+    handler: usize,
+    attempt: u32,
+    fields: Vec<(Vec<u8>, Vec<u8>)>,
+    error: String,
+) -> Kind {
+    let max = shared.max_deliveries(handler);
+    if attempt < max {
+        Kind::Retry { attempt, error }
+    } else {
+        Kind::Dead {
+            fields,
+            reason: format!("failed on the last allowed attempt ({max})"),
+            error,
+            attempts: attempt,
+            handler: shared.handlers[handler].name().to_owned(),
+        }
+    }
+}
