@@ -20,6 +20,7 @@ use crate::encoding::decode;
 use crate::error::{DecodeError, StreamError};
 use crate::event::AsdlcEvent;
 use crate::keys::StreamKeys;
+use crate::tenancy::TenantError;
 
 /// The prefix of the original entry's fields in a dead letter.
 pub const FIELD_PREFIX: &str = "f:";
@@ -148,11 +149,20 @@ impl DeadLetter {
         if let Some(n) = self.truncated_from {
             return Some(format!("kept only part of its {n}-byte entry"));
         }
-        if let Err(e) = self.event() {
-            return Some(format!("malformed: {e}"));
-        }
-        if self.reason.starts_with("tenant mismatch") {
-            return Some(self.reason.clone());
+        let event = match self.event() {
+            Ok(event) => event,
+            Err(e) => return Some(format!("malformed: {e}")),
+        };
+        // The consumer dead-letters an entry of another tenant than its stream's before any
+        // handler runs; a replay puts it back on the same stream, to the same end.
+        let stream_tenant = crate::keys::tenant_in_stream_name(&self.source_stream);
+        if event.tenant_id != stream_tenant {
+            let refusal = TenantError::WrongStream {
+                event: event.tenant_id,
+                stream: self.source_stream.clone(),
+                stream_tenant,
+            };
+            return Some(refusal.to_string());
         }
         None
     }

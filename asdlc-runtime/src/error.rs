@@ -5,8 +5,8 @@
 //! DecodeError            a stream entry is not a valid event (which field, why)
 //! ConfigError            configuration from code or the environment is wrong
 //! StreamError            a stream operation (create, group, info) failed in Redis
-//! PublishError           publishing failed: Validation | Tenancy | Redis
-//! ConsumeError           a consumer could not start or run: Config | NameInUse | Redis
+//! PublishError           publishing failed: Validation | Tenant | Redis
+//! ConsumeError           a consumer could not start or run: Config | Tenant | NameInUse | Redis
 //! EffectError            a staged effect was refused (wrong slot, bad command)
 //! RuntimeError           the runtime could not start: Registry | Consume | Stream
 //! ```
@@ -15,9 +15,10 @@
 //! their source. No error message ever contains a password from a Redis URL.
 //!
 //! [`RuntimeError`](crate::RuntimeError) and [`RegistryError`](crate::RegistryError) live in
-//! [`crate::runtime`], next to the code that raises them.
+//! [`crate::runtime`], next to the code that raises them; [`TenantError`] (a tenant that does
+//! not fit) and [`InvalidTenantId`] in [`crate::tenancy`], next to [`TenantId`](crate::TenantId).
 
-use crate::tenancy::TenantId;
+use crate::tenancy::{InvalidTenantId, TenantError};
 
 /// A field of an event (or a tenant id, or a name) is invalid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,6 +37,12 @@ impl ValidationError {
             field,
             reason: reason.into(),
         }
+    }
+}
+
+impl From<InvalidTenantId> for ValidationError {
+    fn from(e: InvalidTenantId) -> Self {
+        ValidationError::new("tenant_id", e.reason())
     }
 }
 
@@ -131,25 +138,9 @@ pub enum PublishError {
     /// The event is invalid.
     #[error(transparent)]
     Validation(#[from] ValidationError),
-    /// Multi-tenant mode and no tenant in the event or the context.
-    #[error("multi-tenant mode needs a tenant: set one with TenantContext::scope or on the event")]
-    MissingTenant,
-    /// The event names a different tenant than the current context.
-    #[error("the event's tenant `{event}` differs from the context's tenant `{context}`")]
-    TenantMismatch {
-        /// The event's tenant.
-        event: TenantId,
-        /// The context's tenant.
-        context: TenantId,
-    },
-    /// The tenant is not in the configured allow-list.
-    #[error("tenant `{0}` is not in the allowed tenants")]
-    TenantNotAllowed(TenantId),
-    /// Single-tenant mode, but the event or context names a tenant.
-    #[error(
-        "single-tenant mode: the event names tenant `{0}`; enable multi-tenancy to publish for tenants"
-    )]
-    TenantInSingleMode(TenantId),
+    /// The tenant is missing, not allowed, or not the context's.
+    #[error(transparent)]
+    Tenant(#[from] TenantError),
     /// Redis returned an error or could not be reached.
     #[error("publishing to `{stream}` failed: {source}")]
     Redis {
@@ -167,6 +158,9 @@ pub enum ConsumeError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A tenant to consume for is not allowed by the configured tenancy.
+    #[error(transparent)]
+    Tenant(#[from] TenantError),
     /// Another live process uses this consumer name in this group.
     #[error(
         "consumer name `{consumer}` is in use in group `{group}` on `{stream}` by a live process; \

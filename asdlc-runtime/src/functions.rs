@@ -23,7 +23,7 @@
 use std::sync::LazyLock;
 
 use redis::aio::ConnectionLike;
-use redis::{ErrorKind, FromRedisValue, RedisError, RedisResult, ToRedisArgs};
+use redis::{ErrorKind, FromRedisValue, ParsingError, RedisError, RedisResult, ToRedisArgs, Value};
 
 /// The helpers every function may use, and the functions: (step name, source). A source sees
 /// `KEYS` and `ARGV` as in a script.
@@ -182,6 +182,16 @@ impl From<FunctionsError> for RedisError {
     }
 }
 
+/// The error of a reply a function does not give: names the function and shows the reply.
+/// Each function's reply type, next to the module that calls it, parses with it.
+pub(crate) fn unexpected(function: Function, reply: &Value) -> ParsingError {
+    format!(
+        "unexpected reply of the asdlc {} function: {reply:?}",
+        function.0
+    )
+    .into()
+}
+
 /// One function of the library.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Function(&'static str);
@@ -282,6 +292,12 @@ mod tests {
         assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
         assert_ne!(fnv1a(b"begin"), fnv1a(b"begim"));
+    }
+
+    #[test]
+    fn an_unexpected_reply_is_named() {
+        let e = unexpected(COMMIT, &Value::Int(7)).to_string();
+        assert!(e.contains("commit function") && e.contains('7'), "{e}");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::event::AsdlcEvent;
 use crate::idempotency::FINGERPRINT_LEN;
 use crate::keys::StreamKeys;
 use crate::streams::create_consumer_group;
-use crate::tenancy::TenantId;
+use crate::tenancy::{TenantError, TenantId};
 
 /// Entries per script call, so no single call holds the server for long.
 pub(super) const SCRIPT_CHUNK: usize = 256;
@@ -231,24 +231,14 @@ impl Shared {
         if config.tenancy.is_multi() {
             for t in tenants {
                 if !config.tenancy.allows(&t) {
-                    return Err(ConsumeError::Config(crate::error::ConfigError::Invalid(
-                        crate::error::ValidationError::new(
-                            "tenant_id",
-                            format!("tenant `{t}` is not in the allowed tenants"),
-                        ),
-                    )));
+                    return Err(TenantError::NotAllowed(t).into());
                 }
                 let stream = config.stream_for(Some(&t));
                 streams.push(Arc::new(StreamCtx::new(stream, Some(t), &group)));
             }
         } else {
             if let Some(t) = tenants.first() {
-                return Err(ConsumeError::Config(crate::error::ConfigError::Invalid(
-                    crate::error::ValidationError::new(
-                        "tenant_id",
-                        format!("tenant `{t}` given, but the configuration is single-tenant"),
-                    ),
-                )));
+                return Err(TenantError::InSingleMode(t.clone()).into());
             }
             let stream = config.stream_for(None);
             streams.push(Arc::new(StreamCtx::new(stream, None, &group)));
@@ -329,12 +319,7 @@ impl Shared {
 
     pub(super) async fn add_tenant(&self, tenant: TenantId) -> Result<bool, ConsumeError> {
         if !self.config.tenancy.allows(&tenant) {
-            return Err(ConsumeError::Config(crate::error::ConfigError::Invalid(
-                crate::error::ValidationError::new(
-                    "tenant_id",
-                    format!("tenant `{tenant}` is not allowed by the configured tenancy"),
-                ),
-            )));
+            return Err(TenantError::NotAllowed(tenant).into());
         }
         let stream = self.config.stream_for(Some(&tenant));
         if self.stream_by_name(&stream).is_some() {

@@ -165,6 +165,58 @@ async fn count_below(
     }
 }
 
+/// A reply of the trim script (retention.lua: `{ outcome, removed, length_before, safe_min_id,
+/// limit_kind, limit_group, limit_id }`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TrimReply {
+    /// Entries removed; `None` in a dry run that leaves the counting to the caller (`-1`).
+    removed: Option<u64>,
+    length_before: u64,
+    /// Entries below it are (or would be) removed; `None` if none or all.
+    safe_min_id: Option<String>,
+    limit: TrimLimit,
+}
+
+impl redis::FromRedisValue for TrimReply {
+    fn from_redis_value(v: redis::Value) -> Result<Self, redis::ParsingError> {
+        let bad = |v: &redis::Value| crate::functions::unexpected(crate::functions::TRIM, v);
+        let items = match &v {
+            redis::Value::Array(items) if items.len() == 7 => items,
+            other => return Err(bad(other)),
+        };
+        let text = |i: usize| value_string(&items[i]).ok_or_else(|| bad(&v));
+        let count = |i: usize| match items[i] {
+            redis::Value::Int(n) => Ok(u64::try_from(n).ok()),
+            _ => Err(bad(&v)),
+        };
+        let (outcome, kind) = (text(0)?, text(4)?);
+        let (group, limit_id) = (text(5)?, text(6)?);
+        let limit = match (outcome.as_str(), kind.as_str()) {
+            ("no-stream", _) => TrimLimit::NoStream,
+            ("no-groups", _) => TrimLimit::NoGroups,
+            ("trimmed", "pending") => TrimLimit::Pending {
+                group,
+                oldest_pending_id: limit_id,
+            },
+            ("trimmed", "unread") => TrimLimit::Unread {
+                group,
+                last_delivered_id: limit_id,
+            },
+            ("trimmed", "min-age") => TrimLimit::MinAge {
+                cutoff_id: limit_id,
+            },
+            ("trimmed", "none" | "") => TrimLimit::None,
+            _ => return Err(bad(&v)),
+        };
+        Ok(TrimReply {
+            removed: count(1)?,
+            length_before: count(2)?.unwrap_or(0),
+            safe_min_id: Some(text(3)?).filter(|s| !s.is_empty()),
+            limit,
+        })
+    }
+}
+
 /// [`trim_acknowledged`] with a minimum age, or as a dry run (which counts in bounded
 /// calls, not in one long one).
 pub async fn trim_acknowledged_with(
@@ -173,36 +225,23 @@ pub async fn trim_acknowledged_with(
     options: TrimOptions,
 ) -> Result<TrimReport, StreamError> {
     let min_age_ms = options.min_age.map_or(0, |d| d.as_millis().max(1) as u64);
-    let reply: Vec<redis::Value> = crate::functions::TRIM
+    let reply: TrimReply = crate::functions::TRIM
         .key(stream)
         .arg(min_age_ms)
         .arg(if options.dry_run { "1" } else { "0" })
         .invoke_async(conn)
         .await
         .map_err(StreamError::redis(stream))?;
-    let text = |i: usize| reply.get(i).and_then(value_string).unwrap_or_default();
-    let number = |i: usize| text(i).parse::<u64>().unwrap_or(0);
-    let (outcome, mut removed, length_before) = (text(0), number(1), number(2));
-    let safe_min_id = Some(text(3)).filter(|s| !s.is_empty());
-    if let (true, "-1", Some(bound)) = (options.dry_run, text(1).as_str(), &safe_min_id) {
-        removed = count_below(conn, stream, bound).await?;
-    }
-    let (kind, group, limit_id) = (text(4), text(5), text(6));
-    let limit = match (outcome.as_str(), kind.as_str()) {
-        ("no-stream", _) => TrimLimit::NoStream,
-        ("no-groups", _) => TrimLimit::NoGroups,
-        (_, "pending") => TrimLimit::Pending {
-            group,
-            oldest_pending_id: limit_id,
-        },
-        (_, "unread") => TrimLimit::Unread {
-            group,
-            last_delivered_id: limit_id,
-        },
-        (_, "min-age") => TrimLimit::MinAge {
-            cutoff_id: limit_id,
-        },
-        _ => TrimLimit::None,
+    let TrimReply {
+        removed,
+        length_before,
+        safe_min_id,
+        limit,
+    } = reply;
+    let removed = match (removed, &safe_min_id) {
+        (Some(n), _) => n,
+        (None, Some(bound)) if options.dry_run => count_below(conn, stream, bound).await?,
+        (None, _) => 0,
     };
     let length_after = if options.dry_run {
         length_before
