@@ -11,8 +11,11 @@
 //! RuntimeError           the runtime could not start: Registry | Consume | Stream
 //! ```
 //!
-//! Redis failures carry the stream (and group) they concern and the [`redis::RedisError`] as
-//! their source. No error message ever contains a password from a Redis URL.
+//! A Redis failure arrives one way in each enum: its one `Redis` variant, which carries what it
+//! concerns (the stream, and the group) and the [`redis::RedisError`] as its `source`, and
+//! says `redis error <what>: <source>`. No error message ever contains a password from a
+//! Redis URL. Every enum is `#[non_exhaustive]`: a `match` outside this crate needs a
+//! wildcard arm.
 //!
 //! [`RuntimeError`](crate::RuntimeError) and [`RegistryError`](crate::RegistryError) live in
 //! [`crate::runtime`], next to the code that raises them; [`TenantError`] (a tenant that does
@@ -73,6 +76,7 @@ impl From<ValidationError> for DecodeError {
 
 /// Configuration is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// An environment variable has a value that cannot be used.
     #[error("environment variable {var}: {reason}")]
@@ -108,6 +112,7 @@ pub enum ConfigError {
 
 /// A stream operation failed in Redis.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StreamError {
     /// Redis returned an error or could not be reached.
     #[error("redis error on stream `{stream}`: {source}")]
@@ -130,10 +135,23 @@ impl StreamError {
             source,
         }
     }
+
+    /// This error as a consumer of `group` reports it: a Redis failure names the group too.
+    pub(crate) fn in_group(self, group: &str) -> ConsumeError {
+        match self {
+            StreamError::Redis { stream, source } => ConsumeError::Redis {
+                stream,
+                group: group.to_owned(),
+                source,
+            },
+            StreamError::Invalid(v) => ConsumeError::Config(ConfigError::Invalid(v)),
+        }
+    }
 }
 
 /// Publishing failed; nothing was written.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PublishError {
     /// The event is invalid.
     #[error(transparent)]
@@ -142,7 +160,7 @@ pub enum PublishError {
     #[error(transparent)]
     Tenant(#[from] TenantError),
     /// Redis returned an error or could not be reached.
-    #[error("publishing to `{stream}` failed: {source}")]
+    #[error("redis error publishing to stream `{stream}`: {source}")]
     Redis {
         /// The stream.
         stream: String,
@@ -154,6 +172,7 @@ pub enum PublishError {
 
 /// A consumer could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConsumeError {
     /// The configuration is invalid.
     #[error(transparent)]
@@ -213,11 +232,8 @@ pub enum ConsumeError {
         /// The name.
         consumer: String,
     },
-    /// A stream operation failed.
-    #[error(transparent)]
-    Stream(#[from] StreamError),
     /// Redis returned an error or could not be reached.
-    #[error("redis error on `{stream}` group `{group}`: {source}")]
+    #[error("redis error on stream `{stream}` in group `{group}`: {source}")]
     Redis {
         /// The stream.
         stream: String,
@@ -231,6 +247,7 @@ pub enum ConsumeError {
 
 /// A staged effect was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EffectError {
     /// The key is not in the stream's slot, so it cannot commit atomically with the ack.
     #[error(

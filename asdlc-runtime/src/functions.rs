@@ -116,7 +116,10 @@ pub async fn ensure_loaded<C: ConnectionLike + Send>(conn: &mut C) -> Result<(),
     match present {
         Ok(_) => Ok(()),
         Err(e) if is_missing(&e) => load(conn).await,
-        Err(e) => Err(FunctionsError::Redis(e)),
+        Err(source) => Err(FunctionsError::Redis {
+            library: LIBRARY.name.clone(),
+            source,
+        }),
     }
 }
 
@@ -136,7 +139,10 @@ pub async fn load<C: ConnectionLike + Send>(conn: &mut C) -> Result<(), Function
                     source,
                 }
             } else {
-                FunctionsError::Redis(source)
+                FunctionsError::Redis {
+                    library: LIBRARY.name.clone(),
+                    source,
+                }
             }
         })
 }
@@ -150,6 +156,7 @@ fn is_missing(e: &RedisError) -> bool {
 
 /// Why the protocol's library could not be made available.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FunctionsError {
     /// The library is missing and this user may not load it.
     #[error(
@@ -164,15 +171,21 @@ pub enum FunctionsError {
         #[source]
         source: RedisError,
     },
-    /// The server failed otherwise.
-    #[error("loading the asdlc functions library: {0}")]
-    Redis(#[source] RedisError),
+    /// Redis returned another error or could not be reached.
+    #[error("redis error loading the asdlc functions library `{library}`: {source}")]
+    Redis {
+        /// The library's name.
+        library: String,
+        /// The underlying error.
+        #[source]
+        source: RedisError,
+    },
 }
 
 impl From<FunctionsError> for RedisError {
     fn from(e: FunctionsError) -> Self {
         match e {
-            FunctionsError::Redis(e) => e,
+            FunctionsError::Redis { source, .. } => source,
             e @ FunctionsError::NotLoaded { .. } => RedisError::from((
                 ErrorKind::Client,
                 "asdlc functions library missing",

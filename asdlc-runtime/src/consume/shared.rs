@@ -312,7 +312,8 @@ impl Shared {
         let mut conn = self.conn.clone();
         for s in self.stream_list() {
             create_consumer_group(&mut conn, &s.name, &self.group, self.options.group_start)
-                .await?;
+                .await
+                .map_err(|e| e.in_group(&self.group))?;
         }
         Ok(())
     }
@@ -327,7 +328,9 @@ impl Shared {
         }
         let ctx = Arc::new(StreamCtx::new(stream, Some(tenant), &self.group));
         let mut conn = self.conn.clone();
-        create_consumer_group(&mut conn, &ctx.name, &self.group, self.options.group_start).await?;
+        create_consumer_group(&mut conn, &ctx.name, &self.group, self.options.group_start)
+            .await
+            .map_err(|e| e.in_group(&self.group))?;
         if let Some(run) = self.current_run() {
             let name_lock = NameLock::acquire(
                 &mut conn,
