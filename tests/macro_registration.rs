@@ -119,11 +119,10 @@ fn registrations_carry_the_declared_settings() {
     );
     assert_eq!(
         rejected.options,
-        HandlerOptions {
-            max_deliveries: Some(3),
-            timeout: Some(Duration::from_millis(1500)),
-            concurrency: Some(2),
-        }
+        HandlerOptions::new()
+            .with_max_deliveries(3)
+            .with_timeout(Duration::from_millis(1500))
+            .with_concurrency(2)
     );
     assert_eq!(rejected.location, declared_at("on_rejected"));
     assert_eq!(rejected.handler.name(), "reject-patch");

@@ -38,6 +38,7 @@ pub fn keyless_identity(entry_id: &str) -> String {
 /// What the dead-letter stream keeps. Every commit that writes a dead letter trims the
 /// stream to it, exactly.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DeadLetterPolicy {
     /// Keep at most this many dead letters, the newest (`None`: no limit). Default 100,000.
     pub max_len: Option<u64>,
@@ -47,6 +48,26 @@ pub struct DeadLetterPolicy {
     /// and the record says so (`truncated_from`). Such a dead letter cannot be replayed.
     /// Default 64 KiB.
     pub max_payload: usize,
+}
+
+impl DeadLetterPolicy {
+    /// Keeps at most this many dead letters, the newest (`None`: no limit).
+    pub fn with_max_len(mut self, max_len: Option<u64>) -> Self {
+        self.max_len = max_len;
+        self
+    }
+
+    /// Drops dead letters older than this (`None`: never).
+    pub fn with_max_age(mut self, max_age: Option<Duration>) -> Self {
+        self.max_age = max_age;
+        self
+    }
+
+    /// Keeps at most this many bytes of the original entry's values.
+    pub fn with_max_payload(mut self, max_payload: usize) -> Self {
+        self.max_payload = max_payload;
+        self
+    }
 }
 
 impl Default for DeadLetterPolicy {
@@ -299,6 +320,7 @@ async fn replay_inner(
 
 /// How [`replay_all_with`] replays.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ReplayOptions {
     /// Replay for this group only (see [`replay_to_group`]); `None`: for every group.
     pub to_group: Option<String>,
@@ -307,6 +329,26 @@ pub struct ReplayOptions {
     /// Also replay dead letters that cannot succeed ([`DeadLetter::cannot_succeed`]); they
     /// are dead-lettered again. A truncated one is never replayed.
     pub include_malformed: bool,
+}
+
+impl ReplayOptions {
+    /// Replays for this group only (see [`replay_to_group`]).
+    pub fn with_to_group(mut self, to_group: impl Into<String>) -> Self {
+        self.to_group = Some(to_group.into());
+        self
+    }
+
+    /// Replays only dead letters this group gave up on.
+    pub fn with_from_group(mut self, from_group: impl Into<String>) -> Self {
+        self.from_group = Some(from_group.into());
+        self
+    }
+
+    /// Also replays dead letters that cannot succeed (`true`).
+    pub fn with_include_malformed(mut self, include_malformed: bool) -> Self {
+        self.include_malformed = include_malformed;
+        self
+    }
 }
 
 /// One dead letter put back on its stream.

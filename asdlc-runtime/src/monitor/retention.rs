@@ -28,12 +28,27 @@ use crate::streams::value_string;
 
 /// Options of one trim.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TrimOptions {
     /// Keep entries younger than this (by the server's clock and the entry id's time), even if
     /// every group is done with them.
     pub min_age: Option<Duration>,
     /// Compute and count, remove nothing.
     pub dry_run: bool,
+}
+
+impl TrimOptions {
+    /// Keeps entries younger than this, even if every group is done with them.
+    pub fn with_min_age(mut self, min_age: Duration) -> Self {
+        self.min_age = Some(min_age);
+        self
+    }
+
+    /// Computes and counts, removes nothing (`true`).
+    pub fn with_dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
+    }
 }
 
 /// What bounded a trim: why the first kept entry was kept.
@@ -278,12 +293,27 @@ pub async fn trim_acknowledged_with(
 
 /// A periodic [`trim_acknowledged`] over every stream of a deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RetentionPolicy {
     /// Time between two rounds.
     pub interval: Duration,
     /// Keep entries younger than this even when every group is done with them (room to
     /// inspect recent history, and for groups about to be created).
     pub min_age: Duration,
+}
+
+impl RetentionPolicy {
+    /// Time between two rounds.
+    pub fn with_interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// Keeps entries younger than this even when every group is done with them.
+    pub fn with_min_age(mut self, min_age: Duration) -> Self {
+        self.min_age = min_age;
+        self
+    }
 }
 
 impl Default for RetentionPolicy {
