@@ -480,7 +480,10 @@ async fn tenant_isolation_in_multi_tenant_mode() {
         .build()
         .await
         .unwrap_err();
-    assert!(matches!(err, ConsumeError::Config(_)), "{err}");
+    assert!(
+        matches!(err, ConsumeError::Tenant(asdlc::TenantError::NotAllowed(_))),
+        "{err}"
+    );
     let consumer = EventConsumer::builder(acme_only.clone(), group)
         .tenant(acme.clone())
         .handler(TestHandler::all("h"))

@@ -594,6 +594,40 @@ mod tests {
         assert_eq!(kept[0].1.len(), 1024, "not inside the two bytes of an é");
     }
 
+    fn letter(source_stream: &str, tenant: Option<&str>, reason: &str) -> DeadLetter {
+        let mut event = AsdlcEvent::builder(crate::EventType::TaskCreated, "s");
+        if let Some(t) = tenant {
+            event = event.tenant_id(crate::TenantId::new(t).unwrap());
+        }
+        let encoded = crate::encoding::encode(&event.build().unwrap());
+        let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = vec![
+            (b"source_stream".to_vec(), source_stream.as_bytes().to_vec()),
+            (b"reason".to_vec(), reason.as_bytes().to_vec()),
+        ];
+        for (k, v) in encoded.fields() {
+            pairs.push((format!("{FIELD_PREFIX}{k}").into_bytes(), v.clone()));
+        }
+        DeadLetter::from_entry("1-0".into(), pairs)
+    }
+
+    #[test]
+    fn a_letter_of_another_tenant_than_its_stream_cannot_succeed_whatever_its_reason() {
+        let acme = "tenant:{acme}:asdlc:events";
+        assert_eq!(
+            letter(acme, Some("acme"), "permanent failure").cannot_succeed(),
+            None
+        );
+        assert_eq!(letter("asdlc:events", None, "").cannot_succeed(), None);
+        let other = letter(acme, Some("globex"), "").cannot_succeed().unwrap();
+        assert!(other.starts_with("tenant mismatch"), "{other}");
+        assert!(letter(acme, None, "").cannot_succeed().is_some());
+        assert!(
+            letter("asdlc:events", Some("acme"), "")
+                .cannot_succeed()
+                .is_some()
+        );
+    }
+
     #[test]
     fn keyless_identity_is_the_one_the_consumer_deduplicates_under() {
         assert_eq!(keyless_identity("1-0"), "entry:1-0");

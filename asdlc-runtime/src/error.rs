@@ -264,3 +264,16 @@ pub enum EffectError {
     #[error("command `{0}` cannot be staged as an effect")]
     UnsupportedCommand(String),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalid_tenant_id_is_a_validation_error_of_its_field() {
+        let err = crate::TenantId::new("a:b").unwrap_err();
+        let v = ValidationError::from(err.clone());
+        assert_eq!((v.field, v.reason.as_str()), ("tenant_id", err.reason()));
+        assert_eq!(v.to_string(), err.to_string());
+    }
+}

@@ -240,3 +240,42 @@ impl NameLock {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use redis::{FromRedisValue, Value};
+
+    use super::*;
+
+    fn text(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn lock_replies_read_as_taken_or_refused() {
+        let taken = Value::Array(vec![Value::Int(1), text("tok"), Value::Int(1)]);
+        assert_eq!(
+            LockReply::from_redis_value(taken).unwrap(),
+            LockReply::Taken {
+                predecessor: Some("tok".into()),
+                probation: true
+            }
+        );
+        let released = Value::Array(vec![Value::Int(1), text("")]);
+        assert_eq!(
+            LockReply::from_redis_value(released).unwrap(),
+            LockReply::Taken {
+                predecessor: None,
+                probation: false
+            }
+        );
+        let refused = Value::Array(vec![Value::Int(0), text("other|H|7|1")]);
+        assert_eq!(
+            LockReply::from_redis_value(refused).unwrap(),
+            LockReply::Refused("other|H|7|1".into())
+        );
+        let odd = Value::Array(vec![Value::Int(2), text("x")]);
+        let err = LockReply::from_redis_value(odd).unwrap_err();
+        assert!(err.to_string().contains("name_lock function"), "{err}");
+    }
+}

@@ -388,3 +388,84 @@ pub async fn run_retention(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use redis::{FromRedisValue, Value};
+
+    use super::*;
+
+    fn reply(items: &[Value]) -> Value {
+        Value::Array(items.to_vec())
+    }
+
+    fn text(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_trim_reply_reads_into_its_limit() {
+        let r = TrimReply::from_redis_value(reply(&[
+            text("trimmed"),
+            Value::Int(4),
+            Value::Int(10),
+            text("5-0"),
+            text("pending"),
+            text("g1"),
+            text("5-0"),
+        ]))
+        .unwrap();
+        assert_eq!(r.removed, Some(4));
+        assert_eq!(r.length_before, 10);
+        assert_eq!(r.safe_min_id.as_deref(), Some("5-0"));
+        assert_eq!(
+            r.limit,
+            TrimLimit::Pending {
+                group: "g1".into(),
+                oldest_pending_id: "5-0".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_dry_run_leaves_the_count_to_the_caller() {
+        let r = TrimReply::from_redis_value(reply(&[
+            text("trimmed"),
+            Value::Int(-1),
+            Value::Int(10),
+            text("5-0"),
+            text("unread"),
+            text("g1"),
+            text("4-0"),
+        ]))
+        .unwrap();
+        assert_eq!(r.removed, None);
+        let r = TrimReply::from_redis_value(reply(&[
+            text("no-groups"),
+            Value::Int(0),
+            Value::Int(3),
+            text(""),
+            text(""),
+            text(""),
+            text(""),
+        ]))
+        .unwrap();
+        assert_eq!((r.limit, r.safe_min_id), (TrimLimit::NoGroups, None));
+    }
+
+    #[test]
+    fn an_unexpected_trim_reply_is_an_error_naming_it() {
+        let short = TrimReply::from_redis_value(reply(&[text("trimmed")])).unwrap_err();
+        assert!(short.to_string().contains("trim function"), "{short}");
+        let odd = [
+            text("trimmed"),
+            Value::Int(0),
+            Value::Int(0),
+            text(""),
+            text("sideways"),
+            text(""),
+            text(""),
+        ];
+        assert!(TrimReply::from_redis_value(reply(&odd)).is_err());
+    }
+}

@@ -212,11 +212,7 @@ mod tests {
         ] {
             let err = TenantId::new(id).unwrap_err();
             assert!(!err.reason().is_empty(), "{id:?}");
-            assert_eq!(
-                crate::ValidationError::from(err).field,
-                "tenant_id",
-                "{id:?}"
-            );
+            assert!(err.to_string().starts_with("invalid `tenant_id`"), "{id:?}");
         }
     }
 
