@@ -13,7 +13,7 @@ use std::time::Duration;
 use asdlc::encoding::{decode, encode};
 use asdlc::{
     AsdlcEvent, Config, ConfigError, EventConsumer, EventType, Mode, PublishError, RedisConnection,
-    Runtime, Tenancy, TenantContext, TenantId, deadletter, get_stream_info,
+    Runtime, Tenancy, TenantContext, TenantError, TenantId, deadletter, get_stream_info,
 };
 use common::*;
 use proptest::prelude::*;
@@ -540,7 +540,7 @@ async fn oversized_events_are_refused_before_they_reach_redis() {
 fn hostile_tenant_ids_are_rejected() {
     for id in HOSTILE.iter().copied().chain([&*"a".repeat(64)]) {
         let err = TenantId::new(id).unwrap_err();
-        assert_eq!(err.field, "tenant_id", "{id:?}");
+        assert!(err.to_string().starts_with("invalid `tenant_id`"), "{id:?}");
         assert!(id.parse::<TenantId>().is_err(), "{id:?}");
         // Nor can one be smuggled in through serde.
         let json = serde_json::json!({
@@ -650,12 +650,18 @@ async fn hostile_tenants_cannot_publish_and_hostile_tenant_fields_are_dead_lette
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, PublishError::TenantNotAllowed(_)), "{err}");
+    assert!(
+        matches!(err, PublishError::Tenant(TenantError::NotAllowed(_))),
+        "{err}"
+    );
     let err = p
         .publish(&event(EventType::TaskCreated, "x"))
         .await
         .unwrap_err();
-    assert!(matches!(err, PublishError::MissingTenant), "{err}");
+    assert!(
+        matches!(err, PublishError::Tenant(TenantError::Missing)),
+        "{err}"
+    );
     let mut conn = conn(&s).await;
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg("*")

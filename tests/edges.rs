@@ -516,10 +516,7 @@ async fn xadd_keyless(conn: &mut asdlc::RedisConnection, session: &str) -> Strin
 async fn replay_all_including_malformed(
     conn: &mut asdlc::RedisConnection,
 ) -> deadletter::ReplayReport {
-    let options = deadletter::ReplayOptions {
-        include_malformed: true,
-        ..Default::default()
-    };
+    let options = deadletter::ReplayOptions::default().with_include_malformed(true);
     deadletter::replay_all_with(conn, STREAM, options)
         .await
         .unwrap()

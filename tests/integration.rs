@@ -440,7 +440,10 @@ async fn tenant_isolation_in_multi_tenant_mode() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, PublishError::TenantNotAllowed(_)), "{err}");
+    assert!(
+        matches!(err, PublishError::Tenant(asdlc::TenantError::NotAllowed(_))),
+        "{err}"
+    );
     let p = Publisher::connect(multi_config(&s)).await.unwrap();
     for t in [&acme, &globex] {
         for i in 0..3 {
@@ -477,7 +480,10 @@ async fn tenant_isolation_in_multi_tenant_mode() {
         .build()
         .await
         .unwrap_err();
-    assert!(matches!(err, ConsumeError::Config(_)), "{err}");
+    assert!(
+        matches!(err, ConsumeError::Tenant(asdlc::TenantError::NotAllowed(_))),
+        "{err}"
+    );
     let consumer = EventConsumer::builder(acme_only.clone(), group)
         .tenant(acme.clone())
         .handler(TestHandler::all("h"))

@@ -119,11 +119,10 @@ fn registrations_carry_the_declared_settings() {
     );
     assert_eq!(
         rejected.options,
-        HandlerOptions {
-            max_deliveries: Some(3),
-            timeout: Some(Duration::from_millis(1500)),
-            concurrency: Some(2),
-        }
+        HandlerOptions::new()
+            .with_max_deliveries(3)
+            .with_timeout(Duration::from_millis(1500))
+            .with_concurrency(2)
     );
     assert_eq!(rejected.location, declared_at("on_rejected"));
     assert_eq!(rejected.handler.name(), "reject-patch");
@@ -158,8 +157,8 @@ async fn the_generated_handler_calls_the_function() {
     let event = event(EventType::TaskCreated);
     let ctx = HandlerContext::detached();
     let through_the_trait = handler.handle(&event, &ctx).await;
-    assert!(through_the_trait.success);
-    assert_eq!(through_the_trait.artifact_paths, ["s1/test/1"]);
+    assert!(through_the_trait.is_ok());
+    assert_eq!(through_the_trait.artifacts(), ["s1/test/1"]);
 
     let called_directly = tasks::on_task(&event, &ctx).await;
     assert_eq!(called_directly, through_the_trait);
@@ -174,9 +173,8 @@ async fn a_permanent_error_is_not_retried() {
             &HandlerContext::detached(),
         )
         .await;
-    assert!(!result.success);
-    assert!(!result.should_retry);
-    assert_eq!(result.error_message.as_deref(), Some("cannot apply"));
+    assert!(result.is_permanent());
+    assert_eq!(result.error_message(), Some("cannot apply"));
 }
 
 #[tokio::test]
@@ -185,9 +183,8 @@ async fn a_retryable_error_is_retried() {
     let result = handler
         .handle(&event(EventType::PatchApplied), &HandlerContext::detached())
         .await;
-    assert!(!result.success);
-    assert!(result.should_retry);
-    assert_eq!(result.error_message.as_deref(), Some("busy"));
+    assert!(result.is_retry());
+    assert_eq!(result.error_message(), Some("busy"));
 }
 
 #[tokio::test]
@@ -199,6 +196,6 @@ async fn a_unit_handler_succeeds() {
             &HandlerContext::detached(),
         )
         .await;
-    assert!(result.success);
+    assert!(result.is_ok());
     at_the_root(&event(EventType::SessionStarted)).await;
 }

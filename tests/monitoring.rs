@@ -113,10 +113,7 @@ async fn group(c: &mut RedisConnection, stream: &str, name: &str) {
 }
 
 fn lag_thresholds(degraded: u64, unhealthy: u64) -> HealthThresholds {
-    HealthThresholds {
-        lag: Limits::new(degraded, unhealthy),
-        ..HealthThresholds::default()
-    }
+    HealthThresholds::default().with_lag(Limits::new(degraded, unhealthy))
 }
 
 #[tokio::test]
@@ -266,10 +263,10 @@ async fn health_is_degraded_by_old_or_many_pending_entries() {
     read(&mut c, STREAM, "g", 5).await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     let streams = [STREAM.to_owned()];
-    let old = HealthThresholds {
-        oldest_pending: Limits::new(Duration::from_millis(100), Duration::from_secs(3600)),
-        ..HealthThresholds::default()
-    };
+    let old = HealthThresholds::default().with_oldest_pending(Limits::new(
+        Duration::from_millis(100),
+        Duration::from_secs(3600),
+    ));
     let report = check_health(&mut c, &streams, &old).await;
     assert_eq!(report.status, HealthStatus::Degraded);
     assert!(
@@ -277,10 +274,7 @@ async fn health_is_degraded_by_old_or_many_pending_entries() {
         "{:?}",
         report.reasons
     );
-    let many = HealthThresholds {
-        pending: Limits::new(2, 5),
-        ..HealthThresholds::default()
-    };
+    let many = HealthThresholds::default().with_pending(Limits::new(2, 5));
     let report = check_health(&mut c, &streams, &many).await;
     assert_eq!(report.status, HealthStatus::Unhealthy);
     assert_eq!(
@@ -297,11 +291,9 @@ async fn health_flags_missing_streams_and_dead_letters_when_asked() {
     let report = check_health(&mut c, &streams, &HealthThresholds::default()).await;
     assert_eq!(report.status, HealthStatus::Degraded);
     assert!(report.reasons[0].contains("does not exist"));
-    let relaxed = HealthThresholds {
-        missing_stream: HealthStatus::Healthy,
-        dead_letters: Limits::new(1, 10),
-        ..HealthThresholds::default()
-    };
+    let relaxed = HealthThresholds::default()
+        .with_missing_stream(HealthStatus::Healthy)
+        .with_dead_letters(Limits::new(1, 10));
     assert_eq!(
         check_health(&mut c, &streams, &relaxed).await.status,
         HealthStatus::Healthy
@@ -480,10 +472,7 @@ async fn trim_without_groups_removes_nothing() {
 }
 
 async fn dry_run(c: &mut RedisConnection) -> asdlc::monitor::TrimReport {
-    let options = TrimOptions {
-        dry_run: true,
-        ..TrimOptions::default()
-    };
+    let options = TrimOptions::default().with_dry_run(true);
     trim_acknowledged_with(c, STREAM, options).await.unwrap()
 }
 
@@ -509,10 +498,7 @@ async fn trim_dry_run_and_min_age_keep_everything_they_promise() {
     let young = trim_acknowledged_with(
         &mut c,
         STREAM,
-        TrimOptions {
-            min_age: Some(Duration::from_secs(3600)),
-            ..TrimOptions::default()
-        },
+        TrimOptions::default().with_min_age(Duration::from_secs(3600)),
     )
     .await
     .unwrap();
@@ -636,10 +622,9 @@ async fn retention_policy_trims_every_stream_until_cancelled() {
     let task = tokio::spawn(run_retention(
         conn(&s).await,
         multi_config(&s),
-        RetentionPolicy {
-            interval: Duration::from_millis(50),
-            min_age: Duration::ZERO,
-        },
+        RetentionPolicy::default()
+            .with_interval(Duration::from_millis(50))
+            .with_min_age(Duration::ZERO),
         cancel.clone(),
     ));
     eventually(WAIT, "both tenant streams trimmed", || async {

@@ -3,7 +3,7 @@
 mod common;
 
 use asdlc::{
-    AsdlcEvent, Config, EventType, GroupStart, PublishError, Publisher, TenantContext,
+    AsdlcEvent, Config, EventType, GroupStart, PublishError, Publisher, TenantContext, TenantError,
     create_consumer_group, encoding, ensure_stream_exists, get_stream_info,
 };
 use common::*;
@@ -231,13 +231,19 @@ async fn tenant_errors_are_typed_and_write_nothing() {
         .publish(&event(EventType::TaskCreated, "s"))
         .await
         .unwrap_err();
-    assert!(matches!(err, PublishError::MissingTenant), "{err}");
+    assert!(
+        matches!(err, PublishError::Tenant(TenantError::Missing)),
+        "{err}"
+    );
     let mut e = event(EventType::TaskCreated, "s");
     e.tenant_id = Some(tenant("globex"));
     let err = TenantContext::scope(tenant("acme"), publisher.publish(&e))
         .await
         .unwrap_err();
-    assert!(matches!(err, PublishError::TenantMismatch { .. }), "{err}");
+    assert!(
+        matches!(err, PublishError::Tenant(TenantError::Mismatch { .. })),
+        "{err}"
+    );
 
     let only_acme = Config {
         tenancy: asdlc::Tenancy::multi_only([tenant("acme")]),
@@ -250,11 +256,17 @@ async fn tenant_errors_are_typed_and_write_nothing() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, PublishError::TenantNotAllowed(_)), "{err}");
+    assert!(
+        matches!(err, PublishError::Tenant(TenantError::NotAllowed(_))),
+        "{err}"
+    );
 
     let single = Publisher::connect(config(&s)).await.unwrap();
     let err = single.publish(&e).await.unwrap_err();
-    assert!(matches!(err, PublishError::TenantInSingleMode(_)), "{err}");
+    assert!(
+        matches!(err, PublishError::Tenant(TenantError::InSingleMode(_))),
+        "{err}"
+    );
 
     let mut conn = conn(&s).await;
     let keys: Vec<String> = redis::cmd("KEYS")

@@ -1,5 +1,6 @@
 //! The CLI's errors, each with its exit status and a one-line message.
 
+use asdlc_runtime::InvalidTenantId;
 use asdlc_runtime::error::{ConfigError, PublishError, StreamError, ValidationError};
 
 /// Exit status: success.
@@ -136,6 +137,12 @@ fn is_connection_problem(e: &redis::RedisError) -> bool {
 
 impl From<ValidationError> for CliError {
     fn from(e: ValidationError) -> Self {
+        CliError::Usage(e.to_string())
+    }
+}
+
+impl From<InvalidTenantId> for CliError {
+    fn from(e: InvalidTenantId) -> Self {
         CliError::Usage(e.to_string())
     }
 }

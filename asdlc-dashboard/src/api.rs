@@ -146,10 +146,7 @@ async fn overview(
         .filter_map(|s| tenant_of_stream(s, &base))
         .map(|t| t.to_string())
         .collect();
-    let thresholds = HealthThresholds {
-        missing_stream: HealthStatus::Healthy,
-        ..HealthThresholds::default()
-    };
+    let thresholds = HealthThresholds::default().with_missing_stream(HealthStatus::Healthy);
     let report = check_health(&mut conn, &streams, &thresholds).await;
     let views: Vec<StreamView> = report
         .streams
@@ -567,11 +564,10 @@ async fn replay(
             });
         }
         (None, true) => {
-            let options = deadletter::ReplayOptions {
-                to_group: m.to_group.clone(),
-                from_group: m.group.clone(),
-                include_malformed: m.include_malformed,
-            };
+            let mut options =
+                deadletter::ReplayOptions::default().with_include_malformed(m.include_malformed);
+            options.to_group.clone_from(&m.to_group);
+            options.from_group.clone_from(&m.group);
             for stream in streams_of(&d, &mut conn, &m).await? {
                 let report =
                     deadletter::replay_all_with(&mut conn, &stream, options.clone()).await?;

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 
 /// The dashboard could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DashboardError {
     /// The Redis server could not be reached.
     #[error("cannot reach {url}: {source}")]
@@ -46,6 +47,7 @@ pub enum DashboardError {
 /// Why a request was refused; each variant is one HTTP status, sent as
 /// `{"error": "...", "status": N}`.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ApiError {
     /// The dashboard is read-only, or the token is missing or wrong (403).
     #[error("{0}")]
@@ -59,9 +61,19 @@ pub enum ApiError {
     /// A parameter is missing or invalid (400).
     #[error("{0}")]
     BadRequest(String),
-    /// Redis failed or could not be reached (502).
-    #[error("{0}")]
-    Redis(String),
+    /// Redis failed or could not be reached (502): `stream` names the stream it concerned,
+    /// if one.
+    #[error(
+        "redis error{}: {source}",
+        stream.as_ref().map(|s| format!(" on stream `{s}`")).unwrap_or_default()
+    )]
+    Redis {
+        /// The stream.
+        stream: Option<String>,
+        /// The underlying error.
+        #[source]
+        source: redis::RedisError,
+    },
 }
 
 impl ApiError {
@@ -72,7 +84,7 @@ impl ApiError {
             ApiError::MisdirectedHost(_) => StatusCode::MISDIRECTED_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Redis(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Redis { .. } => StatusCode::BAD_GATEWAY,
         }
     }
 }
@@ -80,15 +92,22 @@ impl ApiError {
 impl From<StreamError> for ApiError {
     fn from(e: StreamError) -> Self {
         match e {
+            StreamError::Redis { stream, source } => ApiError::Redis {
+                stream: Some(stream),
+                source,
+            },
             StreamError::Invalid(v) => ApiError::BadRequest(v.to_string()),
-            other => ApiError::Redis(other.to_string()),
+            other => ApiError::BadRequest(other.to_string()),
         }
     }
 }
 
 impl From<redis::RedisError> for ApiError {
-    fn from(e: redis::RedisError) -> Self {
-        ApiError::Redis(e.to_string())
+    fn from(source: redis::RedisError) -> Self {
+        ApiError::Redis {
+            stream: None,
+            source,
+        }
     }
 }
 

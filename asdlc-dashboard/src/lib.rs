@@ -48,6 +48,7 @@ pub use sampler::{GroupSeries, Sample, Throughput};
 
 /// How the dashboard behaves.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct DashboardOptions {
     /// The token that allows replay and purge. `None` (the default): read-only, every
     /// mutating request is refused with 403.
@@ -61,6 +62,35 @@ pub struct DashboardOptions {
     /// How many samples each group keeps (the chart's width in time is
     /// `sample_every * samples_kept`).
     pub samples_kept: usize,
+}
+
+impl DashboardOptions {
+    /// The token that allows replay and purge (without one the dashboard is read-only).
+    pub fn with_write_token(mut self, write_token: impl Into<String>) -> Self {
+        self.write_token = Some(write_token.into());
+        self
+    }
+
+    /// The `Host` header values accepted; others get 421.
+    pub fn with_allowed_hosts(
+        mut self,
+        allowed_hosts: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        self.allowed_hosts = Some(allowed_hosts.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// How often the server samples every group's progress.
+    pub fn with_sample_every(mut self, sample_every: Duration) -> Self {
+        self.sample_every = sample_every;
+        self
+    }
+
+    /// How many samples each group keeps.
+    pub fn with_samples_kept(mut self, samples_kept: usize) -> Self {
+        self.samples_kept = samples_kept;
+        self
+    }
 }
 
 impl Default for DashboardOptions {

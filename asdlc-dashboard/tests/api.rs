@@ -122,12 +122,11 @@ async fn call(
 }
 
 fn options(token: Option<&str>) -> DashboardOptions {
-    DashboardOptions {
-        write_token: token.map(str::to_owned),
-        allowed_hosts: Some(vec![HOST.to_owned()]),
-        sample_every: Duration::from_millis(200),
-        ..DashboardOptions::default()
-    }
+    let mut options = DashboardOptions::default()
+        .with_allowed_hosts([HOST])
+        .with_sample_every(Duration::from_millis(200));
+    options.write_token = token.map(str::to_owned);
+    options
 }
 
 /// The scenario, wherever it runs: overview, group page, dead letters, replay with and

@@ -93,19 +93,17 @@ fn expand(function: &ItemFn, args: &HandlerArgs, signature: &HandlerSignature) -
     };
     let group = &args.group;
     let types = event_type_paths(&private, &args.types);
-    let some_or_none = |value: Option<TokenStream>| match value {
-        Some(v) => quote!(::core::option::Option::Some(#v)),
-        None => quote!(::core::option::Option::None),
-    };
-    let max_deliveries = some_or_none(args.max_deliveries.map(|n| quote!(#n)));
-    let timeout = some_or_none(
-        args.timeout_ms
-            .map(|ms| quote!(#private::Duration::from_millis(#ms))),
-    );
-    let concurrency = some_or_none(args.concurrency.map(|n| {
+    // `HandlerOptions` is non-exhaustive: built with its const setters, one per key given.
+    let max_deliveries = args
+        .max_deliveries
+        .map(|n| quote!(.with_max_deliveries(#n)));
+    let timeout = args
+        .timeout_ms
+        .map(|ms| quote!(.with_timeout(#private::Duration::from_millis(#ms))));
+    let concurrency = args.concurrency.map(|n| {
         let n = proc_macro2::Literal::usize_unsuffixed(n);
-        quote!(#n)
-    }));
+        quote!(.with_concurrency(#n))
+    });
 
     let event_check = param_check(&signature.event, "__asdlc_event_ref", "__asdlc_event");
     let (ctx_param, ctx_check, ctx_arg) = match &signature.ctx {
@@ -187,11 +185,10 @@ fn expand(function: &ItemFn, args: &HandlerArgs, signature: &HandlerSignature) -
                     name: __ASDLC_NAME,
                     group: #group,
                     types: __ASDLC_TYPES,
-                    options: #private::HandlerOptions {
-                        max_deliveries: #max_deliveries,
-                        timeout: #timeout,
-                        concurrency: #concurrency,
-                    },
+                    options: #private::HandlerOptions::new()
+                        #max_deliveries
+                        #timeout
+                        #concurrency,
                     handler: &__AsdlcHandler,
                     location: ::core::concat!(::core::file!(), ":", ::core::line!()),
                 }
@@ -299,9 +296,7 @@ mod tests {
             "const __ASDLC_NAME : & str = :: core :: concat ! (:: core :: module_path ! () , \"::\" , \"on_task\") ;",
             "group : \"development-handlers\"",
             "types : __ASDLC_TYPES ,",
-            "max_deliveries : :: core :: option :: Option :: None",
-            "timeout : :: core :: option :: Option :: None",
-            "concurrency : :: core :: option :: Option :: None",
+            "options : :: asdlc :: __private :: HandlerOptions :: new () , handler",
             "handler : & __AsdlcHandler",
             "location : :: core :: concat ! (:: core :: file ! () , \":\" , :: core :: line ! ())",
         ] {
@@ -327,9 +322,7 @@ mod tests {
         );
         for expected in [
             "const __ASDLC_NAME : & str = \"approve\" ;",
-            "max_deliveries : :: core :: option :: Option :: Some (3u32)",
-            "timeout : :: core :: option :: Option :: Some (:: asdlc_runtime :: __private :: Duration :: from_millis (120000u64))",
-            "concurrency : :: core :: option :: Option :: Some (8)",
+            "options : :: asdlc_runtime :: __private :: HandlerOptions :: new () . with_max_deliveries (3u32) . with_timeout (:: asdlc_runtime :: __private :: Duration :: from_millis (120000u64)) . with_concurrency (8) ,",
             "impl :: asdlc_runtime :: __private :: EventHandler",
             "_ : & '__asdlc :: asdlc_runtime :: __private :: HandlerContext",
             "let __asdlc_future = approve (__asdlc_event) ;",

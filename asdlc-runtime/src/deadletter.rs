@@ -20,6 +20,7 @@ use crate::encoding::decode;
 use crate::error::{DecodeError, StreamError};
 use crate::event::AsdlcEvent;
 use crate::keys::StreamKeys;
+use crate::tenancy::TenantError;
 
 /// The prefix of the original entry's fields in a dead letter.
 pub const FIELD_PREFIX: &str = "f:";
@@ -37,6 +38,7 @@ pub fn keyless_identity(entry_id: &str) -> String {
 /// What the dead-letter stream keeps. Every commit that writes a dead letter trims the
 /// stream to it, exactly.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DeadLetterPolicy {
     /// Keep at most this many dead letters, the newest (`None`: no limit). Default 100,000.
     pub max_len: Option<u64>,
@@ -46,6 +48,26 @@ pub struct DeadLetterPolicy {
     /// and the record says so (`truncated_from`). Such a dead letter cannot be replayed.
     /// Default 64 KiB.
     pub max_payload: usize,
+}
+
+impl DeadLetterPolicy {
+    /// Keeps at most this many dead letters, the newest (`None`: no limit).
+    pub fn with_max_len(mut self, max_len: Option<u64>) -> Self {
+        self.max_len = max_len;
+        self
+    }
+
+    /// Drops dead letters older than this (`None`: never).
+    pub fn with_max_age(mut self, max_age: Option<Duration>) -> Self {
+        self.max_age = max_age;
+        self
+    }
+
+    /// Keeps at most this many bytes of the original entry's values.
+    pub fn with_max_payload(mut self, max_payload: usize) -> Self {
+        self.max_payload = max_payload;
+        self
+    }
 }
 
 impl Default for DeadLetterPolicy {
@@ -148,11 +170,20 @@ impl DeadLetter {
         if let Some(n) = self.truncated_from {
             return Some(format!("kept only part of its {n}-byte entry"));
         }
-        if let Err(e) = self.event() {
-            return Some(format!("malformed: {e}"));
-        }
-        if self.reason.starts_with("tenant mismatch") {
-            return Some(self.reason.clone());
+        let event = match self.event() {
+            Ok(event) => event,
+            Err(e) => return Some(format!("malformed: {e}")),
+        };
+        // The consumer dead-letters an entry of another tenant than its stream's before any
+        // handler runs; a replay puts it back on the same stream, to the same end.
+        let stream_tenant = crate::keys::tenant_in_stream_name(&self.source_stream);
+        if event.tenant_id != stream_tenant {
+            let refusal = TenantError::WrongStream {
+                event: event.tenant_id,
+                stream: self.source_stream.clone(),
+                stream_tenant,
+            };
+            return Some(refusal.to_string());
         }
         None
     }
@@ -289,6 +320,7 @@ async fn replay_inner(
 
 /// How [`replay_all_with`] replays.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ReplayOptions {
     /// Replay for this group only (see [`replay_to_group`]); `None`: for every group.
     pub to_group: Option<String>,
@@ -297,6 +329,26 @@ pub struct ReplayOptions {
     /// Also replay dead letters that cannot succeed ([`DeadLetter::cannot_succeed`]); they
     /// are dead-lettered again. A truncated one is never replayed.
     pub include_malformed: bool,
+}
+
+impl ReplayOptions {
+    /// Replays for this group only (see [`replay_to_group`]).
+    pub fn with_to_group(mut self, to_group: impl Into<String>) -> Self {
+        self.to_group = Some(to_group.into());
+        self
+    }
+
+    /// Replays only dead letters this group gave up on.
+    pub fn with_from_group(mut self, from_group: impl Into<String>) -> Self {
+        self.from_group = Some(from_group.into());
+        self
+    }
+
+    /// Also replays dead letters that cannot succeed (`true`).
+    pub fn with_include_malformed(mut self, include_malformed: bool) -> Self {
+        self.include_malformed = include_malformed;
+        self
+    }
 }
 
 /// One dead letter put back on its stream.
@@ -540,6 +592,40 @@ mod tests {
         };
         let (kept, _) = odd.cap(&fields);
         assert_eq!(kept[0].1.len(), 1024, "not inside the two bytes of an é");
+    }
+
+    fn letter(source_stream: &str, tenant: Option<&str>, reason: &str) -> DeadLetter {
+        let mut event = AsdlcEvent::builder(crate::EventType::TaskCreated, "s");
+        if let Some(t) = tenant {
+            event = event.tenant_id(crate::TenantId::new(t).unwrap());
+        }
+        let encoded = crate::encoding::encode(&event.build().unwrap());
+        let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = vec![
+            (b"source_stream".to_vec(), source_stream.as_bytes().to_vec()),
+            (b"reason".to_vec(), reason.as_bytes().to_vec()),
+        ];
+        for (k, v) in encoded.fields() {
+            pairs.push((format!("{FIELD_PREFIX}{k}").into_bytes(), v.clone()));
+        }
+        DeadLetter::from_entry("1-0".into(), pairs)
+    }
+
+    #[test]
+    fn a_letter_of_another_tenant_than_its_stream_cannot_succeed_whatever_its_reason() {
+        let acme = "tenant:{acme}:asdlc:events";
+        assert_eq!(
+            letter(acme, Some("acme"), "permanent failure").cannot_succeed(),
+            None
+        );
+        assert_eq!(letter("asdlc:events", None, "").cannot_succeed(), None);
+        let other = letter(acme, Some("globex"), "").cannot_succeed().unwrap();
+        assert!(other.starts_with("tenant mismatch"), "{other}");
+        assert!(letter(acme, None, "").cannot_succeed().is_some());
+        assert!(
+            letter("asdlc:events", Some("acme"), "")
+                .cannot_succeed()
+                .is_some()
+        );
     }
 
     #[test]

@@ -228,7 +228,7 @@ where
     let tenant_id = text(6)?
         .map(TenantId::new)
         .transpose()
-        .map_err(DecodeError::from)?;
+        .map_err(|e| DecodeError::from(ValidationError::from(e)))?;
     let artifact_paths = match text(8)? {
         None => Vec::new(),
         Some(s) if s.trim_start().starts_with('[') => serde_json::from_str::<Vec<String>>(s)

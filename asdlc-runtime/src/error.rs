@@ -5,19 +5,23 @@
 //! DecodeError            a stream entry is not a valid event (which field, why)
 //! ConfigError            configuration from code or the environment is wrong
 //! StreamError            a stream operation (create, group, info) failed in Redis
-//! PublishError           publishing failed: Validation | Tenancy | Redis
-//! ConsumeError           a consumer could not start or run: Config | NameInUse | Redis
+//! PublishError           publishing failed: Validation | Tenant | Redis
+//! ConsumeError           a consumer could not start or run: Config | Tenant | NameInUse | Redis
 //! EffectError            a staged effect was refused (wrong slot, bad command)
 //! RuntimeError           the runtime could not start: Registry | Consume | Stream
 //! ```
 //!
-//! Redis failures carry the stream (and group) they concern and the [`redis::RedisError`] as
-//! their source. No error message ever contains a password from a Redis URL.
+//! A Redis failure arrives one way in each enum: its one `Redis` variant, which carries what it
+//! concerns (the stream, and the group) and the [`redis::RedisError`] as its `source`, and
+//! says `redis error <what>: <source>`. No error message ever contains a password from a
+//! Redis URL. Every enum is `#[non_exhaustive]`: a `match` outside this crate needs a
+//! wildcard arm.
 //!
 //! [`RuntimeError`](crate::RuntimeError) and [`RegistryError`](crate::RegistryError) live in
-//! [`crate::runtime`], next to the code that raises them.
+//! [`crate::runtime`], next to the code that raises them; [`TenantError`] (a tenant that does
+//! not fit) and [`InvalidTenantId`] in [`crate::tenancy`], next to [`TenantId`](crate::TenantId).
 
-use crate::tenancy::TenantId;
+use crate::tenancy::{InvalidTenantId, TenantError};
 
 /// A field of an event (or a tenant id, or a name) is invalid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,6 +40,12 @@ impl ValidationError {
             field,
             reason: reason.into(),
         }
+    }
+}
+
+impl From<InvalidTenantId> for ValidationError {
+    fn from(e: InvalidTenantId) -> Self {
+        ValidationError::new("tenant_id", e.reason())
     }
 }
 
@@ -66,6 +76,7 @@ impl From<ValidationError> for DecodeError {
 
 /// Configuration is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// An environment variable has a value that cannot be used.
     #[error("environment variable {var}: {reason}")]
@@ -101,6 +112,7 @@ pub enum ConfigError {
 
 /// A stream operation failed in Redis.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StreamError {
     /// Redis returned an error or could not be reached.
     #[error("redis error on stream `{stream}`: {source}")]
@@ -123,35 +135,32 @@ impl StreamError {
             source,
         }
     }
+
+    /// This error as a consumer of `group` reports it: a Redis failure names the group too.
+    pub(crate) fn in_group(self, group: &str) -> ConsumeError {
+        match self {
+            StreamError::Redis { stream, source } => ConsumeError::Redis {
+                stream,
+                group: group.to_owned(),
+                source,
+            },
+            StreamError::Invalid(v) => ConsumeError::Config(ConfigError::Invalid(v)),
+        }
+    }
 }
 
 /// Publishing failed; nothing was written.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PublishError {
     /// The event is invalid.
     #[error(transparent)]
     Validation(#[from] ValidationError),
-    /// Multi-tenant mode and no tenant in the event or the context.
-    #[error("multi-tenant mode needs a tenant: set one with TenantContext::scope or on the event")]
-    MissingTenant,
-    /// The event names a different tenant than the current context.
-    #[error("the event's tenant `{event}` differs from the context's tenant `{context}`")]
-    TenantMismatch {
-        /// The event's tenant.
-        event: TenantId,
-        /// The context's tenant.
-        context: TenantId,
-    },
-    /// The tenant is not in the configured allow-list.
-    #[error("tenant `{0}` is not in the allowed tenants")]
-    TenantNotAllowed(TenantId),
-    /// Single-tenant mode, but the event or context names a tenant.
-    #[error(
-        "single-tenant mode: the event names tenant `{0}`; enable multi-tenancy to publish for tenants"
-    )]
-    TenantInSingleMode(TenantId),
+    /// The tenant is missing, not allowed, or not the context's.
+    #[error(transparent)]
+    Tenant(#[from] TenantError),
     /// Redis returned an error or could not be reached.
-    #[error("publishing to `{stream}` failed: {source}")]
+    #[error("redis error publishing to stream `{stream}`: {source}")]
     Redis {
         /// The stream.
         stream: String,
@@ -163,10 +172,14 @@ pub enum PublishError {
 
 /// A consumer could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConsumeError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A tenant to consume for is not allowed by the configured tenancy.
+    #[error(transparent)]
+    Tenant(#[from] TenantError),
     /// Another live process uses this consumer name in this group.
     #[error(
         "consumer name `{consumer}` is in use in group `{group}` on `{stream}` by a live process; \
@@ -219,11 +232,8 @@ pub enum ConsumeError {
         /// The name.
         consumer: String,
     },
-    /// A stream operation failed.
-    #[error(transparent)]
-    Stream(#[from] StreamError),
     /// Redis returned an error or could not be reached.
-    #[error("redis error on `{stream}` group `{group}`: {source}")]
+    #[error("redis error on stream `{stream}` in group `{group}`: {source}")]
     Redis {
         /// The stream.
         stream: String,
@@ -237,6 +247,7 @@ pub enum ConsumeError {
 
 /// A staged effect was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EffectError {
     /// The key is not in the stream's slot, so it cannot commit atomically with the ack.
     #[error(
@@ -252,4 +263,17 @@ pub enum EffectError {
     /// The command is not one that can be staged.
     #[error("command `{0}` cannot be staged as an effect")]
     UnsupportedCommand(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalid_tenant_id_is_a_validation_error_of_its_field() {
+        let err = crate::TenantId::new("a:b").unwrap_err();
+        let v = ValidationError::from(err.clone());
+        assert_eq!((v.field, v.reason.as_str()), ("tenant_id", err.reason()));
+        assert_eq!(v.to_string(), err.to_string());
+    }
 }

@@ -23,7 +23,7 @@
 use std::sync::LazyLock;
 
 use redis::aio::ConnectionLike;
-use redis::{ErrorKind, FromRedisValue, RedisError, RedisResult, ToRedisArgs};
+use redis::{ErrorKind, FromRedisValue, ParsingError, RedisError, RedisResult, ToRedisArgs, Value};
 
 /// The helpers every function may use, and the functions: (step name, source). A source sees
 /// `KEYS` and `ARGV` as in a script.
@@ -116,7 +116,10 @@ pub async fn ensure_loaded<C: ConnectionLike + Send>(conn: &mut C) -> Result<(),
     match present {
         Ok(_) => Ok(()),
         Err(e) if is_missing(&e) => load(conn).await,
-        Err(e) => Err(FunctionsError::Redis(e)),
+        Err(source) => Err(FunctionsError::Redis {
+            library: LIBRARY.name.clone(),
+            source,
+        }),
     }
 }
 
@@ -136,7 +139,10 @@ pub async fn load<C: ConnectionLike + Send>(conn: &mut C) -> Result<(), Function
                     source,
                 }
             } else {
-                FunctionsError::Redis(source)
+                FunctionsError::Redis {
+                    library: LIBRARY.name.clone(),
+                    source,
+                }
             }
         })
 }
@@ -150,6 +156,7 @@ fn is_missing(e: &RedisError) -> bool {
 
 /// Why the protocol's library could not be made available.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FunctionsError {
     /// The library is missing and this user may not load it.
     #[error(
@@ -164,15 +171,21 @@ pub enum FunctionsError {
         #[source]
         source: RedisError,
     },
-    /// The server failed otherwise.
-    #[error("loading the asdlc functions library: {0}")]
-    Redis(#[source] RedisError),
+    /// Redis returned another error or could not be reached.
+    #[error("redis error loading the asdlc functions library `{library}`: {source}")]
+    Redis {
+        /// The library's name.
+        library: String,
+        /// The underlying error.
+        #[source]
+        source: RedisError,
+    },
 }
 
 impl From<FunctionsError> for RedisError {
     fn from(e: FunctionsError) -> Self {
         match e {
-            FunctionsError::Redis(e) => e,
+            FunctionsError::Redis { source, .. } => source,
             e @ FunctionsError::NotLoaded { .. } => RedisError::from((
                 ErrorKind::Client,
                 "asdlc functions library missing",
@@ -180,6 +193,16 @@ impl From<FunctionsError> for RedisError {
             )),
         }
     }
+}
+
+/// The error of a reply a function does not give: names the function and shows the reply.
+/// Each function's reply type, next to the module that calls it, parses with it.
+pub(crate) fn unexpected(function: Function, reply: &Value) -> ParsingError {
+    format!(
+        "unexpected reply of the asdlc {} function: {reply:?}",
+        function.0
+    )
+    .into()
 }
 
 /// One function of the library.
@@ -282,6 +305,12 @@ mod tests {
         assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
         assert_ne!(fnv1a(b"begin"), fnv1a(b"begim"));
+    }
+
+    #[test]
+    fn an_unexpected_reply_is_named() {
+        let e = unexpected(COMMIT, &Value::Int(7)).to_string();
+        assert!(e.contains("commit function") && e.contains('7'), "{e}");
     }
 
     #[test]

@@ -43,6 +43,15 @@ pub fn tenant_of_stream(stream: &str, base: &str) -> Option<TenantId> {
     TenantId::new(tenant).ok()
 }
 
+/// The tenant of a stream name of the multi-tenant form `tenant:{<tenant>}:<base>`, whatever
+/// the base; `None` for any other name (a base has no braces, so it cannot look like one).
+pub(crate) fn tenant_in_stream_name(stream: &str) -> Option<TenantId> {
+    let rest = stream.strip_prefix("tenant:{")?;
+    let (tenant, tail) = rest.split_once('}')?;
+    tail.strip_prefix(':')?;
+    TenantId::new(tenant).ok()
+}
+
 /// Checks a stream base name: non-empty, at most 200 bytes, printable, no whitespace and no
 /// braces (braces would change the key's hash tag).
 pub fn validate_stream_base(base: &str) -> Result<(), ValidationError> {

@@ -95,7 +95,7 @@ pub use streams::{
     get_stream_info,
 };
 pub use tenancy::acl;
-pub use tenancy::{TenantContext, TenantId, discover_tenants};
+pub use tenancy::{InvalidTenantId, TenantContext, TenantError, TenantId, discover_tenants};
 
 /// The event model, what a handler reports and what a recovery pass did, under the one module
 /// name code written against `asdlc::events::...` imports them from, so that code keeps

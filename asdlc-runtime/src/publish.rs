@@ -15,7 +15,7 @@ use crate::encoding::{check_encoded_size, encode_into};
 use crate::error::PublishError;
 use crate::error::ValidationError;
 use crate::event::{AsdlcEvent, unique_idempotency_key};
-use crate::tenancy::{TenantContext, TenantId};
+use crate::tenancy::{TenantContext, TenantError, TenantId};
 
 /// What a successful publish returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,24 +169,25 @@ impl Publisher {
     ) -> Result<Option<TenantId>, PublishError> {
         if !self.config.tenancy.is_multi() {
             return match event_tenant {
-                Some(t) => Err(PublishError::TenantInSingleMode(t.clone())),
+                Some(t) => Err(TenantError::InSingleMode(t.clone()).into()),
                 None => Ok(None),
             };
         }
         let context = TenantContext::current();
         let tenant = match (event_tenant, context) {
             (Some(e), Some(c)) if *e != c => {
-                return Err(PublishError::TenantMismatch {
+                return Err(TenantError::Mismatch {
                     event: e.clone(),
                     context: c,
-                });
+                }
+                .into());
             }
             (Some(e), _) => e.clone(),
             (None, Some(c)) => c,
-            (None, None) => return Err(PublishError::MissingTenant),
+            (None, None) => return Err(TenantError::Missing.into()),
         };
         if !self.config.tenancy.allows(&tenant) {
-            return Err(PublishError::TenantNotAllowed(tenant));
+            return Err(TenantError::NotAllowed(tenant).into());
         }
         Ok(Some(tenant))
     }

@@ -27,12 +27,53 @@ pub async fn ensure_stream_exists(
     conn: &mut RedisConnection,
     stream: &str,
 ) -> Result<bool, StreamError> {
-    let created: i64 = crate::functions::ENSURE_STREAM
+    let ensured: Ensured = crate::functions::ENSURE_STREAM
         .key(stream)
         .invoke_async(conn)
         .await
         .map_err(StreamError::redis(stream))?;
-    Ok(created == 1)
+    Ok(ensured == Ensured::Created)
+}
+
+/// What the ensure-stream script did (streams_ensure.lua: `1` or `0`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ensured {
+    /// The stream was created, empty.
+    Created,
+    /// The stream was there.
+    Existed,
+}
+
+impl redis::FromRedisValue for Ensured {
+    fn from_redis_value(v: redis::Value) -> Result<Self, redis::ParsingError> {
+        match v {
+            redis::Value::Int(1) => Ok(Ensured::Created),
+            redis::Value::Int(0) => Ok(Ensured::Existed),
+            other => Err(crate::functions::unexpected(
+                crate::functions::ENSURE_STREAM,
+                &other,
+            )),
+        }
+    }
+}
+
+/// What the lag script counted (streams_lag.lua: the count, or `-1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lag {
+    /// This many entries after the group's last delivered one.
+    Counted(u64),
+    /// More than the limit, either way: not counted.
+    OverLimit,
+}
+
+impl redis::FromRedisValue for Lag {
+    fn from_redis_value(v: redis::Value) -> Result<Self, redis::ParsingError> {
+        match v {
+            redis::Value::Int(-1) => Ok(Lag::OverLimit),
+            redis::Value::Int(n) if n >= 0 => Ok(Lag::Counted(n as u64)),
+            other => Err(crate::functions::unexpected(crate::functions::LAG, &other)),
+        }
+    }
 }
 
 /// Creates consumer group `group` on `stream`, creating the stream if needed. An existing
@@ -252,14 +293,17 @@ async fn count_lag(
         return Ok(Some(info.length));
     }
     // Counted inside the server, so no entry crosses the network.
-    let n: i64 = crate::functions::LAG
+    let lag: Lag = crate::functions::LAG
         .key(stream)
         .arg(last_delivered)
         .arg(LAG_COUNT_LIMIT)
         .invoke_async(conn)
         .await
         .map_err(StreamError::redis(stream))?;
-    Ok(u64::try_from(n).ok())
+    Ok(match lag {
+        Lag::Counted(n) => Some(n),
+        Lag::OverLimit => None,
+    })
 }
 
 /// An entry id's (milliseconds, sequence), for ordering; malformed parts count as 0.

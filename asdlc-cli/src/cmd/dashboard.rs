@@ -27,11 +27,9 @@ pub async fn run(ctx: &mut Ctx, args: DashboardArgs) -> Result<u8, CliError> {
     {
         extra.extend(own);
     }
-    let options = DashboardOptions {
-        write_token,
-        allowed_hosts,
-        ..DashboardOptions::default()
-    };
+    let mut options = DashboardOptions::default();
+    options.write_token = write_token;
+    options.allowed_hosts = allowed_hosts;
     let served = serve(args.bind, ctx.config.clone(), options)
         .await
         .map_err(|e| match e {

@@ -32,11 +32,10 @@ pub async fn run(ctx: &mut Ctx, command: DlqCommand) -> Result<u8, CliError> {
             include_malformed,
             ..
         } => {
-            let options = deadletter::ReplayOptions {
-                from_group: group.clone(),
-                to_group: group,
-                include_malformed,
-            };
+            let mut options =
+                deadletter::ReplayOptions::default().with_include_malformed(include_malformed);
+            options.from_group.clone_from(&group);
+            options.to_group = group;
             replay_all(ctx, options).await
         }
         DlqCommand::Purge { yes } => purge(ctx, yes).await,

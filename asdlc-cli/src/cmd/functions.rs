@@ -12,7 +12,7 @@ const EXIT_NOT_LOADED: u8 = 1;
 
 fn functions_error(url: &str, e: FunctionsError) -> CliError {
     match e {
-        FunctionsError::Redis(ref source) => CliError::redis(url, source),
+        FunctionsError::Redis { ref source, .. } => CliError::redis(url, source),
         other => CliError::Failed(other.to_string()),
     }
 }

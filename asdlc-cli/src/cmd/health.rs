@@ -9,20 +9,22 @@ use crate::error::{CliError, EXIT_DEGRADED, EXIT_OK, EXIT_UNHEALTHY};
 use crate::fmt::or_dash;
 
 pub async fn run(ctx: &mut Ctx, args: HealthArgs) -> Result<u8, CliError> {
-    let thresholds = HealthThresholds {
-        lag: Limits::new(args.lag_degraded, args.lag_unhealthy),
-        pending: Limits::new(args.pending_degraded, args.pending_unhealthy),
-        oldest_pending: Limits::new(args.pending_age_degraded, args.pending_age_unhealthy),
-        dead_letters: Limits {
+    let thresholds = HealthThresholds::default()
+        .with_lag(Limits::new(args.lag_degraded, args.lag_unhealthy))
+        .with_pending(Limits::new(args.pending_degraded, args.pending_unhealthy))
+        .with_oldest_pending(Limits::new(
+            args.pending_age_degraded,
+            args.pending_age_unhealthy,
+        ))
+        .with_dead_letters(Limits {
             degraded: args.dead_letters_degraded,
             unhealthy: None,
-        },
-        missing_stream: if args.require_stream {
+        })
+        .with_missing_stream(if args.require_stream {
             HealthStatus::Degraded
         } else {
             HealthStatus::Healthy
-        },
-    };
+        });
     // An unreachable server is a health finding (unhealthy), not a command failure.
     let report = match check(ctx, &thresholds).await {
         Ok(report) => report,

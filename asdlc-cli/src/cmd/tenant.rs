@@ -5,6 +5,7 @@ use std::io::BufRead;
 
 use asdlc_runtime::TenantId;
 use asdlc_runtime::acl::{self, AclError, AclReport, TenantAcl, TenantCredentials, UserChange};
+use asdlc_runtime::functions::FunctionsError;
 
 use crate::cli::TenantCommand;
 use crate::ctx::Ctx;
@@ -16,10 +17,11 @@ fn tenant_id(id: &str) -> Result<TenantId, CliError> {
 
 fn acl_error(url: &str, e: AclError) -> CliError {
     match e {
-        AclError::Redis { ref source, .. } | AclError::Topology { ref source } => {
+        AclError::Redis { ref source, .. } => CliError::redis(url, source),
+        AclError::Functions(FunctionsError::Redis { ref source, .. }) => {
             CliError::redis(url, source)
         }
-        e @ (AclError::Unreached { .. } | AclError::Record { .. }) => {
+        e @ (AclError::Unreached { .. } | AclError::Record { .. } | AclError::Functions(_)) => {
             CliError::Failed(e.to_string())
         }
         other => CliError::Usage(other.to_string()),

@@ -9,10 +9,8 @@ use crate::fmt::{Table, progress};
 
 pub async fn run(ctx: &mut Ctx, args: TrimArgs) -> Result<u8, CliError> {
     let url = ctx.url();
-    let options = TrimOptions {
-        min_age: args.min_age,
-        dry_run: args.dry_run,
-    };
+    let mut options = TrimOptions::default().with_dry_run(args.dry_run);
+    options.min_age = args.min_age;
     let mut reports = Vec::new();
     let targets = ctx.targets().await?;
     // One atomic step per stream: the bar counts streams.

@@ -17,6 +17,36 @@ use super::stats::Tally;
 use crate::functions::COMMIT;
 use crate::monitor::Labels;
 
+/// What the commit step said of one record (commit.lua: `1`, `0`, `2`, or a refusal's text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Committed {
+    /// Done: marked and applied, retried, dead-lettered or acknowledged, as the record asked.
+    Done,
+    /// (A success) The key was already processed: acknowledged, effects dropped.
+    AlreadyProcessed,
+    /// (A success) Another delivery of the key holds its lease (ours lapsed): nothing
+    /// applied, the entry stays pending.
+    LeaseTaken,
+    /// (A success with effects) A staged effect was refused, so nothing of the record was
+    /// applied; the lease is kept.
+    Refused(String),
+}
+
+impl redis::FromRedisValue for Committed {
+    fn from_redis_value(v: Value) -> Result<Self, redis::ParsingError> {
+        match v {
+            Value::Int(1) => Ok(Committed::Done),
+            Value::Int(0) => Ok(Committed::AlreadyProcessed),
+            Value::Int(2) => Ok(Committed::LeaseTaken),
+            Value::BulkString(b) => {
+                Ok(Committed::Refused(String::from_utf8_lossy(&b).into_owned()))
+            }
+            Value::SimpleString(s) => Ok(Committed::Refused(s)),
+            other => Err(crate::functions::unexpected(COMMIT, &other)),
+        }
+    }
+}
+
 /// Commits finished entries in batches: one script call per stream per batch.
 pub(super) async fn committer(
     shared: Arc<Shared>,
@@ -87,10 +117,13 @@ async fn commit_batch(
             // After a failed attempt whose reply was lost, "already marked" is nearly always
             // that attempt's own work (a key another delivery marks meanwhile needs our lease
             // to have lapsed): counted as processed.
-            (Kind::Success { .. }, Value::Int(n)) if n == 1 || (n == 0 && attempt > 0) => {
+            (Kind::Success { .. }, Committed::Done) => {
                 shared.stats.record(Tally::Processed, &labels, pass);
             }
-            (Kind::Success { .. }, Value::Int(2)) => {
+            (Kind::Success { .. }, Committed::AlreadyProcessed) if attempt > 0 => {
+                shared.stats.record(Tally::Processed, &labels, pass);
+            }
+            (Kind::Success { .. }, Committed::LeaseTaken) => {
                 // Our lease lapsed and another delivery of the key took it: that one decides.
                 shared.stats.record(Tally::Rechecked, &labels, pass);
                 tracing::info!(stream = %stream.name, id = %o.id, "another delivery holds this key's lease; checking again later");
@@ -98,7 +131,7 @@ async fn commit_batch(
                 finish(shared, pass);
                 continue;
             }
-            (Kind::Success { .. }, Value::Int(_)) => {
+            (Kind::Success { .. }, Committed::AlreadyProcessed) => {
                 shared.stats.record(Tally::Duplicate, &labels, pass);
                 tracing::info!(stream = %stream.name, id = %o.id, "another delivery committed this key first; effects dropped");
             }
@@ -108,14 +141,9 @@ async fn commit_batch(
                     fields,
                     ..
                 },
-                refusal,
+                Committed::Refused(refusal),
             ) => {
                 // A refused effect is a failed attempt: nothing of the record was applied.
-                let refusal = match refusal {
-                    Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
-                    Value::SimpleString(s) => s,
-                    other => format!("{other:?}"),
-                };
                 let error = format!("effect refused: {refusal}");
                 tracing::warn!(stream = %stream.name, id = %o.id, %error, attempt = tried, "staged effect refused");
                 shared.stats.record(Tally::Failed, &labels, pass);
@@ -171,7 +199,7 @@ async fn commit(
     run: &RunCtx,
     stream: &StreamCtx,
     outcomes: &[Outcome],
-) -> redis::RedisResult<Vec<Value>> {
+) -> redis::RedisResult<Vec<Committed>> {
     let mut inv = COMMIT.key(&*stream.name);
     inv.key(&stream.dead_letter).key(&stream.lease_key);
     // Declared: the mark hashes of the records that mark, and every staged effect's key.

@@ -16,9 +16,9 @@ use crate::encoding::decode;
 use crate::functions::BEGIN;
 use crate::idempotency::{FINGERPRINT_LEN, fingerprint};
 use crate::reply::RawEntry;
-use crate::tenancy::TenantId;
+use crate::tenancy::TenantError;
 
-/// What the begin step said of one entry.
+/// What the begin step said of one entry (begin.lua: `0`, `-1`, or the attempt `n > 0`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Begun {
     /// Already processed by the group: acknowledged.
@@ -31,11 +31,11 @@ enum Begun {
 
 impl redis::FromRedisValue for Begun {
     fn from_redis_value(v: Value) -> Result<Self, redis::ParsingError> {
-        match i64::from_redis_value(v)? {
-            0 => Ok(Begun::Duplicate),
-            -1 => Ok(Begun::Busy),
-            n if n > 0 => Ok(Begun::Leased(u32::try_from(n).unwrap_or(u32::MAX))),
-            n => Err(format!("unexpected begin code {n}").into()),
+        match v {
+            Value::Int(0) => Ok(Begun::Duplicate),
+            Value::Int(-1) => Ok(Begun::Busy),
+            Value::Int(n) if n > 0 => Ok(Begun::Leased(u32::try_from(n).unwrap_or(u32::MAX))),
+            other => Err(crate::functions::unexpected(BEGIN, &other)),
         }
     }
 }
@@ -119,12 +119,12 @@ pub(super) async fn dispatch(
             }
         };
         if event.tenant_id != stream.tenant {
-            let reason = format!(
-                "tenant mismatch: the event names tenant {:?} but stream `{}` belongs to {:?}",
-                event.tenant_id.as_ref().map(TenantId::as_str),
-                stream.name,
-                stream.tenant.as_ref().map(TenantId::as_str)
-            );
+            let reason = TenantError::WrongStream {
+                event: event.tenant_id.clone(),
+                stream: stream.name.to_string(),
+                stream_tenant: stream.tenant.clone(),
+            }
+            .to_string();
             tracing::warn!(stream = %stream.name, id = %entry.id, %reason, "dead-lettering entry");
             send(shared, run, dead(reason, fields)).await;
             continue;

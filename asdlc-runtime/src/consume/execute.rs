@@ -130,36 +130,31 @@ pub(super) async fn spawn_handler(
                 }
             };
             crate::monitor::record_handler_latency(&labels, started.elapsed());
-            if !result.success {
+            if !result.is_ok() {
                 shared.stats.record(Tally::Failed, &labels, None);
             }
             tracing::debug!(
                 elapsed_ms = started.elapsed().as_millis() as u64,
-                success = result.success,
+                success = result.is_ok(),
                 "handled"
             );
-            let kind = if result.success {
-                Kind::Success {
+            let kind = match result {
+                HandlerResult::Ok { .. } => Kind::Success {
                     fp: c.fp,
                     effects: ctx.take_effects(),
                     attempt,
                     fields: c.fields,
+                },
+                HandlerResult::Retry { message } => {
+                    failed_attempt(&shared, c.handler, attempt, c.fields, message)
                 }
-            } else {
-                let error = result
-                    .error_message
-                    .unwrap_or_else(|| "handler failed".to_owned());
-                if result.should_retry {
-                    failed_attempt(&shared, c.handler, attempt, c.fields, error)
-                } else {
-                    Kind::Dead {
-                        fields: c.fields,
-                        reason: "permanent failure".to_owned(),
-                        error,
-                        attempts: attempt,
-                        handler: spec.name().to_owned(),
-                    }
-                }
+                HandlerResult::Permanent { message } => Kind::Dead {
+                    fields: c.fields,
+                    reason: "permanent failure".to_owned(),
+                    error: message,
+                    attempts: attempt,
+                    handler: spec.name().to_owned(),
+                },
             };
             let out = Outcome {
                 stream: stream.clone(),

@@ -44,34 +44,46 @@ pub(crate) struct NameLock {
     predecessor: Option<String>,
 }
 
-/// A successful reply of the lock script.
-struct Taken {
-    /// The token of the process that held the name before, if known.
-    predecessor: Option<String>,
-    /// Whether the name is ours only on probation.
-    probation: bool,
+/// A reply of the lock script (name_lock.lua: `{1, predecessor or '', probation 0/1}` or
+/// `{0, current value}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LockReply {
+    /// The name is ours.
+    Taken {
+        /// The token of the process that held the name before, if known.
+        predecessor: Option<String>,
+        /// Whether the name is ours only on probation.
+        probation: bool,
+    },
+    /// Someone else holds the name: the lock's current value.
+    Refused(String),
 }
 
-/// A reply of the lock script: `Ok(taken)` or `Err(current value)`.
-fn parse_reply(v: Value) -> Result<Taken, String> {
-    let text = |v: &Value| match v {
-        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::SimpleString(s) => s.clone(),
-        _ => String::new(),
-    };
-    match v {
-        Value::Array(items) if items.len() >= 2 => {
-            let second = text(&items[1]);
-            if items[0] == Value::Int(1) {
-                Ok(Taken {
-                    predecessor: Some(second).filter(|s| !s.is_empty()),
-                    probation: items.get(2) == Some(&Value::Int(1)),
-                })
-            } else {
-                Err(second)
+impl redis::FromRedisValue for LockReply {
+    fn from_redis_value(v: Value) -> Result<Self, redis::ParsingError> {
+        let text = |v: &Value| match v {
+            Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            Value::SimpleString(s) => Some(s.clone()),
+            _ => None,
+        };
+        if let Value::Array(items) = &v {
+            match (items.first(), items.get(1).and_then(text), items.get(2)) {
+                (Some(Value::Int(1)), Some(pred), probation) => {
+                    return Ok(LockReply::Taken {
+                        predecessor: Some(pred).filter(|s| !s.is_empty()),
+                        probation: probation == Some(&Value::Int(1)),
+                    });
+                }
+                (Some(Value::Int(0)), Some(current), None) => {
+                    return Ok(LockReply::Refused(current));
+                }
+                _ => {}
             }
         }
-        other => Err(format!("{other:?}")),
+        Err(crate::functions::unexpected(
+            crate::functions::NAME_LOCK,
+            &v,
+        ))
     }
 }
 
@@ -130,21 +142,24 @@ impl NameLock {
         let mut polls = CLAIM_POLL.start();
         let mut seen: Option<(String, tokio::time::Instant)> = None;
         loop {
-            match parse_reply(lock.invoke(conn, "claim", "").await?) {
-                Ok(taken) if !taken.probation => {
-                    lock.predecessor = taken.predecessor;
+            match lock.invoke(conn, "claim", "").await? {
+                LockReply::Taken {
+                    predecessor,
+                    probation: false,
+                } => {
+                    lock.predecessor = predecessor;
                     return Ok(lock);
                 }
-                Ok(_) => {
+                LockReply::Taken { .. } => {
                     // On probation: a live holder whose server lost the key in a restart
                     // renews it meanwhile, and keeps its name.
                     tokio::time::sleep(WATCH).await;
-                    return match parse_reply(lock.invoke(conn, "confirm", "").await?) {
-                        Ok(_) => Ok(lock),
-                        Err(_) => Err(in_use()),
+                    return match lock.invoke(conn, "confirm", "").await? {
+                        LockReply::Taken { .. } => Ok(lock),
+                        LockReply::Refused(_) => Err(in_use()),
                     };
                 }
-                Err(current) => {
+                LockReply::Refused(current) => {
                     let now = tokio::time::Instant::now();
                     match &seen {
                         None => seen = Some((current, now)),
@@ -155,15 +170,15 @@ impl NameLock {
                                 && holder_alive(conn, first).await == Some(false)
                             {
                                 let expected = first.clone();
-                                if let Ok(taken) =
-                                    parse_reply(lock.invoke(conn, "takeover", &expected).await?)
+                                if let LockReply::Taken { predecessor, .. } =
+                                    lock.invoke(conn, "takeover", &expected).await?
                                 {
                                     tracing::info!(
                                         group,
                                         consumer,
                                         "took over the name of a consumer whose process is gone"
                                     );
-                                    lock.predecessor = taken.predecessor;
+                                    lock.predecessor = predecessor;
                                     return Ok(lock);
                                 }
                             }
@@ -191,9 +206,9 @@ impl NameLock {
 
     /// Renews the lock; `Err(NameLost)` if another process took it.
     pub(crate) async fn refresh(&self, conn: &mut RedisConnection) -> Result<(), ConsumeError> {
-        match parse_reply(self.invoke(conn, "refresh", "").await?) {
-            Ok(_) => Ok(()),
-            Err(_) => Err(ConsumeError::NameLost {
+        match self.invoke(conn, "refresh", "").await? {
+            LockReply::Taken { .. } => Ok(()),
+            LockReply::Refused(_) => Err(ConsumeError::NameLost {
                 group: self.group.clone(),
                 consumer: self.consumer.clone(),
             }),
@@ -210,7 +225,7 @@ impl NameLock {
         conn: &mut RedisConnection,
         mode: &str,
         expected: &str,
-    ) -> Result<Value, ConsumeError> {
+    ) -> Result<LockReply, ConsumeError> {
         let client = client_id(conn).await;
         crate::functions::NAME_LOCK
             .key(&self.key)
@@ -227,5 +242,44 @@ impl NameLock {
                 group: self.group.clone(),
                 source,
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::{FromRedisValue, Value};
+
+    use super::*;
+
+    fn text(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn lock_replies_read_as_taken_or_refused() {
+        let taken = Value::Array(vec![Value::Int(1), text("tok"), Value::Int(1)]);
+        assert_eq!(
+            LockReply::from_redis_value(taken).unwrap(),
+            LockReply::Taken {
+                predecessor: Some("tok".into()),
+                probation: true
+            }
+        );
+        let released = Value::Array(vec![Value::Int(1), text("")]);
+        assert_eq!(
+            LockReply::from_redis_value(released).unwrap(),
+            LockReply::Taken {
+                predecessor: None,
+                probation: false
+            }
+        );
+        let refused = Value::Array(vec![Value::Int(0), text("other|H|7|1")]);
+        assert_eq!(
+            LockReply::from_redis_value(refused).unwrap(),
+            LockReply::Refused("other|H|7|1".into())
+        );
+        let odd = Value::Array(vec![Value::Int(2), text("x")]);
+        let err = LockReply::from_redis_value(odd).unwrap_err();
+        assert!(err.to_string().contains("name_lock function"), "{err}");
     }
 }

@@ -84,8 +84,20 @@ impl Backoff {
     }
 }
 
-/// Settings of one consumer.
+/// Settings of one consumer: [`ConsumerOptions::new`] for a group's defaults, then the
+/// `with_` setters (or assignments to the fields).
+///
+/// ```
+/// # use std::time::Duration;
+/// use asdlc_runtime::ConsumerOptions;
+///
+/// let options = ConsumerOptions::new("billing")
+///     .with_batch_size(50)
+///     .with_handler_timeout(Duration::from_secs(30));
+/// assert_eq!(options.batch_size, 50);
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ConsumerOptions {
     /// The consumer group.
     pub group: String,
@@ -192,6 +204,84 @@ impl ConsumerOptions {
     /// Sets the consumer name.
     pub fn consumer(mut self, name: impl Into<String>) -> Self {
         self.consumer = Some(name.into());
+        self
+    }
+
+    /// Entries read per round trip.
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size;
+        self
+    }
+
+    /// How long a read waits for new entries.
+    pub fn with_block(mut self, block: Duration) -> Self {
+        self.block = block;
+        self
+    }
+
+    /// Handlers running at once.
+    pub fn with_concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency;
+        self
+    }
+
+    /// How long an entry stays idle before it may be claimed from its consumer.
+    pub fn with_claim_idle(mut self, claim_idle: Duration) -> Self {
+        self.claim_idle = claim_idle;
+        self
+    }
+
+    /// How often a running consumer claims stale entries from dead peers.
+    pub fn with_claim_interval(mut self, claim_interval: Duration) -> Self {
+        self.claim_interval = claim_interval;
+        self
+    }
+
+    /// How retries are spaced.
+    pub fn with_retry(mut self, retry: Backoff) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Deliveries before an event is dead-lettered.
+    pub fn with_max_deliveries(mut self, max_deliveries: u32) -> Self {
+        self.max_deliveries = max_deliveries;
+        self
+    }
+
+    /// How long one handler call may run.
+    pub fn with_handler_timeout(mut self, handler_timeout: Duration) -> Self {
+        self.handler_timeout = handler_timeout;
+        self
+    }
+
+    /// How long [`EventConsumer::stop`] lets running handlers finish.
+    pub fn with_shutdown_grace(mut self, shutdown_grace: Duration) -> Self {
+        self.shutdown_grace = shutdown_grace;
+        self
+    }
+
+    /// How long an idle consumer that owns nothing stays in the group (`None`: forever).
+    pub fn with_forget_idle(mut self, forget_idle: Option<Duration>) -> Self {
+        self.forget_idle = forget_idle;
+        self
+    }
+
+    /// Processed marks: TTL and layout.
+    pub fn with_marks(mut self, marks: MarkLayout) -> Self {
+        self.marks = marks;
+        self
+    }
+
+    /// Where a new group starts reading.
+    pub fn with_group_start(mut self, group_start: GroupStart) -> Self {
+        self.group_start = group_start;
+        self
+    }
+
+    /// What the dead-letter stream keeps.
+    pub fn with_dead_letters(mut self, dead_letters: crate::deadletter::DeadLetterPolicy) -> Self {
+        self.dead_letters = dead_letters;
         self
     }
 

@@ -234,6 +234,25 @@ async fn sweep_leases(
     Ok(())
 }
 
+/// What the forget script did with a consumer (forget.lua: `1` or `0`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Forgot {
+    /// Removed from its group: it owned nothing and no live process held its name.
+    Removed,
+    /// Kept: it owns pending entries, or a live process holds its name.
+    Kept,
+}
+
+impl redis::FromRedisValue for Forgot {
+    fn from_redis_value(v: Value) -> Result<Self, redis::ParsingError> {
+        match v {
+            Value::Int(1) => Ok(Forgot::Removed),
+            Value::Int(0) => Ok(Forgot::Kept),
+            other => Err(crate::functions::unexpected(FORGET, &other)),
+        }
+    }
+}
+
 async fn forget_gone(
     shared: &Shared,
     run: &RunCtx,
@@ -259,7 +278,7 @@ async fn forget_gone(
             continue;
         }
         let lock_key = stream.keys.consumer_lock(&shared.group, &name);
-        let removed: i64 = FORGET
+        let forgot: Forgot = FORGET
             .key(&*stream.name)
             .key(lock_key)
             .arg(&*shared.group)
@@ -268,7 +287,7 @@ async fn forget_gone(
             .invoke_async(conn)
             .await
             .map_err(shared.redis_err(&stream.name))?;
-        if removed == 1 {
+        if forgot == Forgot::Removed {
             tracing::info!(stream = %stream.name, group = %shared.group, consumer = %name, "removed a consumer that is gone and owned nothing");
         }
     }

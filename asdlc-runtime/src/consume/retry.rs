@@ -28,10 +28,8 @@ pub(super) const COMMIT: Policy = Policy::linear(Duration::from_millis(50))
 /// Whether a start-up step that failed with `e` is worth trying again: a cut connection, a
 /// timeout, a server loading or failing over, not a refusal (a name in use, a permission).
 fn is_transient(e: &ConsumeError) -> bool {
-    let source = match e {
-        ConsumeError::Redis { source, .. } => source,
-        ConsumeError::Stream(crate::error::StreamError::Redis { source, .. }) => source,
-        _ => return false,
+    let ConsumeError::Redis { source, .. } = e else {
+        return false;
     };
     source.kind() != redis::ErrorKind::AuthenticationFailed
         && !matches!(source.retry_method(), redis::RetryMethod::NoRetry)

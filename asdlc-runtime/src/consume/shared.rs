@@ -26,7 +26,7 @@ use crate::idempotency::FINGERPRINT_LEN;
 use crate::keys::StreamKeys;
 use crate::monitor::Labels;
 use crate::streams::create_consumer_group;
-use crate::tenancy::TenantId;
+use crate::tenancy::{TenantError, TenantId};
 
 /// Entries per script call, so no single call holds the server for long.
 pub(super) const SCRIPT_CHUNK: usize = 256;
@@ -232,24 +232,14 @@ impl Shared {
         if config.tenancy.is_multi() {
             for t in tenants {
                 if !config.tenancy.allows(&t) {
-                    return Err(ConsumeError::Config(crate::error::ConfigError::Invalid(
-                        crate::error::ValidationError::new(
-                            "tenant_id",
-                            format!("tenant `{t}` is not in the allowed tenants"),
-                        ),
-                    )));
+                    return Err(TenantError::NotAllowed(t).into());
                 }
                 let stream = config.stream_for(Some(&t));
                 streams.push(Arc::new(StreamCtx::new(stream, Some(t), &group)));
             }
         } else {
             if let Some(t) = tenants.first() {
-                return Err(ConsumeError::Config(crate::error::ConfigError::Invalid(
-                    crate::error::ValidationError::new(
-                        "tenant_id",
-                        format!("tenant `{t}` given, but the configuration is single-tenant"),
-                    ),
-                )));
+                return Err(TenantError::InSingleMode(t.clone()).into());
             }
             let stream = config.stream_for(None);
             streams.push(Arc::new(StreamCtx::new(stream, None, &group)));
@@ -323,19 +313,15 @@ impl Shared {
         let mut conn = self.conn.clone();
         for s in self.stream_list() {
             create_consumer_group(&mut conn, &s.name, &self.group, self.options.group_start)
-                .await?;
+                .await
+                .map_err(|e| e.in_group(&self.group))?;
         }
         Ok(())
     }
 
     pub(super) async fn add_tenant(&self, tenant: TenantId) -> Result<bool, ConsumeError> {
         if !self.config.tenancy.allows(&tenant) {
-            return Err(ConsumeError::Config(crate::error::ConfigError::Invalid(
-                crate::error::ValidationError::new(
-                    "tenant_id",
-                    format!("tenant `{tenant}` is not allowed by the configured tenancy"),
-                ),
-            )));
+            return Err(TenantError::NotAllowed(tenant).into());
         }
         let stream = self.config.stream_for(Some(&tenant));
         if self.stream_by_name(&stream).is_some() {
@@ -343,7 +329,9 @@ impl Shared {
         }
         let ctx = Arc::new(StreamCtx::new(stream, Some(tenant), &self.group));
         let mut conn = self.conn.clone();
-        create_consumer_group(&mut conn, &ctx.name, &self.group, self.options.group_start).await?;
+        create_consumer_group(&mut conn, &ctx.name, &self.group, self.options.group_start)
+            .await
+            .map_err(|e| e.in_group(&self.group))?;
         if let Some(run) = self.current_run() {
             let name_lock = NameLock::acquire(
                 &mut conn,

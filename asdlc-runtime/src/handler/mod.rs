@@ -182,7 +182,20 @@ impl HandlerContext {
 }
 
 /// Per-handler settings from `#[event_handler(...)]`; `None` takes the consumer's default.
+///
+/// Built with [`new`](Self::new) (or `Default`) and the `with_` setters, which are `const`:
+///
+/// ```
+/// # use std::time::Duration;
+/// use asdlc_runtime::HandlerOptions;
+///
+/// const OPTIONS: HandlerOptions = HandlerOptions::new()
+///     .with_max_deliveries(10)
+///     .with_timeout(Duration::from_secs(30));
+/// assert_eq!(OPTIONS.concurrency, None);
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HandlerOptions {
     /// Deliveries before the event is dead-lettered.
     pub max_deliveries: Option<u32>,
@@ -190,6 +203,35 @@ pub struct HandlerOptions {
     pub timeout: Option<Duration>,
     /// How many events of this handler may run at once.
     pub concurrency: Option<usize>,
+}
+
+impl HandlerOptions {
+    /// No setting of its own: every one is the consumer's.
+    pub const fn new() -> Self {
+        HandlerOptions {
+            max_deliveries: None,
+            timeout: None,
+            concurrency: None,
+        }
+    }
+
+    /// Deliveries before the event is dead-lettered.
+    pub const fn with_max_deliveries(mut self, max_deliveries: u32) -> Self {
+        self.max_deliveries = Some(max_deliveries);
+        self
+    }
+
+    /// How long one call may run before it counts as a retryable failure.
+    pub const fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// How many events of this handler may run at once.
+    pub const fn with_concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = Some(concurrency);
+        self
+    }
 }
 
 /// One handler registered by `#[event_handler]`, collected with `inventory`.

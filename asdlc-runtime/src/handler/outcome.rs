@@ -7,25 +7,47 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// What a handler reports for one event; the consumer acks, retries or dead-letters from it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HandlerResult {
-    /// The event was handled.
-    pub success: bool,
-    /// On failure: leave the entry pending and redeliver it after a backoff (`true`), or move
-    /// it to the dead-letter stream (`false`).
-    pub should_retry: bool,
-    /// Why it failed.
-    pub error_message: Option<String>,
-    /// Artifacts the handler produced.
-    pub artifact_paths: Vec<String>,
+///
+/// One variant per decision, so a result cannot be both a success and a retry. Build one with
+/// [`ok`](Self::ok), [`ok_with_artifacts`](Self::ok_with_artifacts), [`retry`](Self::retry) or
+/// [`permanent`](Self::permanent), and read it with the accessors; a `match` outside this crate
+/// needs a wildcard arm, as more outcomes may come.
+///
+/// ```
+/// use asdlc_runtime::HandlerResult;
+///
+/// let r = HandlerResult::retry("database busy");
+/// assert!(r.is_retry() && !r.is_ok());
+/// assert_eq!(r.error_message(), Some("database busy"));
+/// assert_eq!(HandlerResult::ok_with_artifacts(["out.txt"]).artifacts(), ["out.txt"]);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum HandlerResult {
+    /// The event was handled: it is marked done and acked.
+    Ok {
+        /// Artifacts the handler produced.
+        artifacts: Vec<String>,
+    },
+    /// A failure worth retrying: the entry stays pending and is redelivered after a backoff
+    /// (or dead-lettered once its deliveries run out).
+    Retry {
+        /// Why it failed.
+        message: String,
+    },
+    /// A failure that retrying cannot fix: the entry goes to the dead-letter stream.
+    Permanent {
+        /// Why it failed.
+        message: String,
+    },
 }
 
 impl HandlerResult {
     /// Success.
     pub fn ok() -> Self {
-        HandlerResult {
-            success: true,
-            ..Default::default()
+        HandlerResult::Ok {
+            artifacts: Vec::new(),
         }
     }
     /// Success, with the artifacts produced.
@@ -34,28 +56,49 @@ impl HandlerResult {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        HandlerResult {
-            success: true,
-            artifact_paths: paths.into_iter().map(Into::into).collect(),
-            ..Default::default()
+        HandlerResult::Ok {
+            artifacts: paths.into_iter().map(Into::into).collect(),
         }
     }
     /// A failure worth retrying: the entry stays pending and is redelivered after a backoff.
     pub fn retry(message: impl Into<String>) -> Self {
-        HandlerResult {
-            success: false,
-            should_retry: true,
-            error_message: Some(message.into()),
-            artifact_paths: Vec::new(),
+        HandlerResult::Retry {
+            message: message.into(),
         }
     }
     /// A failure that retrying cannot fix: the entry goes to the dead-letter stream.
     pub fn permanent(message: impl Into<String>) -> Self {
-        HandlerResult {
-            success: false,
-            should_retry: false,
-            error_message: Some(message.into()),
-            artifact_paths: Vec::new(),
+        HandlerResult::Permanent {
+            message: message.into(),
+        }
+    }
+
+    /// Whether the event was handled.
+    pub fn is_ok(&self) -> bool {
+        matches!(self, HandlerResult::Ok { .. })
+    }
+    /// Whether the event failed and should be retried.
+    pub fn is_retry(&self) -> bool {
+        matches!(self, HandlerResult::Retry { .. })
+    }
+    /// Whether the event failed for good and goes to the dead-letter stream.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, HandlerResult::Permanent { .. })
+    }
+    /// Why it failed; `None` on success.
+    pub fn error_message(&self) -> Option<&str> {
+        match self {
+            HandlerResult::Ok { .. } => None,
+            HandlerResult::Retry { message } | HandlerResult::Permanent { message } => {
+                Some(message)
+            }
+        }
+    }
+    /// The artifacts a successful handler produced; empty on failure.
+    pub fn artifacts(&self) -> &[String] {
+        match self {
+            HandlerResult::Ok { artifacts } => artifacts,
+            _ => &[],
         }
     }
 }
@@ -169,23 +212,35 @@ mod tests {
 
     #[test]
     fn return_types_convert() {
-        assert!(().into_handler_result().success);
+        assert!(().into_handler_result().is_ok());
         let r: Result<(), HandlerError> = Err(DiskFull.into());
         let r = r.into_handler_result();
-        assert!(r.should_retry && !r.success);
-        assert_eq!(r.error_message.as_deref(), Some("disk full"));
+        assert!(r.is_retry() && !r.is_ok());
+        assert_eq!(r.error_message(), Some("disk full"));
         let p: Result<HandlerResult, HandlerError> = Err(HandlerError::permanent("bad patch"));
         let p = p.into_handler_result();
-        assert!(!p.should_retry && !p.success);
+        assert!(p.is_permanent() && !p.is_retry() && !p.is_ok());
     }
 
     #[test]
     fn handler_result_constructors() {
-        assert!(HandlerResult::ok().success);
+        assert!(HandlerResult::ok().is_ok());
+        assert_eq!(HandlerResult::ok().error_message(), None);
         let r = HandlerResult::retry("later");
-        assert!(!r.success && r.should_retry);
+        assert!(!r.is_ok() && r.is_retry());
         let p = HandlerResult::permanent("never");
-        assert!(!p.success && !p.should_retry);
-        assert_eq!(p.error_message.as_deref(), Some("never"));
+        assert!(!p.is_ok() && !p.is_retry() && p.is_permanent());
+        assert_eq!(p.error_message(), Some("never"));
+        assert!(p.artifacts().is_empty());
+        let a = HandlerResult::ok_with_artifacts(["a", "b"]);
+        assert_eq!(a.artifacts(), ["a", "b"]);
+    }
+
+    #[test]
+    fn handler_result_serializes_with_its_outcome() {
+        let json = serde_json::to_string(&HandlerResult::retry("later")).unwrap();
+        assert_eq!(json, r#"{"outcome":"retry","message":"later"}"#);
+        let back: HandlerResult = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, HandlerResult::retry("later"));
     }
 }

@@ -196,15 +196,16 @@ impl IdempotencyTracker {
             for fp in &fps {
                 inv.arg(&fp[..]);
             }
-            let marked: Vec<i64> = inv
+            let marked: Vec<Marking> = inv
                 .invoke_async(&mut conn)
                 .await
                 .map_err(StreamError::redis(self.keys.stream()))?;
-            out.extend(marked.into_iter().map(|m| m == 1));
+            out.extend(marked.into_iter().map(|m| m == Marking::Marked));
         }
         Ok(out)
     }
 
+    /// Whether the key was already processed (checked, and in mode `mark` marked if not).
     async fn run(&self, key: &str, mode: &str) -> Result<bool, StreamError> {
         let fp = fingerprint(key);
         let mut inv = MARK.key(self.keys.stream());
@@ -212,11 +213,49 @@ impl IdempotencyTracker {
         self.layout.script_args(&self.prefix, &mut inv);
         inv.arg(&fp[..]).arg(mode);
         let mut conn = self.conn.clone();
-        let found: i64 = inv
+        let found: Lookup = inv
             .invoke_async(&mut conn)
             .await
             .map_err(StreamError::redis(self.keys.stream()))?;
-        Ok(found == 1)
+        Ok(found == Lookup::Processed)
+    }
+}
+
+/// What the tracker script found for one key (tracker.lua: `1` or `0`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    /// Already processed.
+    Processed,
+    /// Not processed (in mode `mark`: marked now).
+    Unprocessed,
+}
+
+impl redis::FromRedisValue for Lookup {
+    fn from_redis_value(v: redis::Value) -> Result<Self, redis::ParsingError> {
+        match v {
+            redis::Value::Int(1) => Ok(Lookup::Processed),
+            redis::Value::Int(0) => Ok(Lookup::Unprocessed),
+            other => Err(crate::functions::unexpected(MARK, &other)),
+        }
+    }
+}
+
+/// What the mark-many script did with one key (tracker_many.lua: `1` or `0`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Marking {
+    /// This call marked it.
+    Marked,
+    /// It was already processed.
+    AlreadyProcessed,
+}
+
+impl redis::FromRedisValue for Marking {
+    fn from_redis_value(v: redis::Value) -> Result<Self, redis::ParsingError> {
+        match v {
+            redis::Value::Int(1) => Ok(Marking::Marked),
+            redis::Value::Int(0) => Ok(Marking::AlreadyProcessed),
+            other => Err(crate::functions::unexpected(MARK_MANY, &other)),
+        }
     }
 }
 

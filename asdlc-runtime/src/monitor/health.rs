@@ -91,6 +91,7 @@ impl<T: PartialOrd + Copy> Limits<T> {
 /// What counts as behind, per group (lag, pending, oldest pending) and per stream (dead
 /// letters, a missing stream).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HealthThresholds {
     /// Entries a group has not read yet. Default: degraded at 1,000, unhealthy at 10,000.
     pub lag: Limits<u64>,
@@ -104,6 +105,38 @@ pub struct HealthThresholds {
     /// The status of a stream that does not exist (no consumer started, nothing published).
     /// Default: degraded.
     pub missing_stream: HealthStatus,
+}
+
+impl HealthThresholds {
+    /// Entries a group has not read yet.
+    pub fn with_lag(mut self, lag: Limits<u64>) -> Self {
+        self.lag = lag;
+        self
+    }
+
+    /// Entries a group has read and not acknowledged.
+    pub fn with_pending(mut self, pending: Limits<u64>) -> Self {
+        self.pending = pending;
+        self
+    }
+
+    /// Age of a group's oldest pending entry.
+    pub fn with_oldest_pending(mut self, oldest_pending: Limits<Duration>) -> Self {
+        self.oldest_pending = oldest_pending;
+        self
+    }
+
+    /// Entries in a stream's dead-letter stream.
+    pub fn with_dead_letters(mut self, dead_letters: Limits<u64>) -> Self {
+        self.dead_letters = dead_letters;
+        self
+    }
+
+    /// The status of a stream that does not exist.
+    pub fn with_missing_stream(mut self, missing_stream: HealthStatus) -> Self {
+        self.missing_stream = missing_stream;
+        self
+    }
 }
 
 impl Default for HealthThresholds {

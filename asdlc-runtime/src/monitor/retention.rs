@@ -28,12 +28,27 @@ use crate::streams::value_string;
 
 /// Options of one trim.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TrimOptions {
     /// Keep entries younger than this (by the server's clock and the entry id's time), even if
     /// every group is done with them.
     pub min_age: Option<Duration>,
     /// Compute and count, remove nothing.
     pub dry_run: bool,
+}
+
+impl TrimOptions {
+    /// Keeps entries younger than this, even if every group is done with them.
+    pub fn with_min_age(mut self, min_age: Duration) -> Self {
+        self.min_age = Some(min_age);
+        self
+    }
+
+    /// Computes and counts, removes nothing (`true`).
+    pub fn with_dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
+    }
 }
 
 /// What bounded a trim: why the first kept entry was kept.
@@ -166,6 +181,58 @@ async fn count_below(
     }
 }
 
+/// A reply of the trim script (retention.lua: `{ outcome, removed, length_before, safe_min_id,
+/// limit_kind, limit_group, limit_id }`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TrimReply {
+    /// Entries removed; `None` in a dry run that leaves the counting to the caller (`-1`).
+    removed: Option<u64>,
+    length_before: u64,
+    /// Entries below it are (or would be) removed; `None` if none or all.
+    safe_min_id: Option<String>,
+    limit: TrimLimit,
+}
+
+impl redis::FromRedisValue for TrimReply {
+    fn from_redis_value(v: redis::Value) -> Result<Self, redis::ParsingError> {
+        let bad = |v: &redis::Value| crate::functions::unexpected(crate::functions::TRIM, v);
+        let items = match &v {
+            redis::Value::Array(items) if items.len() == 7 => items,
+            other => return Err(bad(other)),
+        };
+        let text = |i: usize| value_string(&items[i]).ok_or_else(|| bad(&v));
+        let count = |i: usize| match items[i] {
+            redis::Value::Int(n) => Ok(u64::try_from(n).ok()),
+            _ => Err(bad(&v)),
+        };
+        let (outcome, kind) = (text(0)?, text(4)?);
+        let (group, limit_id) = (text(5)?, text(6)?);
+        let limit = match (outcome.as_str(), kind.as_str()) {
+            ("no-stream", _) => TrimLimit::NoStream,
+            ("no-groups", _) => TrimLimit::NoGroups,
+            ("trimmed", "pending") => TrimLimit::Pending {
+                group,
+                oldest_pending_id: limit_id,
+            },
+            ("trimmed", "unread") => TrimLimit::Unread {
+                group,
+                last_delivered_id: limit_id,
+            },
+            ("trimmed", "min-age") => TrimLimit::MinAge {
+                cutoff_id: limit_id,
+            },
+            ("trimmed", "none" | "") => TrimLimit::None,
+            _ => return Err(bad(&v)),
+        };
+        Ok(TrimReply {
+            removed: count(1)?,
+            length_before: count(2)?.unwrap_or(0),
+            safe_min_id: Some(text(3)?).filter(|s| !s.is_empty()),
+            limit,
+        })
+    }
+}
+
 /// [`trim_acknowledged`] with a minimum age, or as a dry run (which counts in bounded
 /// calls, not in one long one).
 pub async fn trim_acknowledged_with(
@@ -174,36 +241,23 @@ pub async fn trim_acknowledged_with(
     options: TrimOptions,
 ) -> Result<TrimReport, StreamError> {
     let min_age_ms = options.min_age.map_or(0, |d| d.as_millis().max(1) as u64);
-    let reply: Vec<redis::Value> = crate::functions::TRIM
+    let reply: TrimReply = crate::functions::TRIM
         .key(stream)
         .arg(min_age_ms)
         .arg(if options.dry_run { "1" } else { "0" })
         .invoke_async(conn)
         .await
         .map_err(StreamError::redis(stream))?;
-    let text = |i: usize| reply.get(i).and_then(value_string).unwrap_or_default();
-    let number = |i: usize| text(i).parse::<u64>().unwrap_or(0);
-    let (outcome, mut removed, length_before) = (text(0), number(1), number(2));
-    let safe_min_id = Some(text(3)).filter(|s| !s.is_empty());
-    if let (true, "-1", Some(bound)) = (options.dry_run, text(1).as_str(), &safe_min_id) {
-        removed = count_below(conn, stream, bound).await?;
-    }
-    let (kind, group, limit_id) = (text(4), text(5), text(6));
-    let limit = match (outcome.as_str(), kind.as_str()) {
-        ("no-stream", _) => TrimLimit::NoStream,
-        ("no-groups", _) => TrimLimit::NoGroups,
-        (_, "pending") => TrimLimit::Pending {
-            group,
-            oldest_pending_id: limit_id,
-        },
-        (_, "unread") => TrimLimit::Unread {
-            group,
-            last_delivered_id: limit_id,
-        },
-        (_, "min-age") => TrimLimit::MinAge {
-            cutoff_id: limit_id,
-        },
-        _ => TrimLimit::None,
+    let TrimReply {
+        removed,
+        length_before,
+        safe_min_id,
+        limit,
+    } = reply;
+    let removed = match (removed, &safe_min_id) {
+        (Some(n), _) => n,
+        (None, Some(bound)) if options.dry_run => count_below(conn, stream, bound).await?,
+        (None, _) => 0,
     };
     let length_after = if options.dry_run {
         length_before
@@ -240,12 +294,27 @@ pub async fn trim_acknowledged_with(
 
 /// A periodic [`trim_acknowledged`] over every stream of a deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RetentionPolicy {
     /// Time between two rounds.
     pub interval: Duration,
     /// Keep entries younger than this even when every group is done with them (room to
     /// inspect recent history, and for groups about to be created).
     pub min_age: Duration,
+}
+
+impl RetentionPolicy {
+    /// Time between two rounds.
+    pub fn with_interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// Keeps entries younger than this even when every group is done with them.
+    pub fn with_min_age(mut self, min_age: Duration) -> Self {
+        self.min_age = min_age;
+        self
+    }
 }
 
 impl Default for RetentionPolicy {
@@ -318,5 +387,86 @@ pub async fn run_retention(
             _ = tokio::time::sleep(policy.interval) => {}
             _ = cancel.cancelled() => return totals,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::{FromRedisValue, Value};
+
+    use super::*;
+
+    fn reply(items: &[Value]) -> Value {
+        Value::Array(items.to_vec())
+    }
+
+    fn text(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_trim_reply_reads_into_its_limit() {
+        let r = TrimReply::from_redis_value(reply(&[
+            text("trimmed"),
+            Value::Int(4),
+            Value::Int(10),
+            text("5-0"),
+            text("pending"),
+            text("g1"),
+            text("5-0"),
+        ]))
+        .unwrap();
+        assert_eq!(r.removed, Some(4));
+        assert_eq!(r.length_before, 10);
+        assert_eq!(r.safe_min_id.as_deref(), Some("5-0"));
+        assert_eq!(
+            r.limit,
+            TrimLimit::Pending {
+                group: "g1".into(),
+                oldest_pending_id: "5-0".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_dry_run_leaves_the_count_to_the_caller() {
+        let r = TrimReply::from_redis_value(reply(&[
+            text("trimmed"),
+            Value::Int(-1),
+            Value::Int(10),
+            text("5-0"),
+            text("unread"),
+            text("g1"),
+            text("4-0"),
+        ]))
+        .unwrap();
+        assert_eq!(r.removed, None);
+        let r = TrimReply::from_redis_value(reply(&[
+            text("no-groups"),
+            Value::Int(0),
+            Value::Int(3),
+            text(""),
+            text(""),
+            text(""),
+            text(""),
+        ]))
+        .unwrap();
+        assert_eq!((r.limit, r.safe_min_id), (TrimLimit::NoGroups, None));
+    }
+
+    #[test]
+    fn an_unexpected_trim_reply_is_an_error_naming_it() {
+        let short = TrimReply::from_redis_value(reply(&[text("trimmed")])).unwrap_err();
+        assert!(short.to_string().contains("trim function"), "{short}");
+        let odd = [
+            text("trimmed"),
+            Value::Int(0),
+            Value::Int(0),
+            text(""),
+            text("sideways"),
+            text(""),
+            text(""),
+        ];
+        assert!(TrimReply::from_redis_value(reply(&odd)).is_err());
     }
 }

@@ -7,6 +7,7 @@ use crate::event::EventType;
 
 /// The handler set is inconsistent: found at startup, before anything is consumed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RegistryError {
     /// Two handlers of one group handle the same event type.
     #[error(
@@ -73,6 +74,7 @@ pub enum RegistryError {
 
 /// The runtime could not start, or a consumer failed while running.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RuntimeError {
     /// Configuration is wrong.
     #[error(transparent)]

@@ -17,8 +17,6 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::ValidationError;
-
 pub use discover::discover_tenants;
 
 /// The longest tenant id, in characters.
@@ -29,32 +27,84 @@ pub const MAX_TENANT_LEN: usize = 63;
 #[serde(try_from = "String", into = "String")]
 pub struct TenantId(String);
 
+/// A tenant id that [`TenantId::new`] refuses, and why. It converts into a
+/// [`ValidationError`](crate::ValidationError) of the field `tenant_id`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid `tenant_id`: {reason}")]
+pub struct InvalidTenantId {
+    reason: String,
+}
+
+impl InvalidTenantId {
+    /// Why the id is refused.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+/// A tenant that does not fit where it is used: none where one is needed, one where none
+/// belongs, another tenant than the context's or the stream's, or one the configuration does
+/// not allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TenantError {
+    /// The id is not a valid tenant id.
+    #[error(transparent)]
+    Invalid(#[from] InvalidTenantId),
+    /// Multi-tenant mode and no tenant in the event or the context.
+    #[error("multi-tenant mode needs a tenant: set one with TenantContext::scope or on the event")]
+    Missing,
+    /// The event names a different tenant than the current context.
+    #[error("the event's tenant `{event}` differs from the context's tenant `{context}`")]
+    Mismatch {
+        /// The event's tenant.
+        event: TenantId,
+        /// The context's tenant.
+        context: TenantId,
+    },
+    /// An entry names another tenant than the stream it was read from (`None`: no tenant).
+    #[error(
+        "tenant mismatch: the event names tenant {:?} but stream `{stream}` belongs to {:?}",
+        event.as_ref().map(TenantId::as_str),
+        stream_tenant.as_ref().map(TenantId::as_str)
+    )]
+    WrongStream {
+        /// The event's tenant.
+        event: Option<TenantId>,
+        /// The stream.
+        stream: String,
+        /// The stream's tenant.
+        stream_tenant: Option<TenantId>,
+    },
+    /// The tenant is not in the configured allow-list.
+    #[error("tenant `{0}` is not in the allowed tenants")]
+    NotAllowed(TenantId),
+    /// Single-tenant mode, but a tenant is named (by an event, a context or a caller).
+    #[error("single-tenant mode, but tenant `{0}` is named; enable multi-tenancy to use tenants")]
+    InSingleMode(TenantId),
+}
+
 impl TenantId {
     /// Validates `id`.
-    pub fn new(id: impl Into<String>) -> Result<Self, ValidationError> {
+    pub fn new(id: impl Into<String>) -> Result<Self, InvalidTenantId> {
         let id = id.into();
+        let invalid = |reason: String| Err(InvalidTenantId { reason });
         if id.is_empty() {
-            return Err(ValidationError::new("tenant_id", "must not be empty"));
+            return invalid("must not be empty".to_owned());
         }
         if id.len() > MAX_TENANT_LEN {
-            return Err(ValidationError::new(
-                "tenant_id",
-                format!(
-                    "is {} characters long; the limit is {MAX_TENANT_LEN}",
-                    id.len()
-                ),
+            return invalid(format!(
+                "is {} characters long; the limit is {MAX_TENANT_LEN}",
+                id.len()
             ));
         }
         if let Some(bad) = id
             .chars()
             .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '_'))
         {
-            return Err(ValidationError::new(
-                "tenant_id",
-                format!(
-                    "`{}` contains {bad:?}; only lowercase letters, digits, `-` and `_` are allowed",
-                    crate::text::truncate(&id, 80)
-                ),
+            return invalid(format!(
+                "`{}` contains {bad:?}; only lowercase letters, digits, `-` and `_` are allowed",
+                crate::text::truncate(&id, 80)
             ));
         }
         Ok(TenantId(id))
@@ -73,14 +123,14 @@ impl fmt::Display for TenantId {
 }
 
 impl FromStr for TenantId {
-    type Err = ValidationError;
+    type Err = InvalidTenantId;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         TenantId::new(s)
     }
 }
 
 impl TryFrom<String> for TenantId {
-    type Error = ValidationError;
+    type Error = InvalidTenantId;
     fn try_from(s: String) -> Result<Self, Self::Error> {
         TenantId::new(s)
     }
@@ -161,7 +211,8 @@ mod tests {
             &"a".repeat(64),
         ] {
             let err = TenantId::new(id).unwrap_err();
-            assert_eq!(err.field, "tenant_id", "{id:?}");
+            assert!(!err.reason().is_empty(), "{id:?}");
+            assert!(err.to_string().starts_with("invalid `tenant_id`"), "{id:?}");
         }
     }
 

@@ -22,7 +22,7 @@ async fn call_directly() {
         .unwrap();
     let ctx = HandlerContext::detached();
     let result = outer::inner::applied(&event, &ctx).await;
-    assert_eq!(result.artifact_paths, ["s1@1"]);
+    assert_eq!(result.artifacts(), ["s1@1"]);
     local(&event).await;
 }
 

@@ -87,8 +87,32 @@ pub use sync::{keep_tenant_users_synced, sync_tenants};
 
 use crate::tenancy::TenantId;
 
+/// What provisioning, revoking or syncing was doing when Redis failed it
+/// ([`AclError::Redis`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AclStep {
+    /// Writing the record of this tenant's user (or its tombstone).
+    WriteRecord(TenantId),
+    /// Reading the record of provisioned tenants.
+    ReadRecord,
+    /// Listing the nodes of the deployment (`CLUSTER NODES`, or `ROLE`).
+    ListNodes,
+}
+
+impl std::fmt::Display for AclStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AclStep::WriteRecord(tenant) => write!(f, "writing the record of tenant `{tenant}`"),
+            AclStep::ReadRecord => write!(f, "reading the tenant record `{TENANT_RECORD_KEY}`"),
+            AclStep::ListNodes => f.write_str("listing the nodes of the deployment"),
+        }
+    }
+}
+
 /// Why a tenant user could not be provisioned, revoked or synced.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AclError {
     /// The password cannot be used.
     #[error("the password for tenant `{tenant}`'s user {reason}")]
@@ -104,24 +128,21 @@ pub enum AclError {
         /// The name given.
         command: String,
     },
-    /// Redis refused or failed a command for the tenant (writing its record).
-    #[error("ACL command for tenant `{tenant}` failed: {source}")]
+    /// Redis refused or failed a command: writing or reading the record, or listing the
+    /// nodes of the deployment.
+    #[error("redis error {step}: {source}")]
     Redis {
-        /// The tenant.
-        tenant: TenantId,
+        /// What was being done.
+        step: AclStep,
         /// The Redis error.
         #[source]
         source: redis::RedisError,
     },
-    /// The nodes of the deployment could not be listed (`CLUSTER NODES`, or `ROLE`).
-    #[error("cannot list the nodes of the deployment: {source}")]
-    Topology {
-        /// The Redis error.
-        #[source]
-        source: redis::RedisError,
-    },
-    /// The record of provisioned tenants ([`TENANT_RECORD_KEY`]) could not be read, or holds
-    /// something that is not a record.
+    /// The protocol's functions, which a tenant may call but not load, could not be loaded.
+    #[error(transparent)]
+    Functions(#[from] crate::functions::FunctionsError),
+    /// The record of provisioned tenants ([`TENANT_RECORD_KEY`]) holds something that is not
+    /// a record.
     #[error("cannot read the tenant record `{key}`: {reason}", key = TENANT_RECORD_KEY)]
     Record {
         /// What went wrong.

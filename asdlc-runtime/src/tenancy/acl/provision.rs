@@ -3,10 +3,10 @@
 
 use std::fmt;
 
-use super::AclError;
 use super::apply::{Op, UserChange, apply_everywhere};
 use super::grant::{TenantAcl, tenant_username};
 use super::record::{self, DesiredUser, password_hash};
+use super::{AclError, AclStep};
 use crate::config::RedisUrl;
 use crate::connection::RedisConnection;
 use crate::error::ConfigError;
@@ -145,16 +145,11 @@ impl TenantAcl {
         // The record first: if a node is missed below, a sync can still finish the job.
         record::record_user(conn, &tenant, &user).await?;
         // The tenant may call the protocol's functions but not load them: load them now.
-        crate::functions::ensure_loaded(conn)
-            .await
-            .map_err(|e| AclError::Redis {
-                tenant: tenant.clone(),
-                source: e.into(),
-            })?;
-        let nodes = conn
-            .nodes()
-            .await
-            .map_err(|source| AclError::Topology { source })?;
+        crate::functions::ensure_loaded(conn).await?;
+        let nodes = conn.nodes().await.map_err(|source| AclError::Redis {
+            step: AclStep::ListNodes,
+            source,
+        })?;
         let report = apply_everywhere(&nodes, |_| vec![Op::Set(user.clone())]).await;
         let credentials = TenantCredentials {
             tenant: tenant.clone(),
@@ -199,10 +194,10 @@ pub async fn revoke_tenant(
 ) -> Result<bool, AclError> {
     let username = tenant_username(tenant);
     record::record_revoked(conn, tenant).await?;
-    let nodes = conn
-        .nodes()
-        .await
-        .map_err(|source| AclError::Topology { source })?;
+    let nodes = conn.nodes().await.map_err(|source| AclError::Redis {
+        step: AclStep::ListNodes,
+        source,
+    })?;
     let report = apply_everywhere(&nodes, |_| vec![Op::Delete(username.clone())]).await;
     if !report.is_complete() {
         return Err(AclError::Unreached {

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use sha2::{Digest, Sha256};
 
-use super::AclError;
 use super::grant::tenant_username;
+use super::{AclError, AclStep};
 use crate::connection::RedisConnection;
 use crate::tenancy::TenantId;
 
@@ -88,8 +88,9 @@ pub(super) async fn read_record(
         .arg(TENANT_RECORD_KEY)
         .query_async(conn)
         .await
-        .map_err(|e| AclError::Record {
-            reason: e.to_string(),
+        .map_err(|source| AclError::Redis {
+            step: AclStep::ReadRecord,
+            source,
         })?;
     let mut record = HashMap::with_capacity(raw.len());
     for (id, value) in raw {
@@ -131,7 +132,7 @@ async fn write(conn: &mut RedisConnection, tenant: &TenantId, value: &str) -> Re
         .query_async::<()>(conn)
         .await
         .map_err(|source| AclError::Redis {
-            tenant: tenant.clone(),
+            step: AclStep::WriteRecord(tenant.clone()),
             source,
         })
 }

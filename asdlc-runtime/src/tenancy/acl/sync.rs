@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::AclError;
 use super::apply::{AclReport, Op, UserChange, apply_everywhere};
 use super::grant::tenant_username;
 use super::record::{Recorded, read_record};
+use super::{AclError, AclStep};
 use crate::connection::RedisConnection;
 use crate::connection::topology::NodeRole;
 use crate::tenancy::TenantId;
@@ -24,10 +24,10 @@ const USER_PREFIX: &str = "asdlc-tenant-";
 #[tracing::instrument(skip_all)]
 pub async fn sync_tenants(conn: &mut RedisConnection) -> Result<AclReport, AclError> {
     let record = read_record(conn).await?;
-    let nodes = conn
-        .nodes()
-        .await
-        .map_err(|source| AclError::Topology { source })?;
+    let nodes = conn.nodes().await.map_err(|source| AclError::Redis {
+        step: AclStep::ListNodes,
+        source,
+    })?;
     let report = apply_everywhere(&nodes, |present: &[String]| {
         let mut ops = Vec::new();
         for (tenant, entry) in &record {
