@@ -71,7 +71,8 @@ pub(super) async fn spawn_handler(
                 stream.keys.clone(),
                 shared.group.clone(),
                 run2.consumer.clone(),
-            );
+            )
+            .with_state_map(shared.state.clone());
             let mut event = c.event;
             event.event_id = Some(c.entry_id.clone());
             let timeout = spec
