@@ -123,36 +123,33 @@ fn expand(function: &ItemFn, args: &HandlerArgs, signature: &HandlerSignature) -
     let ctx_reborrow = (signature.ctx.is_some() || !signature.state.is_empty())
         .then(|| quote!(let __asdlc_ctx_ref: &#private::HandlerContext = __asdlc_ctx_ref;));
 
-    // Under each state type's span: "`Db` is not a state parameter" points at `Db`.
-    let state_types: Vec<TokenStream> = signature
-        .state
-        .iter()
-        .map(|ty| {
-            let at = user_span(first_span(ty));
-            let private = respan(private.clone(), at);
-            quote_spanned!(at=> #private::state_type::<#ty>())
-        })
+    // One const per state parameter, the only place its type meets `StateParam`, under the
+    // type's span: "`Db` is not a state parameter" is reported once, at `Db`.
+    let state_consts: Vec<Ident> = (0..signature.state.len())
+        .map(|i| Ident::new(&format!("__ASDLC_STATE_{i}"), Span::call_site()))
         .collect();
+    let state_params = signature.state.iter().zip(&state_consts).map(|(ty, name)| {
+        let at = user_span(first_span(ty));
+        let param = {
+            let private = respan(private.clone(), at);
+            quote_spanned!(at=> #private::state_param::<#ty>())
+        };
+        quote!(const #name: #private::StateExtractor<#ty> = #param;)
+    });
     let state_bindings: Vec<Ident> = (0..signature.state.len())
         .map(|i| Ident::new(&format!("__asdlc_state_{i}"), Span::call_site()))
         .collect();
-    let state_extract = signature
-        .state
+    // Missing only when called past the startup check: a permanent failure naming the type,
+    // rather than a panic in the consumer.
+    let state_extract = state_consts
         .iter()
         .zip(&state_bindings)
-        .map(|(ty, binding)| {
-            let at = user_span(first_span(ty));
-            let extract = {
-                let private = respan(private.clone(), at);
-                quote_spanned!(at=> #private::extract_state::<#ty>)
-            };
-            // Missing only when called past the startup check: a permanent failure naming the
-            // type, rather than a panic in the consumer.
+        .map(|(name, binding)| {
             quote! {
-                let #binding = match #extract(__asdlc_ctx_ref) {
-                    ::core::result::Result::Ok(state) => state,
-                    ::core::result::Result::Err(missing) => {
-                        return #private::missing_state(__ASDLC_NAME, missing);
+                let #binding = match (#name.extract)(__asdlc_ctx_ref) {
+                    ::core::option::Option::Some(state) => state,
+                    ::core::option::Option::None => {
+                        return #private::missing_state(__ASDLC_NAME, #name.ty);
                     }
                 };
             }
@@ -188,7 +185,9 @@ fn expand(function: &ItemFn, args: &HandlerArgs, signature: &HandlerSignature) -
             // Named once, so an unknown type is reported once.
             const __ASDLC_TYPES: &[#private::EventType] = &[#(#types),*];
 
-            const __ASDLC_STATE: &[#private::StateType] = &[#(#state_types),*];
+            #(#state_params)*
+
+            const __ASDLC_STATE: &[#private::StateType] = &[#(#state_consts.ty),*];
 
             fn __asdlc_into_handler_result<T: #private::IntoHandlerResult>(
                 output: T,
@@ -389,12 +388,14 @@ mod tests {
         );
         assert!(!out.contains("compile_error"), "{out}");
         for expected in [
-            "const __ASDLC_STATE : & [:: asdlc :: __private :: StateType] = & [:: asdlc :: __private :: state_type :: < State < Db > > () , :: asdlc :: __private :: state_type :: < asdlc :: State < Cache > > ()] ;",
+            "const __ASDLC_STATE_0 : :: asdlc :: __private :: StateExtractor < State < Db > > = :: asdlc :: __private :: state_param :: < State < Db > > () ;",
+            "const __ASDLC_STATE_1 : :: asdlc :: __private :: StateExtractor < asdlc :: State < Cache > > = :: asdlc :: __private :: state_param :: < asdlc :: State < Cache > > () ;",
+            "const __ASDLC_STATE : & [:: asdlc :: __private :: StateType] = & [__ASDLC_STATE_0 . ty , __ASDLC_STATE_1 . ty] ;",
             "fn required_state (& self) -> & [:: asdlc :: __private :: StateType] { __ASDLC_STATE }",
             "__asdlc_ctx_ref : & '__asdlc :: asdlc :: __private :: HandlerContext",
             "let __asdlc_ctx_ref : & :: asdlc :: __private :: HandlerContext = __asdlc_ctx_ref ;",
-            "let __asdlc_state_0 = match :: asdlc :: __private :: extract_state :: < State < Db > > (__asdlc_ctx_ref) { :: core :: result :: Result :: Ok (state) => state , :: core :: result :: Result :: Err (missing) => { return :: asdlc :: __private :: missing_state (__ASDLC_NAME , missing) ; } } ;",
-            "let __asdlc_state_1 = match :: asdlc :: __private :: extract_state :: < asdlc :: State < Cache > > (__asdlc_ctx_ref)",
+            "let __asdlc_state_0 = match (__ASDLC_STATE_0 . extract) (__asdlc_ctx_ref) { :: core :: option :: Option :: Some (state) => state , :: core :: option :: Option :: None => { return :: asdlc :: __private :: missing_state (__ASDLC_NAME , __ASDLC_STATE_0 . ty) ; } } ;",
+            "let __asdlc_state_1 = match (__ASDLC_STATE_1 . extract) (__asdlc_ctx_ref)",
             "let __asdlc_future = h (__asdlc_event , __asdlc_state_0 , __asdlc_state_1) ;",
         ] {
             assert!(out.contains(expected), "missing `{expected}` in\n{out}");
@@ -410,7 +411,7 @@ mod tests {
             plain.contains("const __ASDLC_STATE : & [:: asdlc :: __private :: StateType] = & [] ;"),
             "{plain}"
         );
-        assert!(!plain.contains("extract_state"), "{plain}");
+        assert!(!plain.contains("state_param"), "{plain}");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! sees them through the generated code with spans on the user's tokens (see `expand`).
 
 use proc_macro2::Span;
-use quote::{ToTokens, quote};
+use quote::ToTokens;
 use syn::spanned::Spanned;
 use syn::{FnArg, GenericArgument, Pat, PatType, PathArguments, ReturnType, Signature, Type};
 
@@ -234,6 +234,7 @@ fn names(ty: &Type, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use quote::quote;
     use syn::ItemFn;
 
     fn check(item: proc_macro2::TokenStream) -> syn::Result<HandlerSignature> {

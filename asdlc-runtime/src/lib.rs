@@ -140,8 +140,8 @@ pub mod __private {
     pub use crate::event::{AsdlcEvent, EventType};
     pub use crate::handler::{
         BoxFuture, EventHandler, HandlerContext, HandlerOptions, HandlerRegistration,
-        HandlerResult, IntoHandlerResult, StateParam, StateType, extract_state, missing_state,
-        state_type,
+        HandlerResult, IntoHandlerResult, StateExtractor, StateParam, StateType, missing_state,
+        state_param,
     };
     pub use inventory;
     pub use std::boxed::Box;

@@ -21,7 +21,7 @@ pub use outcome::{HandlerError, HandlerResult, IntoHandlerResult};
 pub(crate) use state::StateMap;
 pub use state::{State, StateType};
 #[doc(hidden)]
-pub use state::{StateParam, extract_state, missing_state, state_type};
+pub use state::{StateExtractor, StateParam, missing_state, state_param};
 
 /// A boxed, sendable future, as [`EventHandler::handle`] returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -225,16 +225,24 @@ impl<T: ?Sized + Send + Sync + 'static> StateParam for State<T> {
     }
 }
 
-/// The state type of parameter type `S`, for the list in `required_state`.
+/// How a generated handler gets one state parameter of type `S`: its type, for
+/// `required_state`, and its extraction, for `handle`. One `const` per parameter, built by
+/// [`state_param`], so a type that is no state parameter is reported once.
 #[doc(hidden)]
-pub const fn state_type<S: StateParam>() -> StateType {
-    S::TYPE
+pub struct StateExtractor<S> {
+    /// The state type, for `required_state`.
+    pub ty: StateType,
+    /// Takes the parameter from a context.
+    pub extract: fn(&HandlerContext) -> Option<S>,
 }
 
-/// Parameter `S` from `ctx`, or the type that is missing.
+/// The [`StateExtractor`] of parameter type `S`.
 #[doc(hidden)]
-pub fn extract_state<S: StateParam>(ctx: &HandlerContext) -> Result<S, StateType> {
-    S::from_context(ctx).ok_or(S::TYPE)
+pub const fn state_param<S: StateParam>() -> StateExtractor<S> {
+    StateExtractor {
+        ty: S::TYPE,
+        extract: S::from_context,
+    }
 }
 
 /// What a generated handler reports when its state is missing: only possible when it is
@@ -321,10 +329,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_parameter_is_a_permanent_failure_naming_it() {
+        const PARAM: StateExtractor<State<u8>> = state_param::<State<u8>>();
         let ctx = HandlerContext::detached();
-        let missing = extract_state::<State<u8>>(&ctx).err().unwrap();
-        assert_eq!(missing, StateType::of::<u8>());
-        let result = missing_state("h", missing).await;
+        assert!((PARAM.extract)(&ctx).is_none());
+        assert_eq!(PARAM.ty, StateType::of::<u8>());
+        let result = missing_state("h", PARAM.ty).await;
         assert!(result.is_permanent());
         let msg = result.error_message().unwrap();
         assert!(
@@ -332,7 +341,6 @@ mod tests {
             "{msg}"
         );
         let ctx = ctx.with_state(3u8);
-        assert_eq!(*extract_state::<State<u8>>(&ctx).unwrap(), 3);
-        assert_eq!(state_type::<State<u8>>(), StateType::of::<u8>());
+        assert_eq!(*(PARAM.extract)(&ctx).unwrap(), 3);
     }
 }
