@@ -166,10 +166,12 @@ impl HandlerContext {
     /// ```
     /// use asdlc_runtime::HandlerContext;
     ///
-    /// struct Db(&'static str);
+    /// struct Db {
+    ///     url: &'static str,
+    /// }
     ///
-    /// let ctx = HandlerContext::detached().with_state(Db("test-db")).with_state(42u32);
-    /// assert_eq!(ctx.state::<Db>().unwrap().0, "test-db");
+    /// let ctx = HandlerContext::detached().with_state(Db { url: "test-db" }).with_state(42u32);
+    /// assert_eq!(ctx.state::<Db>().unwrap().url, "test-db");
     /// assert_eq!(*ctx.state::<u32>().unwrap(), 42);
     /// assert!(ctx.state::<String>().is_none());
     /// ```

@@ -117,19 +117,15 @@ impl RuntimeBuilder {
     /// groups it runs needs a type that was not given.
     ///
     /// ```no_run
-    /// use asdlc::prelude::*;
+    /// use asdlc_runtime::Runtime;
     ///
     /// struct Db {
     ///     url: String,
     /// }
     ///
-    /// #[event_handler(types = [TaskCreated], group = "tasks")]
-    /// async fn on_task(event: &AsdlcEvent, State(db): State<Db>) {
-    ///     tracing::info!(db = %db.url, session = %event.session_id, "storing");
-    /// }
-    ///
-    /// # async fn demo() -> Result<(), asdlc::RuntimeError> {
+    /// # async fn demo() -> Result<(), asdlc_runtime::RuntimeError> {
     /// Runtime::builder()
+    ///     // `State<Db>` parameters and `ctx.state::<Db>()` get this one value.
     ///     .state(Db { url: "postgres://db/tasks".into() })
     ///     .build()
     ///     .await?
