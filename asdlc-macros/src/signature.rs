@@ -153,10 +153,8 @@ fn check_param(param: &PatType, role: &str, type_name: &str) -> syn::Result<Para
         Type::Reference(_) => {}
         ty if role == "ctx" => errors.push(syn::Error::new_spanned(
             ty,
-            format!(
-                "the ctx parameter must be a reference, like `ctx: &HandlerContext`, or a \
-                 state parameter, like `State(db): State<Db>`"
-            ),
+            "the ctx parameter must be a reference, like `ctx: &HandlerContext`, or a state \
+             parameter, like `State(db): State<Db>`",
         )),
         ty => errors.push(syn::Error::new_spanned(
             ty,
