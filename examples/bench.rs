@@ -23,7 +23,7 @@ use asdlc::{
     Config, ConsumerOptions, EventConsumer, IdempotencyTracker, Publisher, RedisConnection,
     Runtime, RuntimeHandle, RuntimeReport, StreamKeys, registered_handlers,
 };
-use asdlc_runtime::testing::TestServer;
+use asdlc_testing::TestServer;
 use redis::Value;
 
 const GROUP: &str = "bench-handlers";

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use asdlc::{AsdlcEvent, Config, EventType, Publisher, StreamKeys};
-use asdlc_runtime::testing::TestServer;
+use asdlc_testing::TestServer;
 use chaos_support::driver::{self, Fleet, Plan, Snapshot, WorkerEnv};
 use chaos_support::worker;
 

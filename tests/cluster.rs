@@ -19,7 +19,7 @@ use asdlc::{
     AsdlcEvent, Config, EventConsumer, EventType, IdempotencyTracker, Publisher, RedisConnection,
     StreamKeys, Tenancy, TenantContext, TenantId, acl, deadletter, get_stream_info,
 };
-use asdlc_runtime::testing::TestCluster;
+use asdlc_testing::TestCluster;
 use common::*;
 use redis::Value;
 

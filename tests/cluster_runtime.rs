@@ -9,7 +9,7 @@ use std::time::Duration;
 use asdlc::keys::partition_tenants_by_slot;
 use asdlc::prelude::*;
 use asdlc::{Runtime, Tenancy};
-use asdlc_runtime::testing::TestCluster;
+use asdlc_testing::TestCluster;
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

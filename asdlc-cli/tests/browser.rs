@@ -14,11 +14,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use asdlc_runtime::testing::TestServer;
 use asdlc_runtime::{
     AsdlcEvent, BoxFuture, Config, EventConsumer, EventHandler, EventType, HandlerContext,
     HandlerResult, Publisher, RedisConnection,
 };
+use asdlc_testing::TestServer;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 

@@ -5,11 +5,11 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use asdlc_runtime::testing::TestServer;
 use asdlc_runtime::{
     AsdlcEvent, BoxFuture, Config, EventConsumer, EventHandler, EventType, HandlerContext,
     HandlerResult, Publisher,
 };
+use asdlc_testing::TestServer;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_asdlc");

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use asdlc_runtime::testing::TestServer;
+use asdlc_testing::TestServer;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_asdlc");

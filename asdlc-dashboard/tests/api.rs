@@ -5,11 +5,11 @@
 use std::time::{Duration, Instant};
 
 use asdlc_dashboard::{Dashboard, DashboardOptions, hosts_for, router};
-use asdlc_runtime::testing::{TestCluster, TestServer};
 use asdlc_runtime::{
     AsdlcEvent, BoxFuture, Config, EventConsumer, EventHandler, EventType, HandlerContext,
     HandlerResult, Publisher, RedisConnection, RedisUrl, Tenancy, TenantId, get_stream_info,
 };
+use asdlc_testing::{TestCluster, TestServer};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use serde_json::{Value, json};

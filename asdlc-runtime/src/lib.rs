@@ -43,8 +43,6 @@ mod reply;
 pub mod runtime;
 pub mod streams;
 pub mod tenancy;
-#[cfg(feature = "testing")]
-pub mod testing;
 mod text;
 
 pub use config::{Config, RedisUrl, Tenancy};

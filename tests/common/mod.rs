@@ -9,7 +9,7 @@ use asdlc::{
     AsdlcEvent, BoxFuture, Config, ConsumerOptions, Effect, EventConsumer, EventHandler, EventType,
     HandlerContext, HandlerResult, RedisConnection, Tenancy, TenantId,
 };
-pub use asdlc_runtime::testing::TestServer;
+pub use asdlc_testing::TestServer;
 
 /// A fresh server for one test.
 pub fn server() -> TestServer {
