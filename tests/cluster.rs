@@ -20,6 +20,7 @@ use asdlc::{
     StreamKeys, Tenancy, TenantContext, TenantId, acl, deadletter, get_stream_info,
 };
 use asdlc_testing::TestCluster;
+use asdlc_testing::fixtures::read_and_die;
 use common::*;
 use redis::Value;
 
@@ -78,25 +79,6 @@ async fn consumer(config: &Config, group: &str, name: &str, h: &TestHandler) -> 
 async fn pending(c: &mut RedisConnection, stream: &str, group: &str) -> u64 {
     let info = get_stream_info(c, stream).await.unwrap();
     info.group(group).map(|g| g.pending).unwrap_or(0)
-}
-
-/// Reads `n` entries as consumer `name` without acknowledging them: a consumer that dies.
-async fn read_and_die(c: &mut RedisConnection, stream: &str, group: &str, name: &str, n: usize) {
-    asdlc::create_consumer_group(c, stream, group, asdlc::GroupStart::Beginning)
-        .await
-        .unwrap();
-    let _: Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(group)
-        .arg(name)
-        .arg("COUNT")
-        .arg(n)
-        .arg("STREAMS")
-        .arg(stream)
-        .arg(">")
-        .query_async(c)
-        .await
-        .unwrap();
 }
 
 /// `count` tenants whose streams (under `base`) are served by different masters, as far as

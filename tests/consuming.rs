@@ -11,7 +11,6 @@ use asdlc::{
     StreamKeys, TenantContext, deadletter, get_stream_info,
 };
 use common::*;
-use redis::Value;
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -48,26 +47,6 @@ async fn publish_n(p: &Publisher, n: usize, t: EventType) -> Vec<AsdlcEvent> {
     let events: Vec<_> = (0..n).map(|i| event(t, &format!("s{i}"))).collect();
     p.publish_batch(&events).await.unwrap();
     events
-}
-
-/// Reads `n` entries as consumer `name` without acknowledging them: a consumer that then
-/// dies.
-async fn read_and_die(c: &mut asdlc::RedisConnection, group: &str, name: &str, n: usize) {
-    asdlc::create_consumer_group(c, "asdlc:events", group, asdlc::GroupStart::Beginning)
-        .await
-        .unwrap();
-    let _: Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(group)
-        .arg(name)
-        .arg("COUNT")
-        .arg(n)
-        .arg("STREAMS")
-        .arg("asdlc:events")
-        .arg(">")
-        .query_async(c)
-        .await
-        .unwrap();
 }
 
 #[tokio::test]
@@ -165,7 +144,7 @@ async fn unacknowledged_messages_become_pending() {
     let p = Publisher::connect(config(&s)).await.unwrap();
     publish_n(&p, 4, EventType::TaskCreated).await;
     let mut conn = conn(&s).await;
-    read_and_die(&mut conn, "development-handlers", "dead", 4).await;
+    read_and_die(&mut conn, "asdlc:events", "development-handlers", "dead", 4).await;
     assert_eq!(
         pending(&mut conn, "asdlc:events", "development-handlers").await,
         4
@@ -736,7 +715,7 @@ async fn recovery_processes_pending_events() {
     publish_n(&p, 250, EventType::TaskCreated).await;
     let mut conn = conn(&s).await;
     // "w1" read everything and crashed before handling any of it.
-    read_and_die(&mut conn, "development-handlers", "w1", 250).await;
+    read_and_die(&mut conn, "asdlc:events", "development-handlers", "w1", 250).await;
     let h = TestHandler::all("h");
     let c = consumer(&s, "development-handlers", "w1", &h).await;
     // All of them, in batches of 50 (not just the first 100).
@@ -760,7 +739,7 @@ async fn recovery_runs_before_consumption_at_start() {
     let p = Publisher::connect(config(&s)).await.unwrap();
     publish_n(&p, 20, EventType::TaskCreated).await;
     let mut conn = conn(&s).await;
-    read_and_die(&mut conn, "development-handlers", "w1", 20).await;
+    read_and_die(&mut conn, "asdlc:events", "development-handlers", "w1", 20).await;
     let h = TestHandler::all("h");
     let c = consumer(&s, "development-handlers", "w1", &h).await;
     // The consumer restarts under its own name: its pending entries are handled at once,
@@ -789,7 +768,7 @@ async fn recovery_skips_already_processed() {
     // The same events arrive again (a producer retry) and sit pending for a dead consumer.
     p.publish_batch(&events).await.unwrap();
     let mut conn = conn(&s).await;
-    read_and_die(&mut conn, "development-handlers", "w1", 5).await;
+    read_and_die(&mut conn, "asdlc:events", "development-handlers", "w1", 5).await;
     let c = consumer(&s, "development-handlers", "w1", &h).await;
     let result = c.process_pending().await.unwrap();
     assert_eq!((result.processed, result.skipped), (0, 5));
@@ -806,7 +785,14 @@ async fn recovery_claims_from_dead_consumers() {
     let p = Publisher::connect(config(&s)).await.unwrap();
     publish_n(&p, 7, EventType::TaskCreated).await;
     let mut conn = conn(&s).await;
-    read_and_die(&mut conn, "development-handlers", "dead-worker", 7).await;
+    read_and_die(
+        &mut conn,
+        "asdlc:events",
+        "development-handlers",
+        "dead-worker",
+        7,
+    )
+    .await;
     let h = TestHandler::all("h");
     let c = consumer(&s, "development-handlers", "w2", &h).await;
     // Not yet stale: nothing claimed.
@@ -840,8 +826,15 @@ async fn deleted_pending_entries_are_acknowledged_not_retried() {
         .await
         .unwrap();
     let mut conn = conn(&s).await;
-    read_and_die(&mut conn, "development-handlers", "dead-worker", 2).await;
-    read_and_die(&mut conn, "development-handlers", "w1", 0).await;
+    read_and_die(
+        &mut conn,
+        "asdlc:events",
+        "development-handlers",
+        "dead-worker",
+        2,
+    )
+    .await;
+    read_and_die(&mut conn, "asdlc:events", "development-handlers", "w1", 0).await;
     let _: i64 = redis::cmd("XDEL")
         .arg("asdlc:events")
         .arg(&events[0].event_id)
@@ -1091,7 +1084,7 @@ async fn acknowledge_removes_an_entry_from_pending() {
         .await
         .unwrap();
     let mut conn = conn(&s).await;
-    read_and_die(&mut conn, "development-handlers", "w1", 1).await;
+    read_and_die(&mut conn, "asdlc:events", "development-handlers", "w1", 1).await;
     let h = TestHandler::all("h");
     let c = consumer(&s, "development-handlers", "w1", &h).await;
     assert!(c.acknowledge(&published.event_id).await.unwrap());
@@ -1108,11 +1101,25 @@ async fn gone_consumers_are_forgotten_but_never_one_that_owns_entries() {
     let p = Publisher::connect(config(&s)).await.unwrap();
     let mut conn = conn(&s).await;
     // "ghost" joined and left owning nothing; "holder" died owning an entry.
-    read_and_die(&mut conn, "development-handlers", "ghost", 1).await;
+    read_and_die(
+        &mut conn,
+        "asdlc:events",
+        "development-handlers",
+        "ghost",
+        1,
+    )
+    .await;
     p.publish(&event(EventType::TaskCreated, "s"))
         .await
         .unwrap();
-    read_and_die(&mut conn, "development-handlers", "holder", 1).await;
+    read_and_die(
+        &mut conn,
+        "asdlc:events",
+        "development-handlers",
+        "holder",
+        1,
+    )
+    .await;
     let h = TestHandler::all("h");
     let c = consumer_with(&s, "development-handlers", "w1", &h, |o| {
         o.claim_idle = Duration::from_secs(60);

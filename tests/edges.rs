@@ -160,16 +160,7 @@ async fn take_and_die(conn: &mut asdlc::RedisConnection, group: &str, name: &str
         asdlc::create_consumer_group(conn, STREAM, group, asdlc::GroupStart::Beginning)
             .await
             .unwrap();
-        let _: Value = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(group)
-            .arg(name)
-            .arg("STREAMS")
-            .arg(STREAM)
-            .arg(">")
-            .query_async(conn)
-            .await
-            .unwrap();
+        read_without_ack(conn, STREAM, group, name, None).await;
     } else {
         let _: Value = redis::cmd("XAUTOCLAIM")
             .arg(STREAM)

@@ -30,12 +30,7 @@ fn run(server: &TestServer, args: &[&str], stdin: Option<&str>) -> Output {
 }
 
 fn as_user(url: &str, args: &[&str]) -> redis::RedisResult<redis::Value> {
-    let mut conn = redis::Client::open(url)?.get_connection()?;
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    cmd.query(&mut conn)
+    asdlc_testing::fixtures::raw_command(url, args)
 }
 
 #[test]

@@ -56,10 +56,12 @@
 //! - [`server`]: [`TestServer`], one server as a child process.
 //! - [`cluster`]: [`TestCluster`], a Redis Cluster of such servers.
 //! - [`error`]: why a server or a cluster could not be started.
+//! - [`fixtures`]: setups the tests share (a refusing handler, pending entries, dead letters).
 
 pub mod binary;
 pub mod cluster;
 pub mod error;
+pub mod fixtures;
 pub mod ports;
 mod process;
 pub mod server;

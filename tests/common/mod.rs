@@ -1,6 +1,6 @@
 //! Shared helpers of the integration tests: a real server per test, fast consumer settings,
 //! and a scriptable handler that records every call.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,6 +10,7 @@ use asdlc::{
     HandlerContext, HandlerResult, RedisConnection, Tenancy, TenantId,
 };
 pub use asdlc_testing::TestServer;
+pub use asdlc_testing::fixtures::{eventually, read_and_die, read_without_ack};
 
 /// A fresh server for one test.
 pub fn server() -> TestServer {
@@ -56,24 +57,6 @@ pub fn fast(o: &mut ConsumerOptions) {
     o.retry.max = Duration::from_millis(150);
     o.shutdown_grace = Duration::from_secs(5);
     o.batch_size = 50;
-}
-
-/// Polls `cond` every 20 ms until it holds; panics with `what` after `timeout`.
-pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if cond().await {
-            return;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Starts `consumer` on a task and waits until it has recovered and is reading.
