@@ -7,6 +7,7 @@
 //! example has to be built first or found under the target directory.
 
 mod chaos_support;
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::collections::HashSet;

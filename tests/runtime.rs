@@ -1,6 +1,7 @@
 //! The Runtime with macro-declared handlers, end to end against a real server: discovery,
 //! recovery at startup, group selection, multi-tenancy and graceful shutdown.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::sync::Mutex;

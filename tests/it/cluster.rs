@@ -1,18 +1,17 @@
 //! The framework on a real Redis Cluster (3 masters, 1 replica each): publishing, consuming
 //! (one tenant, and many tenants spread over slots with one consumer per slot), idempotency,
-//! recovery, dead letters and stream info; the core scenarios of `tests/consuming.rs` again;
+//! recovery, dead letters and stream info; the core scenarios of `tests/it/consuming.rs` again;
 //! then a master failing over and a slot moving while consumers run.
 //!
 //! Tests that only use their own keys share one cluster ([`TestCluster::shared`]), each under
 //! its own stream name; the failover and resharding tests start their own.
-
-mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::common::*;
 use asdlc::keys::{hash_slot, partition_tenants_by_slot};
 use asdlc::publish::ReplicaWait;
 use asdlc::{
@@ -21,7 +20,6 @@ use asdlc::{
 };
 use asdlc_testing::TestCluster;
 use asdlc_testing::fixtures::read_and_die;
-use common::*;
 use redis::Value;
 
 const WAIT: Duration = Duration::from_secs(20);

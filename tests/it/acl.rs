@@ -2,18 +2,16 @@
 //! the whole protocol for A (publish, consume, retries, recovery, dead letters, marks, stream
 //! info) and cannot read, write or even list tenant B's keys.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::common::*;
 use asdlc::acl::{self, TenantAcl};
 use asdlc::{
     Config, EventConsumer, EventType, IdempotencyTracker, Publisher, RedisConnection, StreamKeys,
     TenantContext, TenantId, deadletter, get_stream_info,
 };
-use common::*;
 use redis::Value;
 
 const WAIT: Duration = Duration::from_secs(15);

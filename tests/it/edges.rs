@@ -2,16 +2,14 @@
 //! and restarts, automatic names, a consumer's life after stop, leases that do not leak, and
 //! entries of ours that nobody handles.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use asdlc::{
     AsdlcEvent, BoxFuture, ConsumeError, EventConsumer, EventHandler, EventType, HandlerContext,
     HandlerResult, Publisher, StreamKeys, deadletter, get_stream_info,
 };
-use common::*;
 use redis::Value;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -522,7 +520,7 @@ async fn read_and_owes_nothing(s: &TestServer, group: &str, id: &str) {
         WAIT,
         &format!("{group} read {id} and owes nothing"),
         || async {
-            let mut conn = common::conn(s).await;
+            let mut conn = crate::common::conn(s).await;
             let info = get_stream_info(&mut conn, STREAM).await.unwrap();
             let g = info.group(group).unwrap();
             g.pending == 0 && g.last_delivered_id == id

@@ -1,12 +1,10 @@
 //! Publishing and stream operations against a real server (seed US-01, US-05, T02, T07).
 
-mod common;
-
+use crate::common::*;
 use asdlc::{
     AsdlcEvent, Config, EventType, GroupStart, PublishError, Publisher, TenantContext,
     create_consumer_group, encoding, ensure_stream_exists, get_stream_info,
 };
-use common::*;
 use redis::Value;
 
 async fn xrange(

@@ -1,16 +1,14 @@
 //! The consumer engine against a real server (seed US-02, US-03, US-04, US-06, T03-T06).
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use asdlc::{
     AsdlcEvent, ConsumeError, EventConsumer, EventType, IdempotencyTracker, MarkLayout, Publisher,
     StreamKeys, TenantContext, deadletter, get_stream_info,
 };
-use common::*;
 
 const WAIT: Duration = Duration::from_secs(15);
 

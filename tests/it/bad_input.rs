@@ -3,19 +3,17 @@
 //! nothing stalls, every invalid entry is dead-lettered with a reason naming its field, and an
 //! invalid event never reaches Redis.
 
-mod common;
-
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::common::*;
 use asdlc::encoding::{decode, encode};
 use asdlc::{
     AsdlcEvent, Config, ConfigError, EventConsumer, EventType, Mode, PublishError, RedisConnection,
     Runtime, Tenancy, TenantContext, TenantId, deadletter, get_stream_info,
 };
-use common::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 
