@@ -1,7 +1,8 @@
 //! The framework on a real Redis Cluster (3 masters, 1 replica each): publishing, consuming
 //! (one tenant, and many tenants spread over slots with one consumer per slot), idempotency,
-//! recovery, dead letters and stream info; the core scenarios of `tests/it/consuming.rs` again;
-//! then a master failing over and a slot moving while consumers run.
+//! recovery, dead letters and stream info, as `tests/it/consuming.rs` does on one server (a scenario
+//! both need the same is written once there, with a wrapper for each); then a master failing over
+//! and a slot moving while consumers run.
 //!
 //! Tests that only use their own keys share one cluster ([`TestCluster::shared`]), each under
 //! its own stream name; the failover and resharding tests start their own.
@@ -18,18 +19,10 @@ use asdlc::{
     AsdlcEvent, Config, EventConsumer, EventType, IdempotencyTracker, Publisher, RedisConnection,
     StreamKeys, Tenancy, TenantContext, TenantId, acl, deadletter, get_stream_info,
 };
-use asdlc_testing::TestCluster;
 use asdlc_testing::fixtures::read_and_die;
 use redis::Value;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn trace() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("ASDLC_TEST_LOG"))
-        .with_test_writer()
-        .try_init();
-}
 
 /// The cluster shared by the tests of this file that only touch their own keys.
 fn cluster() -> &'static TestCluster {
@@ -60,18 +53,6 @@ async fn connect(c: &TestCluster) -> RedisConnection {
     let conn = RedisConnection::connect(&c.redis_url()).await.unwrap();
     assert!(conn.is_cluster());
     conn
-}
-
-async fn consumer(config: &Config, group: &str, name: &str, h: &TestHandler) -> EventConsumer {
-    EventConsumer::builder(config.clone(), group)
-        .handler(h.clone())
-        .configure(|o| {
-            fast(o);
-            o.consumer = Some(name.to_owned());
-        })
-        .build()
-        .await
-        .unwrap()
 }
 
 async fn pending(c: &mut RedisConnection, stream: &str, group: &str) -> u64 {
@@ -112,7 +93,7 @@ async fn publish_consume_and_acknowledge_on_a_cluster() {
     let config = single(c, "cl-basic:events");
     let p = Publisher::connect(config.clone()).await.unwrap();
     let h = TestHandler::all("h");
-    let consumer = consumer(&config, "development-handlers", "w1", &h).await;
+    let consumer = consumer_for(&config, "development-handlers", "w1", &h).await;
     let run = spawn(&consumer).await;
     let events: Vec<AsdlcEvent> = (0..40)
         .map(|i| event(EventType::TaskCreated, &format!("s{i}")))
@@ -251,7 +232,7 @@ async fn duplicate_publish_is_handled_once_on_a_cluster() {
     let config = single(c, "cl-dup:events");
     let p = Publisher::connect(config.clone()).await.unwrap();
     let h = TestHandler::all("h");
-    let consumer = consumer(&config, "hitl-handlers", "w1", &h).await;
+    let consumer = consumer_for(&config, "hitl-handlers", "w1", &h).await;
     let run = spawn(&consumer).await;
     let e = AsdlcEvent::builder(EventType::GateApproved, "s1")
         .idempotency_key("gate-7@abc1234")
@@ -278,55 +259,6 @@ async fn duplicate_publish_is_handled_once_on_a_cluster() {
 }
 
 #[tokio::test]
-async fn same_key_in_two_consumers_at_once_runs_once_on_a_cluster() {
-    let c = cluster();
-    let config = single(c, "cl-race:events");
-    let p = Publisher::connect(config.clone()).await.unwrap();
-    let h1 = TestHandler::all("h").behave(|_, _| Behavior::Sleep(Duration::from_millis(2)));
-    let h2 = TestHandler::all("h").behave(|_, _| Behavior::Sleep(Duration::from_millis(2)));
-    let c1 = consumer(&config, "development-handlers", "w1", &h1).await;
-    let c2 = consumer(&config, "development-handlers", "w2", &h2).await;
-    let r1 = spawn(&c1).await;
-    let r2 = spawn(&c2).await;
-    let rounds = 60;
-    for i in 0..rounds {
-        let e = AsdlcEvent::builder(EventType::PatchApplied, format!("s{i}"))
-            .build()
-            .unwrap();
-        p.publish_batch(&[e.clone(), e]).await.unwrap();
-    }
-    let mut conn = connect(c).await;
-    eventually(WAIT, "every copy acknowledged", || {
-        let mut conn = conn.clone();
-        async move {
-            let info = get_stream_info(&mut conn, "cl-race:events").await.unwrap();
-            info.length == 2 * rounds && info.total_pending() == 0
-        }
-    })
-    .await;
-    let keys: Vec<String> = h1
-        .calls()
-        .into_iter()
-        .chain(h2.calls())
-        .map(|c| c.key)
-        .collect();
-    let unique: HashSet<_> = keys.iter().collect();
-    assert_eq!(unique.len(), rounds as usize);
-    assert_eq!(
-        keys.len(),
-        rounds as usize,
-        "the handler ran exactly once per key"
-    );
-    let applied = applied(&mut conn, "cl-race:events", "development-handlers").await;
-    assert_eq!(applied.len(), rounds as usize);
-    assert!(applied.values().all(|v| *v == 1));
-    c1.stop();
-    c2.stop();
-    r1.await.unwrap().unwrap();
-    r2.await.unwrap().unwrap();
-}
-
-#[tokio::test]
 async fn recovery_processes_pending_and_claims_from_dead_consumers_on_a_cluster() {
     let c = cluster();
     let stream = "cl-recover:events";
@@ -341,7 +273,7 @@ async fn recovery_processes_pending_and_claims_from_dead_consumers_on_a_cluster(
     read_and_die(&mut conn, stream, "development-handlers", "w1", 100).await;
     read_and_die(&mut conn, stream, "development-handlers", "dead-worker", 20).await;
     let h = TestHandler::all("h");
-    let w1 = consumer(&config, "development-handlers", "w1", &h).await;
+    let w1 = consumer_for(&config, "development-handlers", "w1", &h).await;
     let own = w1.process_pending().await.unwrap();
     assert_eq!((own.processed, own.skipped, own.failed), (100, 0, 0));
     let early = w1
@@ -928,7 +860,7 @@ async fn consumption_survives_moving_a_slot() {
     let from = cl.master_of_slot(slot).unwrap();
     let to = (from + 1) % cl.master_count();
     let h = TestHandler::all("h");
-    let consumer = consumer(&config, "development-handlers", "w1", &h).await;
+    let consumer = consumer_for(&config, "development-handlers", "w1", &h).await;
     let run = spawn(&consumer).await;
     let p = Publisher::connect(config.clone()).await.unwrap();
     let mut keys = Vec::new();

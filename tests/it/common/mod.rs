@@ -7,18 +7,89 @@ use std::time::Duration;
 
 use asdlc::{
     AsdlcEvent, BoxFuture, Config, ConsumerOptions, Effect, EventConsumer, EventHandler, EventType,
-    HandlerContext, HandlerResult, RedisConnection, Tenancy, TenantId,
+    HandlerContext, HandlerResult, RedisConnection, RedisUrl, Tenancy, TenantId,
 };
-pub use asdlc_testing::TestServer;
 pub use asdlc_testing::fixtures::{eventually, read_and_die, read_without_ack};
+pub use asdlc_testing::{TestCluster, TestServer};
 
-/// A fresh server for one test.
-pub fn server() -> TestServer {
+/// Logs to the test's output, filtered by `ASDLC_TEST_LOG` (e.g. `ASDLC_TEST_LOG=asdlc=debug`).
+pub fn trace() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("ASDLC_TEST_LOG"))
         .with_test_writer()
         .try_init();
+}
+
+/// A fresh server for one test.
+pub fn server() -> TestServer {
+    trace();
     TestServer::start()
+}
+
+/// Where a scenario written once runs: a server of its own, or the cluster the cluster tests
+/// share (each test on streams of its own there).
+pub enum Target {
+    /// A fresh server for this test.
+    Server(TestServer),
+    /// The shared cluster, [`TestCluster::shared`].
+    Cluster(&'static TestCluster),
+}
+
+impl Target {
+    /// A fresh server.
+    pub fn server() -> Target {
+        Target::Server(server())
+    }
+
+    /// The shared cluster.
+    pub fn cluster() -> Target {
+        trace();
+        Target::Cluster(TestCluster::shared())
+    }
+
+    /// The URL of the server or of the cluster.
+    pub fn redis_url(&self) -> RedisUrl {
+        match self {
+            Target::Server(s) => s.redis_url(),
+            Target::Cluster(c) => c.redis_url(),
+        }
+    }
+
+    /// Single-tenant configuration on stream `stream`.
+    pub fn config(&self, stream: &str) -> Config {
+        Config {
+            redis_url: self.redis_url(),
+            stream: stream.to_owned(),
+            ..Config::default()
+        }
+    }
+
+    /// A connection, checked to be a cluster connection exactly on a cluster.
+    pub async fn conn(&self) -> RedisConnection {
+        let conn = RedisConnection::connect(&self.redis_url())
+            .await
+            .expect("connect");
+        assert_eq!(conn.is_cluster(), matches!(self, Target::Cluster(_)));
+        conn
+    }
+}
+
+/// A consumer `name` of `group` with the fast settings, running `handler`.
+pub async fn consumer_for(
+    config: &Config,
+    group: &str,
+    name: &str,
+    handler: &TestHandler,
+) -> EventConsumer {
+    EventConsumer::builder(config.clone(), group)
+        .handler(handler.clone())
+        .configure(|o| {
+            fast(o);
+            o.consumer = Some(name.to_owned());
+        })
+        .build()
+        .await
+        .unwrap()
 }
 
 /// Single-tenant configuration for `server`.
