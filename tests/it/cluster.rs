@@ -88,40 +88,6 @@ fn tenants_across_masters(
 }
 
 #[tokio::test]
-async fn publish_consume_and_acknowledge_on_a_cluster() {
-    let c = cluster();
-    let config = single(c, "cl-basic:events");
-    let p = Publisher::connect(config.clone()).await.unwrap();
-    let h = TestHandler::all("h");
-    let consumer = consumer_for(&config, "development-handlers", "w1", &h).await;
-    let run = spawn(&consumer).await;
-    let events: Vec<AsdlcEvent> = (0..40)
-        .map(|i| event(EventType::TaskCreated, &format!("s{i}")))
-        .collect();
-    p.publish_batch(&events[..20]).await.unwrap();
-    for e in &events[20..] {
-        p.publish(e).await.unwrap();
-    }
-    eventually(WAIT, "all handled", || async { h.count() == 40 }).await;
-    let mut conn = connect(c).await;
-    eventually(WAIT, "all acknowledged", || {
-        let mut conn = conn.clone();
-        async move { pending(&mut conn, "cl-basic:events", "development-handlers").await == 0 }
-    })
-    .await;
-    let info = get_stream_info(&mut conn, "cl-basic:events").await.unwrap();
-    assert_eq!(info.length, 40);
-    assert_eq!(info.dead_letters, 0);
-    let group = info.group("development-handlers").unwrap();
-    assert_eq!(group.pending, 0);
-    let applied = applied(&mut conn, "cl-basic:events", "development-handlers").await;
-    assert_eq!(applied.len(), 40);
-    assert!(applied.values().all(|n| *n == 1));
-    consumer.stop();
-    run.await.unwrap().unwrap();
-}
-
-#[tokio::test]
 async fn tenants_in_different_slots_get_one_consumer_per_slot() {
     let c = cluster();
     let base = "cl-multi:events";
@@ -224,38 +190,6 @@ async fn tenants_in_different_slots_get_one_consumer_per_slot() {
         consumer.stop();
         run.await.unwrap().unwrap();
     }
-}
-
-#[tokio::test]
-async fn duplicate_publish_is_handled_once_on_a_cluster() {
-    let c = cluster();
-    let config = single(c, "cl-dup:events");
-    let p = Publisher::connect(config.clone()).await.unwrap();
-    let h = TestHandler::all("h");
-    let consumer = consumer_for(&config, "hitl-handlers", "w1", &h).await;
-    let run = spawn(&consumer).await;
-    let e = AsdlcEvent::builder(EventType::GateApproved, "s1")
-        .idempotency_key("gate-7@abc1234")
-        .build()
-        .unwrap();
-    p.publish(&e).await.unwrap();
-    p.publish(&e).await.unwrap();
-    p.publish_batch(&[e.clone(), e.clone()]).await.unwrap();
-    let mut conn = connect(c).await;
-    eventually(WAIT, "all four copies acknowledged", || {
-        let mut conn = conn.clone();
-        async move {
-            let info = get_stream_info(&mut conn, "cl-dup:events").await.unwrap();
-            info.length == 4 && info.total_pending() == 0
-        }
-    })
-    .await;
-    assert_eq!(h.count(), 1, "handled once");
-    assert_eq!(consumer.stats().duplicates, 3);
-    let applied = applied(&mut conn, "cl-dup:events", "hitl-handlers").await;
-    assert_eq!(applied.get("gate-7@abc1234"), Some(&1));
-    consumer.stop();
-    run.await.unwrap().unwrap();
 }
 
 #[tokio::test]

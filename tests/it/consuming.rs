@@ -107,33 +107,62 @@ async fn consumer_group_distributes_messages() {
     r2.await.unwrap().unwrap();
 }
 
-#[tokio::test]
-async fn consumer_acknowledges_processed() {
-    let s = server();
-    let p = Publisher::connect(config(&s)).await.unwrap();
+/// `batched` events published in one batch and `singles` more one at a time, to one consumer:
+/// all handled and acknowledged, none dead-lettered, no lease left behind, and each event's
+/// effect applied once.
+async fn consumer_acknowledges_processed(
+    target: Target,
+    stream: &str,
+    batched: usize,
+    singles: usize,
+) {
+    let config = target.config(stream);
+    let p = Publisher::connect(config.clone()).await.unwrap();
     let h = TestHandler::all("h");
-    let c = consumer(&s, "development-handlers", "w1", &h).await;
+    let c = consumer_for(&config, "development-handlers", "w1", &h).await;
     let run = spawn(&c).await;
-    publish_n(&p, 30, EventType::TaskCompleted).await;
-    eventually(WAIT, "handled", || async { h.count() == 30 }).await;
-    let mut conn = conn(&s).await;
+    let events: Vec<AsdlcEvent> = (0..batched + singles)
+        .map(|i| event(EventType::TaskCompleted, &format!("s{i}")))
+        .collect();
+    if batched > 0 {
+        p.publish_batch(&events[..batched]).await.unwrap();
+    }
+    for e in &events[batched..] {
+        p.publish(e).await.unwrap();
+    }
+    let total = events.len();
+    eventually(WAIT, "handled", || async { h.count() == total }).await;
+    let mut conn = target.conn().await;
     eventually(WAIT, "nothing pending", || {
         let mut conn = conn.clone();
-        async move { pending(&mut conn, "asdlc:events", "development-handlers").await == 0 }
+        async move { pending(&mut conn, stream, "development-handlers").await == 0 }
     })
     .await;
     c.stop();
     run.await.unwrap().unwrap();
-    // No lease is left behind, and each event's effect was applied once.
+    let info = get_stream_info(&mut conn, stream).await.unwrap();
+    assert_eq!(info.length, total as u64);
+    assert_eq!(info.dead_letters, 0);
+    assert_eq!(info.group("development-handlers").unwrap().pending, 0);
     let leases: Vec<String> = redis::cmd("KEYS")
-        .arg("{asdlc:events}:lease:*")
+        .arg(format!("{{{stream}}}:lease:*"))
         .query_async(&mut conn)
         .await
         .unwrap();
     assert!(leases.is_empty(), "{leases:?}");
-    let applied = applied(&mut conn, "asdlc:events", "development-handlers").await;
-    assert_eq!(applied.len(), 30);
+    let applied = applied(&mut conn, stream, "development-handlers").await;
+    assert_eq!(applied.len(), total);
     assert!(applied.values().all(|v| *v == 1));
+}
+
+#[tokio::test]
+async fn consumer_acknowledges_processed_on_a_server() {
+    consumer_acknowledges_processed(Target::server(), "asdlc:events", 30, 0).await;
+}
+
+#[tokio::test]
+async fn consumer_acknowledges_processed_on_a_cluster() {
+    consumer_acknowledges_processed(Target::cluster(), "cl-basic:events", 20, 20).await;
 }
 
 #[tokio::test]
@@ -228,39 +257,74 @@ async fn idempotency_keys_expire() {
     assert_eq!(default.ttl, Duration::from_secs(7 * 24 * 3600));
 }
 
-#[tokio::test]
-async fn duplicate_publish_is_handled_once() {
-    let s = server();
-    let p = Publisher::connect(config(&s)).await.unwrap();
+/// Copies of one event, `singles` published one at a time and then `batched` in one batch, to
+/// a consumer of `group`: all acknowledged, the handler ran once, the rest counted as
+/// duplicates, and the effect applied once.
+async fn duplicate_publish_is_handled_once(
+    target: Target,
+    stream: &str,
+    group: &str,
+    e: AsdlcEvent,
+    singles: usize,
+    batched: usize,
+) {
+    let config = target.config(stream);
+    let p = Publisher::connect(config.clone()).await.unwrap();
     let h = TestHandler::all("h");
-    let c = consumer(&s, "development-handlers", "w1", &h).await;
+    let c = consumer_for(&config, group, "w1", &h).await;
     let run = spawn(&c).await;
-    let e = event(EventType::PatchApplied, "s1");
-    for _ in 0..5 {
+    for _ in 0..singles {
         p.publish(&e).await.unwrap();
     }
-    let mut conn = conn(&s).await;
+    if batched > 0 {
+        p.publish_batch(&vec![e.clone(); batched]).await.unwrap();
+    }
+    let copies = (singles + batched) as u64;
+    let mut conn = target.conn().await;
     eventually(WAIT, "all copies acknowledged", || {
         let mut conn = conn.clone();
         let c = c.clone();
         async move {
-            c.stats().processed + c.stats().duplicates == 5
-                && pending(&mut conn, "asdlc:events", "development-handlers").await == 0
+            let info = get_stream_info(&mut conn, stream).await.unwrap();
+            c.stats().processed + c.stats().duplicates == copies
+                && info.length == copies
+                && info.total_pending() == 0
         }
     })
     .await;
     assert_eq!(h.count(), 1, "the handler ran once");
-    assert_eq!(c.stats().duplicates, 4);
-    assert_eq!(
-        applied(&mut conn, "asdlc:events", "development-handlers")
-            .await
-            .values()
-            .copied()
-            .collect::<Vec<_>>(),
-        vec![1]
-    );
+    assert_eq!(c.stats().duplicates, copies - 1);
+    let applied = applied(&mut conn, stream, group).await;
+    assert_eq!(applied.values().copied().collect::<Vec<_>>(), vec![1]);
+    if let Some(key) = &e.idempotency_key {
+        assert_eq!(applied.get(key), Some(&1));
+    }
     c.stop();
     run.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn duplicate_publish_is_handled_once_on_a_server() {
+    let e = event(EventType::PatchApplied, "s1");
+    duplicate_publish_is_handled_once(
+        Target::server(),
+        "asdlc:events",
+        "development-handlers",
+        e,
+        5,
+        0,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn duplicate_publish_is_handled_once_on_a_cluster() {
+    let e = AsdlcEvent::builder(EventType::GateApproved, "s1")
+        .idempotency_key("gate-7@abc1234")
+        .build()
+        .unwrap();
+    duplicate_publish_is_handled_once(Target::cluster(), "cl-dup:events", "hitl-handlers", e, 2, 2)
+        .await;
 }
 
 #[tokio::test]
