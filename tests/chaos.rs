@@ -229,26 +229,7 @@ async fn a_connection_cut_during_startup_recovery_does_not_stop_the_runtime() {
     }
     // All of them pending for "cut-1", as a crashed process would leave them.
     let mut conn = common::conn(&s).await;
-    asdlc::create_consumer_group(
-        &mut conn,
-        driver::STREAM,
-        "cut",
-        asdlc::GroupStart::Beginning,
-    )
-    .await
-    .unwrap();
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("cut")
-        .arg("cut-1")
-        .arg("COUNT")
-        .arg(3000)
-        .arg("STREAMS")
-        .arg(driver::STREAM)
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    common::read_and_die(&mut conn, driver::STREAM, "cut", "cut-1", 3000).await;
     let handler = common::TestHandler::all("cut")
         .behave(|_, _| common::Behavior::Sleep(Duration::from_millis(5)));
     let rt = asdlc::Runtime::builder()

@@ -78,16 +78,14 @@ async fn a_tenant_user_runs_the_whole_protocol_for_its_tenant() {
     )
     .await
     .unwrap();
-    let _: Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("development-handlers")
-        .arg("dead-worker")
-        .arg("STREAMS")
-        .arg(&stream)
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    read_without_ack(
+        &mut conn,
+        &stream,
+        "development-handlers",
+        "dead-worker",
+        None,
+    )
+    .await;
 
     let fixed = Arc::new(AtomicBool::new(false));
     let f = fixed.clone();

@@ -416,26 +416,7 @@ async fn stream_info_includes_pending_count() {
             .unwrap();
     }
     let mut c = conn(&s).await;
-    create_consumer_group(
-        &mut c,
-        "asdlc:events",
-        "development-handlers",
-        GroupStart::Beginning,
-    )
-    .await
-    .unwrap();
-    let _: Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("development-handlers")
-        .arg("w1")
-        .arg("COUNT")
-        .arg(3)
-        .arg("STREAMS")
-        .arg("asdlc:events")
-        .arg(">")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    read_and_die(&mut c, "asdlc:events", "development-handlers", "w1", 3).await;
     let info = get_stream_info(&mut c, "asdlc:events").await.unwrap();
     assert_eq!(info.length, 5);
     let g = info.group("development-handlers").unwrap();
