@@ -22,7 +22,7 @@ use asdlc_testing::{TestServer, fixtures};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_asdlc");
+mod common;
 const STREAM: &str = "browser:ops";
 const TOKEN: &str = "open-sesame";
 const EVENTS: u64 = 6;
@@ -91,17 +91,7 @@ fn free_port() -> u16 {
 /// The `asdlc` command against `url`, with nothing configured from this process's
 /// environment.
 fn asdlc(url: &str) -> Command {
-    let mut c = Command::new(BIN);
-    for var in [
-        "REDIS_URL",
-        "ASDLC_STREAM",
-        "ASDLC_TENANCY",
-        "ASDLC_TENANTS",
-        "ASDLC_MAXLEN",
-        "ASDLC_DASHBOARD_TOKEN",
-    ] {
-        c.env_remove(var);
-    }
+    let mut c = common::unconfigured();
     c.args(["--url", url, "--stream", STREAM]);
     c
 }

@@ -9,20 +9,11 @@ use asdlc_runtime::Config;
 use asdlc_testing::{TestServer, fixtures};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_asdlc");
+mod common;
 
 /// The command, with no configuration from this process's environment.
 fn command() -> Command {
-    let mut c = Command::new(BIN);
-    for var in [
-        "REDIS_URL",
-        "ASDLC_STREAM",
-        "ASDLC_TENANCY",
-        "ASDLC_TENANTS",
-        "ASDLC_MAXLEN",
-    ] {
-        c.env_remove(var);
-    }
+    let mut c = common::unconfigured();
     c.env("RUST_BACKTRACE", "1");
     c
 }

@@ -2,17 +2,15 @@
 //! it creates reaches its tenant's keys and nothing else, on every node.
 
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use asdlc_testing::TestServer;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_asdlc");
+mod common;
 
 fn run(server: &TestServer, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(BIN)
-        .env_remove("REDIS_URL")
-        .env_remove("ASDLC_STREAM")
+    let mut child = common::unconfigured()
         .arg("--url")
         .arg(server.url())
         .args(args)
