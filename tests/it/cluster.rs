@@ -19,7 +19,6 @@ use asdlc::{
     AsdlcEvent, Config, EventConsumer, EventType, IdempotencyTracker, Publisher, RedisConnection,
     StreamKeys, Tenancy, TenantContext, TenantId, acl, deadletter, get_stream_info,
 };
-use asdlc_testing::fixtures::read_and_die;
 use redis::Value;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -190,48 +189,6 @@ async fn tenants_in_different_slots_get_one_consumer_per_slot() {
         consumer.stop();
         run.await.unwrap().unwrap();
     }
-}
-
-#[tokio::test]
-async fn recovery_processes_pending_and_claims_from_dead_consumers_on_a_cluster() {
-    let c = cluster();
-    let stream = "cl-recover:events";
-    let config = single(c, stream);
-    let p = Publisher::connect(config.clone()).await.unwrap();
-    let events: Vec<_> = (0..120)
-        .map(|i| event(EventType::TaskCreated, &format!("s{i}")))
-        .collect();
-    p.publish_batch(&events).await.unwrap();
-    let mut conn = connect(c).await;
-    // "w1" read 100 and crashed; "dead-worker" read the other 20 and crashed.
-    read_and_die(&mut conn, stream, "development-handlers", "w1", 100).await;
-    read_and_die(&mut conn, stream, "development-handlers", "dead-worker", 20).await;
-    let h = TestHandler::all("h");
-    let w1 = consumer_for(&config, "development-handlers", "w1", &h).await;
-    let own = w1.process_pending().await.unwrap();
-    assert_eq!((own.processed, own.skipped, own.failed), (100, 0, 0));
-    let early = w1
-        .claim_stale_messages(Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert_eq!(early.claimed, 0, "not stale yet");
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    let claimed = w1
-        .claim_stale_messages(Duration::from_millis(200))
-        .await
-        .unwrap();
-    assert_eq!((claimed.claimed, claimed.processed), (20, 20));
-    assert_eq!(h.count(), 120);
-    assert_eq!(pending(&mut conn, stream, "development-handlers").await, 0);
-    // The same events again, pending for a dead consumer: skipped, not handled twice.
-    p.publish_batch(&events[..10]).await.unwrap();
-    read_and_die(&mut conn, stream, "development-handlers", "w1", 10).await;
-    let again = w1.process_pending().await.unwrap();
-    assert_eq!((again.processed, again.skipped), (0, 10));
-    assert_eq!(h.count(), 120);
-    let applied = applied(&mut conn, stream, "development-handlers").await;
-    assert_eq!(applied.len(), 120);
-    assert!(applied.values().all(|v| *v == 1));
 }
 
 #[tokio::test]

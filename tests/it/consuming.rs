@@ -774,16 +774,18 @@ async fn consumer_filters_by_tenant() {
     run.await.unwrap().unwrap();
 }
 
-#[tokio::test]
-async fn recovery_processes_pending_events() {
-    let s = server();
-    let p = Publisher::connect(config(&s)).await.unwrap();
+/// A consumer that read 250 entries and crashed before handling any restarts under its name:
+/// `process_pending` handles all of them (in batches, not just the first 100), at no cost in
+/// attempts.
+async fn recovery_processes_pending_events(target: Target, stream: &str) {
+    let config = target.config(stream);
+    let p = Publisher::connect(config.clone()).await.unwrap();
     publish_n(&p, 250, EventType::TaskCreated).await;
-    let mut conn = conn(&s).await;
+    let mut conn = target.conn().await;
     // "w1" read everything and crashed before handling any of it.
-    read_and_die(&mut conn, "asdlc:events", "development-handlers", "w1", 250).await;
+    read_and_die(&mut conn, stream, "development-handlers", "w1", 250).await;
     let h = TestHandler::all("h");
-    let c = consumer(&s, "development-handlers", "w1", &h).await;
+    let c = consumer_for(&config, "development-handlers", "w1", &h).await;
     // All of them, in batches of 50 (not just the first 100).
     let result = c.process_pending().await.unwrap();
     assert_eq!(result.processed, 250);
@@ -793,10 +795,17 @@ async fn recovery_processes_pending_events() {
         h.calls().iter().all(|c| c.attempt == 1),
         "a delivery that crashed before its handler began costs no attempt"
     );
-    assert_eq!(
-        pending(&mut conn, "asdlc:events", "development-handlers").await,
-        0
-    );
+    assert_eq!(pending(&mut conn, stream, "development-handlers").await, 0);
+}
+
+#[tokio::test]
+async fn recovery_processes_pending_events_on_a_server() {
+    recovery_processes_pending_events(Target::server(), "asdlc:events").await;
+}
+
+#[tokio::test]
+async fn recovery_processes_pending_events_on_a_cluster() {
+    recovery_processes_pending_events(Target::cluster(), "cl-recover:events").await;
 }
 
 #[tokio::test]
@@ -820,12 +829,13 @@ async fn recovery_runs_before_consumption_at_start() {
     run.await.unwrap().unwrap();
 }
 
-#[tokio::test]
-async fn recovery_skips_already_processed() {
-    let s = server();
-    let p = Publisher::connect(config(&s)).await.unwrap();
+/// Handled events published again and left pending for a dead consumer: `process_pending`
+/// acknowledges them without handling them twice, and every effect stays applied once.
+async fn recovery_skips_already_processed(target: Target, stream: &str) {
+    let config = target.config(stream);
+    let p = Publisher::connect(config.clone()).await.unwrap();
     let h = TestHandler::all("h");
-    let c = consumer(&s, "development-handlers", "w1", &h).await;
+    let c = consumer_for(&config, "development-handlers", "w1", &h).await;
     let run = spawn(&c).await;
     let events = publish_n(&p, 5, EventType::TaskCompleted).await;
     eventually(WAIT, "handled", || async { h.count() == 5 }).await;
@@ -833,34 +843,38 @@ async fn recovery_skips_already_processed() {
     run.await.unwrap().unwrap();
     // The same events arrive again (a producer retry) and sit pending for a dead consumer.
     p.publish_batch(&events).await.unwrap();
-    let mut conn = conn(&s).await;
-    read_and_die(&mut conn, "asdlc:events", "development-handlers", "w1", 5).await;
-    let c = consumer(&s, "development-handlers", "w1", &h).await;
+    let mut conn = target.conn().await;
+    read_and_die(&mut conn, stream, "development-handlers", "w1", 5).await;
+    let c = consumer_for(&config, "development-handlers", "w1", &h).await;
     let result = c.process_pending().await.unwrap();
     assert_eq!((result.processed, result.skipped), (0, 5));
     assert_eq!(h.count(), 5, "acknowledged without reprocessing");
-    assert_eq!(
-        pending(&mut conn, "asdlc:events", "development-handlers").await,
-        0
-    );
+    let applied = applied(&mut conn, stream, "development-handlers").await;
+    assert_eq!(applied.len(), 5);
+    assert!(applied.values().all(|v| *v == 1));
+    assert_eq!(pending(&mut conn, stream, "development-handlers").await, 0);
 }
 
 #[tokio::test]
-async fn recovery_claims_from_dead_consumers() {
-    let s = server();
-    let p = Publisher::connect(config(&s)).await.unwrap();
+async fn recovery_skips_already_processed_on_a_server() {
+    recovery_skips_already_processed(Target::server(), "asdlc:events").await;
+}
+
+#[tokio::test]
+async fn recovery_skips_already_processed_on_a_cluster() {
+    recovery_skips_already_processed(Target::cluster(), "cl-recover-skip:events").await;
+}
+
+/// Entries pending for a dead consumer are claimed by another once they are stale, not
+/// before, and handled there.
+async fn recovery_claims_from_dead_consumers(target: Target, stream: &str) {
+    let config = target.config(stream);
+    let p = Publisher::connect(config.clone()).await.unwrap();
     publish_n(&p, 7, EventType::TaskCreated).await;
-    let mut conn = conn(&s).await;
-    read_and_die(
-        &mut conn,
-        "asdlc:events",
-        "development-handlers",
-        "dead-worker",
-        7,
-    )
-    .await;
+    let mut conn = target.conn().await;
+    read_and_die(&mut conn, stream, "development-handlers", "dead-worker", 7).await;
     let h = TestHandler::all("h");
-    let c = consumer(&s, "development-handlers", "w2", &h).await;
+    let c = consumer_for(&config, "development-handlers", "w2", &h).await;
     // Not yet stale: nothing claimed.
     let early = c
         .claim_stale_messages(Duration::from_secs(60))
@@ -874,10 +888,17 @@ async fn recovery_claims_from_dead_consumers() {
         .unwrap();
     assert_eq!((result.claimed, result.processed), (7, 7));
     assert!(h.calls().iter().all(|c| c.consumer == "w2"));
-    assert_eq!(
-        pending(&mut conn, "asdlc:events", "development-handlers").await,
-        0
-    );
+    assert_eq!(pending(&mut conn, stream, "development-handlers").await, 0);
+}
+
+#[tokio::test]
+async fn recovery_claims_from_dead_consumers_on_a_server() {
+    recovery_claims_from_dead_consumers(Target::server(), "asdlc:events").await;
+}
+
+#[tokio::test]
+async fn recovery_claims_from_dead_consumers_on_a_cluster() {
+    recovery_claims_from_dead_consumers(Target::cluster(), "cl-recover-claim:events").await;
 }
 
 #[tokio::test]
