@@ -8,8 +8,6 @@
 //! its own stream name; the failover and resharding tests start their own.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::common::*;
@@ -17,7 +15,7 @@ use asdlc::keys::{hash_slot, partition_tenants_by_slot};
 use asdlc::publish::ReplicaWait;
 use asdlc::{
     AsdlcEvent, Config, EventConsumer, EventType, IdempotencyTracker, Publisher, RedisConnection,
-    StreamKeys, Tenancy, TenantContext, TenantId, acl, deadletter, get_stream_info,
+    StreamKeys, Tenancy, TenantContext, TenantId, acl, get_stream_info,
 };
 use redis::Value;
 
@@ -189,74 +187,6 @@ async fn tenants_in_different_slots_get_one_consumer_per_slot() {
         consumer.stop();
         run.await.unwrap().unwrap();
     }
-}
-
-#[tokio::test]
-async fn dead_letters_are_listed_replayed_and_purged_on_a_cluster() {
-    let c = cluster();
-    let stream = "cl-dead:events";
-    let config = single(c, stream);
-    let p = Publisher::connect(config.clone()).await.unwrap();
-    let fixed = Arc::new(AtomicBool::new(false));
-    let f = fixed.clone();
-    let h = TestHandler::all("strict").behave(move |e, _| {
-        if e.session_id == "retry" {
-            Behavior::Retry
-        } else if f.load(Ordering::SeqCst) {
-            Behavior::Ok
-        } else {
-            Behavior::Permanent
-        }
-    });
-    let consumer = EventConsumer::builder(config.clone(), "design-handlers")
-        .handler(h.clone())
-        .configure(|o| {
-            fast(o);
-            o.consumer = Some("w1".into());
-            o.max_deliveries = 3;
-        })
-        .build()
-        .await
-        .unwrap();
-    let run = spawn(&consumer).await;
-    let bad = event(EventType::GateRejected, "permanent");
-    p.publish(&bad).await.unwrap();
-    p.publish(&event(EventType::GateRejected, "retry"))
-        .await
-        .unwrap();
-    eventually(WAIT, "both dead-lettered", || async {
-        consumer.stats().dead_lettered == 2
-    })
-    .await;
-    let mut conn = connect(c).await;
-    assert_eq!(deadletter::count(&mut conn, stream).await.unwrap(), 2);
-    let dead = deadletter::list(&mut conn, stream, "-", 10).await.unwrap();
-    let permanent = dead
-        .iter()
-        .find(|d| d.reason == "permanent failure")
-        .unwrap();
-    let retried = dead.iter().find(|d| d.attempts == 3).unwrap();
-    assert_eq!(retried.event().unwrap().session_id, "retry");
-    let info = get_stream_info(&mut conn, stream).await.unwrap();
-    assert_eq!(info.dead_letters, 2);
-    assert_eq!(info.group("design-handlers").unwrap().pending, 0);
-    // Fixed: replay the permanent failure, which is handled this time.
-    fixed.store(true, Ordering::SeqCst);
-    assert!(
-        deadletter::replay(&mut conn, stream, &permanent.id)
-            .await
-            .unwrap()
-            .is_some()
-    );
-    eventually(WAIT, "replayed event handled", || async {
-        consumer.stats().processed == 1
-    })
-    .await;
-    assert_eq!(deadletter::count(&mut conn, stream).await.unwrap(), 1);
-    assert_eq!(deadletter::purge(&mut conn, stream).await.unwrap(), 1);
-    assert_eq!(deadletter::count(&mut conn, stream).await.unwrap(), 0);
-    consumer.stop();
-    run.await.unwrap().unwrap();
 }
 
 #[tokio::test]

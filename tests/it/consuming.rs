@@ -557,36 +557,70 @@ async fn max_deliveries_moves_to_dead_letters() {
     run.await.unwrap().unwrap();
 }
 
-#[tokio::test]
-async fn permanent_failure_is_dead_lettered_and_replayed() {
-    let s = server();
-    let p = Publisher::connect(config(&s)).await.unwrap();
+/// A permanent failure is dead-lettered at once and an event that keeps asking for a retry
+/// after its last allowed attempt: both are listed with their reasons, the permanent one,
+/// replayed after a fix, is handled under its idempotency key and cannot be replayed twice, and
+/// a purge removes the rest.
+async fn dead_letters_are_listed_replayed_and_purged(target: Target, stream: &str) {
+    let config = target.config(stream);
+    let p = Publisher::connect(config.clone()).await.unwrap();
     let fixed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let f = fixed.clone();
-    let h = TestHandler::all("strict").behave(move |_, _| {
-        if f.load(std::sync::atomic::Ordering::SeqCst) {
+    let h = TestHandler::all("strict").behave(move |e, _| {
+        if e.session_id == "retry" {
+            Behavior::Retry
+        } else if f.load(std::sync::atomic::Ordering::SeqCst) {
             Behavior::Ok
         } else {
             Behavior::Permanent
         }
     });
-    let c = consumer(&s, "design-handlers", "w1", &h).await;
-    let run = spawn(&c).await;
-    let e = event(EventType::GateRejected, "s1");
-    p.publish(&e).await.unwrap();
-    eventually(WAIT, "dead-lettered", || async {
-        c.stats().dead_lettered == 1
-    })
-    .await;
-    assert_eq!(h.count(), 1, "a permanent failure is not retried");
-    let mut conn = conn(&s).await;
-    let dead = deadletter::list(&mut conn, "asdlc:events", "-", 10)
+    let c = EventConsumer::builder(config.clone(), "design-handlers")
+        .handler(h.clone())
+        .configure(|o| {
+            fast(o);
+            o.consumer = Some("w1".into());
+            o.max_deliveries = 3;
+        })
+        .build()
         .await
         .unwrap();
-    assert_eq!(dead[0].reason, "permanent failure");
+    let run = spawn(&c).await;
+    let e = event(EventType::GateRejected, "permanent");
+    p.publish(&e).await.unwrap();
+    p.publish(&event(EventType::GateRejected, "retry"))
+        .await
+        .unwrap();
+    eventually(WAIT, "both dead-lettered", || async {
+        c.stats().dead_lettered == 2
+    })
+    .await;
+    let permanent_calls = || {
+        h.calls()
+            .into_iter()
+            .filter(|c| c.event.session_id == "permanent")
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        permanent_calls().len(),
+        1,
+        "a permanent failure is not retried"
+    );
+    let mut conn = target.conn().await;
+    assert_eq!(deadletter::count(&mut conn, stream).await.unwrap(), 2);
+    let dead = deadletter::list(&mut conn, stream, "-", 10).await.unwrap();
+    let permanent = dead
+        .iter()
+        .find(|d| d.reason == "permanent failure")
+        .unwrap();
+    let retried = dead.iter().find(|d| d.attempts == 3).unwrap();
+    assert_eq!(retried.event().unwrap().session_id, "retry");
+    let info = get_stream_info(&mut conn, stream).await.unwrap();
+    assert_eq!(info.dead_letters, 2);
+    assert_eq!(info.group("design-handlers").unwrap().pending, 0);
     // After a fix, replay: same idempotency key, handled this time, dead letter gone.
     fixed.store(true, std::sync::atomic::Ordering::SeqCst);
-    let new_id = deadletter::replay(&mut conn, "asdlc:events", &dead[0].id)
+    let new_id = deadletter::replay(&mut conn, stream, &permanent.id)
         .await
         .unwrap();
     assert!(new_id.is_some());
@@ -594,19 +628,28 @@ async fn permanent_failure_is_dead_lettered_and_replayed() {
         c.stats().processed == 1
     })
     .await;
-    assert_eq!(h.calls()[1].key, e.idempotency_key.clone().unwrap());
+    assert_eq!(permanent_calls()[1].key, e.idempotency_key.clone().unwrap());
+    assert_eq!(deadletter::count(&mut conn, stream).await.unwrap(), 1);
     assert_eq!(
-        deadletter::count(&mut conn, "asdlc:events").await.unwrap(),
-        0
-    );
-    assert_eq!(
-        deadletter::replay(&mut conn, "asdlc:events", &dead[0].id)
+        deadletter::replay(&mut conn, stream, &permanent.id)
             .await
             .unwrap(),
         None
     );
+    assert_eq!(deadletter::purge(&mut conn, stream).await.unwrap(), 1);
+    assert_eq!(deadletter::count(&mut conn, stream).await.unwrap(), 0);
     c.stop();
     run.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_replayed_and_purged_on_a_server() {
+    dead_letters_are_listed_replayed_and_purged(Target::server(), "asdlc:events").await;
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_replayed_and_purged_on_a_cluster() {
+    dead_letters_are_listed_replayed_and_purged(Target::cluster(), "cl-dead:events").await;
 }
 
 #[tokio::test]
