@@ -22,8 +22,8 @@
 //! ```
 //!
 //! In async tests, [`TestServer::connection`] gives a multiplexed connection and
-//! [`TestServer::redis_url`] the URL to put in a [`Config`](asdlc_runtime::Config). Starting and stopping
-//! are synchronous (they take a few milliseconds), so the same API serves `#[test]` and
+//! [`TestServer::redis_url`] the URL to put in a [`Config`](asdlc_runtime::Config). Starting and
+//! stopping are synchronous (they take a few milliseconds), so the same API serves `#[test]` and
 //! `#[tokio::test]`.
 //!
 //! # Which binary
@@ -52,7 +52,7 @@
 //! # Modules
 //!
 //! - [`binary`]: which server binary to run.
-//! - [`ports`]: free loopback ports, reserved while a server lives.
+//! - `ports` (private): free loopback ports, reserved while a server lives.
 //! - [`server`]: [`TestServer`], one server as a child process.
 //! - [`cluster`]: [`TestCluster`], a Redis Cluster of such servers.
 //! - [`error`]: why a server or a cluster could not be started.
@@ -62,7 +62,7 @@ pub mod binary;
 pub mod cluster;
 pub mod error;
 pub mod fixtures;
-pub mod ports;
+mod ports;
 mod process;
 pub mod server;
 
