@@ -259,14 +259,8 @@ async fn a_connection_cut_during_startup_recovery_does_not_stop_the_runtime() {
         if run.is_finished() {
             break;
         }
-        let _: redis::RedisResult<i64> = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("TYPE")
-            .arg("normal")
-            .arg("SKIPME")
-            .arg("yes")
-            .query_async(&mut conn)
-            .await;
+        // A cut that fails (the runtime's reconnect raced it) is simply tried again.
+        let _ = common::cut_connections(&mut conn).await;
         cuts += 1;
     }
     assert!(

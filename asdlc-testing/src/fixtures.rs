@@ -183,6 +183,20 @@ pub async fn dead_letter_all(
         .expect("the refusing consumer stopped cleanly");
 }
 
+/// Closes every normal client connection of the server `conn` talks to but `conn`'s own
+/// (`CLIENT KILL TYPE normal SKIPME yes`), as a network cut would, and returns how many it
+/// closed.
+pub async fn cut_connections(conn: &mut RedisConnection) -> redis::RedisResult<i64> {
+    redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(conn)
+        .await
+}
+
 /// Polls `cond` every 20 ms until it holds; panics with `what` after `timeout`.
 pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut cond: F)
 where

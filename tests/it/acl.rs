@@ -158,16 +158,7 @@ async fn a_tenant_user_runs_the_whole_protocol_for_its_tenant() {
     run.await.unwrap().unwrap();
     // A clean stop releases the name: a restart under it is immediate even without CLIENT
     // LIST.
-    let restarted = EventConsumer::builder(t.as_a.clone(), "development-handlers")
-        .tenant(t.a.clone())
-        .handler(h.clone())
-        .configure(|o| {
-            fast(o);
-            o.consumer = Some("w1".into());
-        })
-        .build()
-        .await
-        .unwrap();
+    let restarted = tenant_consumer_for(&t.as_a, "development-handlers", &t.a, "w1", &h).await;
     let started = std::time::Instant::now();
     let again = spawn(&restarted).await;
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -432,16 +423,7 @@ async fn a_tenant_whose_server_lost_the_library_is_told_who_can_load_it() {
     // An admin loads it; the tenant works again.
     asdlc::functions::ensure_loaded(&mut t.admin).await.unwrap();
     asdlc::functions::ensure_loaded(&mut a).await.unwrap();
-    let c = EventConsumer::builder(t.as_a.clone(), "development-handlers")
-        .tenant(t.a.clone())
-        .handler(h.clone())
-        .configure(|o| {
-            fast(o);
-            o.consumer = Some("w2".into());
-        })
-        .build()
-        .await
-        .unwrap();
+    let c = tenant_consumer_for(&t.as_a, "development-handlers", &t.a, "w2", &h).await;
     let run = spawn(&c).await;
     TenantContext::scope(
         t.a.clone(),

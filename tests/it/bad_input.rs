@@ -680,16 +680,7 @@ async fn hostile_tenants_cannot_publish_and_hostile_tenant_fields_are_dead_lette
             .unwrap();
     }
     let h = TestHandler::all("h");
-    let c = EventConsumer::builder(cfg, "g")
-        .tenant(tenant("acme"))
-        .handler(h.clone())
-        .configure(|o| {
-            fast(o);
-            o.consumer = Some("w".into());
-        })
-        .build()
-        .await
-        .unwrap();
+    let c = tenant_consumer_for(&cfg, "g", &tenant("acme"), "w", &h).await;
     let run = spawn(&c).await;
     let n = HOSTILE.len() as u64 - 1;
     eventually(WAIT, "all dead-lettered", || async {

@@ -349,16 +349,7 @@ async fn tenant_users_are_confined_to_their_keys_on_a_cluster() {
     };
     let p = Publisher::connect(config.clone()).await.unwrap();
     let h = TestHandler::all("h");
-    let consumer = EventConsumer::builder(config.clone(), "development-handlers")
-        .tenant(a.clone())
-        .handler(h.clone())
-        .configure(|o| {
-            fast(o);
-            o.consumer = Some("acl-w1".into());
-        })
-        .build()
-        .await
-        .unwrap();
+    let consumer = tenant_consumer_for(&config, "development-handlers", a, "acl-w1", &h).await;
     let run = spawn(&consumer).await;
     for i in 0..5 {
         TenantContext::scope(
@@ -436,16 +427,7 @@ async fn a_tenant_keeps_working_after_failing_over_to_a_replica_that_had_lost_it
     };
     let p = Publisher::connect(config.clone()).await.unwrap();
     let h = TestHandler::all("h");
-    let consumer = EventConsumer::builder(config.clone(), "development-handlers")
-        .tenant(tenant.clone())
-        .handler(h.clone())
-        .configure(|o| {
-            fast(o);
-            o.consumer = Some("ha-w1".into());
-        })
-        .build()
-        .await
-        .unwrap();
+    let consumer = tenant_consumer_for(&config, "development-handlers", &tenant, "ha-w1", &h).await;
     let run = spawn(&consumer).await;
     let publish = |session: &'static str| {
         let e = AsdlcEvent::builder(EventType::TaskCreated, session)

@@ -777,16 +777,14 @@ async fn consumer_filters_by_tenant() {
     let s = server();
     let p = Publisher::connect(multi_config(&s)).await.unwrap();
     let h = TestHandler::all("h");
-    let c = EventConsumer::builder(multi_config(&s), "development-handlers")
-        .tenant(tenant("acme"))
-        .handler(h.clone())
-        .configure(|o| {
-            fast(o);
-            o.consumer = Some("w1".into());
-        })
-        .build()
-        .await
-        .unwrap();
+    let c = tenant_consumer_for(
+        &multi_config(&s),
+        "development-handlers",
+        &tenant("acme"),
+        "w1",
+        &h,
+    )
+    .await;
     let run = spawn(&c).await;
     for t in ["acme", "globex", "acme"] {
         TenantContext::scope(tenant(t), p.publish(&event(EventType::TaskCreated, t)))
@@ -1348,15 +1346,7 @@ async fn consumer_resumes_after_its_connections_are_killed() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let _: i64 = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("TYPE")
-            .arg("normal")
-            .arg("SKIPME")
-            .arg("yes")
-            .query_async(&mut conn)
-            .await
-            .unwrap_or(0);
+        let _ = cut_connections(&mut conn).await;
     }
     let mut conn = self::conn(&s).await;
     eventually(

@@ -9,7 +9,7 @@ use asdlc::{
     AsdlcEvent, BoxFuture, Config, ConsumerOptions, Effect, EventConsumer, EventHandler, EventType,
     HandlerContext, HandlerResult, RedisConnection, RedisUrl, Tenancy, TenantId,
 };
-pub use asdlc_testing::fixtures::{eventually, read_and_die, read_without_ack};
+pub use asdlc_testing::fixtures::{cut_connections, eventually, read_and_die, read_without_ack};
 pub use asdlc_testing::{TestCluster, TestServer};
 
 /// Logs to the test's output, filtered by `ASDLC_TEST_LOG` (e.g. `ASDLC_TEST_LOG=asdlc=debug`).
@@ -72,6 +72,26 @@ impl Target {
         assert_eq!(conn.is_cluster(), matches!(self, Target::Cluster(_)));
         conn
     }
+}
+
+/// A consumer `name` of `group` on `tenant`'s stream with the fast settings, running `handler`.
+pub async fn tenant_consumer_for(
+    config: &Config,
+    group: &str,
+    tenant: &TenantId,
+    name: &str,
+    handler: &TestHandler,
+) -> EventConsumer {
+    EventConsumer::builder(config.clone(), group)
+        .tenant(tenant.clone())
+        .handler(handler.clone())
+        .configure(|o| {
+            fast(o);
+            o.consumer = Some(name.to_owned());
+        })
+        .build()
+        .await
+        .unwrap()
 }
 
 /// A consumer `name` of `group` with the fast settings, running `handler`.
