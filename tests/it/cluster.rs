@@ -14,8 +14,8 @@ use crate::common::*;
 use asdlc::keys::{hash_slot, partition_tenants_by_slot};
 use asdlc::publish::ReplicaWait;
 use asdlc::{
-    AsdlcEvent, Config, EventConsumer, EventType, IdempotencyTracker, Publisher, RedisConnection,
-    StreamKeys, Tenancy, TenantContext, TenantId, acl, get_stream_info,
+    AsdlcEvent, Config, EventConsumer, EventType, Publisher, RedisConnection, Tenancy,
+    TenantContext, TenantId, acl, get_stream_info,
 };
 use redis::Value;
 
@@ -187,32 +187,6 @@ async fn tenants_in_different_slots_get_one_consumer_per_slot() {
         consumer.stop();
         run.await.unwrap().unwrap();
     }
-}
-
-#[tokio::test]
-async fn idempotency_marks_are_atomic_on_a_cluster() {
-    let c = cluster();
-    let conn = connect(c).await;
-    let tenant = TenantId::new("idem").unwrap();
-    let keys = StreamKeys::new(asdlc::get_stream_name("cl-idem:events", Some(&tenant)));
-    let tracker = IdempotencyTracker::new(conn.clone(), keys.clone(), "hitl-handlers");
-    assert!(!tracker.is_processed("gate-1@sha").await.unwrap());
-    let mut tasks = Vec::new();
-    for _ in 0..16 {
-        let t = tracker.clone();
-        tasks.push(tokio::spawn(async move {
-            t.mark_processed("gate-1@sha").await.unwrap()
-        }));
-    }
-    let mut firsts = 0;
-    for t in tasks {
-        firsts += usize::from(t.await.unwrap());
-    }
-    assert_eq!(firsts, 1, "exactly one caller marked it");
-    assert!(tracker.is_processed("gate-1@sha").await.unwrap());
-    // Marks are per group.
-    let other = IdempotencyTracker::new(conn, keys, "design-handlers");
-    assert!(!other.is_processed("gate-1@sha").await.unwrap());
 }
 
 #[tokio::test]

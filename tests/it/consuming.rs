@@ -178,11 +178,17 @@ async fn unacknowledged_messages_become_pending() {
     );
 }
 
-#[tokio::test]
-async fn idempotency_tracker_prevents_reprocessing() {
-    let s = server();
-    let conn = conn(&s).await;
-    let keys = StreamKeys::new("asdlc:events");
+/// Marks on the stream `stream`'s keys: a key is marked once (a second mark is skipped), marks
+/// are per group and per stream (`other_stream`, another tenant's), and of `markers` concurrent
+/// markers of one key exactly one wins.
+async fn idempotency_tracker_prevents_reprocessing(
+    target: Target,
+    stream: &str,
+    other_stream: &str,
+    markers: usize,
+) {
+    let conn = target.conn().await;
+    let keys = StreamKeys::new(stream);
     let tracker = IdempotencyTracker::new(conn.clone(), keys.clone(), "hitl-handlers");
     assert!(!tracker.is_processed("gate-1@abc1234").await.unwrap());
     assert!(tracker.mark_processed("gate-1@abc1234").await.unwrap());
@@ -194,16 +200,13 @@ async fn idempotency_tracker_prevents_reprocessing() {
     // Marks are per group and per tenant stream.
     let other_group = IdempotencyTracker::new(conn.clone(), keys, "design-handlers");
     assert!(!other_group.is_processed("gate-1@abc1234").await.unwrap());
-    let other_tenant = IdempotencyTracker::new(
-        conn.clone(),
-        StreamKeys::new("tenant:{acme}:asdlc:events"),
-        "hitl-handlers",
-    );
+    let other_tenant =
+        IdempotencyTracker::new(conn.clone(), StreamKeys::new(other_stream), "hitl-handlers");
     assert!(!other_tenant.is_processed("gate-1@abc1234").await.unwrap());
 
     // Of many concurrent markers, exactly one wins.
     let tracker = Arc::new(tracker);
-    let tasks: Vec<_> = (0..50)
+    let tasks: Vec<_> = (0..markers)
         .map(|_| {
             let t = tracker.clone();
             tokio::spawn(async move { t.mark_processed("contended").await.unwrap() })
@@ -213,7 +216,31 @@ async fn idempotency_tracker_prevents_reprocessing() {
     for t in tasks {
         winners += usize::from(t.await.unwrap());
     }
-    assert_eq!(winners, 1);
+    assert_eq!(winners, 1, "exactly one caller marked it");
+    assert!(tracker.is_processed("contended").await.unwrap());
+    assert!(!other_group.is_processed("contended").await.unwrap());
+}
+
+#[tokio::test]
+async fn idempotency_tracker_prevents_reprocessing_on_a_server() {
+    idempotency_tracker_prevents_reprocessing(
+        Target::server(),
+        "asdlc:events",
+        "tenant:{acme}:asdlc:events",
+        50,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn idempotency_tracker_prevents_reprocessing_on_a_cluster() {
+    idempotency_tracker_prevents_reprocessing(
+        Target::cluster(),
+        "tenant:{idem}:cl-idem:events",
+        "tenant:{other}:cl-idem:events",
+        16,
+    )
+    .await;
 }
 
 #[tokio::test]
