@@ -84,6 +84,36 @@ fn tenants_across_masters(
         .collect()
 }
 
+/// Starts one consumer of `group` per slot partition (`parts`), the `i`th named
+/// `{prefix}{i}`, each reading the streams of its partition's tenants.
+async fn consumers_per_slot(
+    config: &Config,
+    group: &str,
+    parts: &[Vec<TenantId>],
+    h: &TestHandler,
+    prefix: &str,
+) -> Vec<(
+    EventConsumer,
+    tokio::task::JoinHandle<Result<asdlc::ConsumerStats, asdlc::ConsumeError>>,
+)> {
+    let mut consumers = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        let mut b = EventConsumer::builder(config.clone(), group)
+            .handler(h.clone())
+            .configure(|o| {
+                fast(o);
+                o.consumer = Some(format!("{prefix}{i}"));
+            });
+        for t in part {
+            b = b.tenant(t.clone());
+        }
+        let consumer = b.build().await.unwrap();
+        let run = spawn(&consumer).await;
+        consumers.push((consumer, run));
+    }
+    consumers
+}
+
 #[tokio::test]
 async fn tenants_in_different_slots_get_one_consumer_per_slot() {
     let c = cluster();
@@ -124,21 +154,7 @@ async fn tenants_in_different_slots_get_one_consumer_per_slot() {
     );
 
     let h = TestHandler::all("h");
-    let mut consumers = Vec::new();
-    for (i, part) in parts.iter().enumerate() {
-        let mut b = EventConsumer::builder(config.clone(), "hitl-handlers")
-            .handler(h.clone())
-            .configure(|o| {
-                fast(o);
-                o.consumer = Some(format!("w-slot{i}"));
-            });
-        for t in part {
-            b = b.tenant(t.clone());
-        }
-        let consumer = b.build().await.unwrap();
-        let run = spawn(&consumer).await;
-        consumers.push((consumer, run));
-    }
+    let consumers = consumers_per_slot(&config, "hitl-handlers", &parts, &h, "w-slot").await;
     // One batch holding every tenant's events: split by slot under the hood.
     let p = Publisher::connect(config.clone()).await.unwrap();
     let mut batch = Vec::new();
@@ -489,24 +505,8 @@ async fn consumption_resumes_after_a_master_fails_over() {
     let doomed = cl.master_of_slot(doomed_slot).unwrap();
     assert_ne!(doomed, cl.master_of_slot(0).unwrap());
     let h = TestHandler::all("h");
-    let mut consumers = Vec::new();
-    for (i, part) in partition_tenants_by_slot(base, tenants.clone())
-        .iter()
-        .enumerate()
-    {
-        let mut b = EventConsumer::builder(config.clone(), "development-handlers")
-            .handler(h.clone())
-            .configure(|o| {
-                fast(o);
-                o.consumer = Some(format!("fo-{i}"));
-            });
-        for t in part {
-            b = b.tenant(t.clone());
-        }
-        let consumer = b.build().await.unwrap();
-        let run = spawn(&consumer).await;
-        consumers.push((consumer, run));
-    }
+    let parts = partition_tenants_by_slot(base, tenants.clone());
+    let consumers = consumers_per_slot(&config, "development-handlers", &parts, &h, "fo-").await;
     let p = Publisher::connect(config.clone()).await.unwrap();
     let publish = |t: TenantId, session: String, durable: bool| {
         let p = p.clone();
