@@ -1,5 +1,7 @@
-//! Shared helpers of the integration tests: a real server per test, fast consumer settings,
-//! and a scriptable handler that records every call.
+//! Shared helpers of the integration tests: a real server per test, a [`Target`] for the
+//! scenarios that run on a server and on a cluster, fast consumer settings, and a scriptable
+//! handler that records every call. The stand-alone test binaries include it too (`#[path]`),
+//! so some of it goes unused in each.
 #![allow(dead_code, unused_imports)]
 
 use std::sync::{Arc, Mutex};
