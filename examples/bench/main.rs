@@ -30,7 +30,7 @@ use std::time::Instant;
 
 use asdlc::prelude::*;
 use asdlc::{Config, ConsumerOptions, RedisConnection};
-use asdlc_runtime::testing::TestServer;
+use asdlc_testing::TestServer;
 use clap::Parser;
 
 use meter::{Sample, loadavg, median};

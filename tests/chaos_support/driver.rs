@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use asdlc::{AsdlcEvent, Config, EventType, Publisher, RedisConnection, StreamKeys};
-use asdlc_runtime::testing::TestServer;
+use asdlc_testing::TestServer;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
