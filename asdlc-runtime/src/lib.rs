@@ -68,7 +68,8 @@ pub use consume::{
 pub use deadletter::DeadLetter;
 pub use effects::Effect;
 pub use error::{
-    ConfigError, ConsumeError, DecodeError, EffectError, PublishError, StreamError, ValidationError,
+    ConfigError, ConsumeError, DecodeError, EffectError, EmitError, PublishError, StreamError,
+    ValidationError,
 };
 pub use event::{AsdlcEvent, AsdlcEventBuilder, EventType, Mode, generate_idempotency_key};
 pub use handler::{

@@ -93,9 +93,20 @@ pub(crate) async fn runtime(
     name: &str,
     tune: fn(&mut ConsumerOptions),
 ) -> (RuntimeHandle, RuntimeTask) {
+    runtime_of(b, GROUP, stream, name, tune).await
+}
+
+/// The same for the handlers of `group`.
+pub(crate) async fn runtime_of(
+    b: &Bench,
+    group: &str,
+    stream: &str,
+    name: &str,
+    tune: fn(&mut ConsumerOptions),
+) -> (RuntimeHandle, RuntimeTask) {
     let rt = Runtime::builder()
         .config(b.config(stream))
-        .groups([GROUP])
+        .groups([group])
         .consumer_name(name)
         .configure(move |_, o| tune(o))
         .build()

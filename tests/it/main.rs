@@ -20,6 +20,7 @@ mod cluster;
 mod cluster_runtime;
 mod consuming;
 mod edges;
+mod emit;
 mod integration;
 mod monitoring;
 mod publishing;
