@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 
 use asdlc::encoding::encode;
 use asdlc::prelude::*;
-use redis::Value;
 
 use crate::consume::{RuntimeTask, runtime_of};
 use crate::meter::{Meter, Sample};
-use crate::workload::{fill, read_reply, xadd};
+use crate::workload::{dedup, fill, read_new, xack, xadd};
 use crate::{BATCH, Bench};
 
 /// The group of the emitting handler.
@@ -43,37 +42,14 @@ pub(crate) async fn raw(b: &Bench) -> Sample {
     asdlc::create_consumer_group(&mut c, &stream, GROUP, asdlc::GroupStart::Beginning)
         .await
         .expect("group");
-    let script = redis::Script::new(
-        "local out = {}
-         for i = 1, #ARGV do
-           out[i] = redis.call('SET', 'bench:dedup:' .. ARGV[i], 1, 'NX', 'EX', 604800) and 1 or 0
-         end
-         return out",
-    );
     let mut acked = 0usize;
     let t = Meter::start(b).await;
     loop {
-        let reply: Value = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(GROUP)
-            .arg("raw")
-            .arg("COUNT")
-            .arg(BATCH)
-            .arg("STREAMS")
-            .arg(&stream)
-            .arg(">")
-            .query_async(&mut c)
-            .await
-            .expect("XREADGROUP");
-        let entries = read_reply(reply);
+        let entries = read_new(&mut c, &stream, GROUP, "raw", BATCH).await;
         if entries.is_empty() {
             break;
         }
-        let mut inv = script.prepare_invoke();
-        for (_, key) in &entries {
-            inv.arg(key.as_deref().unwrap_or_default());
-        }
-        let fresh: Vec<i64> = inv.invoke_async(&mut c).await.expect("dedup");
+        let fresh = dedup(&mut c, &entries).await;
         let mut pipe = redis::pipe();
         for ((_, key), fresh) in entries.iter().zip(&fresh) {
             let key = key.as_deref().unwrap_or_default();
@@ -86,14 +62,7 @@ pub(crate) async fn raw(b: &Bench) -> Sample {
                     .ignore();
             }
         }
-        let mut ack = redis::cmd("XACK");
-        ack.arg(&stream).arg(GROUP);
-        for (id, _) in &entries {
-            if let Value::BulkString(id) = id {
-                ack.arg(id.as_slice());
-            }
-        }
-        pipe.add_command(ack);
+        pipe.add_command(xack(&stream, GROUP, &entries));
         let (done,): (usize,) = pipe.query_async(&mut c).await.expect("XADD + XACK");
         acked += done;
     }

@@ -64,6 +64,32 @@ async fn consumer(config: &Config, group: &str, handler: Emitter) -> EventConsum
         .unwrap()
 }
 
+/// Runs `c` until one `task_created` event published in `tenant`'s context (or none) has come
+/// to what `done` says, then stops it and returns its counts.
+async fn handle_one(
+    c: &EventConsumer,
+    config: &Config,
+    tenant: Option<asdlc::TenantId>,
+    done: fn(&asdlc::ConsumerStats) -> bool,
+) -> asdlc::ConsumerStats {
+    let run = spawn(c).await;
+    let publisher = Publisher::connect(config.clone()).await.unwrap();
+    let cause = event(EventType::TaskCreated, "s1");
+    let publish = publisher.publish(&cause);
+    match tenant {
+        Some(t) => TenantContext::scope(t, publish).await,
+        None => publish.await,
+    }
+    .unwrap();
+    eventually(WAIT, "the cause settled", || {
+        let c = c.clone();
+        async move { done(&c.stats()) }
+    })
+    .await;
+    c.stop();
+    run.await.unwrap().unwrap()
+}
+
 /// Every entry of `stream` of type `t`.
 async fn entries_of(conn: &mut RedisConnection, stream: &str, t: EventType) -> Vec<AsdlcEvent> {
     let reply: StreamRangeReply = redis::cmd("XRANGE")
@@ -198,19 +224,7 @@ async fn an_invalid_follow_up_is_refused_when_staged_and_nothing_of_its_cause_co
         }
     });
     let c = consumer(&config, "designers", handler).await;
-    let run = spawn(&c).await;
-    let publisher = Publisher::connect(config.clone()).await.unwrap();
-    publisher
-        .publish(&event(EventType::TaskCreated, "s1"))
-        .await
-        .unwrap();
-    eventually(WAIT, "the cause dead-lettered", || {
-        let c = c.clone();
-        async move { c.stats().dead_lettered == 1 }
-    })
-    .await;
-    c.stop();
-    run.await.unwrap().unwrap();
+    handle_one(&c, &config, None, |s| s.dead_lettered == 1).await;
     let refused = refusals.lock().unwrap().clone();
     match &refused[..] {
         [EmitError::Invalid(v)] => assert_eq!(v.field, "git_sha"),
@@ -250,19 +264,7 @@ async fn a_follow_up_for_a_stream_of_another_slot_is_refused_on_a_cluster() {
         HandlerResult::ok()
     });
     let c = consumer(&config, "designers", handler).await;
-    let run = spawn(&c).await;
-    let publisher = Publisher::connect(config.clone()).await.unwrap();
-    publisher
-        .publish(&event(EventType::TaskCreated, "s1"))
-        .await
-        .unwrap();
-    eventually(WAIT, "the cause committed", || {
-        let c = c.clone();
-        async move { c.stats().processed == 1 }
-    })
-    .await;
-    c.stop();
-    run.await.unwrap().unwrap();
+    handle_one(&c, &config, None, |s| s.processed == 1).await;
     let refused = refusals.lock().unwrap().clone();
     match &refused[..] {
         [
@@ -306,21 +308,7 @@ async fn a_tenants_follow_up_goes_to_its_own_stream_with_its_tenant() {
         .build()
         .await
         .unwrap();
-    let run = spawn(&c).await;
-    let publisher = Publisher::connect(config.clone()).await.unwrap();
-    TenantContext::scope(
-        acme.clone(),
-        publisher.publish(&event(EventType::TaskCreated, "s1")),
-    )
-    .await
-    .unwrap();
-    eventually(WAIT, "the cause committed", || {
-        let c = c.clone();
-        async move { c.stats().processed == 1 }
-    })
-    .await;
-    c.stop();
-    run.await.unwrap().unwrap();
+    handle_one(&c, &config, Some(acme.clone()), |s| s.processed == 1).await;
     let mut conn = conn(&s).await;
     let stream = config.stream_for(Some(&acme));
     let follow_ups = entries_of(&mut conn, &stream, EventType::TaskDispatched).await;
