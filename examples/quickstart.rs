@@ -6,10 +6,11 @@
 //!   patch_applied + task_completed ─discovery→ … session_completed
 //! ```
 //!
-//! Every follow-up event carries an idempotency key derived from the event that caused it, so
-//! a redelivery publishes nothing new; the gate and the patch use operation keys (gate and
-//! patch at one git SHA), so a duplicate approval is skipped. At the end a duplicate
-//! `gate_approved` is published on purpose, and the stream info is printed.
+//! Every handler hands its follow-up events to `ctx.emit`: they are appended in the same atomic
+//! step as the cause's processed mark and acknowledgement, so each is published exactly once
+//! (a crash before the commit emits nothing; the redelivered cause emits them then). The gate
+//! approval uses an operation key (gate and patch at one git SHA), so a duplicate approval is
+//! skipped: at the end one is published on purpose, and the stream info is printed.
 //!
 //! Run it with `scripts/run-example.sh quickstart` (which starts a server and sets
 //! `REDIS_URL`), or `cargo run --example quickstart` against your own server. It uses the
@@ -18,28 +19,20 @@
 
 mod common;
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use asdlc::prelude::*;
 use asdlc::{StreamInfo, get_stream_info};
 
-static PUBLISHER: OnceLock<Publisher> = OnceLock::new();
 static APPLIED: AtomicUsize = AtomicUsize::new(0);
 static DONE: tokio::sync::Notify = tokio::sync::Notify::const_new();
 const TASKS: [&str; 2] = ["t1-parse-spec", "t2-write-tests"];
 
-fn publisher() -> &'static Publisher {
-    PUBLISHER.get().expect("publisher set in main")
-}
-
-/// A follow-up of `cause`: same session/epic/task, key derived from the cause's key.
-fn follow_up(cause: &AsdlcEvent, t: EventType, step: &str) -> asdlc::AsdlcEventBuilder {
-    let mut b = AsdlcEvent::builder(t, cause.session_id.clone()).idempotency_key(format!(
-        "{}/{step}",
-        cause.idempotency_key.as_deref().unwrap_or("?")
-    ));
+/// A follow-up of `cause`: same session, epic and task. `ctx.emit` gives it the cause's
+/// tenant, a key derived from the cause's and a child of its trace.
+fn follow_up(cause: &AsdlcEvent, t: EventType) -> asdlc::AsdlcEventBuilder {
+    let mut b = AsdlcEvent::builder(t, cause.session_id.clone());
     if let Some(epic) = &cause.epic_id {
         b = b.epic_id(epic.clone());
     }
@@ -47,12 +40,6 @@ fn follow_up(cause: &AsdlcEvent, t: EventType, step: &str) -> asdlc::AsdlcEventB
         b = b.task_id(task.clone());
     }
     b
-}
-
-async fn emit(event: Result<AsdlcEvent, asdlc::ValidationError>) -> Result<(), HandlerError> {
-    let event = event.map_err(|e| HandlerError::permanent(e.to_string()))?;
-    publisher().publish(&event).await?;
-    Ok(())
 }
 
 #[event_handler(types = [SessionStarted, TaskCompleted], group = "discovery-handlers")]
@@ -64,14 +51,12 @@ async fn discover(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), Handle
                 event.session_id,
                 TASKS.len()
             );
-            for task in TASKS {
-                emit(
-                    follow_up(event, EventType::TaskCreated, task)
-                        .task_id(task)
-                        .build(),
-                )
-                .await?;
-            }
+            let tasks = TASKS.iter().map(|task| {
+                follow_up(event, EventType::TaskCreated)
+                    .task_id(*task)
+                    .build()
+            });
+            ctx.emit_all(tasks.collect::<Result<Vec<_>, _>>()?)?;
         }
         _ => {
             // Count completed tasks in Redis, exactly once per event, in the commit step.
@@ -88,7 +73,7 @@ async fn discover(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), Handle
                 let done =
                     AsdlcEvent::builder(EventType::SessionCompleted, event.session_id.clone())
                         .operation_key();
-                emit(done.build()).await?;
+                ctx.emit(done.build()?)?;
             }
         }
     }
@@ -96,16 +81,17 @@ async fn discover(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), Handle
 }
 
 #[event_handler(types = [TaskCreated], group = "design-handlers")]
-async fn design(event: &AsdlcEvent) -> Result<(), HandlerError> {
+async fn design(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), HandlerError> {
     println!(
         "[design]      task {} designed; dispatching to an agent",
         event.task_id.as_deref().unwrap_or("?")
     );
-    emit(follow_up(event, EventType::TaskDispatched, "dispatch").build()).await
+    ctx.emit(follow_up(event, EventType::TaskDispatched).build()?)?;
+    Ok(())
 }
 
 #[event_handler(types = [TaskDispatched], group = "development-handlers")]
-async fn develop(event: &AsdlcEvent) -> Result<(), HandlerError> {
+async fn develop(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), HandlerError> {
     let task = event.task_id.clone().unwrap_or_default();
     let sha = if task.starts_with("t1") {
         "1a2b3c4d"
@@ -113,31 +99,32 @@ async fn develop(event: &AsdlcEvent) -> Result<(), HandlerError> {
         "5e6f7a8b"
     };
     println!("[development] agent wrote a patch for {task} at {sha}");
-    emit(
-        follow_up(event, EventType::PatchCreated, "patch")
+    ctx.emit(
+        follow_up(event, EventType::PatchCreated)
             .git_sha(sha)
             .artifact_path(format!("patches/{task}.diff"))
-            .build(),
-    )
-    .await
+            .build()?,
+    )?;
+    Ok(())
 }
 
 #[event_handler(types = [PatchCreated], group = "validation-handlers")]
-async fn validate(event: &AsdlcEvent) -> Result<(), HandlerError> {
+async fn validate(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), HandlerError> {
     println!(
         "[validation]  tests pass for {}; asking a human",
         event.artifact_paths.join(", ")
     );
-    let mut gate = follow_up(event, EventType::GateRequested, "gate")
-        .artifact_paths(event.artifact_paths.clone());
+    let mut gate =
+        follow_up(event, EventType::GateRequested).artifact_paths(event.artifact_paths.clone());
     if let Some(sha) = &event.git_sha {
         gate = gate.git_sha(sha.clone());
     }
-    emit(gate.build()).await
+    ctx.emit(gate.build()?)?;
+    Ok(())
 }
 
 #[event_handler(types = [GateRequested], group = "hitl-handlers")]
-async fn approve(event: &AsdlcEvent) -> Result<(), HandlerError> {
+async fn approve(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), HandlerError> {
     println!(
         "[hitl]        gate for {} approved",
         event.git_sha.as_deref().unwrap_or("?")
@@ -151,7 +138,8 @@ async fn approve(event: &AsdlcEvent) -> Result<(), HandlerError> {
     if let Some(sha) = &event.git_sha {
         approval = approval.git_sha(sha.clone());
     }
-    emit(approval.operation_key().build()).await
+    ctx.emit(approval.operation_key().build()?)?;
+    Ok(())
 }
 
 #[event_handler(types = [GateApproved], group = "deployment-handlers")]
@@ -166,13 +154,13 @@ async fn deploy(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), HandlerE
     ))?;
     let n = APPLIED.fetch_add(1, Ordering::SeqCst) + 1;
     println!("[deployment]  patch {sha} applied ({n}/{})", TASKS.len());
-    emit(
-        follow_up(event, EventType::PatchApplied, "applied")
+    ctx.emit_all([
+        follow_up(event, EventType::PatchApplied)
             .git_sha(sha)
-            .build(),
-    )
-    .await?;
-    emit(follow_up(event, EventType::TaskCompleted, "completed").build()).await
+            .build()?,
+        follow_up(event, EventType::TaskCompleted).build()?,
+    ])?;
+    Ok(())
 }
 
 #[event_handler(types = [SessionCompleted], group = "discovery-handlers", name = "session-done")]
@@ -212,9 +200,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = common::config("quickstart")?;
     println!("asdlc quickstart against {}", config.redis_url);
     common::start_clean(&config).await?;
-    PUBLISHER
-        .set(Publisher::connect(config.clone()).await?)
-        .ok();
+    let publisher = Publisher::connect(config.clone()).await?;
 
     let runtime = Runtime::builder()
         .config(config.clone())
@@ -234,7 +220,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let start = AsdlcEvent::builder(EventType::SessionStarted, session.clone())
         .epic_id("epic-7")
         .build()?;
-    publisher().publish(&start).await?;
+    publisher.publish(&start).await?;
     tokio::time::timeout(Duration::from_secs(30), DONE.notified()).await?;
 
     // A duplicate approval for the first patch: same operation key, so it is skipped.
@@ -244,7 +230,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .artifact_path(format!("patches/{}.diff", TASKS[0]))
         .operation_key()
         .build()?;
-    publisher().publish(&dup).await?;
+    publisher.publish(&dup).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     handle.stop();
     let report = run.await??;
@@ -266,6 +252,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ok = APPLIED.load(Ordering::SeqCst) == TASKS.len()
         && deployment.duplicates >= 1
         && info.total_pending() == 0;
+    println!(
+        "follow-ups emitted with their causes' commits: {}",
+        report.groups.iter().map(|g| g.stats.emitted).sum::<u64>()
+    );
     println!(
         "\noutcome: {} — {} patches applied once each, {} duplicate approval skipped, nothing pending",
         if ok { "OK" } else { "FAILED" },

@@ -3,6 +3,7 @@
 //! with the hint that fixes it, and leaves the server untouched. This file declares no
 //! handler on purpose (each integration test is its own program), so the registry is empty.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use asdlc::{RegistryError, Runtime, RuntimeError, registered_handlers};

@@ -1,6 +1,7 @@
 //! The Runtime with macro-declared handlers, end to end against a real server: discovery,
 //! recovery at startup, group selection, multi-tenancy and graceful shutdown.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::sync::Mutex;
@@ -114,26 +115,7 @@ async fn runtime_recovers_then_consumes_then_stops_gracefully() {
         .unwrap();
     }
     let mut c = conn(&s).await;
-    asdlc::create_consumer_group(
-        &mut c,
-        "asdlc:events",
-        "rt-development",
-        asdlc::GroupStart::Beginning,
-    )
-    .await
-    .unwrap();
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("rt-development")
-        .arg("rt-worker")
-        .arg("COUNT")
-        .arg(3)
-        .arg("STREAMS")
-        .arg("asdlc:events")
-        .arg(">")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    read_and_die(&mut c, "asdlc:events", "rt-development", "rt-worker", 3).await;
     for i in 0..2 {
         p.publish(
             &AsdlcEvent::builder(EventType::TaskDispatched, format!("new-{i}"))

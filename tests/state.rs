@@ -2,6 +2,7 @@
 //! type to `State<T>` parameters and to `ctx.state::<T>()`; a missing type refused at `build()`
 //! with the handler and the type named; the same handlers called directly in unit tests.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::sync::{Arc, Mutex};

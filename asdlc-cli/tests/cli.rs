@@ -5,27 +5,15 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use asdlc_runtime::testing::TestServer;
-use asdlc_runtime::{
-    AsdlcEvent, BoxFuture, Config, EventConsumer, EventHandler, EventType, HandlerContext,
-    HandlerResult, Publisher,
-};
+use asdlc_runtime::Config;
+use asdlc_testing::{TestServer, fixtures};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_asdlc");
+mod common;
 
 /// The command, with no configuration from this process's environment.
 fn command() -> Command {
-    let mut c = Command::new(BIN);
-    for var in [
-        "REDIS_URL",
-        "ASDLC_STREAM",
-        "ASDLC_TENANCY",
-        "ASDLC_TENANTS",
-        "ASDLC_MAXLEN",
-    ] {
-        c.env_remove(var);
-    }
+    let mut c = common::unconfigured();
     c.env("RUST_BACKTRACE", "1");
     c
 }
@@ -85,75 +73,23 @@ fn config(server: &TestServer) -> Config {
 }
 
 fn publish(server: &TestServer, n: usize) -> Vec<String> {
-    rt().block_on(async {
-        let p = Publisher::connect(config(server)).await.unwrap();
-        let events: Vec<_> = (0..n)
-            .map(|i| AsdlcEvent::new(EventType::TaskCreated, format!("s{i}")))
-            .collect();
-        p.publish_batch(&events)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|p| p.event_id)
-            .collect()
-    })
+    rt().block_on(fixtures::publish_events(&config(server), None, n, "s"))
 }
 
 fn redis(server: &TestServer, args: &[&str]) -> redis::Value {
-    let mut conn = server.client().get_connection().unwrap();
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    cmd.query(&mut conn).unwrap()
+    fixtures::raw_command(&server.url(), args).unwrap()
 }
 
-/// A handler that always fails for good.
-struct Refuse;
-
-impl EventHandler for Refuse {
-    fn name(&self) -> &str {
-        "refuse"
-    }
-    fn can_handle(&self, _: EventType) -> bool {
-        true
-    }
-    fn handle<'a>(
-        &'a self,
-        _: &'a AsdlcEvent,
-        _: &'a HandlerContext,
-    ) -> BoxFuture<'a, HandlerResult> {
-        Box::pin(async { HandlerResult::permanent("cannot ever work") })
-    }
-}
-
-/// Runs a consumer of group `g` whose handler refuses everything until `n` dead letters
+/// Runs a consumer `w1` of group `g` whose handler refuses everything until `n` dead letters
 /// exist.
 fn dead_letter_everything(server: &TestServer, n: u64) {
-    rt().block_on(async {
-        let consumer = EventConsumer::builder(config(server), "g")
-            .handler(Refuse)
-            .configure(|o| {
-                o.consumer = Some("w1".into());
-                o.block = Duration::from_millis(50);
-            })
-            .build()
-            .await
-            .unwrap();
-        let c = consumer.clone();
-        let run = tokio::spawn(async move { c.start().await });
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while consumer.stats().dead_lettered < n {
-            assert!(
-                Instant::now() < deadline,
-                "dead letters: {:?}",
-                consumer.stats()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        consumer.stop();
-        run.await.unwrap().unwrap();
-    });
+    rt().block_on(fixtures::dead_letter_all(
+        &config(server),
+        None,
+        "g",
+        "w1",
+        n,
+    ));
 }
 
 #[test]

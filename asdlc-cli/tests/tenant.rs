@@ -2,17 +2,15 @@
 //! it creates reaches its tenant's keys and nothing else, on every node.
 
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
-use asdlc_runtime::testing::TestServer;
+use asdlc_testing::TestServer;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_asdlc");
+mod common;
 
 fn run(server: &TestServer, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(BIN)
-        .env_remove("REDIS_URL")
-        .env_remove("ASDLC_STREAM")
+    let mut child = common::unconfigured()
         .arg("--url")
         .arg(server.url())
         .args(args)
@@ -30,12 +28,7 @@ fn run(server: &TestServer, args: &[&str], stdin: Option<&str>) -> Output {
 }
 
 fn as_user(url: &str, args: &[&str]) -> redis::RedisResult<redis::Value> {
-    let mut conn = redis::Client::open(url)?.get_connection()?;
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    cmd.query(&mut conn)
+    asdlc_testing::fixtures::raw_command(url, args)
 }
 
 #[test]

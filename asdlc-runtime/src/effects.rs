@@ -72,6 +72,28 @@ impl Effect {
         Effect::new("EXPIRE", key, vec![seconds.to_string().into_bytes()])
     }
 
+    /// `XADD stream [MAXLEN ~ max_len] * field value...`: a follow-up event, staged through
+    /// [`crate::HandlerContext::emit`] (the only way to stage one, so it is always a valid
+    /// event of this stream's slot and tenant).
+    pub(crate) fn xadd(
+        stream: String,
+        max_len: Option<usize>,
+        fields: Vec<(&'static str, Vec<u8>)>,
+    ) -> Self {
+        let mut args = Vec::with_capacity(4 + 2 * fields.len());
+        if let Some(n) = max_len {
+            args.push(b"MAXLEN".to_vec());
+            args.push(b"~".to_vec());
+            args.push(n.to_string().into_bytes());
+        }
+        args.push(b"*".to_vec());
+        for (k, v) in fields {
+            args.push(k.as_bytes().to_vec());
+            args.push(v);
+        }
+        Effect::new("XADD", stream, args)
+    }
+
     /// The command name.
     pub fn command(&self) -> &'static str {
         self.command

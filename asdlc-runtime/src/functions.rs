@@ -45,7 +45,7 @@ const FUNCTIONS: &[(&str, &str)] = &[
     ("mark_many", include_str!("idempotency/tracker_many.lua")),
     ("trim", include_str!("monitor/retention.lua")),
     ("count_range", include_str!("monitor/count_range.lua")),
-    ("replay", include_str!("deadletter_replay.lua")),
+    ("replay", include_str!("deadletter/replay.lua")),
     ("ensure_stream", include_str!("streams_ensure.lua")),
     ("lag", include_str!("streams_lag.lua")),
 ];

@@ -32,8 +32,8 @@
 //! [`monitor`], [`deadletter`], [`functions`], [`keys`] and [`acl`]. Everything else is
 //! private to the crate.
 //!
-//! With the `testing` feature, `testing` starts a real server for tests and examples; with
-//! `prometheus`, `monitor::serve_prometheus` serves the metrics.
+//! With the `prometheus` feature, `monitor::serve_prometheus` serves the metrics. Tests and
+//! examples start a real server with the `asdlc-testing` crate.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -56,9 +56,6 @@ mod retry;
 pub mod runtime;
 pub mod streams;
 pub mod tenancy;
-#[cfg(feature = "testing")]
-#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
-pub mod testing;
 mod text;
 
 pub use config::{Config, RedisUrl, Tenancy};
@@ -71,7 +68,8 @@ pub use consume::{
 pub use deadletter::DeadLetter;
 pub use effects::Effect;
 pub use error::{
-    ConfigError, ConsumeError, DecodeError, EffectError, PublishError, StreamError, ValidationError,
+    ConfigError, ConsumeError, DecodeError, EffectError, EmitError, PublishError, StreamError,
+    ValidationError,
 };
 pub use event::{AsdlcEvent, AsdlcEventBuilder, EventType, Mode, generate_idempotency_key};
 pub use handler::{

@@ -12,10 +12,11 @@
 //! mark. `--quick` runs everything on small numbers, for a smoke test. The last two lines are
 //! `publish ratio asdlc/raw: X.XX` and `consume ratio asdlc/raw: X.XX`.
 //!
-//! One module per part: [`publish`], [`consume`], [`recovery`], [`latency`], [`memory`]; the
-//! workload they share in [`workload`], what a part measures in [`meter`].
+//! One module per part: [`publish`], [`consume`], [`emit`], [`recovery`], [`latency`],
+//! [`memory`]; the workload they share in [`workload`], what a part measures in [`meter`].
 
 mod consume;
+mod emit;
 mod latency;
 mod memory;
 mod meter;
@@ -30,7 +31,7 @@ use std::time::Instant;
 
 use asdlc::prelude::*;
 use asdlc::{Config, ConsumerOptions, RedisConnection};
-use asdlc_runtime::testing::TestServer;
+use asdlc_testing::TestServer;
 use clap::Parser;
 
 use meter::{Sample, loadavg, median};
@@ -198,10 +199,12 @@ enum Part {
     Asdlc1,
     Asdlc2,
     AsdlcWide,
+    RawEmit,
+    AsdlcEmit,
 }
 
 impl Part {
-    const ALL: [Part; 9] = [
+    const ALL: [Part; 11] = [
         Part::RawSingle,
         Part::AsdlcSingle,
         Part::RawPipelined,
@@ -211,6 +214,8 @@ impl Part {
         Part::Asdlc1,
         Part::Asdlc2,
         Part::AsdlcWide,
+        Part::RawEmit,
+        Part::AsdlcEmit,
     ];
 
     fn label(self) -> &'static str {
@@ -224,6 +229,8 @@ impl Part {
             Part::Asdlc1 => "consume: asdlc 1 consumer",
             Part::Asdlc2 => "consume: asdlc 2 consumers",
             Part::AsdlcWide => "consume: asdlc concurrency 1024, batch 200, 1 consumer",
+            Part::RawEmit => "emit: raw + dedup + XADD",
+            Part::AsdlcEmit => "emit: asdlc ctx.emit",
         }
     }
 
@@ -244,6 +251,8 @@ impl Part {
                 })
                 .await
             }
+            Part::RawEmit => emit::raw(b).await,
+            Part::AsdlcEmit => emit::asdlc(b).await,
         }
     }
 }
@@ -339,6 +348,7 @@ async fn main() {
         part(Part::Asdlc2),
         part(Part::AsdlcWide),
     );
+    let (raw_e, a_e) = (part(Part::RawEmit), part(Part::AsdlcEmit));
     let recover = if b.wants("recovery") {
         eprintln!("recovery...");
         b.flush().await;
@@ -438,6 +448,16 @@ async fn main() {
         Some(("(f)", round_ratio(Part::AsdlcWide, Part::RawDedup))),
     );
     row(
+        "(i) raw: (f) + the follow-ups' XADDs, pipelined with the XACK",
+        raw_e,
+        None,
+    );
+    row(
+        "(j) asdlc Runtime, each handler emitting one follow-up",
+        a_e,
+        Some(("(i)", round_ratio(Part::AsdlcEmit, Part::RawEmit))),
+    );
+    row(
         &format!("(h) recovery: process_pending of {recover_n} pending"),
         recover,
         Some(("(g)", recover.zip(a_c1).map(|(h, g)| h.rate / g.rate))),
@@ -471,6 +491,10 @@ async fn main() {
     }
     println!("load average: {load_start} at start, {} at end", loadavg());
     let ratio = |r: Option<f64>| r.map_or("n/a".to_owned(), |r| format!("{r:.2}"));
+    println!(
+        "emit ratio asdlc/raw: {}",
+        ratio(round_ratio(Part::AsdlcEmit, Part::RawEmit))
+    );
     println!(
         "publish ratio asdlc/raw: {}",
         ratio(round_ratio(Part::AsdlcBatch, Part::RawPipelined))

@@ -12,7 +12,9 @@
 --   D id lease n  (field value)*n               dead letter: XADD (trimming the dead-letter
 --                                               stream to its retention), ack, drop lease
 --   A id                                        acknowledge only
--- Returns one value per record: 1 done; 0 (S and s) already processed: acknowledged, effects
+-- An effect `XADD` is a follow-up event the handler emitted: appended in the same step.
+-- Returns one value per record: 1 done, or (an S record with follow-ups) {1, the id of each
+-- follow-up, in order}; 0 (S and s) already processed: acknowledged, effects and follow-ups
 -- dropped; 2 (S and s) another delivery of the key holds its lease (ours lapsed): nothing
 -- applied, the entry stays pending and is checked again later; or an error text (S only)
 -- when an effect was refused: nothing of it applied, the lease kept (the client follows
@@ -30,7 +32,7 @@ local marks = asdlc_marks(now, KEYS, ARGV)
 local now_text = asdlc_ms_text(now)
 local wants = {
   SET = 'string', INCRBY = 'string', HSET = 'hash', HINCRBY = 'hash',
-  SADD = 'set', RPUSH = 'list', DEL = false, EXPIRE = false,
+  SADD = 'set', RPUSH = 'list', DEL = false, EXPIRE = false, XADD = 'stream',
 }
 
 local function skip_effects(first, n)
@@ -168,15 +170,21 @@ while i <= #ARGV do
         out[#out + 1] = 0
       else
         local j = first
+        local emitted = {}
         for _ = 1, n do
           local nargs = tonumber(ARGV[j + 2])
           local args = { ARGV[j], ARGV[j + 1] }
           for a = 1, nargs do args[#args + 1] = ARGV[j + 2 + a] end
-          redis.call(unpack(args))
+          local reply = redis.call(unpack(args))
+          if args[1] == 'XADD' then emitted[#emitted + 1] = reply end
           j = j + 3 + nargs
         end
         asdlc_set_mark(marks, fp)
-        out[#out + 1] = 1
+        if #emitted > 0 then
+          out[#out + 1] = { 1, unpack(emitted) }
+        else
+          out[#out + 1] = 1
+        end
       end
       acks[#acks + 1] = id
     end

@@ -72,6 +72,11 @@ pub(super) async fn spawn_handler(
                 shared.group.clone(),
                 run2.consumer.clone(),
             )
+            .with_cause(
+                c.event.idempotency_key.as_deref(),
+                trace,
+                shared.config.max_len,
+            )
             .with_state_map(shared.state.clone());
             let mut event = c.event;
             event.event_id = Some(c.entry_id.clone());
@@ -142,7 +147,12 @@ pub(super) async fn spawn_handler(
             let kind = match result {
                 HandlerResult::Ok { .. } => Kind::Success {
                     fp: c.fp,
-                    effects: ctx.take_effects(),
+                    effects: {
+                        // Effects first, then the follow-ups: all applied in one atomic step.
+                        let mut effects = ctx.take_effects();
+                        effects.extend(ctx.take_emits());
+                        effects
+                    },
                     attempt,
                     fields: c.fields,
                 },

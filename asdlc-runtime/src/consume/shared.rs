@@ -133,7 +133,7 @@ impl Ord for Redelivery {
 }
 
 pub(super) struct Shared {
-    config: Config,
+    pub(super) config: Config,
     pub(super) options: ConsumerOptions,
     pub(super) group: Arc<str>,
     /// The consumer name of the current (or last) run; before the first run with an

@@ -28,6 +28,9 @@ pub struct ConsumerStats {
     pub panics: u64,
     /// Handler calls that timed out.
     pub timeouts: u64,
+    /// Follow-up events handlers emitted, appended with their cause's commit.
+    #[serde(default)]
+    pub emitted: u64,
 }
 
 /// What a recovery pass did.
@@ -79,6 +82,8 @@ pub(super) enum Tally {
     Failed,
     /// Deferred for a recheck: another delivery holds its key's lease and decides.
     Rechecked,
+    /// Follow-up events appended with their cause's commit.
+    Emitted,
 }
 
 #[derive(Default)]
@@ -91,6 +96,7 @@ pub(super) struct Stats {
     claimed: AtomicU64,
     panics: AtomicU64,
     timeouts: AtomicU64,
+    emitted: AtomicU64,
 }
 
 impl Stats {
@@ -105,6 +111,7 @@ impl Stats {
             claimed: g(&self.claimed),
             panics: g(&self.panics),
             timeouts: g(&self.timeouts),
+            emitted: g(&self.emitted),
         }
     }
 
@@ -147,6 +154,7 @@ impl Stats {
                 Tally::TimedOut => (Some(&self.timeouts), None, None),
                 Tally::Failed => (None, None, Some(Count::Failed)),
                 Tally::Rechecked => (None, Some(|p| &p.skipped), None),
+                Tally::Emitted => (Some(&self.emitted), None, Some(Count::Emitted)),
             };
         if let Some(a) = mine {
             a.fetch_add(n, Ordering::Relaxed);
@@ -229,6 +237,7 @@ mod tests {
         stats.record(Tally::TimedOut, &labels, Some(&pass));
         stats.record(Tally::Failed, &labels, Some(&pass));
         stats.record(Tally::Rechecked, &labels, Some(&pass));
+        stats.record_n(Tally::Emitted, 4, &labels, Some(&pass));
         assert_eq!(
             stats.snapshot(),
             ConsumerStats {
@@ -240,6 +249,7 @@ mod tests {
                 claimed: 3,
                 panics: 1,
                 timeouts: 1,
+                emitted: 4,
             }
         );
         assert_eq!(

@@ -2,19 +2,21 @@
 //! `#[event_handler]` fills through `inventory`. What a handler reports is in `outcome`; the
 //! state it is given, in `state`.
 
+mod emit;
 mod outcome;
 mod state;
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::effects::Effect;
 use crate::error::EffectError;
 use crate::event::{AsdlcEvent, EventType};
 use crate::keys::StreamKeys;
+use crate::monitor::TraceParent;
 use crate::tenancy::TenantId;
 
 pub use outcome::{HandlerError, HandlerResult, IntoHandlerResult};
@@ -83,8 +85,9 @@ pub trait EventHandler: Send + Sync + 'static {
 }
 
 /// What a handler knows about the delivery it is handling, and its door to exactly-once
-/// effects: writes staged with [`HandlerContext::stage`] commit in the same atomic step as
-/// the processed mark and the acknowledgement.
+/// effects: writes staged with [`HandlerContext::stage`] and follow-up events staged with
+/// [`HandlerContext::emit`] commit in the same atomic step as the processed mark and the
+/// acknowledgement.
 pub struct HandlerContext {
     tenant: Option<TenantId>,
     attempt: u32,
@@ -93,6 +96,14 @@ pub struct HandlerContext {
     group: Arc<str>,
     consumer: Arc<str>,
     effects: Mutex<Vec<Effect>>,
+    /// What the event is deduplicated by: its idempotency key, or `entry:<id>`.
+    cause_key: String,
+    /// The trace context follow-ups continue (a new trace, made when first needed, if the
+    /// event carried none).
+    trace: OnceLock<TraceParent>,
+    /// The stream length publishing trims to (`Config::max_len`), for follow-ups too.
+    max_len: Option<usize>,
+    emits: Mutex<Vec<emit::StagedEmit>>,
     state: StateMap,
 }
 
@@ -122,13 +133,36 @@ impl HandlerContext {
         HandlerContext {
             tenant,
             attempt,
+            cause_key: format!("entry:{entry_id}"),
             entry_id,
             keys,
             group,
             consumer,
             effects: Mutex::new(Vec::new()),
+            trace: OnceLock::new(),
+            max_len: None,
+            emits: Mutex::new(Vec::new()),
             state: StateMap::default(),
         }
+    }
+
+    /// What follow-ups of this delivery derive from its cause: the key it is deduplicated by
+    /// (if it has one), the trace context its handling runs in, and the stream length
+    /// publishing trims to.
+    pub(crate) fn with_cause(
+        mut self,
+        key: Option<&str>,
+        trace: Option<TraceParent>,
+        max_len: Option<usize>,
+    ) -> Self {
+        if let Some(k) = key {
+            self.cause_key = k.to_owned();
+        }
+        if let Some(t) = trace {
+            self.trace = OnceLock::from(t);
+        }
+        self.max_len = max_len;
+        self
     }
 
     /// The same, lending `state` to the handler.

@@ -23,6 +23,8 @@ pub mod metric_names {
     pub const DUPLICATES: &str = "asdlc_events_duplicates_total";
     /// Entries claimed from other (dead or stuck) consumers.
     pub const CLAIMED: &str = "asdlc_events_claimed_total";
+    /// Follow-up events handlers emitted, appended with their cause's commit.
+    pub const EMITTED: &str = "asdlc_events_emitted_total";
     /// How long one handler call took, in seconds.
     pub const HANDLER_SECONDS: &str = "asdlc_handler_seconds";
     /// From publish (the entry id's time, on the server's clock) to the start of handling, in
@@ -44,6 +46,10 @@ pub fn describe_metrics() {
         "Deliveries skipped because their idempotency key was already processed"
     );
     describe_counter!(CLAIMED, "Entries claimed from dead or stuck consumers");
+    describe_counter!(
+        EMITTED,
+        "Follow-up events emitted by handlers, appended with their cause's commit"
+    );
     describe_histogram!(HANDLER_SECONDS, Unit::Seconds, "Handler call duration");
     describe_histogram!(
         PUBLISH_TO_HANDLE_SECONDS,
@@ -86,6 +92,8 @@ pub(crate) enum Count {
     Duplicate,
     /// Entries were claimed from other consumers.
     Claimed,
+    /// Follow-up events were appended with their cause's commit.
+    Emitted,
 }
 
 impl Count {
@@ -97,6 +105,7 @@ impl Count {
             Count::DeadLettered => DEAD_LETTERED,
             Count::Duplicate => DUPLICATES,
             Count::Claimed => CLAIMED,
+            Count::Emitted => EMITTED,
         }
     }
 }

@@ -1,11 +1,10 @@
 //! Monitoring and operations against a real server (seed US-07): stream discovery, lag,
 //! health, retention that never loses work, and trace context.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
+use crate::common::*;
 use asdlc::monitor::{
     HealthThresholds, Limits, RetentionPolicy, TrimLimit, TrimOptions, check_health,
     check_health_url, list_streams, run_retention, tenant_streams, trim_acknowledged,
@@ -16,7 +15,6 @@ use asdlc::{
     TenantContext, TraceParent, create_consumer_group, ensure_stream_exists, extract_trace_context,
     get_stream_info, inject_trace_context,
 };
-use common::*;
 use redis::Value;
 use tokio_util::sync::CancellationToken;
 

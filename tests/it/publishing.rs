@@ -1,12 +1,10 @@
 //! Publishing and stream operations against a real server (seed US-01, US-05, T02, T07).
 
-mod common;
-
+use crate::common::*;
 use asdlc::{
     AsdlcEvent, Config, EventType, GroupStart, PublishError, Publisher, TenantContext, TenantError,
     create_consumer_group, encoding, ensure_stream_exists, get_stream_info,
 };
-use common::*;
 use redis::Value;
 
 async fn xrange(
@@ -430,26 +428,7 @@ async fn stream_info_includes_pending_count() {
             .unwrap();
     }
     let mut c = conn(&s).await;
-    create_consumer_group(
-        &mut c,
-        "asdlc:events",
-        "development-handlers",
-        GroupStart::Beginning,
-    )
-    .await
-    .unwrap();
-    let _: Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("development-handlers")
-        .arg("w1")
-        .arg("COUNT")
-        .arg(3)
-        .arg("STREAMS")
-        .arg("asdlc:events")
-        .arg(">")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    read_and_die(&mut c, "asdlc:events", "development-handlers", "w1", 3).await;
     let info = get_stream_info(&mut c, "asdlc:events").await.unwrap();
     assert_eq!(info.length, 5);
     let g = info.group("development-handlers").unwrap();

@@ -1,36 +1,25 @@
 //! The framework on a real Redis Cluster (3 masters, 1 replica each): publishing, consuming
 //! (one tenant, and many tenants spread over slots with one consumer per slot), idempotency,
-//! recovery, dead letters and stream info; the core scenarios of `tests/consuming.rs` again;
-//! then a master failing over and a slot moving while consumers run.
+//! recovery, dead letters and stream info, as `tests/it/consuming.rs` does on one server (a scenario
+//! both need the same is written once there, with a wrapper for each); then a master failing over
+//! and a slot moving while consumers run.
 //!
 //! Tests that only use their own keys share one cluster ([`TestCluster::shared`]), each under
 //! its own stream name; the failover and resharding tests start their own.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::common::*;
 use asdlc::keys::{hash_slot, partition_tenants_by_slot};
 use asdlc::publish::ReplicaWait;
 use asdlc::{
-    AsdlcEvent, Config, EventConsumer, EventType, IdempotencyTracker, Publisher, RedisConnection,
-    StreamKeys, Tenancy, TenantContext, TenantId, acl, deadletter, get_stream_info,
+    AsdlcEvent, Config, EventConsumer, EventType, Publisher, RedisConnection, Tenancy,
+    TenantContext, TenantId, acl, get_stream_info,
 };
-use asdlc_runtime::testing::TestCluster;
-use common::*;
 use redis::Value;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn trace() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("ASDLC_TEST_LOG"))
-        .with_test_writer()
-        .try_init();
-}
 
 /// The cluster shared by the tests of this file that only touch their own keys.
 fn cluster() -> &'static TestCluster {
@@ -63,40 +52,9 @@ async fn connect(c: &TestCluster) -> RedisConnection {
     conn
 }
 
-async fn consumer(config: &Config, group: &str, name: &str, h: &TestHandler) -> EventConsumer {
-    EventConsumer::builder(config.clone(), group)
-        .handler(h.clone())
-        .configure(|o| {
-            fast(o);
-            o.consumer = Some(name.to_owned());
-        })
-        .build()
-        .await
-        .unwrap()
-}
-
 async fn pending(c: &mut RedisConnection, stream: &str, group: &str) -> u64 {
     let info = get_stream_info(c, stream).await.unwrap();
     info.group(group).map(|g| g.pending).unwrap_or(0)
-}
-
-/// Reads `n` entries as consumer `name` without acknowledging them: a consumer that dies.
-async fn read_and_die(c: &mut RedisConnection, stream: &str, group: &str, name: &str, n: usize) {
-    asdlc::create_consumer_group(c, stream, group, asdlc::GroupStart::Beginning)
-        .await
-        .unwrap();
-    let _: Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(group)
-        .arg(name)
-        .arg("COUNT")
-        .arg(n)
-        .arg("STREAMS")
-        .arg(stream)
-        .arg(">")
-        .query_async(c)
-        .await
-        .unwrap();
 }
 
 /// `count` tenants whose streams (under `base`) are served by different masters, as far as
@@ -126,38 +84,34 @@ fn tenants_across_masters(
         .collect()
 }
 
-#[tokio::test]
-async fn publish_consume_and_acknowledge_on_a_cluster() {
-    let c = cluster();
-    let config = single(c, "cl-basic:events");
-    let p = Publisher::connect(config.clone()).await.unwrap();
-    let h = TestHandler::all("h");
-    let consumer = consumer(&config, "development-handlers", "w1", &h).await;
-    let run = spawn(&consumer).await;
-    let events: Vec<AsdlcEvent> = (0..40)
-        .map(|i| event(EventType::TaskCreated, &format!("s{i}")))
-        .collect();
-    p.publish_batch(&events[..20]).await.unwrap();
-    for e in &events[20..] {
-        p.publish(e).await.unwrap();
+/// Starts one consumer of `group` per slot partition (`parts`), the `i`th named
+/// `{prefix}{i}`, each reading the streams of its partition's tenants.
+async fn consumers_per_slot(
+    config: &Config,
+    group: &str,
+    parts: &[Vec<TenantId>],
+    h: &TestHandler,
+    prefix: &str,
+) -> Vec<(
+    EventConsumer,
+    tokio::task::JoinHandle<Result<asdlc::ConsumerStats, asdlc::ConsumeError>>,
+)> {
+    let mut consumers = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        let mut b = EventConsumer::builder(config.clone(), group)
+            .handler(h.clone())
+            .configure(|o| {
+                fast(o);
+                o.consumer = Some(format!("{prefix}{i}"));
+            });
+        for t in part {
+            b = b.tenant(t.clone());
+        }
+        let consumer = b.build().await.unwrap();
+        let run = spawn(&consumer).await;
+        consumers.push((consumer, run));
     }
-    eventually(WAIT, "all handled", || async { h.count() == 40 }).await;
-    let mut conn = connect(c).await;
-    eventually(WAIT, "all acknowledged", || {
-        let mut conn = conn.clone();
-        async move { pending(&mut conn, "cl-basic:events", "development-handlers").await == 0 }
-    })
-    .await;
-    let info = get_stream_info(&mut conn, "cl-basic:events").await.unwrap();
-    assert_eq!(info.length, 40);
-    assert_eq!(info.dead_letters, 0);
-    let group = info.group("development-handlers").unwrap();
-    assert_eq!(group.pending, 0);
-    let applied = applied(&mut conn, "cl-basic:events", "development-handlers").await;
-    assert_eq!(applied.len(), 40);
-    assert!(applied.values().all(|n| *n == 1));
-    consumer.stop();
-    run.await.unwrap().unwrap();
+    consumers
 }
 
 #[tokio::test]
@@ -200,21 +154,7 @@ async fn tenants_in_different_slots_get_one_consumer_per_slot() {
     );
 
     let h = TestHandler::all("h");
-    let mut consumers = Vec::new();
-    for (i, part) in parts.iter().enumerate() {
-        let mut b = EventConsumer::builder(config.clone(), "hitl-handlers")
-            .handler(h.clone())
-            .configure(|o| {
-                fast(o);
-                o.consumer = Some(format!("w-slot{i}"));
-            });
-        for t in part {
-            b = b.tenant(t.clone());
-        }
-        let consumer = b.build().await.unwrap();
-        let run = spawn(&consumer).await;
-        consumers.push((consumer, run));
-    }
+    let consumers = consumers_per_slot(&config, "hitl-handlers", &parts, &h, "w-slot").await;
     // One batch holding every tenant's events: split by slot under the hood.
     let p = Publisher::connect(config.clone()).await.unwrap();
     let mut batch = Vec::new();
@@ -263,223 +203,6 @@ async fn tenants_in_different_slots_get_one_consumer_per_slot() {
         consumer.stop();
         run.await.unwrap().unwrap();
     }
-}
-
-#[tokio::test]
-async fn duplicate_publish_is_handled_once_on_a_cluster() {
-    let c = cluster();
-    let config = single(c, "cl-dup:events");
-    let p = Publisher::connect(config.clone()).await.unwrap();
-    let h = TestHandler::all("h");
-    let consumer = consumer(&config, "hitl-handlers", "w1", &h).await;
-    let run = spawn(&consumer).await;
-    let e = AsdlcEvent::builder(EventType::GateApproved, "s1")
-        .idempotency_key("gate-7@abc1234")
-        .build()
-        .unwrap();
-    p.publish(&e).await.unwrap();
-    p.publish(&e).await.unwrap();
-    p.publish_batch(&[e.clone(), e.clone()]).await.unwrap();
-    let mut conn = connect(c).await;
-    eventually(WAIT, "all four copies acknowledged", || {
-        let mut conn = conn.clone();
-        async move {
-            let info = get_stream_info(&mut conn, "cl-dup:events").await.unwrap();
-            info.length == 4 && info.total_pending() == 0
-        }
-    })
-    .await;
-    assert_eq!(h.count(), 1, "handled once");
-    assert_eq!(consumer.stats().duplicates, 3);
-    let applied = applied(&mut conn, "cl-dup:events", "hitl-handlers").await;
-    assert_eq!(applied.get("gate-7@abc1234"), Some(&1));
-    consumer.stop();
-    run.await.unwrap().unwrap();
-}
-
-#[tokio::test]
-async fn same_key_in_two_consumers_at_once_runs_once_on_a_cluster() {
-    let c = cluster();
-    let config = single(c, "cl-race:events");
-    let p = Publisher::connect(config.clone()).await.unwrap();
-    let h1 = TestHandler::all("h").behave(|_, _| Behavior::Sleep(Duration::from_millis(2)));
-    let h2 = TestHandler::all("h").behave(|_, _| Behavior::Sleep(Duration::from_millis(2)));
-    let c1 = consumer(&config, "development-handlers", "w1", &h1).await;
-    let c2 = consumer(&config, "development-handlers", "w2", &h2).await;
-    let r1 = spawn(&c1).await;
-    let r2 = spawn(&c2).await;
-    let rounds = 60;
-    for i in 0..rounds {
-        let e = AsdlcEvent::builder(EventType::PatchApplied, format!("s{i}"))
-            .build()
-            .unwrap();
-        p.publish_batch(&[e.clone(), e]).await.unwrap();
-    }
-    let mut conn = connect(c).await;
-    eventually(WAIT, "every copy acknowledged", || {
-        let mut conn = conn.clone();
-        async move {
-            let info = get_stream_info(&mut conn, "cl-race:events").await.unwrap();
-            info.length == 2 * rounds && info.total_pending() == 0
-        }
-    })
-    .await;
-    let keys: Vec<String> = h1
-        .calls()
-        .into_iter()
-        .chain(h2.calls())
-        .map(|c| c.key)
-        .collect();
-    let unique: HashSet<_> = keys.iter().collect();
-    assert_eq!(unique.len(), rounds as usize);
-    assert_eq!(
-        keys.len(),
-        rounds as usize,
-        "the handler ran exactly once per key"
-    );
-    let applied = applied(&mut conn, "cl-race:events", "development-handlers").await;
-    assert_eq!(applied.len(), rounds as usize);
-    assert!(applied.values().all(|v| *v == 1));
-    c1.stop();
-    c2.stop();
-    r1.await.unwrap().unwrap();
-    r2.await.unwrap().unwrap();
-}
-
-#[tokio::test]
-async fn recovery_processes_pending_and_claims_from_dead_consumers_on_a_cluster() {
-    let c = cluster();
-    let stream = "cl-recover:events";
-    let config = single(c, stream);
-    let p = Publisher::connect(config.clone()).await.unwrap();
-    let events: Vec<_> = (0..120)
-        .map(|i| event(EventType::TaskCreated, &format!("s{i}")))
-        .collect();
-    p.publish_batch(&events).await.unwrap();
-    let mut conn = connect(c).await;
-    // "w1" read 100 and crashed; "dead-worker" read the other 20 and crashed.
-    read_and_die(&mut conn, stream, "development-handlers", "w1", 100).await;
-    read_and_die(&mut conn, stream, "development-handlers", "dead-worker", 20).await;
-    let h = TestHandler::all("h");
-    let w1 = consumer(&config, "development-handlers", "w1", &h).await;
-    let own = w1.process_pending().await.unwrap();
-    assert_eq!((own.processed, own.skipped, own.failed), (100, 0, 0));
-    let early = w1
-        .claim_stale_messages(Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert_eq!(early.claimed, 0, "not stale yet");
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    let claimed = w1
-        .claim_stale_messages(Duration::from_millis(200))
-        .await
-        .unwrap();
-    assert_eq!((claimed.claimed, claimed.processed), (20, 20));
-    assert_eq!(h.count(), 120);
-    assert_eq!(pending(&mut conn, stream, "development-handlers").await, 0);
-    // The same events again, pending for a dead consumer: skipped, not handled twice.
-    p.publish_batch(&events[..10]).await.unwrap();
-    read_and_die(&mut conn, stream, "development-handlers", "w1", 10).await;
-    let again = w1.process_pending().await.unwrap();
-    assert_eq!((again.processed, again.skipped), (0, 10));
-    assert_eq!(h.count(), 120);
-    let applied = applied(&mut conn, stream, "development-handlers").await;
-    assert_eq!(applied.len(), 120);
-    assert!(applied.values().all(|v| *v == 1));
-}
-
-#[tokio::test]
-async fn dead_letters_are_listed_replayed_and_purged_on_a_cluster() {
-    let c = cluster();
-    let stream = "cl-dead:events";
-    let config = single(c, stream);
-    let p = Publisher::connect(config.clone()).await.unwrap();
-    let fixed = Arc::new(AtomicBool::new(false));
-    let f = fixed.clone();
-    let h = TestHandler::all("strict").behave(move |e, _| {
-        if e.session_id == "retry" {
-            Behavior::Retry
-        } else if f.load(Ordering::SeqCst) {
-            Behavior::Ok
-        } else {
-            Behavior::Permanent
-        }
-    });
-    let consumer = EventConsumer::builder(config.clone(), "design-handlers")
-        .handler(h.clone())
-        .configure(|o| {
-            fast(o);
-            o.consumer = Some("w1".into());
-            o.max_deliveries = 3;
-        })
-        .build()
-        .await
-        .unwrap();
-    let run = spawn(&consumer).await;
-    let bad = event(EventType::GateRejected, "permanent");
-    p.publish(&bad).await.unwrap();
-    p.publish(&event(EventType::GateRejected, "retry"))
-        .await
-        .unwrap();
-    eventually(WAIT, "both dead-lettered", || async {
-        consumer.stats().dead_lettered == 2
-    })
-    .await;
-    let mut conn = connect(c).await;
-    assert_eq!(deadletter::count(&mut conn, stream).await.unwrap(), 2);
-    let dead = deadletter::list(&mut conn, stream, "-", 10).await.unwrap();
-    let permanent = dead
-        .iter()
-        .find(|d| d.reason == "permanent failure")
-        .unwrap();
-    let retried = dead.iter().find(|d| d.attempts == 3).unwrap();
-    assert_eq!(retried.event().unwrap().session_id, "retry");
-    let info = get_stream_info(&mut conn, stream).await.unwrap();
-    assert_eq!(info.dead_letters, 2);
-    assert_eq!(info.group("design-handlers").unwrap().pending, 0);
-    // Fixed: replay the permanent failure, which is handled this time.
-    fixed.store(true, Ordering::SeqCst);
-    assert!(
-        deadletter::replay(&mut conn, stream, &permanent.id)
-            .await
-            .unwrap()
-            .is_some()
-    );
-    eventually(WAIT, "replayed event handled", || async {
-        consumer.stats().processed == 1
-    })
-    .await;
-    assert_eq!(deadletter::count(&mut conn, stream).await.unwrap(), 1);
-    assert_eq!(deadletter::purge(&mut conn, stream).await.unwrap(), 1);
-    assert_eq!(deadletter::count(&mut conn, stream).await.unwrap(), 0);
-    consumer.stop();
-    run.await.unwrap().unwrap();
-}
-
-#[tokio::test]
-async fn idempotency_marks_are_atomic_on_a_cluster() {
-    let c = cluster();
-    let conn = connect(c).await;
-    let tenant = TenantId::new("idem").unwrap();
-    let keys = StreamKeys::new(asdlc::get_stream_name("cl-idem:events", Some(&tenant)));
-    let tracker = IdempotencyTracker::new(conn.clone(), keys.clone(), "hitl-handlers");
-    assert!(!tracker.is_processed("gate-1@sha").await.unwrap());
-    let mut tasks = Vec::new();
-    for _ in 0..16 {
-        let t = tracker.clone();
-        tasks.push(tokio::spawn(async move {
-            t.mark_processed("gate-1@sha").await.unwrap()
-        }));
-    }
-    let mut firsts = 0;
-    for t in tasks {
-        firsts += usize::from(t.await.unwrap());
-    }
-    assert_eq!(firsts, 1, "exactly one caller marked it");
-    assert!(tracker.is_processed("gate-1@sha").await.unwrap());
-    // Marks are per group.
-    let other = IdempotencyTracker::new(conn, keys, "design-handlers");
-    assert!(!other.is_processed("gate-1@sha").await.unwrap());
 }
 
 #[tokio::test]
@@ -616,16 +339,7 @@ async fn tenant_users_are_confined_to_their_keys_on_a_cluster() {
     };
     let p = Publisher::connect(config.clone()).await.unwrap();
     let h = TestHandler::all("h");
-    let consumer = EventConsumer::builder(config.clone(), "development-handlers")
-        .tenant(a.clone())
-        .handler(h.clone())
-        .configure(|o| {
-            fast(o);
-            o.consumer = Some("acl-w1".into());
-        })
-        .build()
-        .await
-        .unwrap();
+    let consumer = tenant_consumer_for(&config, "development-handlers", a, "acl-w1", &h).await;
     let run = spawn(&consumer).await;
     for i in 0..5 {
         TenantContext::scope(
@@ -703,16 +417,7 @@ async fn a_tenant_keeps_working_after_failing_over_to_a_replica_that_had_lost_it
     };
     let p = Publisher::connect(config.clone()).await.unwrap();
     let h = TestHandler::all("h");
-    let consumer = EventConsumer::builder(config.clone(), "development-handlers")
-        .tenant(tenant.clone())
-        .handler(h.clone())
-        .configure(|o| {
-            fast(o);
-            o.consumer = Some("ha-w1".into());
-        })
-        .build()
-        .await
-        .unwrap();
+    let consumer = tenant_consumer_for(&config, "development-handlers", &tenant, "ha-w1", &h).await;
     let run = spawn(&consumer).await;
     let publish = |session: &'static str| {
         let e = AsdlcEvent::builder(EventType::TaskCreated, session)
@@ -800,24 +505,8 @@ async fn consumption_resumes_after_a_master_fails_over() {
     let doomed = cl.master_of_slot(doomed_slot).unwrap();
     assert_ne!(doomed, cl.master_of_slot(0).unwrap());
     let h = TestHandler::all("h");
-    let mut consumers = Vec::new();
-    for (i, part) in partition_tenants_by_slot(base, tenants.clone())
-        .iter()
-        .enumerate()
-    {
-        let mut b = EventConsumer::builder(config.clone(), "development-handlers")
-            .handler(h.clone())
-            .configure(|o| {
-                fast(o);
-                o.consumer = Some(format!("fo-{i}"));
-            });
-        for t in part {
-            b = b.tenant(t.clone());
-        }
-        let consumer = b.build().await.unwrap();
-        let run = spawn(&consumer).await;
-        consumers.push((consumer, run));
-    }
+    let parts = partition_tenants_by_slot(base, tenants.clone());
+    let consumers = consumers_per_slot(&config, "development-handlers", &parts, &h, "fo-").await;
     let p = Publisher::connect(config.clone()).await.unwrap();
     let publish = |t: TenantId, session: String, durable: bool| {
         let p = p.clone();
@@ -948,7 +637,7 @@ async fn consumption_survives_moving_a_slot() {
     let from = cl.master_of_slot(slot).unwrap();
     let to = (from + 1) % cl.master_count();
     let h = TestHandler::all("h");
-    let consumer = consumer(&config, "development-handlers", "w1", &h).await;
+    let consumer = consumer_for(&config, "development-handlers", "w1", &h).await;
     let run = spawn(&consumer).await;
     let p = Publisher::connect(config.clone()).await.unwrap();
     let mut keys = Vec::new();

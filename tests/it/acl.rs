@@ -2,18 +2,16 @@
 //! the whole protocol for A (publish, consume, retries, recovery, dead letters, marks, stream
 //! info) and cannot read, write or even list tenant B's keys.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::common::*;
 use asdlc::acl::{self, TenantAcl};
 use asdlc::{
     Config, EventConsumer, EventType, IdempotencyTracker, Publisher, RedisConnection, StreamKeys,
     TenantContext, TenantId, deadletter, get_stream_info,
 };
-use common::*;
 use redis::Value;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -80,16 +78,14 @@ async fn a_tenant_user_runs_the_whole_protocol_for_its_tenant() {
     )
     .await
     .unwrap();
-    let _: Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("development-handlers")
-        .arg("dead-worker")
-        .arg("STREAMS")
-        .arg(&stream)
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    read_without_ack(
+        &mut conn,
+        &stream,
+        "development-handlers",
+        "dead-worker",
+        None,
+    )
+    .await;
 
     let fixed = Arc::new(AtomicBool::new(false));
     let f = fixed.clone();
@@ -162,16 +158,7 @@ async fn a_tenant_user_runs_the_whole_protocol_for_its_tenant() {
     run.await.unwrap().unwrap();
     // A clean stop releases the name: a restart under it is immediate even without CLIENT
     // LIST.
-    let restarted = EventConsumer::builder(t.as_a.clone(), "development-handlers")
-        .tenant(t.a.clone())
-        .handler(h.clone())
-        .configure(|o| {
-            fast(o);
-            o.consumer = Some("w1".into());
-        })
-        .build()
-        .await
-        .unwrap();
+    let restarted = tenant_consumer_for(&t.as_a, "development-handlers", &t.a, "w1", &h).await;
     let started = std::time::Instant::now();
     let again = spawn(&restarted).await;
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -436,16 +423,7 @@ async fn a_tenant_whose_server_lost_the_library_is_told_who_can_load_it() {
     // An admin loads it; the tenant works again.
     asdlc::functions::ensure_loaded(&mut t.admin).await.unwrap();
     asdlc::functions::ensure_loaded(&mut a).await.unwrap();
-    let c = EventConsumer::builder(t.as_a.clone(), "development-handlers")
-        .tenant(t.a.clone())
-        .handler(h.clone())
-        .configure(|o| {
-            fast(o);
-            o.consumer = Some("w2".into());
-        })
-        .build()
-        .await
-        .unwrap();
+    let c = tenant_consumer_for(&t.as_a, "development-handlers", &t.a, "w2", &h).await;
     let run = spawn(&c).await;
     TenantContext::scope(
         t.a.clone(),

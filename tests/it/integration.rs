@@ -5,19 +5,17 @@
 //! The consumer engine's own cases (retries, dead letters, claims) are in `consuming.rs`;
 //! real worker processes killed and restarted are in `chaos.rs`.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::common::*;
 use asdlc::prelude::*;
 use asdlc::{
     ConsumeError, EventConsumer, IdempotencyTracker, PublishError, RuntimeHandle, RuntimeReport,
     StreamKeys, Tenancy, deadletter, get_stream_info,
 };
-use common::*;
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -37,7 +35,7 @@ struct Seen {
 static SEEN: Mutex<Vec<Seen>> = Mutex::new(Vec::new());
 
 /// Records the call and stages the group's exactly-once effect
-/// (`HINCRBY applied:<group> <key> 1`, read back with [`common::applied`]).
+/// (`HINCRBY applied:<group> <key> 1`, read back with [`crate::common::applied`]).
 fn record(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), HandlerError> {
     let key = event.idempotency_key.clone().unwrap_or_default();
     SEEN.lock().unwrap().push(Seen {

@@ -1,17 +1,14 @@
 //! The consumer engine against a real server (seed US-02, US-03, US-04, US-06, T03-T06).
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use asdlc::{
     AsdlcEvent, ConsumeError, EventConsumer, EventType, IdempotencyTracker, MarkLayout, Publisher,
     StreamKeys, TenantContext, deadletter, get_stream_info,
 };
-use common::*;
-use redis::Value;
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -48,26 +45,6 @@ async fn publish_n(p: &Publisher, n: usize, t: EventType) -> Vec<AsdlcEvent> {
     let events: Vec<_> = (0..n).map(|i| event(t, &format!("s{i}"))).collect();
     p.publish_batch(&events).await.unwrap();
     events
-}
-
-/// Reads `n` entries as consumer `name` without acknowledging them: a consumer that then
-/// dies.
-async fn read_and_die(c: &mut asdlc::RedisConnection, group: &str, name: &str, n: usize) {
-    asdlc::create_consumer_group(c, "asdlc:events", group, asdlc::GroupStart::Beginning)
-        .await
-        .unwrap();
-    let _: Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(group)
-        .arg(name)
-        .arg("COUNT")
-        .arg(n)
-        .arg("STREAMS")
-        .arg("asdlc:events")
-        .arg(">")
-        .query_async(c)
-        .await
-        .unwrap();
 }
 
 #[tokio::test]
@@ -130,33 +107,62 @@ async fn consumer_group_distributes_messages() {
     r2.await.unwrap().unwrap();
 }
 
-#[tokio::test]
-async fn consumer_acknowledges_processed() {
-    let s = server();
-    let p = Publisher::connect(config(&s)).await.unwrap();
+/// `batched` events published in one batch and `singles` more one at a time, to one consumer:
+/// all handled and acknowledged, none dead-lettered, no lease left behind, and each event's
+/// effect applied once.
+async fn consumer_acknowledges_processed(
+    target: Target,
+    stream: &str,
+    batched: usize,
+    singles: usize,
+) {
+    let config = target.config(stream);
+    let p = Publisher::connect(config.clone()).await.unwrap();
     let h = TestHandler::all("h");
-    let c = consumer(&s, "development-handlers", "w1", &h).await;
+    let c = consumer_for(&config, "development-handlers", "w1", &h).await;
     let run = spawn(&c).await;
-    publish_n(&p, 30, EventType::TaskCompleted).await;
-    eventually(WAIT, "handled", || async { h.count() == 30 }).await;
-    let mut conn = conn(&s).await;
+    let events: Vec<AsdlcEvent> = (0..batched + singles)
+        .map(|i| event(EventType::TaskCompleted, &format!("s{i}")))
+        .collect();
+    if batched > 0 {
+        p.publish_batch(&events[..batched]).await.unwrap();
+    }
+    for e in &events[batched..] {
+        p.publish(e).await.unwrap();
+    }
+    let total = events.len();
+    eventually(WAIT, "handled", || async { h.count() == total }).await;
+    let mut conn = target.conn().await;
     eventually(WAIT, "nothing pending", || {
         let mut conn = conn.clone();
-        async move { pending(&mut conn, "asdlc:events", "development-handlers").await == 0 }
+        async move { pending(&mut conn, stream, "development-handlers").await == 0 }
     })
     .await;
     c.stop();
     run.await.unwrap().unwrap();
-    // No lease is left behind, and each event's effect was applied once.
+    let info = get_stream_info(&mut conn, stream).await.unwrap();
+    assert_eq!(info.length, total as u64);
+    assert_eq!(info.dead_letters, 0);
+    assert_eq!(info.group("development-handlers").unwrap().pending, 0);
     let leases: Vec<String> = redis::cmd("KEYS")
-        .arg("{asdlc:events}:lease:*")
+        .arg(format!("{{{stream}}}:lease:*"))
         .query_async(&mut conn)
         .await
         .unwrap();
     assert!(leases.is_empty(), "{leases:?}");
-    let applied = applied(&mut conn, "asdlc:events", "development-handlers").await;
-    assert_eq!(applied.len(), 30);
+    let applied = applied(&mut conn, stream, "development-handlers").await;
+    assert_eq!(applied.len(), total);
     assert!(applied.values().all(|v| *v == 1));
+}
+
+#[tokio::test]
+async fn consumer_acknowledges_processed_on_a_server() {
+    consumer_acknowledges_processed(Target::server(), "asdlc:events", 30, 0).await;
+}
+
+#[tokio::test]
+async fn consumer_acknowledges_processed_on_a_cluster() {
+    consumer_acknowledges_processed(Target::cluster(), "cl-basic:events", 20, 20).await;
 }
 
 #[tokio::test]
@@ -165,18 +171,24 @@ async fn unacknowledged_messages_become_pending() {
     let p = Publisher::connect(config(&s)).await.unwrap();
     publish_n(&p, 4, EventType::TaskCreated).await;
     let mut conn = conn(&s).await;
-    read_and_die(&mut conn, "development-handlers", "dead", 4).await;
+    read_and_die(&mut conn, "asdlc:events", "development-handlers", "dead", 4).await;
     assert_eq!(
         pending(&mut conn, "asdlc:events", "development-handlers").await,
         4
     );
 }
 
-#[tokio::test]
-async fn idempotency_tracker_prevents_reprocessing() {
-    let s = server();
-    let conn = conn(&s).await;
-    let keys = StreamKeys::new("asdlc:events");
+/// Marks on the stream `stream`'s keys: a key is marked once (a second mark is skipped), marks
+/// are per group and per stream (`other_stream`, another tenant's), and of `markers` concurrent
+/// markers of one key exactly one wins.
+async fn idempotency_tracker_prevents_reprocessing(
+    target: Target,
+    stream: &str,
+    other_stream: &str,
+    markers: usize,
+) {
+    let conn = target.conn().await;
+    let keys = StreamKeys::new(stream);
     let tracker = IdempotencyTracker::new(conn.clone(), keys.clone(), "hitl-handlers");
     assert!(!tracker.is_processed("gate-1@abc1234").await.unwrap());
     assert!(tracker.mark_processed("gate-1@abc1234").await.unwrap());
@@ -188,16 +200,13 @@ async fn idempotency_tracker_prevents_reprocessing() {
     // Marks are per group and per tenant stream.
     let other_group = IdempotencyTracker::new(conn.clone(), keys, "design-handlers");
     assert!(!other_group.is_processed("gate-1@abc1234").await.unwrap());
-    let other_tenant = IdempotencyTracker::new(
-        conn.clone(),
-        StreamKeys::new("tenant:{acme}:asdlc:events"),
-        "hitl-handlers",
-    );
+    let other_tenant =
+        IdempotencyTracker::new(conn.clone(), StreamKeys::new(other_stream), "hitl-handlers");
     assert!(!other_tenant.is_processed("gate-1@abc1234").await.unwrap());
 
     // Of many concurrent markers, exactly one wins.
     let tracker = Arc::new(tracker);
-    let tasks: Vec<_> = (0..50)
+    let tasks: Vec<_> = (0..markers)
         .map(|_| {
             let t = tracker.clone();
             tokio::spawn(async move { t.mark_processed("contended").await.unwrap() })
@@ -207,7 +216,31 @@ async fn idempotency_tracker_prevents_reprocessing() {
     for t in tasks {
         winners += usize::from(t.await.unwrap());
     }
-    assert_eq!(winners, 1);
+    assert_eq!(winners, 1, "exactly one caller marked it");
+    assert!(tracker.is_processed("contended").await.unwrap());
+    assert!(!other_group.is_processed("contended").await.unwrap());
+}
+
+#[tokio::test]
+async fn idempotency_tracker_prevents_reprocessing_on_a_server() {
+    idempotency_tracker_prevents_reprocessing(
+        Target::server(),
+        "asdlc:events",
+        "tenant:{acme}:asdlc:events",
+        50,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn idempotency_tracker_prevents_reprocessing_on_a_cluster() {
+    idempotency_tracker_prevents_reprocessing(
+        Target::cluster(),
+        "tenant:{idem}:cl-idem:events",
+        "tenant:{other}:cl-idem:events",
+        16,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -251,39 +284,74 @@ async fn idempotency_keys_expire() {
     assert_eq!(default.ttl, Duration::from_secs(7 * 24 * 3600));
 }
 
-#[tokio::test]
-async fn duplicate_publish_is_handled_once() {
-    let s = server();
-    let p = Publisher::connect(config(&s)).await.unwrap();
+/// Copies of one event, `singles` published one at a time and then `batched` in one batch, to
+/// a consumer of `group`: all acknowledged, the handler ran once, the rest counted as
+/// duplicates, and the effect applied once.
+async fn duplicate_publish_is_handled_once(
+    target: Target,
+    stream: &str,
+    group: &str,
+    e: AsdlcEvent,
+    singles: usize,
+    batched: usize,
+) {
+    let config = target.config(stream);
+    let p = Publisher::connect(config.clone()).await.unwrap();
     let h = TestHandler::all("h");
-    let c = consumer(&s, "development-handlers", "w1", &h).await;
+    let c = consumer_for(&config, group, "w1", &h).await;
     let run = spawn(&c).await;
-    let e = event(EventType::PatchApplied, "s1");
-    for _ in 0..5 {
+    for _ in 0..singles {
         p.publish(&e).await.unwrap();
     }
-    let mut conn = conn(&s).await;
+    if batched > 0 {
+        p.publish_batch(&vec![e.clone(); batched]).await.unwrap();
+    }
+    let copies = (singles + batched) as u64;
+    let mut conn = target.conn().await;
     eventually(WAIT, "all copies acknowledged", || {
         let mut conn = conn.clone();
         let c = c.clone();
         async move {
-            c.stats().processed + c.stats().duplicates == 5
-                && pending(&mut conn, "asdlc:events", "development-handlers").await == 0
+            let info = get_stream_info(&mut conn, stream).await.unwrap();
+            c.stats().processed + c.stats().duplicates == copies
+                && info.length == copies
+                && info.total_pending() == 0
         }
     })
     .await;
     assert_eq!(h.count(), 1, "the handler ran once");
-    assert_eq!(c.stats().duplicates, 4);
-    assert_eq!(
-        applied(&mut conn, "asdlc:events", "development-handlers")
-            .await
-            .values()
-            .copied()
-            .collect::<Vec<_>>(),
-        vec![1]
-    );
+    assert_eq!(c.stats().duplicates, copies - 1);
+    let applied = applied(&mut conn, stream, group).await;
+    assert_eq!(applied.values().copied().collect::<Vec<_>>(), vec![1]);
+    if let Some(key) = &e.idempotency_key {
+        assert_eq!(applied.get(key), Some(&1));
+    }
     c.stop();
     run.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn duplicate_publish_is_handled_once_on_a_server() {
+    let e = event(EventType::PatchApplied, "s1");
+    duplicate_publish_is_handled_once(
+        Target::server(),
+        "asdlc:events",
+        "development-handlers",
+        e,
+        5,
+        0,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn duplicate_publish_is_handled_once_on_a_cluster() {
+    let e = AsdlcEvent::builder(EventType::GateApproved, "s1")
+        .idempotency_key("gate-7@abc1234")
+        .build()
+        .unwrap();
+    duplicate_publish_is_handled_once(Target::cluster(), "cl-dup:events", "hitl-handlers", e, 2, 2)
+        .await;
 }
 
 #[tokio::test]
@@ -307,55 +375,59 @@ async fn distinct_events_for_one_task_are_all_handled() {
     run.await.unwrap().unwrap();
 }
 
-#[tokio::test]
-async fn same_key_in_two_consumers_at_once_runs_once() {
-    let s = server();
-    let p = Publisher::connect(config(&s)).await.unwrap();
+/// Two consumers of one group, each event published twice back to back (both copies in one
+/// round trip, so the two consumers usually get one each): the handler runs exactly once per
+/// key and every effect is applied once.
+async fn same_key_in_two_consumers_at_once_runs_once(target: Target, stream: &str, rounds: usize) {
+    let config = target.config(stream);
+    let p = Publisher::connect(config.clone()).await.unwrap();
     let h1 = TestHandler::all("h").behave(|_, _| Behavior::Sleep(Duration::from_millis(2)));
     let h2 = TestHandler::all("h").behave(|_, _| Behavior::Sleep(Duration::from_millis(2)));
-    let c1 = consumer(&s, "development-handlers", "w1", &h1).await;
-    let c2 = consumer(&s, "development-handlers", "w2", &h2).await;
+    let c1 = consumer_for(&config, "development-handlers", "w1", &h1).await;
+    let c2 = consumer_for(&config, "development-handlers", "w2", &h2).await;
     let r1 = spawn(&c1).await;
     let r2 = spawn(&c2).await;
-    let rounds = 100;
     for i in 0..rounds {
         let e = AsdlcEvent::builder(EventType::PatchApplied, format!("s{i}"))
             .build()
             .unwrap();
-        // Both copies in one round trip: they land back to back and the two consumers
-        // usually get one each.
         p.publish_batch(&[e.clone(), e]).await.unwrap();
     }
-    let mut conn = conn(&s).await;
+    let mut conn = target.conn().await;
     eventually(WAIT, "every copy acknowledged", || {
         let mut conn = conn.clone();
         async move {
-            let info = get_stream_info(&mut conn, "asdlc:events").await.unwrap();
-            info.length == 2 * rounds && info.total_pending() == 0
+            let info = get_stream_info(&mut conn, stream).await.unwrap();
+            info.length == 2 * rounds as u64 && info.total_pending() == 0
         }
     })
     .await;
-    let mut keys: Vec<String> = h1
+    let keys: Vec<String> = h1
         .calls()
         .into_iter()
         .chain(h2.calls())
         .map(|c| c.key)
         .collect();
-    keys.sort();
-    let unique: HashSet<_> = keys.iter().cloned().collect();
-    assert_eq!(unique.len(), rounds as usize);
-    assert_eq!(
-        keys.len(),
-        rounds as usize,
-        "the handler ran exactly once per key"
-    );
-    let applied = applied(&mut conn, "asdlc:events", "development-handlers").await;
-    assert_eq!(applied.len(), rounds as usize);
+    let unique: HashSet<_> = keys.iter().collect();
+    assert_eq!(unique.len(), rounds);
+    assert_eq!(keys.len(), rounds, "the handler ran exactly once per key");
+    let applied = applied(&mut conn, stream, "development-handlers").await;
+    assert_eq!(applied.len(), rounds);
     assert!(applied.values().all(|v| *v == 1));
     c1.stop();
     c2.stop();
     r1.await.unwrap().unwrap();
     r2.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn same_key_in_two_consumers_at_once_runs_once_on_a_server() {
+    same_key_in_two_consumers_at_once_runs_once(Target::server(), "asdlc:events", 100).await;
+}
+
+#[tokio::test]
+async fn same_key_in_two_consumers_at_once_runs_once_on_a_cluster() {
+    same_key_in_two_consumers_at_once_runs_once(Target::cluster(), "cl-race:events", 60).await;
 }
 
 #[tokio::test]
@@ -512,36 +584,70 @@ async fn max_deliveries_moves_to_dead_letters() {
     run.await.unwrap().unwrap();
 }
 
-#[tokio::test]
-async fn permanent_failure_is_dead_lettered_and_replayed() {
-    let s = server();
-    let p = Publisher::connect(config(&s)).await.unwrap();
+/// A permanent failure is dead-lettered at once and an event that keeps asking for a retry
+/// after its last allowed attempt: both are listed with their reasons, the permanent one,
+/// replayed after a fix, is handled under its idempotency key and cannot be replayed twice, and
+/// a purge removes the rest.
+async fn dead_letters_are_listed_replayed_and_purged(target: Target, stream: &str) {
+    let config = target.config(stream);
+    let p = Publisher::connect(config.clone()).await.unwrap();
     let fixed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let f = fixed.clone();
-    let h = TestHandler::all("strict").behave(move |_, _| {
-        if f.load(std::sync::atomic::Ordering::SeqCst) {
+    let h = TestHandler::all("strict").behave(move |e, _| {
+        if e.session_id == "retry" {
+            Behavior::Retry
+        } else if f.load(std::sync::atomic::Ordering::SeqCst) {
             Behavior::Ok
         } else {
             Behavior::Permanent
         }
     });
-    let c = consumer(&s, "design-handlers", "w1", &h).await;
-    let run = spawn(&c).await;
-    let e = event(EventType::GateRejected, "s1");
-    p.publish(&e).await.unwrap();
-    eventually(WAIT, "dead-lettered", || async {
-        c.stats().dead_lettered == 1
-    })
-    .await;
-    assert_eq!(h.count(), 1, "a permanent failure is not retried");
-    let mut conn = conn(&s).await;
-    let dead = deadletter::list(&mut conn, "asdlc:events", "-", 10)
+    let c = EventConsumer::builder(config.clone(), "design-handlers")
+        .handler(h.clone())
+        .configure(|o| {
+            fast(o);
+            o.consumer = Some("w1".into());
+            o.max_deliveries = 3;
+        })
+        .build()
         .await
         .unwrap();
-    assert_eq!(dead[0].reason, "permanent failure");
+    let run = spawn(&c).await;
+    let e = event(EventType::GateRejected, "permanent");
+    p.publish(&e).await.unwrap();
+    p.publish(&event(EventType::GateRejected, "retry"))
+        .await
+        .unwrap();
+    eventually(WAIT, "both dead-lettered", || async {
+        c.stats().dead_lettered == 2
+    })
+    .await;
+    let permanent_calls = || {
+        h.calls()
+            .into_iter()
+            .filter(|c| c.event.session_id == "permanent")
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        permanent_calls().len(),
+        1,
+        "a permanent failure is not retried"
+    );
+    let mut conn = target.conn().await;
+    assert_eq!(deadletter::count(&mut conn, stream).await.unwrap(), 2);
+    let dead = deadletter::list(&mut conn, stream, "-", 10).await.unwrap();
+    let permanent = dead
+        .iter()
+        .find(|d| d.reason == "permanent failure")
+        .unwrap();
+    let retried = dead.iter().find(|d| d.attempts == 3).unwrap();
+    assert_eq!(retried.event().unwrap().session_id, "retry");
+    let info = get_stream_info(&mut conn, stream).await.unwrap();
+    assert_eq!(info.dead_letters, 2);
+    assert_eq!(info.group("design-handlers").unwrap().pending, 0);
     // After a fix, replay: same idempotency key, handled this time, dead letter gone.
     fixed.store(true, std::sync::atomic::Ordering::SeqCst);
-    let new_id = deadletter::replay(&mut conn, "asdlc:events", &dead[0].id)
+    let new_id = deadletter::replay(&mut conn, stream, &permanent.id)
         .await
         .unwrap();
     assert!(new_id.is_some());
@@ -549,19 +655,28 @@ async fn permanent_failure_is_dead_lettered_and_replayed() {
         c.stats().processed == 1
     })
     .await;
-    assert_eq!(h.calls()[1].key, e.idempotency_key.clone().unwrap());
+    assert_eq!(permanent_calls()[1].key, e.idempotency_key.clone().unwrap());
+    assert_eq!(deadletter::count(&mut conn, stream).await.unwrap(), 1);
     assert_eq!(
-        deadletter::count(&mut conn, "asdlc:events").await.unwrap(),
-        0
-    );
-    assert_eq!(
-        deadletter::replay(&mut conn, "asdlc:events", &dead[0].id)
+        deadletter::replay(&mut conn, stream, &permanent.id)
             .await
             .unwrap(),
         None
     );
+    assert_eq!(deadletter::purge(&mut conn, stream).await.unwrap(), 1);
+    assert_eq!(deadletter::count(&mut conn, stream).await.unwrap(), 0);
     c.stop();
     run.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_replayed_and_purged_on_a_server() {
+    dead_letters_are_listed_replayed_and_purged(Target::server(), "asdlc:events").await;
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_replayed_and_purged_on_a_cluster() {
+    dead_letters_are_listed_replayed_and_purged(Target::cluster(), "cl-dead:events").await;
 }
 
 #[tokio::test]
@@ -689,16 +804,14 @@ async fn consumer_filters_by_tenant() {
     let s = server();
     let p = Publisher::connect(multi_config(&s)).await.unwrap();
     let h = TestHandler::all("h");
-    let c = EventConsumer::builder(multi_config(&s), "development-handlers")
-        .tenant(tenant("acme"))
-        .handler(h.clone())
-        .configure(|o| {
-            fast(o);
-            o.consumer = Some("w1".into());
-        })
-        .build()
-        .await
-        .unwrap();
+    let c = tenant_consumer_for(
+        &multi_config(&s),
+        "development-handlers",
+        &tenant("acme"),
+        "w1",
+        &h,
+    )
+    .await;
     let run = spawn(&c).await;
     for t in ["acme", "globex", "acme"] {
         TenantContext::scope(tenant(t), p.publish(&event(EventType::TaskCreated, t)))
@@ -729,16 +842,18 @@ async fn consumer_filters_by_tenant() {
     run.await.unwrap().unwrap();
 }
 
-#[tokio::test]
-async fn recovery_processes_pending_events() {
-    let s = server();
-    let p = Publisher::connect(config(&s)).await.unwrap();
+/// A consumer that read 250 entries and crashed before handling any restarts under its name:
+/// `process_pending` handles all of them (in batches, not just the first 100), at no cost in
+/// attempts.
+async fn recovery_processes_pending_events(target: Target, stream: &str) {
+    let config = target.config(stream);
+    let p = Publisher::connect(config.clone()).await.unwrap();
     publish_n(&p, 250, EventType::TaskCreated).await;
-    let mut conn = conn(&s).await;
+    let mut conn = target.conn().await;
     // "w1" read everything and crashed before handling any of it.
-    read_and_die(&mut conn, "development-handlers", "w1", 250).await;
+    read_and_die(&mut conn, stream, "development-handlers", "w1", 250).await;
     let h = TestHandler::all("h");
-    let c = consumer(&s, "development-handlers", "w1", &h).await;
+    let c = consumer_for(&config, "development-handlers", "w1", &h).await;
     // All of them, in batches of 50 (not just the first 100).
     let result = c.process_pending().await.unwrap();
     assert_eq!(result.processed, 250);
@@ -748,10 +863,17 @@ async fn recovery_processes_pending_events() {
         h.calls().iter().all(|c| c.attempt == 1),
         "a delivery that crashed before its handler began costs no attempt"
     );
-    assert_eq!(
-        pending(&mut conn, "asdlc:events", "development-handlers").await,
-        0
-    );
+    assert_eq!(pending(&mut conn, stream, "development-handlers").await, 0);
+}
+
+#[tokio::test]
+async fn recovery_processes_pending_events_on_a_server() {
+    recovery_processes_pending_events(Target::server(), "asdlc:events").await;
+}
+
+#[tokio::test]
+async fn recovery_processes_pending_events_on_a_cluster() {
+    recovery_processes_pending_events(Target::cluster(), "cl-recover:events").await;
 }
 
 #[tokio::test]
@@ -760,7 +882,7 @@ async fn recovery_runs_before_consumption_at_start() {
     let p = Publisher::connect(config(&s)).await.unwrap();
     publish_n(&p, 20, EventType::TaskCreated).await;
     let mut conn = conn(&s).await;
-    read_and_die(&mut conn, "development-handlers", "w1", 20).await;
+    read_and_die(&mut conn, "asdlc:events", "development-handlers", "w1", 20).await;
     let h = TestHandler::all("h");
     let c = consumer(&s, "development-handlers", "w1", &h).await;
     // The consumer restarts under its own name: its pending entries are handled at once,
@@ -775,12 +897,13 @@ async fn recovery_runs_before_consumption_at_start() {
     run.await.unwrap().unwrap();
 }
 
-#[tokio::test]
-async fn recovery_skips_already_processed() {
-    let s = server();
-    let p = Publisher::connect(config(&s)).await.unwrap();
+/// Handled events published again and left pending for a dead consumer: `process_pending`
+/// acknowledges them without handling them twice, and every effect stays applied once.
+async fn recovery_skips_already_processed(target: Target, stream: &str) {
+    let config = target.config(stream);
+    let p = Publisher::connect(config.clone()).await.unwrap();
     let h = TestHandler::all("h");
-    let c = consumer(&s, "development-handlers", "w1", &h).await;
+    let c = consumer_for(&config, "development-handlers", "w1", &h).await;
     let run = spawn(&c).await;
     let events = publish_n(&p, 5, EventType::TaskCompleted).await;
     eventually(WAIT, "handled", || async { h.count() == 5 }).await;
@@ -788,27 +911,38 @@ async fn recovery_skips_already_processed() {
     run.await.unwrap().unwrap();
     // The same events arrive again (a producer retry) and sit pending for a dead consumer.
     p.publish_batch(&events).await.unwrap();
-    let mut conn = conn(&s).await;
-    read_and_die(&mut conn, "development-handlers", "w1", 5).await;
-    let c = consumer(&s, "development-handlers", "w1", &h).await;
+    let mut conn = target.conn().await;
+    read_and_die(&mut conn, stream, "development-handlers", "w1", 5).await;
+    let c = consumer_for(&config, "development-handlers", "w1", &h).await;
     let result = c.process_pending().await.unwrap();
     assert_eq!((result.processed, result.skipped), (0, 5));
     assert_eq!(h.count(), 5, "acknowledged without reprocessing");
-    assert_eq!(
-        pending(&mut conn, "asdlc:events", "development-handlers").await,
-        0
-    );
+    let applied = applied(&mut conn, stream, "development-handlers").await;
+    assert_eq!(applied.len(), 5);
+    assert!(applied.values().all(|v| *v == 1));
+    assert_eq!(pending(&mut conn, stream, "development-handlers").await, 0);
 }
 
 #[tokio::test]
-async fn recovery_claims_from_dead_consumers() {
-    let s = server();
-    let p = Publisher::connect(config(&s)).await.unwrap();
+async fn recovery_skips_already_processed_on_a_server() {
+    recovery_skips_already_processed(Target::server(), "asdlc:events").await;
+}
+
+#[tokio::test]
+async fn recovery_skips_already_processed_on_a_cluster() {
+    recovery_skips_already_processed(Target::cluster(), "cl-recover-skip:events").await;
+}
+
+/// Entries pending for a dead consumer are claimed by another once they are stale, not
+/// before, and handled there.
+async fn recovery_claims_from_dead_consumers(target: Target, stream: &str) {
+    let config = target.config(stream);
+    let p = Publisher::connect(config.clone()).await.unwrap();
     publish_n(&p, 7, EventType::TaskCreated).await;
-    let mut conn = conn(&s).await;
-    read_and_die(&mut conn, "development-handlers", "dead-worker", 7).await;
+    let mut conn = target.conn().await;
+    read_and_die(&mut conn, stream, "development-handlers", "dead-worker", 7).await;
     let h = TestHandler::all("h");
-    let c = consumer(&s, "development-handlers", "w2", &h).await;
+    let c = consumer_for(&config, "development-handlers", "w2", &h).await;
     // Not yet stale: nothing claimed.
     let early = c
         .claim_stale_messages(Duration::from_secs(60))
@@ -822,10 +956,17 @@ async fn recovery_claims_from_dead_consumers() {
         .unwrap();
     assert_eq!((result.claimed, result.processed), (7, 7));
     assert!(h.calls().iter().all(|c| c.consumer == "w2"));
-    assert_eq!(
-        pending(&mut conn, "asdlc:events", "development-handlers").await,
-        0
-    );
+    assert_eq!(pending(&mut conn, stream, "development-handlers").await, 0);
+}
+
+#[tokio::test]
+async fn recovery_claims_from_dead_consumers_on_a_server() {
+    recovery_claims_from_dead_consumers(Target::server(), "asdlc:events").await;
+}
+
+#[tokio::test]
+async fn recovery_claims_from_dead_consumers_on_a_cluster() {
+    recovery_claims_from_dead_consumers(Target::cluster(), "cl-recover-claim:events").await;
 }
 
 #[tokio::test]
@@ -840,8 +981,15 @@ async fn deleted_pending_entries_are_acknowledged_not_retried() {
         .await
         .unwrap();
     let mut conn = conn(&s).await;
-    read_and_die(&mut conn, "development-handlers", "dead-worker", 2).await;
-    read_and_die(&mut conn, "development-handlers", "w1", 0).await;
+    read_and_die(
+        &mut conn,
+        "asdlc:events",
+        "development-handlers",
+        "dead-worker",
+        2,
+    )
+    .await;
+    read_and_die(&mut conn, "asdlc:events", "development-handlers", "w1", 0).await;
     let _: i64 = redis::cmd("XDEL")
         .arg("asdlc:events")
         .arg(&events[0].event_id)
@@ -1091,7 +1239,7 @@ async fn acknowledge_removes_an_entry_from_pending() {
         .await
         .unwrap();
     let mut conn = conn(&s).await;
-    read_and_die(&mut conn, "development-handlers", "w1", 1).await;
+    read_and_die(&mut conn, "asdlc:events", "development-handlers", "w1", 1).await;
     let h = TestHandler::all("h");
     let c = consumer(&s, "development-handlers", "w1", &h).await;
     assert!(c.acknowledge(&published.event_id).await.unwrap());
@@ -1108,11 +1256,25 @@ async fn gone_consumers_are_forgotten_but_never_one_that_owns_entries() {
     let p = Publisher::connect(config(&s)).await.unwrap();
     let mut conn = conn(&s).await;
     // "ghost" joined and left owning nothing; "holder" died owning an entry.
-    read_and_die(&mut conn, "development-handlers", "ghost", 1).await;
+    read_and_die(
+        &mut conn,
+        "asdlc:events",
+        "development-handlers",
+        "ghost",
+        1,
+    )
+    .await;
     p.publish(&event(EventType::TaskCreated, "s"))
         .await
         .unwrap();
-    read_and_die(&mut conn, "development-handlers", "holder", 1).await;
+    read_and_die(
+        &mut conn,
+        "asdlc:events",
+        "development-handlers",
+        "holder",
+        1,
+    )
+    .await;
     let h = TestHandler::all("h");
     let c = consumer_with(&s, "development-handlers", "w1", &h, |o| {
         o.claim_idle = Duration::from_secs(60);
@@ -1211,15 +1373,7 @@ async fn consumer_resumes_after_its_connections_are_killed() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let _: i64 = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("TYPE")
-            .arg("normal")
-            .arg("SKIPME")
-            .arg("yes")
-            .query_async(&mut conn)
-            .await
-            .unwrap_or(0);
+        let _ = cut_connections(&mut conn).await;
     }
     let mut conn = self::conn(&s).await;
     eventually(

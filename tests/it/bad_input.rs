@@ -3,19 +3,17 @@
 //! nothing stalls, every invalid entry is dead-lettered with a reason naming its field, and an
 //! invalid event never reaches Redis.
 
-mod common;
-
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::common::*;
 use asdlc::encoding::{decode, encode};
 use asdlc::{
     AsdlcEvent, Config, ConfigError, EventConsumer, EventType, Mode, PublishError, RedisConnection,
     Runtime, Tenancy, TenantContext, TenantError, TenantId, deadletter, get_stream_info,
 };
-use common::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 
@@ -688,16 +686,7 @@ async fn hostile_tenants_cannot_publish_and_hostile_tenant_fields_are_dead_lette
             .unwrap();
     }
     let h = TestHandler::all("h");
-    let c = EventConsumer::builder(cfg, "g")
-        .tenant(tenant("acme"))
-        .handler(h.clone())
-        .configure(|o| {
-            fast(o);
-            o.consumer = Some("w".into());
-        })
-        .build()
-        .await
-        .unwrap();
+    let c = tenant_consumer_for(&cfg, "g", &tenant("acme"), "w", &h).await;
     let run = spawn(&c).await;
     let n = HOSTILE.len() as u64 - 1;
     eventually(WAIT, "all dead-lettered", || async {

@@ -2,7 +2,7 @@
 
 use std::net::TcpStream;
 
-use asdlc_runtime::testing::{TestServer, TestServerError, server_binary};
+use asdlc_testing::{TestServer, TestServerError, server_binary};
 
 fn set(server: &TestServer, key: &str, value: &str) {
     let mut con = server.client().get_connection().unwrap();

@@ -2,15 +2,13 @@
 //! slots runs one consumer per slot (a cluster refuses one read over several slots), and
 //! every tenant's events are handled once, in its own context.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use asdlc::keys::partition_tenants_by_slot;
 use asdlc::prelude::*;
 use asdlc::{Runtime, Tenancy};
-use asdlc_runtime::testing::TestCluster;
-use common::*;
+use asdlc_testing::TestCluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_multi_tenant_runtime_reads_each_slot_separately() {

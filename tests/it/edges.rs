@@ -2,16 +2,14 @@
 //! and restarts, automatic names, a consumer's life after stop, leases that do not leak, and
 //! entries of ours that nobody handles.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use asdlc::{
     AsdlcEvent, BoxFuture, ConsumeError, EventConsumer, EventHandler, EventType, HandlerContext,
     HandlerResult, Publisher, StreamKeys, deadletter, get_stream_info,
 };
-use common::*;
 use redis::Value;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -160,16 +158,7 @@ async fn take_and_die(conn: &mut asdlc::RedisConnection, group: &str, name: &str
         asdlc::create_consumer_group(conn, STREAM, group, asdlc::GroupStart::Beginning)
             .await
             .unwrap();
-        let _: Value = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(group)
-            .arg(name)
-            .arg("STREAMS")
-            .arg(STREAM)
-            .arg(">")
-            .query_async(conn)
-            .await
-            .unwrap();
+        read_without_ack(conn, STREAM, group, name, None).await;
     } else {
         let _: Value = redis::cmd("XAUTOCLAIM")
             .arg(STREAM)
@@ -310,19 +299,6 @@ async fn leases_left_behind_long_ago_are_swept() {
     run.await.unwrap().unwrap();
 }
 
-/// Cuts every client connection but the caller's.
-async fn cut_connections(conn: &mut asdlc::RedisConnection) {
-    let _: Value = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("normal")
-        .arg("SKIPME")
-        .arg("yes")
-        .query_async(conn)
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn a_live_holder_keeps_its_name_when_its_connections_are_cut() {
     let s = server();
@@ -330,7 +306,7 @@ async fn a_live_holder_keeps_its_name_when_its_connections_are_cut() {
     let c1 = consumer_with(&s, "g", Some("same"), h.clone(), |_| {}).await;
     let r1 = spawn(&c1).await;
     let mut conn = conn(&s).await;
-    cut_connections(&mut conn).await;
+    cut_connections(&mut conn).await.unwrap();
     // A second process started right in the gap, while the holder's old client id is gone.
     let c2 = consumer_with(&s, "g", Some("same"), h.clone(), |_| {}).await;
     let started = Instant::now();
@@ -528,7 +504,7 @@ async fn read_and_owes_nothing(s: &TestServer, group: &str, id: &str) {
         WAIT,
         &format!("{group} read {id} and owes nothing"),
         || async {
-            let mut conn = common::conn(s).await;
+            let mut conn = crate::common::conn(s).await;
             let info = get_stream_info(&mut conn, STREAM).await.unwrap();
             let g = info.group(group).unwrap();
             g.pending == 0 && g.last_delivered_id == id

@@ -5,7 +5,7 @@
 //! in passing ("`concurrency` (256)", "`block` (default 2 s)", "`concurrency`, 256 by
 //! default"). The book once said 64 for a concurrency of 256 in three places; a change of a
 //! default now fails here, naming the chapter, the row and both values.
-//! `BOOK_DEFAULTS_TRACE=1 cargo test --test book_defaults -- --nocapture` lists every
+//! `BOOK_DEFAULTS_TRACE=1 cargo test --test it book_defaults:: -- --nocapture` lists every
 //! comparison made.
 
 use std::path::PathBuf;

@@ -1,23 +1,117 @@
-//! Shared helpers of the integration tests: a real server per test, fast consumer settings,
-//! and a scriptable handler that records every call.
-#![allow(dead_code)]
+//! Shared helpers of the integration tests: a real server per test, a [`Target`] for the
+//! scenarios that run on a server and on a cluster, fast consumer settings, and a scriptable
+//! handler that records every call. The stand-alone test binaries include it too (`#[path]`),
+//! so some of it goes unused in each.
+#![allow(dead_code, unused_imports)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use asdlc::{
     AsdlcEvent, BoxFuture, Config, ConsumerOptions, Effect, EventConsumer, EventHandler, EventType,
-    HandlerContext, HandlerResult, RedisConnection, Tenancy, TenantId,
+    HandlerContext, HandlerResult, RedisConnection, RedisUrl, Tenancy, TenantId,
 };
-pub use asdlc_runtime::testing::TestServer;
+pub use asdlc_testing::fixtures::{cut_connections, eventually, read_and_die, read_without_ack};
+pub use asdlc_testing::{TestCluster, TestServer};
 
-/// A fresh server for one test.
-pub fn server() -> TestServer {
+/// Logs to the test's output, filtered by `ASDLC_TEST_LOG` (e.g. `ASDLC_TEST_LOG=asdlc=debug`).
+pub fn trace() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("ASDLC_TEST_LOG"))
         .with_test_writer()
         .try_init();
+}
+
+/// A fresh server for one test.
+pub fn server() -> TestServer {
+    trace();
     TestServer::start()
+}
+
+/// Where a scenario written once runs: a server of its own, or the cluster the cluster tests
+/// share (each test on streams of its own there).
+pub enum Target {
+    /// A fresh server for this test.
+    Server(TestServer),
+    /// The shared cluster, [`TestCluster::shared`].
+    Cluster(&'static TestCluster),
+}
+
+impl Target {
+    /// A fresh server.
+    pub fn server() -> Target {
+        Target::Server(server())
+    }
+
+    /// The shared cluster.
+    pub fn cluster() -> Target {
+        trace();
+        Target::Cluster(TestCluster::shared())
+    }
+
+    /// The URL of the server or of the cluster.
+    pub fn redis_url(&self) -> RedisUrl {
+        match self {
+            Target::Server(s) => s.redis_url(),
+            Target::Cluster(c) => c.redis_url(),
+        }
+    }
+
+    /// Single-tenant configuration on stream `stream`.
+    pub fn config(&self, stream: &str) -> Config {
+        Config {
+            redis_url: self.redis_url(),
+            stream: stream.to_owned(),
+            ..Config::default()
+        }
+    }
+
+    /// A connection, checked to be a cluster connection exactly on a cluster.
+    pub async fn conn(&self) -> RedisConnection {
+        let conn = RedisConnection::connect(&self.redis_url())
+            .await
+            .expect("connect");
+        assert_eq!(conn.is_cluster(), matches!(self, Target::Cluster(_)));
+        conn
+    }
+}
+
+/// A consumer `name` of `group` on `tenant`'s stream with the fast settings, running `handler`.
+pub async fn tenant_consumer_for(
+    config: &Config,
+    group: &str,
+    tenant: &TenantId,
+    name: &str,
+    handler: &TestHandler,
+) -> EventConsumer {
+    EventConsumer::builder(config.clone(), group)
+        .tenant(tenant.clone())
+        .handler(handler.clone())
+        .configure(|o| {
+            fast(o);
+            o.consumer = Some(name.to_owned());
+        })
+        .build()
+        .await
+        .unwrap()
+}
+
+/// A consumer `name` of `group` with the fast settings, running `handler`.
+pub async fn consumer_for(
+    config: &Config,
+    group: &str,
+    name: &str,
+    handler: &TestHandler,
+) -> EventConsumer {
+    EventConsumer::builder(config.clone(), group)
+        .handler(handler.clone())
+        .configure(|o| {
+            fast(o);
+            o.consumer = Some(name.to_owned());
+        })
+        .build()
+        .await
+        .unwrap()
 }
 
 /// Single-tenant configuration for `server`.
@@ -56,24 +150,6 @@ pub fn fast(o: &mut ConsumerOptions) {
     o.retry.max = Duration::from_millis(150);
     o.shutdown_grace = Duration::from_secs(5);
     o.batch_size = 50;
-}
-
-/// Polls `cond` every 20 ms until it holds; panics with `what` after `timeout`.
-pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if cond().await {
-            return;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Starts `consumer` on a task and waits until it has recovered and is reading.
