@@ -233,6 +233,21 @@ pub enum ConsumeError {
         /// The name.
         consumer: String,
     },
+    /// A handler takes state of a type the consumer was not given (a `State<T>` parameter,
+    /// or a type its `required_state` lists). Found by `build()`, before connecting.
+    #[error(
+        "handler `{handler}` of group `{group}` takes state of type `{type_name}`, which the \
+         consumer was not given: add `.state(...)` with a value of type `{type_name}` to the \
+         consumer builder"
+    )]
+    MissingState {
+        /// The group.
+        group: String,
+        /// The handler.
+        handler: String,
+        /// The type, as `std::any::type_name` names it.
+        type_name: String,
+    },
     /// Redis returned an error or could not be reached.
     #[error("redis error on stream `{stream}` in group `{group}`: {source}")]
     Redis {

@@ -14,7 +14,7 @@
 //! - [`idempotency`]: processed marks and the [`IdempotencyTracker`].
 //! - [`deadletter`]: the dead-letter stream: list, replay, purge.
 //! - [`handler`]: the [`EventHandler`] trait, [`HandlerContext`], what a handler reports
-//!   ([`HandlerResult`]), the handler registry.
+//!   ([`HandlerResult`]), the [`State`] it is given, the handler registry.
 //! - [`runtime`]: the [`Runtime`]: discovery, checks, recovery, consumers, shutdown.
 //! - [`effects`]: Redis writes staged to commit exactly once.
 //! - [`monitor`]: stream discovery, health, safe retention, metrics, trace context.
@@ -74,7 +74,7 @@ pub use error::{
 pub use event::{AsdlcEvent, AsdlcEventBuilder, EventType, Mode, generate_idempotency_key};
 pub use handler::{
     BoxFuture, EventHandler, HandlerContext, HandlerError, HandlerOptions, HandlerRegistration,
-    HandlerResult, IntoHandlerResult, registered_handlers,
+    HandlerResult, IntoHandlerResult, State, StateType, registered_handlers,
 };
 pub use idempotency::{IdempotencyTracker, MarkLayout};
 pub use keys::{StreamKeys, get_stream_name};
@@ -128,7 +128,7 @@ pub mod events {
 pub mod prelude {
     pub use crate::{
         AsdlcEvent, Config, Effect, EventType, HandlerContext, HandlerError, HandlerResult,
-        Publisher, Runtime, TenantContext, TenantId,
+        Publisher, Runtime, State, TenantContext, TenantId,
     };
 }
 
@@ -138,7 +138,8 @@ pub mod __private {
     pub use crate::event::{AsdlcEvent, EventType};
     pub use crate::handler::{
         BoxFuture, EventHandler, HandlerContext, HandlerOptions, HandlerRegistration,
-        HandlerResult, IntoHandlerResult,
+        HandlerResult, IntoHandlerResult, StateExtractor, StateParam, StateType, missing_state,
+        state_param,
     };
     pub use inventory;
     pub use std::boxed::Box;

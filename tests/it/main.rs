@@ -7,7 +7,8 @@
 //! `trybuild` (the compile-fail suite), `runtime_conflict` (two handlers in conflict on purpose),
 //! `no_handlers` (needs zero registered handlers), `runtime` (builds a `Runtime` of every
 //! registered handler), `macro_registration` (checks the names and places its handlers are
-//! registered under) and `chaos` (starts its own binary again as a worker process).
+//! registered under), `state` (its handlers take state a `Runtime` of every handler would lack)
+//! and `chaos` (starts its own binary again as a worker process).
 //!
 //! Run one module with a filter: `cargo test --test it edges::`.
 

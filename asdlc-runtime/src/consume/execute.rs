@@ -76,7 +76,8 @@ pub(super) async fn spawn_handler(
                 c.event.idempotency_key.as_deref(),
                 trace,
                 shared.config.max_len,
-            );
+            )
+            .with_state_map(shared.state.clone());
             let mut event = c.event;
             event.event_id = Some(c.entry_id.clone());
             let timeout = spec

@@ -22,6 +22,7 @@ use crate::connection::RedisConnection;
 use crate::effects::Effect;
 use crate::error::ConsumeError;
 use crate::event::AsdlcEvent;
+use crate::handler::StateMap;
 use crate::idempotency::FINGERPRINT_LEN;
 use crate::keys::StreamKeys;
 use crate::monitor::Labels;
@@ -142,6 +143,8 @@ pub(super) struct Shared {
     pub(super) read_conn: RedisConnection,
     streams: RwLock<Vec<Arc<StreamCtx>>>,
     pub(super) handlers: Vec<HandlerSpec>,
+    /// What the handlers are given as state, lent to each call's context.
+    pub(super) state: StateMap,
     pub(super) handler_limits: Vec<Option<Arc<Semaphore>>>,
     pub(super) permits: Arc<Semaphore>,
     pub(super) ledger: Ledger,
@@ -210,6 +213,7 @@ impl Shared {
         options: Valid<ConsumerOptions>,
         handlers: Vec<HandlerSpec>,
         tenants: Vec<TenantId>,
+        state: StateMap,
     ) -> Result<Self, ConsumeError> {
         let (config, options) = (config.into_inner(), options.into_inner());
         let redis_err = |source| ConsumeError::Redis {
@@ -263,6 +267,7 @@ impl Shared {
             read_conn,
             streams: RwLock::new(streams),
             handlers,
+            state,
             handler_limits,
             ledger: Ledger::default(),
             stats: Stats::default(),
