@@ -24,3 +24,4 @@ mod emit;
 mod integration;
 mod monitoring;
 mod publishing;
+mod schedule;
