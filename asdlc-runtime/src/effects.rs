@@ -94,6 +94,31 @@ impl Effect {
         Effect::new("XADD", stream, args)
     }
 
+    /// A follow-up scheduled for `due_ms` on the stream of `keys`: staged through
+    /// [`crate::HandlerContext::emit_after`], appended by the promoter when due.
+    pub(crate) fn schedule(
+        keys: &crate::keys::StreamKeys,
+        id: String,
+        due_ms: i64,
+        blob: Vec<u8>,
+    ) -> Self {
+        Effect::new(
+            "SCHEDULE",
+            keys.scheduled(),
+            vec![
+                keys.scheduled_events().into_bytes(),
+                id.into_bytes(),
+                due_ms.to_string().into_bytes(),
+                blob,
+            ],
+        )
+    }
+
+    /// A second key the effect writes, which the commit must declare too.
+    pub(crate) fn second_key(&self) -> Option<&[u8]> {
+        (self.command == "SCHEDULE").then(|| self.args[0].as_slice())
+    }
+
     /// The command name.
     pub fn command(&self) -> &'static str {
         self.command

@@ -48,6 +48,8 @@ const FUNCTIONS: &[(&str, &str)] = &[
     ("replay", include_str!("deadletter/replay.lua")),
     ("ensure_stream", include_str!("streams_ensure.lua")),
     ("lag", include_str!("streams_lag.lua")),
+    ("schedule", include_str!("schedule/schedule.lua")),
+    ("promote", include_str!("schedule/promote.lua")),
 ];
 
 /// The library: its name and its source for `FUNCTION LOAD`.
@@ -223,6 +225,8 @@ pub(crate) const COUNT_RANGE: Function = Function("count_range");
 pub(crate) const REPLAY: Function = Function("replay");
 pub(crate) const ENSURE_STREAM: Function = Function("ensure_stream");
 pub(crate) const LAG: Function = Function("lag");
+pub(crate) const SCHEDULE: Function = Function("schedule");
+pub(crate) const PROMOTE: Function = Function("promote");
 
 impl Function {
     /// A call of this function, with its first key.

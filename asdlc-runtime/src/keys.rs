@@ -142,6 +142,16 @@ impl StreamKeys {
         &self.namespace
     }
 
+    /// The sorted set of this stream's scheduled events: idempotency key -> due time (ms).
+    pub fn scheduled(&self) -> String {
+        format!("{}:scheduled", self.namespace)
+    }
+
+    /// The hash of this stream's scheduled events: idempotency key -> the entry's fields.
+    pub fn scheduled_events(&self) -> String {
+        format!("{}:scheduled:events", self.namespace)
+    }
+
     /// The dead-letter stream beside this stream.
     pub fn dead_letter(&self) -> String {
         format!("{}:dead", self.namespace)

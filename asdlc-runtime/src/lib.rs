@@ -54,6 +54,7 @@ pub mod publish;
 mod reply;
 mod retry;
 pub mod runtime;
+pub mod schedule;
 pub mod streams;
 pub mod tenancy;
 mod text;
@@ -88,6 +89,7 @@ pub use runtime::{
     GroupReport, HandlerInfo, RegistryError, Runtime, RuntimeBuilder, RuntimeError, RuntimeHandle,
     RuntimeReport, shutdown_signal,
 };
+pub use schedule::Scheduled;
 pub use streams::{
     ConsumerInfo, GroupInfo, GroupStart, StreamInfo, create_consumer_group, ensure_stream_exists,
     get_stream_info,

@@ -25,3 +25,4 @@ mod emit;
 mod integration;
 mod monitoring;
 mod publishing;
+mod schedule;

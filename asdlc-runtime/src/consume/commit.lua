@@ -12,7 +12,8 @@
 --   D id lease n  (field value)*n               dead letter: XADD (trimming the dead-letter
 --                                               stream to its retention), ack, drop lease
 --   A id                                        acknowledge only
--- An effect `XADD` is a follow-up event the handler emitted: appended in the same step.
+-- An effect `XADD` is a follow-up event the handler emitted: appended in the same step; an
+-- effect `SCHEDULE` (set, hash, id, due ms, packed fields) one emitted for later: scheduled.
 -- Returns one value per record: 1 done, or (an S record with follow-ups) {1, the id of each
 -- follow-up, in order}; 0 (S and s) already processed: acknowledged, effects and follow-ups
 -- dropped; 2 (S and s) another delivery of the key holds its lease (ours lapsed): nothing
@@ -33,6 +34,7 @@ local now_text = asdlc_ms_text(now)
 local wants = {
   SET = 'string', INCRBY = 'string', HSET = 'hash', HINCRBY = 'hash',
   SADD = 'set', RPUSH = 'list', DEL = false, EXPIRE = false, XADD = 'stream',
+  SCHEDULE = 'zset',
 }
 
 local function skip_effects(first, n)
@@ -53,6 +55,9 @@ local function check_effects(first, n)
     end
     if not marks.declared[key] then
       return nil, cmd .. ' on ' .. key .. ': key not declared in KEYS'
+    end
+    if cmd == 'SCHEDULE' and not marks.declared[ARGV[i + 3]] then
+      return nil, cmd .. ' on ' .. ARGV[i + 3] .. ': key not declared in KEYS'
     end
     if want then
       local t = redis.call('TYPE', key)['ok']
@@ -175,7 +180,13 @@ while i <= #ARGV do
           local nargs = tonumber(ARGV[j + 2])
           local args = { ARGV[j], ARGV[j + 1] }
           for a = 1, nargs do args[#args + 1] = ARGV[j + 2 + a] end
-          local reply = redis.call(unpack(args))
+          local reply
+          if args[1] == 'SCHEDULE' then
+            -- A follow-up for later: args are the set, the hash, id, due time, fields.
+            reply = asdlc_schedule(args[2], args[3], args[4], args[5], args[6])
+          else
+            reply = redis.call(unpack(args))
+          end
           if args[1] == 'XADD' then emitted[#emitted + 1] = reply end
           j = j + 3 + nargs
         end

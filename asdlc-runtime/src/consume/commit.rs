@@ -168,7 +168,7 @@ async fn commit_batch(
                 shared.stats.record(Tally::Failed, &labels, pass);
                 if let Some(h) = o.handler {
                     again.push(Outcome {
-                        kind: failed_attempt(shared, h, tried, fields, error),
+                        kind: failed_attempt(shared, h, tried, fields, error, None),
                         ..o
                     });
                     continue;
@@ -178,12 +178,14 @@ async fn commit_batch(
                 Kind::Retry {
                     attempt: tried,
                     error,
+                    after,
                 },
                 _,
             ) => {
                 shared.stats.record(Tally::Retried, &labels, pass);
-                tracing::info!(stream = %stream.name, id = %o.id, attempt = tried, %error, "handler failed; will retry");
-                defer(shared, run, &stream, o.id, Delay::Retry(tried), None);
+                tracing::info!(stream = %stream.name, id = %o.id, attempt = tried, %error, ?after, "handler failed; will retry");
+                let delay = after.map_or(Delay::Retry(tried), Delay::After);
+                defer(shared, run, &stream, o.id, delay, None);
                 finish(shared, pass);
                 continue;
             }
@@ -234,6 +236,9 @@ async fn commit(
         if let Kind::Success { effects, .. } = &o.kind {
             for e in effects {
                 inv.key(e.key());
+                if let Some(k) = e.second_key() {
+                    inv.key(k);
+                }
             }
         }
     }

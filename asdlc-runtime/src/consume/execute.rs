@@ -156,8 +156,8 @@ pub(super) async fn spawn_handler(
                     attempt,
                     fields: c.fields,
                 },
-                HandlerResult::Retry { message } => {
-                    failed_attempt(&shared, c.handler, attempt, c.fields, message)
+                HandlerResult::Retry { message, after } => {
+                    failed_attempt(&shared, c.handler, attempt, c.fields, message, after)
                 }
                 HandlerResult::Permanent { message } => Kind::Dead {
                     fields: c.fields,

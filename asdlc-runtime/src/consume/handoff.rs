@@ -46,6 +46,8 @@ pub(super) enum Delay {
     Recheck,
     /// Attempt `n` failed: the backoff after it.
     Retry(u32),
+    /// The handler asked to be retried after this long.
+    After(Duration),
 }
 
 /// Leaves an entry pending and schedules it for redelivery to this consumer.
@@ -70,6 +72,7 @@ pub(super) fn defer(
                 .max(Duration::from_millis(100))
         }
         Delay::Retry(attempt) => shared.options.retry.delay(attempt),
+        Delay::After(d) => d,
     };
     lock(&run.retries).push(Reverse(Redelivery {
         due: Instant::now() + delay,
@@ -87,10 +90,15 @@ pub(super) fn failed_attempt(
     attempt: u32,
     fields: Vec<(Vec<u8>, Vec<u8>)>,
     error: String,
+    after: Option<Duration>,
 ) -> Kind {
     let max = shared.max_deliveries(handler);
     if attempt < max {
-        Kind::Retry { attempt, error }
+        Kind::Retry {
+            attempt,
+            error,
+            after,
+        }
     } else {
         Kind::Dead {
             fields,

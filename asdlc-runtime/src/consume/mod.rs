@@ -34,6 +34,7 @@ mod execute;
 mod handoff;
 mod ledger;
 mod lock;
+mod promote;
 mod read;
 mod recover;
 mod retry;

@@ -180,6 +180,8 @@ pub(super) enum Kind {
     Retry {
         attempt: u32,
         error: String,
+        /// The handler's own delay before the next delivery, instead of the backoff.
+        after: Option<std::time::Duration>,
     },
     Dead {
         fields: Vec<(Vec<u8>, Vec<u8>)>,

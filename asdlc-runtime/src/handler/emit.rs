@@ -7,6 +7,8 @@
 //! again and stages its follow-ups anew), a redelivery of a committed cause is skipped as a
 //! duplicate and emits nothing, a retry or a refused commit emits nothing.
 
+use std::time::Duration;
+
 use sha2::{Digest, Sha256};
 
 use super::HandlerContext;
@@ -26,6 +28,8 @@ pub(super) struct StagedEmit {
     pub(super) stream: String,
     pub(super) event: AsdlcEvent,
     fields: Vec<(&'static str, Vec<u8>)>,
+    /// When it is due (ms since the epoch), for a follow-up scheduled for later.
+    due_ms: Option<i64>,
 }
 
 impl HandlerContext {
@@ -70,6 +74,24 @@ impl HandlerContext {
     pub fn emit_to(&self, base: &str, event: AsdlcEvent) -> Result<(), EmitError> {
         let stream = get_stream_name(base, self.tenant.as_ref());
         self.stage_emits([(stream, event)])
+    }
+
+    /// Stages `event` like [`HandlerContext::emit`], to be appended `delay` after this
+    /// event's commit instead of with it: the commit schedules it (in the same atomic step as
+    /// the processed mark and the acknowledgement), and the promoter every consumer of the
+    /// stream runs appends it when due (see [`crate::schedule`]). A retry, a refused commit or
+    /// a redelivery of a committed cause schedules nothing.
+    pub fn emit_after(&self, event: AsdlcEvent, delay: Duration) -> Result<(), EmitError> {
+        let stream = self.keys.stream().to_owned();
+        let mut emits = self.emits.lock().unwrap_or_else(|p| p.into_inner());
+        let mut staged = self.prepare(stream, event, emits.len())?;
+        let delay = chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+        let due = chrono::Utc::now()
+            .checked_add_signed(delay)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+        staged.due_ms = Some(due.timestamp_millis());
+        emits.push(staged);
+        Ok(())
     }
 
     /// The follow-ups staged so far, as they will be written (tenant, key and trace context
@@ -138,6 +160,7 @@ impl HandlerContext {
             stream,
             event,
             fields,
+            due_ms: None,
         })
     }
 
@@ -146,7 +169,15 @@ impl HandlerContext {
         let emits = std::mem::take(&mut *self.emits.lock().unwrap_or_else(|p| p.into_inner()));
         emits
             .into_iter()
-            .map(|e| Effect::xadd(e.stream, self.max_len, e.fields))
+            .map(|e| match e.due_ms {
+                None => Effect::xadd(e.stream, self.max_len, e.fields),
+                Some(due) => Effect::schedule(
+                    &crate::keys::StreamKeys::new(&e.stream),
+                    e.event.idempotency_key.clone().unwrap_or_default(),
+                    due,
+                    crate::schedule::pack(&e.fields),
+                ),
+            })
             .collect()
     }
 }

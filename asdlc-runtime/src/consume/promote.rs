@@ -1,0 +1,46 @@
+//! The promoter every running consumer runs: appends its streams' scheduled events when they
+//! fall due (see [`crate::schedule`]). Promoters of several consumers race harmlessly: each
+//! due event is appended by exactly one call.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+
+use super::shared::Shared;
+use crate::schedule::promote;
+
+/// The most events one call appends; a full call is followed by the next at once.
+const BATCH: usize = 500;
+/// The longest pause between two looks at a stream's schedule: an event scheduled for sooner
+/// than the next due one is appended at most this late.
+const IDLE: Duration = Duration::from_millis(200);
+
+pub(super) async fn promote_loop(shared: Arc<Shared>) {
+    let mut conn = shared.conn.clone();
+    loop {
+        let mut wait = IDLE;
+        for s in shared.stream_list() {
+            match promote(&mut conn, &s.keys, BATCH, shared.config.max_len).await {
+                Ok(p) => {
+                    if !p.appended.is_empty() {
+                        tracing::debug!(stream = %s.name, appended = p.appended.len(), "scheduled events due: appended");
+                    }
+                    if p.appended.len() == BATCH {
+                        wait = Duration::ZERO;
+                    } else if let Some(next) = p.next_due {
+                        let until = (next - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                        wait = wait.min(until);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(stream = %s.name, error = %e, "appending scheduled events failed; trying again");
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shared.stop.cancelled() => return,
+        }
+    }
+}

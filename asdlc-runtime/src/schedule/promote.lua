@@ -1,0 +1,33 @@
+-- Appends the scheduled events that are due to their stream, each exactly once: the append,
+-- and the removal from the schedule, are one atomic step, so promoters racing on one stream
+-- (every consumer of it runs one) never append one twice, and a promoter killed between two
+-- calls loses none.
+-- KEYS[1] the stream's scheduled set, KEYS[2] its scheduled events, KEYS[3] the stream
+-- ARGV[1] at most this many, ARGV[2] the stream's MAXLEN (~), '' for none
+-- Returns {appended, the next due time in ms (-1 if none), id1, entry id1, id2, ...}
+local now = asdlc_now_ms()
+local due = redis.call('ZRANGE', KEYS[1], '-inf', now, 'BYSCORE', 'LIMIT', 0, tonumber(ARGV[1]))
+local out = { 0, -1 }
+for _, id in ipairs(due) do
+  local blob = redis.call('HGET', KEYS[2], id)
+  if blob then
+    local args = { 'XADD', KEYS[3] }
+    if ARGV[2] ~= '' then
+      args[#args + 1] = 'MAXLEN'
+      args[#args + 1] = '~'
+      args[#args + 1] = ARGV[2]
+    end
+    args[#args + 1] = '*'
+    for _, f in ipairs(asdlc_unpack_fields(blob)) do args[#args + 1] = f end
+    out[#out + 1] = id
+    out[#out + 1] = redis.call(unpack(args))
+    out[1] = out[1] + 1
+    redis.call('HDEL', KEYS[2], id)
+  end
+  redis.call('ZREM', KEYS[1], id)
+end
+local next = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if next[2] then
+  out[2] = tonumber(next[2])
+end
+return out
