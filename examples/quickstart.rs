@@ -10,7 +10,9 @@
 //! step as the cause's processed mark and acknowledgement, so each is published exactly once
 //! (a crash before the commit emits nothing; the redelivered cause emits them then). The gate
 //! approval uses an operation key (gate and patch at one git SHA), so a duplicate approval is
-//! skipped: at the end one is published on purpose, and the stream info is printed.
+//! skipped: at the end one is published on purpose, and the stream info is printed. What the
+//! handlers share with `main` (a progress count, a "done" signal) reaches them as state
+//! (`Runtime::builder().state_arc(...)`, a `State<Progress>` parameter): no global.
 //!
 //! Run it with `scripts/run-example.sh quickstart` (which starts a server and sets
 //! `REDIS_URL`), or `cargo run --example quickstart` against your own server. It uses the
@@ -25,8 +27,15 @@ use std::time::Duration;
 use asdlc::prelude::*;
 use asdlc::{StreamInfo, get_stream_info};
 
-static APPLIED: AtomicUsize = AtomicUsize::new(0);
-static DONE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+/// What the handlers share with `main`: handed to the runtime with `.state(...)`, taken by
+/// the handlers that need it as a `State<Progress>` parameter. No global.
+#[derive(Default)]
+struct Progress {
+    /// Patches applied so far (a handler's own side effect: outside the exactly-once commit).
+    applied: AtomicUsize,
+    /// Told when the session completes.
+    done: tokio::sync::Notify,
+}
 const TASKS: [&str; 2] = ["t1-parse-spec", "t2-write-tests"];
 
 /// A follow-up of `cause`: same session, epic and task. `ctx.emit` gives it the cause's
@@ -43,7 +52,11 @@ fn follow_up(cause: &AsdlcEvent, t: EventType) -> asdlc::AsdlcEventBuilder {
 }
 
 #[event_handler(types = [SessionStarted, TaskCompleted], group = "discovery-handlers")]
-async fn discover(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), HandlerError> {
+async fn discover(
+    event: &AsdlcEvent,
+    ctx: &HandlerContext,
+    progress: State<Progress>,
+) -> Result<(), HandlerError> {
     match event.event_type {
         EventType::SessionStarted => {
             println!(
@@ -68,7 +81,7 @@ async fn discover(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), Handle
                 "[discovery]   task {} completed",
                 event.task_id.as_deref().unwrap_or("?")
             );
-            if APPLIED.load(Ordering::SeqCst) == TASKS.len() {
+            if progress.applied.load(Ordering::SeqCst) == TASKS.len() {
                 // One completion per session, however many tasks announce it.
                 let done =
                     AsdlcEvent::builder(EventType::SessionCompleted, event.session_id.clone())
@@ -143,7 +156,11 @@ async fn approve(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), Handler
 }
 
 #[event_handler(types = [GateApproved], group = "deployment-handlers")]
-async fn deploy(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), HandlerError> {
+async fn deploy(
+    event: &AsdlcEvent,
+    ctx: &HandlerContext,
+    progress: State<Progress>,
+) -> Result<(), HandlerError> {
     let sha = event.git_sha.clone().unwrap_or_default();
     // The applied-patch record commits atomically with the acknowledgement: a patch is
     // recorded once even if this event is delivered twice.
@@ -152,7 +169,7 @@ async fn deploy(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), HandlerE
         sha.clone(),
         event.task_id.clone().unwrap_or_default(),
     ))?;
-    let n = APPLIED.fetch_add(1, Ordering::SeqCst) + 1;
+    let n = progress.applied.fetch_add(1, Ordering::SeqCst) + 1;
     println!("[deployment]  patch {sha} applied ({n}/{})", TASKS.len());
     ctx.emit_all([
         follow_up(event, EventType::PatchApplied)
@@ -164,9 +181,9 @@ async fn deploy(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), HandlerE
 }
 
 #[event_handler(types = [SessionCompleted], group = "discovery-handlers", name = "session-done")]
-async fn finished(event: &AsdlcEvent) {
+async fn finished(event: &AsdlcEvent, progress: State<Progress>) {
     println!("[discovery]   session {} completed", event.session_id);
-    DONE.notify_one();
+    progress.done.notify_one();
 }
 
 fn print_info(info: &StreamInfo) {
@@ -202,8 +219,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     common::start_clean(&config).await?;
     let publisher = Publisher::connect(config.clone()).await?;
 
+    let progress = std::sync::Arc::new(Progress::default());
     let runtime = Runtime::builder()
         .config(config.clone())
+        .state_arc(progress.clone())
         .consumer_name("quickstart")
         .build()
         .await?;
@@ -221,7 +240,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .epic_id("epic-7")
         .build()?;
     publisher.publish(&start).await?;
-    tokio::time::timeout(Duration::from_secs(30), DONE.notified()).await?;
+    tokio::time::timeout(Duration::from_secs(30), progress.done.notified()).await?;
 
     // A duplicate approval for the first patch: same operation key, so it is skipped.
     let dup = AsdlcEvent::builder(EventType::GateApproved, session.clone())
@@ -249,7 +268,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .group("deployment-handlers")
         .map(|g| g.stats)
         .unwrap_or_default();
-    let ok = APPLIED.load(Ordering::SeqCst) == TASKS.len()
+    let ok = progress.applied.load(Ordering::SeqCst) == TASKS.len()
         && deployment.duplicates >= 1
         && info.total_pending() == 0;
     println!(
@@ -259,7 +278,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "\noutcome: {} — {} patches applied once each, {} duplicate approval skipped, nothing pending",
         if ok { "OK" } else { "FAILED" },
-        APPLIED.load(Ordering::SeqCst),
+        progress.applied.load(Ordering::SeqCst),
         deployment.duplicates
     );
     if !ok {
