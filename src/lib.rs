@@ -81,6 +81,8 @@ mod book {
     mod multi_tenancy {}
     #[doc = include_str!("../book/src/recovery.md")]
     mod recovery {}
+    #[doc = include_str!("../book/src/scheduling.md")]
+    mod scheduling {}
     #[doc = include_str!("../book/src/operations.md")]
     mod operations {}
     #[cfg(feature = "dashboard")]
