@@ -13,7 +13,7 @@
 //! `publish ratio asdlc/raw: X.XX` and `consume ratio asdlc/raw: X.XX`.
 //!
 //! One module per part: [`publish`], [`consume`], [`emit`], [`recovery`], [`latency`],
-//! [`memory`]; the workload they share in [`workload`], what a part measures in [`meter`].
+//! [`schedule`], [`memory`]; the workload they share in [`workload`], what a part measures in [`meter`].
 
 mod consume;
 mod emit;
@@ -22,6 +22,7 @@ mod memory;
 mod meter;
 mod publish;
 mod recovery;
+mod schedule;
 mod workload;
 
 use std::sync::Mutex;
@@ -363,6 +364,13 @@ async fn main() {
     } else {
         None
     };
+    let sched = if b.wants("scheduled") {
+        eprintln!("scheduled...");
+        b.flush().await;
+        Some(schedule::lateness(&b, latency_secs).await)
+    } else {
+        None
+    };
     let mem = if b.wants("memory") {
         eprintln!("memory...");
         let asdlc = memory::marks_asdlc(&b, marks_n).await;
@@ -478,6 +486,16 @@ async fn main() {
             lat.p50.as_secs_f64() * 1e3,
             lat.p99.as_secs_f64() * 1e3,
             lat.max.as_secs_f64() * 1e3
+        );
+    }
+    if let Some(s) = sched {
+        println!(
+            "scheduled events due -> appended at 1,000 ev/s for {latency_secs} s ({} events): \
+             p50 {} ms, p99 {} ms, max {} ms",
+            s.count,
+            s.p50.as_millis(),
+            s.p99.as_millis(),
+            s.max.as_millis()
         );
     }
     if let Some((asdlc, seed)) = mem {
