@@ -887,3 +887,48 @@ fn functions_status_and_load_bring_back_a_library_the_server_lost() {
         "{listed:?}"
     );
 }
+
+#[test]
+fn scheduled_lists_what_waits_and_cancels_by_key() {
+    let s = TestServer::start();
+    let empty = run(&s, &["scheduled", "list"]);
+    assert_eq!(code(&empty), 0, "{empty:?}");
+    assert!(stdout(&empty).contains("no scheduled events"));
+    rt().block_on(async {
+        let p = asdlc_runtime::Publisher::connect(config(&s)).await.unwrap();
+        for (i, secs) in [(1, 3600), (2, 7200)] {
+            let e = asdlc_runtime::AsdlcEvent::builder(
+                asdlc_runtime::EventType::GateExpired,
+                format!("s{i}"),
+            )
+            .idempotency_key(format!("gate-{i}"))
+            .build()
+            .unwrap();
+            p.publish_after(&e, std::time::Duration::from_secs(secs))
+                .await
+                .unwrap();
+        }
+    });
+    let listed = run(&s, &["scheduled", "list"]);
+    assert_eq!(code(&listed), 0, "{listed:?}");
+    let text = stdout(&listed);
+    let first = text.find("gate-1").expect("gate-1 listed");
+    let second = text.find("gate-2").expect("gate-2 listed");
+    assert!(first < second, "soonest first: {text}");
+    assert!(
+        text.contains("gate_expired")
+            && (text.contains("in 3599.") || text.contains("in 3600.0 s")),
+        "{text}"
+    );
+    let as_json = json(&run(&s, &["--json", "scheduled", "list"]));
+    assert_eq!(as_json["scheduled"][1]["key"], "gate-2");
+    assert_eq!(as_json["scheduled"][1]["session_id"], "s2");
+
+    let cancelled = run(&s, &["scheduled", "cancel", "gate-1"]);
+    assert_eq!(code(&cancelled), 0, "{cancelled:?}");
+    assert!(stdout(&cancelled).contains("cancelled gate-1"));
+    // Gone: a second cancel finds nothing waiting.
+    assert_one_line_error(&run(&s, &["scheduled", "cancel", "gate-1"]), 4, "gate-1");
+    let left = json(&run(&s, &["--json", "scheduled", "list"]));
+    assert_eq!(left["scheduled"].as_array().unwrap().len(), 1);
+}

@@ -11,6 +11,7 @@ mod info;
 mod pending;
 mod publish;
 mod recover;
+mod scheduled;
 mod tail;
 mod tenant;
 mod top;
@@ -35,6 +36,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Tail(args) => tail::run(&mut ctx, args).await,
         Command::Pending(args) => pending::run(&mut ctx, args).await,
         Command::Dlq(command) => dlq::run(&mut ctx, command).await,
+        Command::Scheduled(command) => scheduled::run(&mut ctx, command).await,
         Command::Publish(args) => publish::run(&mut ctx, *args).await,
         Command::Recover(args) => recover::run(&mut ctx, args).await,
         Command::Trim(args) => trim::run(&mut ctx, args).await,

@@ -103,18 +103,39 @@ impl Publisher {
     /// appended already).
     pub async fn cancel_scheduled(&self, key: &str) -> Result<bool, PublishError> {
         let stream = self.current_stream()?;
-        let keys = StreamKeys::new(&stream);
         let mut conn = self.connection();
-        let removed: i64 = SCHEDULE
-            .key(keys.scheduled())
-            .key(keys.scheduled_events())
-            .arg("cancel")
-            .arg(key)
-            .invoke_async(&mut conn)
+        cancel_key(&mut conn, &stream, key)
             .await
-            .map_err(|source| PublishError::Redis { stream, source })?;
-        Ok(removed == 1)
+            .map_err(|source| PublishError::Redis { stream, source })
     }
+}
+
+/// Cancels the scheduled event of idempotency key `key` on `stream` (for tools; applications
+/// use [`Publisher::cancel_scheduled`]). Returns whether it was still waiting.
+pub async fn cancel(
+    conn: &mut RedisConnection,
+    stream: &str,
+    key: &str,
+) -> Result<bool, StreamError> {
+    cancel_key(conn, stream, key)
+        .await
+        .map_err(StreamError::redis(stream))
+}
+
+async fn cancel_key(
+    conn: &mut RedisConnection,
+    stream: &str,
+    key: &str,
+) -> redis::RedisResult<bool> {
+    let keys = StreamKeys::new(stream);
+    let removed: i64 = SCHEDULE
+        .key(keys.scheduled())
+        .key(keys.scheduled_events())
+        .arg("cancel")
+        .arg(key)
+        .invoke_async(conn)
+        .await?;
+    Ok(removed == 1)
 }
 
 /// The scheduled events of `stream`, soonest first, at most `limit`.
