@@ -76,6 +76,12 @@ pub struct Plan {
     /// Whether the workers run the chain of five groups ([`worker::CHAIN_GROUPS`]), each
     /// emitting the next event with `HandlerContext::emit`.
     pub chain: bool,
+    /// Whether events are scheduled (`Publisher::publish_at`, due within
+    /// [`Plan::schedule_within`]) rather than published: the workers' promoters append them
+    /// while they are killed, and each must be appended exactly once.
+    pub schedule: bool,
+    /// How far ahead a scheduled event is due: a random time up to this.
+    pub schedule_within: Duration,
 }
 
 impl Plan {
@@ -98,6 +104,8 @@ impl Plan {
             seed: rand::random(),
             log_dir,
             chain: false,
+            schedule: false,
+            schedule_within: Duration::from_secs(3),
         }
     }
 }
@@ -554,13 +562,22 @@ pub async fn run(plan: Plan, spawner: Spawner) -> Summary {
         }
     };
     let mut republished = 0;
+    // Keys of batches sent again: scheduled twice, so possibly appended twice (a duplicate the
+    // consumers skip), which the once-check of schedule mode leaves out.
+    let mut resent: HashSet<String> = HashSet::new();
     for chunk in order.chunks(plan.batch.max(1)) {
         let events: Vec<AsdlcEvent> = chunk.iter().map(|&i| event_of(i)).collect();
         loop {
-            match publisher.publish_batch(&events).await {
+            let sent = if plan.schedule {
+                schedule_all(&publisher, &events, plan.schedule_within, &mut rng).await
+            } else {
+                publisher.publish_batch(&events).await.map(drop)
+            };
+            match sent {
                 Ok(_) => break,
                 Err(e) => {
                     republished += 1;
+                    resent.extend(events.iter().filter_map(|e| e.idempotency_key.clone()));
                     let mut error = e.to_string();
                     error.truncate(200);
                     tracing::warn!(%error, "publishing a batch failed; sending it again");
@@ -653,6 +670,19 @@ pub async fn run(plan: Plan, spawner: Spawner) -> Summary {
             .into_iter()
             .map(|p| format!("at the end: {p}")),
     );
+    if plan.schedule {
+        summary
+            .problems
+            .extend(snapshot.appended_more_than_once(&resent));
+        let left = asdlc::schedule::count(&mut conn, STREAM)
+            .await
+            .unwrap_or(u64::MAX);
+        if left != 0 {
+            summary
+                .problems
+                .push(format!("{left} scheduled events never appended"));
+        }
+    }
     let st = state.lock().unwrap();
     let died: HashSet<String> = st.fleet.died.iter().chain(&drain.died).cloned().collect();
     snapshot.account(&plan, &died, &mut summary);
@@ -718,6 +748,22 @@ fn chaos_loop(
             }
         }
     }
+}
+
+/// Schedules each of `events` for a random time within `within` (a batch sent again after an
+/// error keeps the first schedule of each key).
+async fn schedule_all(
+    publisher: &Publisher,
+    events: &[AsdlcEvent],
+    within: Duration,
+    rng: &mut StdRng,
+) -> Result<(), asdlc::PublishError> {
+    for e in events {
+        let ms = rng.random_range(0..=within.as_millis() as i64);
+        let due = chrono::Utc::now() + chrono::Duration::milliseconds(ms);
+        publisher.publish_at(e, due).await?;
+    }
+    Ok(())
 }
 
 /// Connects, retrying while the server comes back.
@@ -942,6 +988,23 @@ impl Snapshot {
             dead,
             invocations,
         }
+    }
+
+    /// Keys with more than one entry, but for those in `resent` (scheduled twice): in schedule
+    /// mode (no duplicates published) a key the promoters appended twice.
+    pub fn appended_more_than_once(&self, resent: &HashSet<String>) -> Vec<String> {
+        let mut n: HashMap<&str, usize> = HashMap::new();
+        for (_, key) in self.entries.iter().filter(|(_, k)| !resent.contains(k)) {
+            *n.entry(key).or_default() += 1;
+        }
+        let mut twice: Vec<String> = n
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|(k, n)| format!("key {k} appended {n} times"))
+            .collect();
+        twice.sort();
+        twice.truncate(20);
+        twice
     }
 
     /// What is wrong with the chain's follow-ups: each published task must end with exactly
