@@ -50,6 +50,7 @@ const FUNCTIONS: &[(&str, &str)] = &[
     ("lag", include_str!("streams_lag.lua")),
     ("schedule", include_str!("schedule/schedule.lua")),
     ("promote", include_str!("schedule/promote.lua")),
+    ("gate", include_str!("gate/gate.lua")),
 ];
 
 /// The library: its name and its source for `FUNCTION LOAD`.
@@ -227,6 +228,7 @@ pub(crate) const ENSURE_STREAM: Function = Function("ensure_stream");
 pub(crate) const LAG: Function = Function("lag");
 pub(crate) const SCHEDULE: Function = Function("schedule");
 pub(crate) const PROMOTE: Function = Function("promote");
+pub(crate) const GATE: Function = Function("gate");
 
 impl Function {
     /// A call of this function, with its first key.

@@ -152,6 +152,21 @@ impl StreamKeys {
         format!("{}:scheduled:events", self.namespace)
     }
 
+    /// The state of approval gate `id` (a hash: outcome, who decided it, when).
+    pub fn gate(&self, id: &str) -> String {
+        format!("{}:gate:{id}", self.namespace)
+    }
+
+    /// Every gate of this stream by request time (a sorted set of gate ids).
+    pub fn gates(&self) -> String {
+        format!("{}:gates", self.namespace)
+    }
+
+    /// The gates still waiting for an outcome, by deadline (a sorted set of gate ids).
+    pub fn pending_gates(&self) -> String {
+        format!("{}:gates:pending", self.namespace)
+    }
+
     /// The dead-letter stream beside this stream.
     pub fn dead_letter(&self) -> String {
         format!("{}:dead", self.namespace)

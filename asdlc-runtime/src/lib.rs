@@ -46,6 +46,7 @@ pub mod encoding;
 pub mod error;
 pub mod event;
 pub mod functions;
+pub mod gate;
 pub mod handler;
 pub mod idempotency;
 pub mod keys;
@@ -73,6 +74,7 @@ pub use error::{
     ValidationError,
 };
 pub use event::{AsdlcEvent, AsdlcEventBuilder, EventType, Mode, generate_idempotency_key};
+pub use gate::{Gate, GateDecision, GateOutcome, GateRequest, GateState};
 pub use handler::{
     BoxFuture, EventHandler, HandlerContext, HandlerError, HandlerOptions, HandlerRegistration,
     HandlerResult, IntoHandlerResult, State, StateType, registered_handlers,

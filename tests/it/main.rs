@@ -22,6 +22,7 @@ mod cluster_runtime;
 mod consuming;
 mod edges;
 mod emit;
+mod gate;
 mod integration;
 mod monitoring;
 mod publishing;

@@ -1,5 +1,6 @@
 //! The promoter every running consumer runs: appends its streams' scheduled events when they
-//! fall due (see [`crate::schedule`]). Promoters of several consumers race harmlessly: each
+//! fall due (see [`crate::schedule`]), and expires approval gates at their deadline (see
+//! [`crate::gate`]). Promoters of several consumers race harmlessly: each
 //! due event is appended by exactly one call.
 
 use std::sync::Arc;
@@ -37,10 +38,37 @@ pub(super) async fn promote_loop(shared: Arc<Shared>) {
                     tracing::warn!(stream = %s.name, error = %e, "appending scheduled events failed; trying again");
                 }
             }
+            match expire_gates(&mut conn, &s.keys, shared.config.max_len).await {
+                Ok(Some(next)) => {
+                    let until = (next - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                    wait = wait.min(until);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(stream = %s.name, error = %e, "expiring approval gates failed; trying again");
+                }
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shared.stop.cancelled() => return,
         }
     }
+}
+
+/// Expires the gates whose deadline passed; returns the next deadline.
+async fn expire_gates(
+    conn: &mut crate::connection::RedisConnection,
+    keys: &crate::keys::StreamKeys,
+    max_len: Option<usize>,
+) -> redis::RedisResult<Option<chrono::DateTime<Utc>>> {
+    let expired = crate::gate::expire_due(conn, keys, max_len).await?;
+    if expired > 0 {
+        tracing::info!(
+            stream = keys.stream(),
+            expired,
+            "approval gates expired at their deadline"
+        );
+    }
+    crate::gate::next_deadline(conn, keys).await
 }

@@ -161,16 +161,7 @@ pub async fn list(
             .query_async(conn)
             .await
             .map_err(StreamError::redis(stream))?;
-        let fields = unpack(&blob.unwrap_or_default())
-            .chunks(2)
-            .filter_map(|p| match p {
-                [k, v] => Some((
-                    String::from_utf8_lossy(k).into_owned(),
-                    String::from_utf8_lossy(v).into_owned(),
-                )),
-                _ => None,
-            })
-            .collect();
+        let fields = unpack_pairs(&blob.unwrap_or_default());
         out.push(ScheduledEntry {
             key,
             due: ms_to_time(ms),
@@ -251,6 +242,20 @@ pub(crate) fn pack(fields: &[(&'static str, Vec<u8>)]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Packed fields back as (name, value) text pairs.
+pub(crate) fn unpack_pairs(blob: &[u8]) -> Vec<(String, String)> {
+    unpack(blob)
+        .chunks(2)
+        .filter_map(|p| match p {
+            [k, v] => Some((
+                String::from_utf8_lossy(k).into_owned(),
+                String::from_utf8_lossy(v).into_owned(),
+            )),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The parts [`pack`] packed; a damaged blob gives what could be read.

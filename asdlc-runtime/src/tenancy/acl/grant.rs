@@ -208,6 +208,9 @@ mod tests {
             keys.scoped("x"),
             keys.scheduled(),
             keys.scheduled_events(),
+            keys.gate("g1"),
+            keys.gates(),
+            keys.pending_gates(),
         ] {
             assert!(key.starts_with(prefix), "{key}");
         }
