@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::common::*;
-use asdlc::encoding::{decode, encode};
+use asdlc::encoding::{FIELDS, decode, encode};
 use asdlc::{
     AsdlcEvent, Config, ConfigError, EventConsumer, EventType, Mode, PublishError, RedisConnection,
     Runtime, Tenancy, TenantContext, TenantError, TenantId, deadletter, get_stream_info,
@@ -18,20 +18,6 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 
 const WAIT: Duration = Duration::from_secs(15);
-const FIELDS: [&str; 12] = [
-    "v",
-    "event_type",
-    "session_id",
-    "epic_id",
-    "task_id",
-    "git_sha",
-    "tenant_id",
-    "idempotency_key",
-    "artifact_paths",
-    "mode",
-    "timestamp",
-    "metadata",
-];
 
 /// Ids, names and keys that must never become part of a key: separators, globs, hash tags,
 /// path tricks, whitespace, control characters, other scripts, and sheer length.
