@@ -84,16 +84,12 @@ pub async fn tenant_consumer_for(
     name: &str,
     handler: &TestHandler,
 ) -> EventConsumer {
-    EventConsumer::builder(config.clone(), group)
-        .tenant(tenant.clone())
-        .handler(handler.clone())
-        .configure(|o| {
-            fast(o);
-            o.consumer = Some(name.to_owned());
-        })
-        .build()
-        .await
-        .unwrap()
+    build_consumer(
+        EventConsumer::builder(config.clone(), group).tenant(tenant.clone()),
+        name,
+        handler,
+    )
+    .await
 }
 
 /// A consumer `name` of `group` with the fast settings, running `handler`.
@@ -103,7 +99,15 @@ pub async fn consumer_for(
     name: &str,
     handler: &TestHandler,
 ) -> EventConsumer {
-    EventConsumer::builder(config.clone(), group)
+    build_consumer(EventConsumer::builder(config.clone(), group), name, handler).await
+}
+
+async fn build_consumer(
+    builder: asdlc::EventConsumerBuilder,
+    name: &str,
+    handler: &TestHandler,
+) -> EventConsumer {
+    builder
         .handler(handler.clone())
         .configure(|o| {
             fast(o);
@@ -163,6 +167,30 @@ pub async fn spawn(
         .expect("consumer ready in time")
         .expect("consumer ready");
     handle
+}
+
+/// A runtime running on a task: its handle and the task.
+pub type Running = (
+    asdlc::RuntimeHandle,
+    tokio::task::JoinHandle<Result<asdlc::RuntimeReport, asdlc::RuntimeError>>,
+);
+
+/// Builds the runtime, runs it on a task until stopped and waits until it is ready.
+pub async fn start_runtime(builder: asdlc::RuntimeBuilder) -> Running {
+    let rt = builder.build().await.unwrap();
+    let handle = rt.handle();
+    let run = tokio::spawn(rt.run_until(std::future::pending()));
+    tokio::time::timeout(Duration::from_secs(15), handle.ready())
+        .await
+        .expect("runtime ready in time")
+        .expect("runtime ready");
+    (handle, run)
+}
+
+/// Stops a runtime started with [`start_runtime`] and returns its report.
+pub async fn stop_runtime((handle, run): Running) -> asdlc::RuntimeReport {
+    handle.stop();
+    run.await.unwrap().unwrap()
 }
 
 /// What a test handler does with one call.
