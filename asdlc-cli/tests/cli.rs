@@ -80,6 +80,14 @@ fn redis(server: &TestServer, args: &[&str]) -> redis::Value {
     fixtures::raw_command(&server.url(), args).unwrap()
 }
 
+/// Creates `group` on `asdlc:events` (and the stream if need be), starting after its last entry.
+fn create_group(server: &TestServer, group: &str) {
+    redis(
+        server,
+        &["XGROUP", "CREATE", "asdlc:events", group, "$", "MKSTREAM"],
+    );
+}
+
 /// Reads `count` new entries of `asdlc:events` for `consumer` of `group` and acknowledges
 /// none, leaving them pending.
 fn read_pending(server: &TestServer, group: &str, consumer: &str, count: u64) {
@@ -205,17 +213,7 @@ fn unreachable_server_exits_non_zero_with_one_line() {
 #[test]
 fn info_and_health_on_an_empty_healthy_stream() {
     let s = TestServer::start();
-    redis(
-        &s,
-        &[
-            "XGROUP",
-            "CREATE",
-            "asdlc:events",
-            "design-handlers",
-            "$",
-            "MKSTREAM",
-        ],
-    );
+    create_group(&s, "design-handlers");
     let o = run(&s, &["info"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(stdout(&o).contains("asdlc:events"));
@@ -237,10 +235,7 @@ fn info_and_health_on_an_empty_healthy_stream() {
 #[test]
 fn health_exit_status_reflects_a_real_backlog() {
     let s = TestServer::start();
-    redis(
-        &s,
-        &["XGROUP", "CREATE", "asdlc:events", "slow", "$", "MKSTREAM"],
-    );
+    create_group(&s, "slow");
     publish(&s, 30);
     let limits = |d: &str, u: &str| run(&s, &["health", "--lag-degraded", d, "--lag-unhealthy", u]);
     assert_eq!(code(&limits("100", "1000")), 0);
@@ -796,10 +791,7 @@ fn completions_and_man_page_are_generated() {
 #[test]
 fn top_refreshes_lag_pending_and_rates() {
     let s = TestServer::start();
-    redis(
-        &s,
-        &["XGROUP", "CREATE", "asdlc:events", "slow", "$", "MKSTREAM"],
-    );
+    create_group(&s, "slow");
     publish(&s, 7);
     read_pending(&s, "slow", "w1", 3);
     let o = run(&s, &["top", "-n", "2", "--interval", "100ms"]);
