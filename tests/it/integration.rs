@@ -120,19 +120,6 @@ fn runtime(cfg: Config, group: &str, consumer: &str) -> asdlc::RuntimeBuilder {
         .configure(|_, o| fast(o))
 }
 
-/// Waits until `group` has read and acknowledged every entry of `asdlc:events`.
-async fn all_acknowledged(conn: &asdlc::RedisConnection, group: &str, what: &str) {
-    eventually(WAIT, what, || {
-        let mut conn = conn.clone();
-        async move {
-            let info = get_stream_info(&mut conn, "asdlc:events").await.unwrap();
-            let g = info.group(group).unwrap();
-            g.pending == 0 && g.lag == Some(0)
-        }
-    })
-    .await;
-}
-
 async fn group_pending(conn: &mut asdlc::RedisConnection, stream: &str, group: &str) -> u64 {
     get_stream_info(conn, stream)
         .await

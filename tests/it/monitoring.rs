@@ -82,25 +82,10 @@ async fn ack(c: &mut RedisConnection, stream: &str, group: &str, ids: &[String])
 }
 
 async fn ids(c: &mut RedisConnection, stream: &str) -> Vec<String> {
-    let v: Value = redis::cmd("XRANGE")
-        .arg(stream)
-        .arg("-")
-        .arg("+")
-        .query_async(c)
+    xrange(c, stream)
         .await
-        .unwrap();
-    let Value::Array(entries) = v else {
-        return Vec::new();
-    };
-    entries
         .into_iter()
-        .filter_map(|e| match e {
-            Value::Array(e) => match e.first() {
-                Some(Value::BulkString(id)) => Some(String::from_utf8_lossy(id).into_owned()),
-                _ => None,
-            },
-            _ => None,
-        })
+        .map(|(id, _)| id)
         .collect()
 }
 
@@ -373,15 +358,7 @@ async fn trim_never_drops_unacknowledged_entries() {
         fast.count() == 10
     })
     .await;
-    eventually(WAIT, "the fast group acknowledged everything", || async {
-        let mut c = conn(&s).await;
-        get_stream_info(&mut c, STREAM)
-            .await
-            .unwrap()
-            .group("fast")
-            .is_some_and(|g| g.pending == 0 && g.lag == Some(0))
-    })
-    .await;
+    all_acknowledged(&c, "fast", "the fast group acknowledged everything").await;
     let read_ids = read(&mut c, STREAM, "slow", 6).await;
     assert_eq!(read_ids, published[..6]);
     ack(&mut c, STREAM, "slow", &published[..3]).await;
