@@ -344,12 +344,7 @@ async fn trim_never_drops_unacknowledged_entries() {
     let p = Publisher::connect(config(&s)).await.unwrap();
     // A fast group, a real consumer, handles everything.
     let fast = TestHandler::all("fast");
-    let consumer = EventConsumer::builder(config(&s), "fast")
-        .handler(fast.clone())
-        .configure(fast_options)
-        .build()
-        .await
-        .unwrap();
+    let consumer = consumer_for(&config(&s), "fast", "w1", &fast).await;
     let run = spawn(&consumer).await;
     // A slow group reads six and acknowledges three.
     group(&mut c, STREAM, "slow").await;
@@ -629,12 +624,7 @@ async fn trace_context_joins_publish_and_handling() {
     let s = server();
     let p = Publisher::connect(config(&s)).await.unwrap();
     let h = TestHandler::all("h");
-    let consumer = EventConsumer::builder(config(&s), "g")
-        .handler(h.clone())
-        .configure(fast_options)
-        .build()
-        .await
-        .unwrap();
+    let consumer = consumer_for(&config(&s), "g", "w1", &h).await;
     let run = spawn(&consumer).await;
     let mut e = event(EventType::GateRequested, "s");
     let sent = inject_trace_context(&mut e);
@@ -752,13 +742,8 @@ async fn consumer_records_metrics_per_group_tenant_and_handler() {
         "refuse" => Behavior::Permanent,
         _ => Behavior::Ok,
     });
-    let consumer = EventConsumer::builder(multi_config(&s), "metered")
-        .handler(h.clone())
-        .tenant(tenant("acme"))
-        .configure(fast_options)
-        .build()
-        .await
-        .unwrap();
+    let consumer =
+        tenant_consumer_for(&multi_config(&s), "metered", &tenant("acme"), "w1", &h).await;
     let run = spawn(&consumer).await;
     TenantContext::scope(tenant("acme"), async {
         for session in ["ok-1", "ok-2", "retry-once", "refuse"] {
