@@ -208,12 +208,7 @@ fn print_info(info: &StreamInfo) {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    common::init_logs("warn");
     let config = common::config("quickstart")?;
     println!("asdlc quickstart against {}", config.redis_url);
     common::start_clean(&config).await?;
@@ -275,14 +270,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "follow-ups emitted with their causes' commits: {}",
         report.groups.iter().map(|g| g.stats.emitted).sum::<u64>()
     );
-    println!(
-        "\noutcome: {} — {} patches applied once each, {} duplicate approval skipped, nothing pending",
-        if ok { "OK" } else { "FAILED" },
-        progress.applied.load(Ordering::SeqCst),
-        deployment.duplicates
+    println!();
+    common::outcome(
+        ok,
+        &format!(
+            "OK — {} patches applied once each, {} duplicate approval skipped, nothing pending",
+            progress.applied.load(Ordering::SeqCst),
+            deployment.duplicates
+        ),
     );
-    if !ok {
-        std::process::exit(1);
-    }
     Ok(())
 }

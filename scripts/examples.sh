@@ -36,21 +36,9 @@ for example in "${examples[@]}"; do
 done
 cargo build "${profile[@]}" "${build[@]}"
 
-mkdir -p "$repo/target"
-workdir="$(mktemp -d "$repo/target/asdlc-examples.XXXXXX")"
 # shellcheck source=scripts/example-server.sh
 source "$repo/scripts/example-server.sh"
-
-# shellcheck disable=SC2317 # called by the EXIT trap
-cleanup() {
-  stop_server
-  rm -rf "$workdir"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-start_server
+start_server_in_target asdlc-examples
 log "server $server on $REDIS_URL, for every example"
 
 failed=()

@@ -12,11 +12,7 @@ use common::*;
 /// What a failed start must not have left behind: no key, no function library loaded.
 async fn assert_untouched(s: &TestServer) {
     let mut c = s.connection().await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("*")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let keys = all_keys(&mut c).await;
     assert_eq!(keys, Vec::<String>::new(), "a refused start wrote keys");
     let libraries: Vec<redis::Value> = redis::cmd("FUNCTION")
         .arg("LIST")

@@ -80,6 +80,34 @@ fn redis(server: &TestServer, args: &[&str]) -> redis::Value {
     fixtures::raw_command(&server.url(), args).unwrap()
 }
 
+/// Creates `group` on `asdlc:events` (and the stream if need be), starting after its last entry.
+fn create_group(server: &TestServer, group: &str) {
+    redis(
+        server,
+        &["XGROUP", "CREATE", "asdlc:events", group, "$", "MKSTREAM"],
+    );
+}
+
+/// Reads `count` new entries of `asdlc:events` for `consumer` of `group` and acknowledges
+/// none, leaving them pending.
+fn read_pending(server: &TestServer, group: &str, consumer: &str, count: u64) {
+    let count = count.to_string();
+    redis(
+        server,
+        &[
+            "XREADGROUP",
+            "GROUP",
+            group,
+            consumer,
+            "COUNT",
+            &count,
+            "STREAMS",
+            "asdlc:events",
+            ">",
+        ],
+    );
+}
+
 /// Runs a consumer `w1` of group `g` whose handler refuses everything until `n` dead letters
 /// exist.
 fn dead_letter_everything(server: &TestServer, n: u64) {
@@ -185,17 +213,7 @@ fn unreachable_server_exits_non_zero_with_one_line() {
 #[test]
 fn info_and_health_on_an_empty_healthy_stream() {
     let s = TestServer::start();
-    redis(
-        &s,
-        &[
-            "XGROUP",
-            "CREATE",
-            "asdlc:events",
-            "design-handlers",
-            "$",
-            "MKSTREAM",
-        ],
-    );
+    create_group(&s, "design-handlers");
     let o = run(&s, &["info"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(stdout(&o).contains("asdlc:events"));
@@ -217,10 +235,7 @@ fn info_and_health_on_an_empty_healthy_stream() {
 #[test]
 fn health_exit_status_reflects_a_real_backlog() {
     let s = TestServer::start();
-    redis(
-        &s,
-        &["XGROUP", "CREATE", "asdlc:events", "slow", "$", "MKSTREAM"],
-    );
+    create_group(&s, "slow");
     publish(&s, 30);
     let limits = |d: &str, u: &str| run(&s, &["health", "--lag-degraded", d, "--lag-unhealthy", u]);
     assert_eq!(code(&limits("100", "1000")), 0);
@@ -248,20 +263,7 @@ fn health_exit_status_reflects_a_real_backlog() {
     assert_eq!(report["streams"][0]["groups"][0]["lag"], 30);
 
     // Pending entries that grow old degrade it too.
-    redis(
-        &s,
-        &[
-            "XREADGROUP",
-            "GROUP",
-            "slow",
-            "w1",
-            "COUNT",
-            "5",
-            "STREAMS",
-            "asdlc:events",
-            ">",
-        ],
-    );
+    read_pending(&s, "slow", "w1", 5);
     std::thread::sleep(Duration::from_millis(120));
     let o = run(&s, &["health", "--pending-age-degraded", "100ms"]);
     assert_eq!(code(&o), 1, "{}", stdout(&o));
@@ -571,20 +573,7 @@ fn pending_and_recover_show_and_hand_over_stale_entries() {
     let s = TestServer::start();
     let published = publish(&s, 4);
     redis(&s, &["XGROUP", "CREATE", "asdlc:events", "g", "0"]);
-    redis(
-        &s,
-        &[
-            "XREADGROUP",
-            "GROUP",
-            "g",
-            "dead",
-            "COUNT",
-            "3",
-            "STREAMS",
-            "asdlc:events",
-            ">",
-        ],
-    );
+    read_pending(&s, "g", "dead", 3);
     std::thread::sleep(Duration::from_millis(60));
 
     let o = run(&s, &["--json", "pending", "g"]);
@@ -652,20 +641,7 @@ fn trim_removes_only_acknowledged_entries() {
         "{}",
         stdout(&o)
     );
-    redis(
-        &s,
-        &[
-            "XREADGROUP",
-            "GROUP",
-            "g",
-            "w",
-            "COUNT",
-            "4",
-            "STREAMS",
-            "asdlc:events",
-            ">",
-        ],
-    );
+    read_pending(&s, "g", "w", 4);
     redis(
         &s,
         &["XACK", "asdlc:events", "g", &published[0], &published[1]],
@@ -815,25 +791,9 @@ fn completions_and_man_page_are_generated() {
 #[test]
 fn top_refreshes_lag_pending_and_rates() {
     let s = TestServer::start();
-    redis(
-        &s,
-        &["XGROUP", "CREATE", "asdlc:events", "slow", "$", "MKSTREAM"],
-    );
+    create_group(&s, "slow");
     publish(&s, 7);
-    redis(
-        &s,
-        &[
-            "XREADGROUP",
-            "GROUP",
-            "slow",
-            "w1",
-            "COUNT",
-            "3",
-            "STREAMS",
-            "asdlc:events",
-            ">",
-        ],
-    );
+    read_pending(&s, "slow", "w1", 3);
     let o = run(&s, &["top", "-n", "2", "--interval", "100ms"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let out = stdout(&o);

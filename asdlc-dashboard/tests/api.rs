@@ -48,6 +48,21 @@ async fn call(
     (status, value)
 }
 
+async fn post(
+    app: &axum::Router,
+    uri: &str,
+    token: Option<&str>,
+    body: Value,
+) -> (StatusCode, Value) {
+    call(app, "POST", uri, token, Some(body)).await
+}
+
+async fn dead_letters(conn: &mut RedisConnection, stream: &str) -> u64 {
+    asdlc_runtime::deadletter::count(conn, stream)
+        .await
+        .unwrap()
+}
+
 fn options(token: Option<&str>) -> DashboardOptions {
     let mut options = DashboardOptions::default()
         .with_allowed_hosts([HOST])
@@ -122,46 +137,21 @@ async fn dashboard_shows_and_replays(config: Config) {
 
     let body = json!({ "stream": stream, "id": first });
     for token in [None, Some("wrong")] {
-        let (status, e) = call(
-            &app,
-            "POST",
-            "/api/dead-letters/replay",
-            token,
-            Some(body.clone()),
-        )
-        .await;
+        let (status, e) = post(&app, "/api/dead-letters/replay", token, body.clone()).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{token:?}: {e}");
     }
-    assert_eq!(
-        asdlc_runtime::deadletter::count(&mut conn, &stream)
-            .await
-            .unwrap(),
-        5
-    );
-    let (status, r) = call(
-        &app,
-        "POST",
-        "/api/dead-letters/replay",
-        Some(TOKEN),
-        Some(body),
-    )
-    .await;
+    assert_eq!(dead_letters(&mut conn, &stream).await, 5);
+    let (status, r) = post(&app, "/api/dead-letters/replay", Some(TOKEN), body).await;
     assert_eq!(status, StatusCode::OK, "{r}");
     assert_eq!(r["count"], 1);
-    assert_eq!(
-        asdlc_runtime::deadletter::count(&mut conn, &stream)
-            .await
-            .unwrap(),
-        4
-    );
+    assert_eq!(dead_letters(&mut conn, &stream).await, 4);
     // Replayed to the group that gave up on it: the copy names that group alone.
     let second = list["dead_letters"][1]["id"].as_str().unwrap().to_owned();
-    let (status, r) = call(
+    let (status, r) = post(
         &app,
-        "POST",
         "/api/dead-letters/replay",
         Some(TOKEN),
-        Some(json!({ "stream": stream, "id": second, "to_group": "bad" })),
+        json!({ "stream": stream, "id": second, "to_group": "bad" }),
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{r}");
@@ -180,37 +170,29 @@ async fn dashboard_shows_and_replays(config: Config) {
         )),
         "{copy:?}"
     );
-    let (status, e) = call(
+    let (status, e) = post(
         &app,
-        "POST",
         "/api/dead-letters/replay",
         Some(TOKEN),
-        Some(json!({ "all": true, "to_group": "not a group!" })),
+        json!({ "all": true, "to_group": "not a group!" }),
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
-    assert_eq!(
-        asdlc_runtime::deadletter::count(&mut conn, &stream)
-            .await
-            .unwrap(),
-        3
-    );
+    assert_eq!(dead_letters(&mut conn, &stream).await, 3);
     // A stream outside the deployment is never touched.
-    let (status, _) = call(
+    let (status, _) = post(
         &app,
-        "POST",
         "/api/dead-letters/purge",
         Some(TOKEN),
-        Some(json!({ "stream": "some:other:key", "all": true })),
+        json!({ "stream": "some:other:key", "all": true }),
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, p) = call(
+    let (status, p) = post(
         &app,
-        "POST",
         "/api/dead-letters/purge",
         Some(TOKEN),
-        Some(json!({ "all": true })),
+        json!({ "all": true }),
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{p}");

@@ -205,6 +205,26 @@ async fn tenants_in_different_slots_get_one_consumer_per_slot() {
     }
 }
 
+/// `CLIENT ID` of the connection.
+async fn client_id(conn: &mut RedisConnection) -> i64 {
+    redis::cmd("CLIENT")
+        .arg("ID")
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+/// `CLIENT LIST ID id` as seen through `conn`: empty once that client is gone.
+async fn client_list(conn: &mut RedisConnection, id: i64) -> String {
+    redis::cmd("CLIENT")
+        .arg("LIST")
+        .arg("ID")
+        .arg(id)
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn client_ids_are_checked_on_the_node_that_gave_them() {
     // The consumer-name lock stores the holder's CLIENT ID and another process checks it with
@@ -213,41 +233,18 @@ async fn client_ids_are_checked_on_the_node_that_gave_them() {
     let a = connect(c).await;
     let mut b = connect(c).await;
     let mut a2 = a.clone();
-    let id: i64 = redis::cmd("CLIENT")
-        .arg("ID")
-        .query_async(&mut a2)
-        .await
-        .unwrap();
+    let id = client_id(&mut a2).await;
     for _ in 0..5 {
-        let again: i64 = redis::cmd("CLIENT")
-            .arg("ID")
-            .query_async(&mut a2)
-            .await
-            .unwrap();
+        let again = client_id(&mut a2).await;
         assert_eq!(again, id, "always the same node and socket");
     }
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .arg("ID")
-        .arg(id)
-        .query_async(&mut b)
-        .await
-        .unwrap();
+    let list = client_list(&mut b, id).await;
     assert!(list.contains(&format!("id={id} ")), "{list}");
     drop(a);
     drop(a2);
     eventually(WAIT, "the closed connection is gone", || {
         let mut b = b.clone();
-        async move {
-            let list: String = redis::cmd("CLIENT")
-                .arg("LIST")
-                .arg("ID")
-                .arg(id)
-                .query_async(&mut b)
-                .await
-                .unwrap();
-            list.trim().is_empty()
-        }
+        async move { client_list(&mut b, id).await.trim().is_empty() }
     })
     .await;
 }

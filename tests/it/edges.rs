@@ -299,6 +299,28 @@ async fn leases_left_behind_long_ago_are_swept() {
     run.await.unwrap().unwrap();
 }
 
+/// After `wait`, the holder `c1` of a name another consumer was refused is still running: it
+/// handles an event published now, and stops cleanly.
+async fn holder_goes_on(
+    s: &TestServer,
+    c1: &EventConsumer,
+    r1: tokio::task::JoinHandle<Result<asdlc::ConsumerStats, ConsumeError>>,
+    wait: Duration,
+) {
+    tokio::time::sleep(wait).await;
+    assert!(!r1.is_finished(), "the holder kept running");
+    let p = Publisher::connect(config(s)).await.unwrap();
+    p.publish(&event(EventType::TaskCreated, "after"))
+        .await
+        .unwrap();
+    eventually(WAIT, "handled by the holder", || async {
+        c1.stats().processed == 1
+    })
+    .await;
+    c1.stop();
+    r1.await.unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn a_live_holder_keeps_its_name_when_its_connections_are_cut() {
     let s = server();
@@ -321,18 +343,7 @@ async fn a_live_holder_keeps_its_name_when_its_connections_are_cut() {
         assert!(err.to_string().contains(msg), "{err}");
     }
     // The holder goes on, and handles what comes.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(!r1.is_finished(), "the holder kept running");
-    let p = Publisher::connect(config(&s)).await.unwrap();
-    p.publish(&event(EventType::TaskCreated, "after"))
-        .await
-        .unwrap();
-    eventually(WAIT, "handled by the holder", || async {
-        c1.stats().processed == 1
-    })
-    .await;
-    c1.stop();
-    r1.await.unwrap().unwrap();
+    holder_goes_on(&s, &c1, r1, Duration::from_secs(2)).await;
 }
 
 #[tokio::test]
@@ -346,18 +357,7 @@ async fn a_live_holder_keeps_its_name_across_a_server_restart_that_lost_it() {
     let c2 = consumer_with(&s, "g", Some("same"), h.clone(), |_| {}).await;
     let err = c2.start().await.unwrap_err();
     assert!(matches!(err, ConsumeError::NameInUse { .. }), "{err}");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(!r1.is_finished(), "the holder kept running");
-    let p = Publisher::connect(config(&s)).await.unwrap();
-    p.publish(&event(EventType::TaskCreated, "after"))
-        .await
-        .unwrap();
-    eventually(WAIT, "handled by the holder", || async {
-        c1.stats().processed == 1
-    })
-    .await;
-    c1.stop();
-    r1.await.unwrap().unwrap();
+    holder_goes_on(&s, &c1, r1, Duration::from_secs(1)).await;
 }
 
 #[tokio::test]
@@ -471,22 +471,28 @@ async fn entries_of_ours_that_nobody_handles_are_read_again_without_waiting_for_
     run.await.unwrap().unwrap();
 }
 
+/// Writes an entry of `fields` to the stream as it is, bypassing the publisher.
+async fn xadd_raw(conn: &mut asdlc::RedisConnection, fields: &[(&str, &[u8])]) -> String {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(STREAM).arg("*");
+    for (name, value) in fields {
+        cmd.arg(*name).arg(*value);
+    }
+    cmd.query_async(conn).await.unwrap()
+}
+
 /// Writes an entry as another producer might: no idempotency key, deduplicated by its id.
 async fn xadd_keyless(conn: &mut asdlc::RedisConnection, session: &str) -> String {
-    redis::cmd("XADD")
-        .arg(STREAM)
-        .arg("*")
-        .arg("v")
-        .arg("1")
-        .arg("event_type")
-        .arg("task_created")
-        .arg("session_id")
-        .arg(session)
-        .arg("timestamp")
-        .arg("2026-12-03T12:00:00Z")
-        .query_async(conn)
-        .await
-        .unwrap()
+    xadd_raw(
+        conn,
+        &[
+            ("v", b"1"),
+            ("event_type", b"task_created"),
+            ("session_id", session.as_bytes()),
+            ("timestamp", b"2026-12-03T12:00:00Z"),
+        ],
+    )
+    .await
 }
 
 async fn replay_all_including_malformed(
@@ -648,20 +654,16 @@ async fn a_dead_letter_replayed_to_its_group_is_handled_by_that_group_only() {
 
 /// Writes an entry no handler can take: its type is unknown.
 async fn xadd_malformed(conn: &mut asdlc::RedisConnection, size: usize) -> String {
-    redis::cmd("XADD")
-        .arg(STREAM)
-        .arg("*")
-        .arg("v")
-        .arg("1")
-        .arg("event_type")
-        .arg("no_such_type")
-        .arg("session_id")
-        .arg("s1")
-        .arg("blob")
-        .arg(vec![b'x'; size])
-        .query_async(conn)
-        .await
-        .unwrap()
+    xadd_raw(
+        conn,
+        &[
+            ("v", b"1"),
+            ("event_type", b"no_such_type"),
+            ("session_id", b"s1"),
+            ("blob", &vec![b'x'; size]),
+        ],
+    )
+    .await
 }
 
 #[tokio::test]
@@ -709,6 +711,16 @@ async fn replaying_all_skips_dead_letters_that_cannot_succeed_and_says_why() {
     run.await.unwrap().unwrap();
 }
 
+/// The source entry ids of the dead letters kept, oldest first.
+async fn dead_letter_sources(conn: &mut asdlc::RedisConnection) -> Vec<String> {
+    deadletter::list(conn, STREAM, "-", 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.source_id)
+        .collect()
+}
+
 #[tokio::test]
 async fn the_dead_letter_stream_keeps_only_its_newest_within_its_length_and_age() {
     let s = server();
@@ -727,12 +739,7 @@ async fn the_dead_letter_stream_keeps_only_its_newest_within_its_length_and_age(
         c.stats().dead_lettered == 12
     })
     .await;
-    let kept: Vec<String> = deadletter::list(&mut conn, STREAM, "-", 100)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|d| d.source_id)
-        .collect();
+    let kept = dead_letter_sources(&mut conn).await;
     assert_eq!(kept, sources[7..], "the five newest are kept");
 
     tokio::time::sleep(Duration::from_millis(1700)).await;
@@ -741,12 +748,7 @@ async fn the_dead_letter_stream_keeps_only_its_newest_within_its_length_and_age(
         c.stats().dead_lettered == 13
     })
     .await;
-    let kept: Vec<String> = deadletter::list(&mut conn, STREAM, "-", 100)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|d| d.source_id)
-        .collect();
+    let kept = dead_letter_sources(&mut conn).await;
     assert_eq!(kept, [newest], "the older ones aged out");
     c.stop();
     run.await.unwrap().unwrap();

@@ -13,8 +13,8 @@ use std::time::Duration;
 use crate::common::*;
 use asdlc::prelude::*;
 use asdlc::{
-    ConsumeError, EventConsumer, IdempotencyTracker, PublishError, RuntimeHandle, RuntimeReport,
-    StreamKeys, Tenancy, deadletter, get_stream_info,
+    ConsumeError, EventConsumer, IdempotencyTracker, PublishError, RuntimeReport, StreamKeys,
+    Tenancy, deadletter, get_stream_info,
 };
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -120,27 +120,6 @@ fn runtime(cfg: Config, group: &str, consumer: &str) -> asdlc::RuntimeBuilder {
         .configure(|_, o| fast(o))
 }
 
-type Running = (
-    RuntimeHandle,
-    tokio::task::JoinHandle<Result<RuntimeReport, asdlc::RuntimeError>>,
-);
-
-async fn start(builder: asdlc::RuntimeBuilder) -> Running {
-    let rt = builder.build().await.unwrap();
-    let handle = rt.handle();
-    let run = tokio::spawn(rt.run_until(std::future::pending()));
-    tokio::time::timeout(WAIT, handle.ready())
-        .await
-        .expect("runtime ready in time")
-        .expect("runtime ready");
-    (handle, run)
-}
-
-async fn stop((handle, run): Running) -> RuntimeReport {
-    handle.stop();
-    run.await.unwrap().unwrap()
-}
-
 async fn group_pending(conn: &mut asdlc::RedisConnection, stream: &str, group: &str) -> u64 {
     get_stream_info(conn, stream)
         .await
@@ -162,7 +141,7 @@ async fn end_to_end_publish_consume_ack() {
     let s = server();
     let p = Publisher::connect(config(&s)).await.unwrap();
     let group = "t08-e2e";
-    let running = start(runtime(config(&s), group, "e2e-worker")).await;
+    let running = start_runtime(runtime(config(&s), group, "e2e-worker")).await;
     let sent = AsdlcEvent::builder(EventType::PatchApplied, "session-e2e")
         .epic_id("epic-7")
         .task_id("task-3")
@@ -192,7 +171,7 @@ async fn end_to_end_publish_consume_ack() {
         async move { group_pending(&mut conn, "asdlc:events", group).await == 0 }
     })
     .await;
-    let report = stop(running).await;
+    let report = stop_runtime(running).await;
 
     // The handler saw the event as published, with the id Redis assigned.
     let calls = seen(group);
@@ -243,10 +222,10 @@ async fn consumer_group_load_balancing() {
             o.batch_size = 4;
         })
     };
-    let w1 = start(narrow("balance-1")).await;
-    let w2 = start(narrow("balance-2")).await;
+    let w1 = start_runtime(narrow("balance-1")).await;
+    let w2 = start_runtime(narrow("balance-2")).await;
     // A second group on the same stream gets its own copy of every event.
-    let audit = start(runtime(config(&s), "t08-audit", "audit-1")).await;
+    let audit = start_runtime(runtime(config(&s), "t08-audit", "audit-1")).await;
     let mut keys = HashSet::new();
     for round in 0..10 {
         let events: Vec<AsdlcEvent> = (0..30)
@@ -260,9 +239,9 @@ async fn consumer_group_load_balancing() {
         seen(group).len() == 300 && seen("t08-audit").len() == 300
     })
     .await;
-    let r1 = stop(w1).await;
-    let r2 = stop(w2).await;
-    stop(audit).await;
+    let r1 = stop_runtime(w1).await;
+    let r2 = stop_runtime(w2).await;
+    stop_runtime(audit).await;
 
     let calls = seen(group);
     let mut by_consumer: HashMap<&str, HashSet<&str>> = HashMap::new();
@@ -317,21 +296,13 @@ async fn idempotent_processing_prevents_duplicates() {
     p.publish(&a1).await.unwrap();
     p.publish(&a2).await.unwrap();
 
-    let running = start(runtime(config(&s), group, "idem-1")).await;
+    let running = start_runtime(runtime(config(&s), group, "idem-1")).await;
     let mut conn = conn(&s).await;
-    eventually(WAIT, "all five entries acknowledged", || {
-        let mut conn = conn.clone();
-        async move {
-            let info = get_stream_info(&mut conn, "asdlc:events").await.unwrap();
-            let g = info.group(group).unwrap();
-            g.pending == 0 && g.lag == Some(0)
-        }
-    })
-    .await;
+    all_acknowledged(&conn, group, "all five entries acknowledged").await;
     // Published again after it was processed, even to a restarted consumer: still skipped.
-    let report = stop(running).await;
+    let report = stop_runtime(running).await;
     p.publish(&patch).await.unwrap();
-    let running = start(runtime(config(&s), group, "idem-2")).await;
+    let running = start_runtime(runtime(config(&s), group, "idem-2")).await;
     eventually(WAIT, "the late copy acknowledged", || {
         let mut conn = conn.clone();
         async move {
@@ -341,7 +312,7 @@ async fn idempotent_processing_prevents_duplicates() {
         }
     })
     .await;
-    let late = stop(running).await;
+    let late = stop_runtime(running).await;
 
     let calls = seen(group);
     assert_eq!(calls.len(), 2, "one call per key: {calls:?}");
@@ -365,7 +336,7 @@ async fn recovery_after_simulated_crash() {
 
     // A worker takes five events and "crashes" mid-handler: its task is dropped with every
     // handler hanging after staging its effect.
-    let crashing = start(runtime(config(&s), group, "crash-worker")).await;
+    let crashing = start_runtime(runtime(config(&s), group, "crash-worker")).await;
     let events: Vec<AsdlcEvent> = (0..5)
         .map(|i| event(EventType::AgentStarted, &format!("crash-{i}")))
         .collect();
@@ -391,7 +362,7 @@ async fn recovery_after_simulated_crash() {
         .await
         .unwrap();
     let started = std::time::Instant::now();
-    let running = start(runtime(config(&s), group, "crash-worker")).await;
+    let running = start_runtime(runtime(config(&s), group, "crash-worker")).await;
     let recovery = running.0.report().group(group).unwrap().recovery.unwrap();
     assert_eq!(recovery.processed, 5, "{recovery:?}");
     assert!(
@@ -403,7 +374,7 @@ async fn recovery_after_simulated_crash() {
         seen(group).len() == 11
     })
     .await;
-    stop(running).await;
+    stop_runtime(running).await;
     let calls = seen(group);
     let second: Vec<&Seen> = calls.iter().skip(5).collect();
     assert!(
@@ -493,7 +464,7 @@ async fn tenant_isolation_in_multi_tenant_mode() {
     assert_eq!(consumer.streams(), vec![acme_stream.to_owned()]);
     drop(consumer);
 
-    let running = start(runtime(acme_only.clone(), group, "acme-worker")).await;
+    let running = start_runtime(runtime(acme_only.clone(), group, "acme-worker")).await;
     eventually(
         WAIT,
         "acme's events handled, the smuggled ones dead-lettered",
@@ -507,7 +478,7 @@ async fn tenant_isolation_in_multi_tenant_mode() {
     )
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop(running).await;
+    stop_runtime(running).await;
 
     let calls = seen(group);
     assert_eq!(calls.len(), 3, "{calls:?}");
@@ -545,23 +516,15 @@ async fn a_duplicate_waiting_for_a_long_handler_is_skipped_not_dead_lettered() {
     let s = server();
     let p = Publisher::connect(config(&s)).await.unwrap();
     let group = "t08-slow";
-    let running = start(runtime(config(&s), group, "slow-1")).await;
+    let running = start_runtime(runtime(config(&s), group, "slow-1")).await;
     let e = event(EventType::GateExpired, "slow");
     p.publish(&e).await.unwrap();
     // The copy arrives while the first delivery's handler runs (2 s).
     tokio::time::sleep(Duration::from_millis(200)).await;
     p.publish(&e).await.unwrap();
     let mut conn = conn(&s).await;
-    eventually(WAIT, "both copies acknowledged", || {
-        let mut conn = conn.clone();
-        async move {
-            let info = get_stream_info(&mut conn, "asdlc:events").await.unwrap();
-            let g = info.group(group).unwrap();
-            g.pending == 0 && g.lag == Some(0)
-        }
-    })
-    .await;
-    let report = stop(running).await;
+    all_acknowledged(&conn, group, "both copies acknowledged").await;
+    let report = stop_runtime(running).await;
     let stats = report.group(group).unwrap().stats;
     let dead = deadletter::list(&mut conn, "asdlc:events", "-", 10)
         .await

@@ -82,25 +82,10 @@ async fn ack(c: &mut RedisConnection, stream: &str, group: &str, ids: &[String])
 }
 
 async fn ids(c: &mut RedisConnection, stream: &str) -> Vec<String> {
-    let v: Value = redis::cmd("XRANGE")
-        .arg(stream)
-        .arg("-")
-        .arg("+")
-        .query_async(c)
+    xrange(c, stream)
         .await
-        .unwrap();
-    let Value::Array(entries) = v else {
-        return Vec::new();
-    };
-    entries
         .into_iter()
-        .filter_map(|e| match e {
-            Value::Array(e) => match e.first() {
-                Some(Value::BulkString(id)) => Some(String::from_utf8_lossy(id).into_owned()),
-                _ => None,
-            },
-            _ => None,
-        })
+        .map(|(id, _)| id)
         .collect()
 }
 
@@ -359,12 +344,7 @@ async fn trim_never_drops_unacknowledged_entries() {
     let p = Publisher::connect(config(&s)).await.unwrap();
     // A fast group, a real consumer, handles everything.
     let fast = TestHandler::all("fast");
-    let consumer = EventConsumer::builder(config(&s), "fast")
-        .handler(fast.clone())
-        .configure(fast_options)
-        .build()
-        .await
-        .unwrap();
+    let consumer = consumer_for(&config(&s), "fast", "w1", &fast).await;
     let run = spawn(&consumer).await;
     // A slow group reads six and acknowledges three.
     group(&mut c, STREAM, "slow").await;
@@ -373,15 +353,7 @@ async fn trim_never_drops_unacknowledged_entries() {
         fast.count() == 10
     })
     .await;
-    eventually(WAIT, "the fast group acknowledged everything", || async {
-        let mut c = conn(&s).await;
-        get_stream_info(&mut c, STREAM)
-            .await
-            .unwrap()
-            .group("fast")
-            .is_some_and(|g| g.pending == 0 && g.lag == Some(0))
-    })
-    .await;
+    all_acknowledged(&c, "fast", "the fast group acknowledged everything").await;
     let read_ids = read(&mut c, STREAM, "slow", 6).await;
     assert_eq!(read_ids, published[..6]);
     ack(&mut c, STREAM, "slow", &published[..3]).await;
@@ -652,12 +624,7 @@ async fn trace_context_joins_publish_and_handling() {
     let s = server();
     let p = Publisher::connect(config(&s)).await.unwrap();
     let h = TestHandler::all("h");
-    let consumer = EventConsumer::builder(config(&s), "g")
-        .handler(h.clone())
-        .configure(fast_options)
-        .build()
-        .await
-        .unwrap();
+    let consumer = consumer_for(&config(&s), "g", "w1", &h).await;
     let run = spawn(&consumer).await;
     let mut e = event(EventType::GateRequested, "s");
     let sent = inject_trace_context(&mut e);
@@ -775,13 +742,8 @@ async fn consumer_records_metrics_per_group_tenant_and_handler() {
         "refuse" => Behavior::Permanent,
         _ => Behavior::Ok,
     });
-    let consumer = EventConsumer::builder(multi_config(&s), "metered")
-        .handler(h.clone())
-        .tenant(tenant("acme"))
-        .configure(fast_options)
-        .build()
-        .await
-        .unwrap();
+    let consumer =
+        tenant_consumer_for(&multi_config(&s), "metered", &tenant("acme"), "w1", &h).await;
     let run = spawn(&consumer).await;
     TenantContext::scope(tenant("acme"), async {
         for session in ["ok-1", "ok-2", "retry-once", "refuse"] {

@@ -5,48 +5,6 @@ use asdlc::{
     AsdlcEvent, Config, EventType, GroupStart, PublishError, Publisher, TenantContext, TenantError,
     create_consumer_group, encoding, ensure_stream_exists, get_stream_info,
 };
-use redis::Value;
-
-async fn xrange(
-    conn: &mut asdlc::RedisConnection,
-    stream: &str,
-) -> Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> {
-    let v: Value = redis::cmd("XRANGE")
-        .arg(stream)
-        .arg("-")
-        .arg("+")
-        .query_async(conn)
-        .await
-        .unwrap();
-    let Value::Array(items) = v else {
-        return Vec::new();
-    };
-    items
-        .into_iter()
-        .map(|item| {
-            let Value::Array(mut parts) = item else {
-                panic!()
-            };
-            let fields = parts.pop().unwrap();
-            let Value::BulkString(id) = parts.pop().unwrap() else {
-                panic!()
-            };
-            let Value::Array(flat) = fields else { panic!() };
-            let flat: Vec<Vec<u8>> = flat
-                .into_iter()
-                .map(|v| match v {
-                    Value::BulkString(b) => b,
-                    _ => panic!(),
-                })
-                .collect();
-            let pairs = flat
-                .chunks(2)
-                .map(|c| (c[0].clone(), c[1].clone()))
-                .collect();
-            (String::from_utf8(id).unwrap(), pairs)
-        })
-        .collect()
-}
 
 async fn exists(conn: &mut asdlc::RedisConnection, key: &str) -> bool {
     redis::cmd("EXISTS")
@@ -248,16 +206,7 @@ async fn tenant_errors_are_typed_and_write_nothing() {
         ..multi_config(&s)
     };
     let publisher = Publisher::connect(only_acme).await.unwrap();
-    let err = TenantContext::scope(
-        tenant("globex"),
-        publisher.publish(&event(EventType::TaskCreated, "s")),
-    )
-    .await
-    .unwrap_err();
-    assert!(
-        matches!(err, PublishError::Tenant(TenantError::NotAllowed(_))),
-        "{err}"
-    );
+    assert_not_allowed(&publisher, "globex").await;
 
     let single = Publisher::connect(config(&s)).await.unwrap();
     let err = single.publish(&e).await.unwrap_err();
@@ -267,11 +216,7 @@ async fn tenant_errors_are_typed_and_write_nothing() {
     );
 
     let mut conn = conn(&s).await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("*")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let keys = all_keys(&mut conn).await;
     assert!(keys.is_empty(), "nothing written: {keys:?}");
 }
 

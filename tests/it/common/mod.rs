@@ -84,16 +84,12 @@ pub async fn tenant_consumer_for(
     name: &str,
     handler: &TestHandler,
 ) -> EventConsumer {
-    EventConsumer::builder(config.clone(), group)
-        .tenant(tenant.clone())
-        .handler(handler.clone())
-        .configure(|o| {
-            fast(o);
-            o.consumer = Some(name.to_owned());
-        })
-        .build()
-        .await
-        .unwrap()
+    build_consumer(
+        EventConsumer::builder(config.clone(), group).tenant(tenant.clone()),
+        name,
+        handler,
+    )
+    .await
 }
 
 /// A consumer `name` of `group` with the fast settings, running `handler`.
@@ -103,7 +99,15 @@ pub async fn consumer_for(
     name: &str,
     handler: &TestHandler,
 ) -> EventConsumer {
-    EventConsumer::builder(config.clone(), group)
+    build_consumer(EventConsumer::builder(config.clone(), group), name, handler).await
+}
+
+async fn build_consumer(
+    builder: asdlc::EventConsumerBuilder,
+    name: &str,
+    handler: &TestHandler,
+) -> EventConsumer {
+    builder
         .handler(handler.clone())
         .configure(|o| {
             fast(o);
@@ -141,6 +145,21 @@ pub fn tenant(id: &str) -> TenantId {
     TenantId::new(id).unwrap()
 }
 
+/// `p` refuses to publish for tenant `id`, one outside its configuration's allow-list.
+pub async fn assert_not_allowed(p: &asdlc::Publisher, id: &str) {
+    let err =
+        asdlc::TenantContext::scope(tenant(id), p.publish(&event(EventType::TaskCreated, "x")))
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            asdlc::PublishError::Tenant(asdlc::TenantError::NotAllowed(_))
+        ),
+        "{err}"
+    );
+}
+
 /// Short timings so tests run in well under a second each.
 pub fn fast(o: &mut ConsumerOptions) {
     o.block = Duration::from_millis(100);
@@ -163,6 +182,30 @@ pub async fn spawn(
         .expect("consumer ready in time")
         .expect("consumer ready");
     handle
+}
+
+/// A runtime running on a task: its handle and the task.
+pub type Running = (
+    asdlc::RuntimeHandle,
+    tokio::task::JoinHandle<Result<asdlc::RuntimeReport, asdlc::RuntimeError>>,
+);
+
+/// Builds the runtime, runs it on a task until stopped and waits until it is ready.
+pub async fn start_runtime(builder: asdlc::RuntimeBuilder) -> Running {
+    let rt = builder.build().await.unwrap();
+    let handle = rt.handle();
+    let run = tokio::spawn(rt.run_until(std::future::pending()));
+    tokio::time::timeout(Duration::from_secs(15), handle.ready())
+        .await
+        .expect("runtime ready in time")
+        .expect("runtime ready");
+    (handle, run)
+}
+
+/// Stops a runtime started with [`start_runtime`] and returns its report.
+pub async fn stop_runtime((handle, run): Running) -> asdlc::RuntimeReport {
+    handle.stop();
+    run.await.unwrap().unwrap()
 }
 
 /// What a test handler does with one call.
@@ -283,6 +326,70 @@ pub async fn applied(
         .query_async(conn)
         .await
         .unwrap()
+}
+
+/// Waits until `group` has read and acknowledged every entry of `asdlc:events`.
+pub async fn all_acknowledged(conn: &RedisConnection, group: &str, what: &str) {
+    eventually(Duration::from_secs(15), what, || {
+        let mut conn = conn.clone();
+        async move {
+            asdlc::get_stream_info(&mut conn, "asdlc:events")
+                .await
+                .unwrap()
+                .group(group)
+                .is_some_and(|g| g.pending == 0 && g.lag == Some(0))
+        }
+    })
+    .await;
+}
+
+/// Every key of the database (`KEYS *`: the test servers are small).
+pub async fn all_keys(conn: &mut impl redis::aio::ConnectionLike) -> Vec<String> {
+    redis::cmd("KEYS").arg("*").query_async(conn).await.unwrap()
+}
+
+/// Every entry of `stream` as it is stored: its id and its field-value pairs.
+pub async fn xrange(
+    conn: &mut asdlc::RedisConnection,
+    stream: &str,
+) -> Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> {
+    let v: redis::Value = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query_async(conn)
+        .await
+        .unwrap();
+    let redis::Value::Array(items) = v else {
+        return Vec::new();
+    };
+    items
+        .into_iter()
+        .map(|item| {
+            let redis::Value::Array(mut parts) = item else {
+                panic!()
+            };
+            let fields = parts.pop().unwrap();
+            let redis::Value::BulkString(id) = parts.pop().unwrap() else {
+                panic!()
+            };
+            let redis::Value::Array(flat) = fields else {
+                panic!()
+            };
+            let flat: Vec<Vec<u8>> = flat
+                .into_iter()
+                .map(|v| match v {
+                    redis::Value::BulkString(b) => b,
+                    _ => panic!(),
+                })
+                .collect();
+            let pairs = flat
+                .chunks(2)
+                .map(|c| (c[0].clone(), c[1].clone()))
+                .collect();
+            (String::from_utf8(id).unwrap(), pairs)
+        })
+        .collect()
 }
 
 pub fn event(t: EventType, session: &str) -> AsdlcEvent {
