@@ -9,7 +9,6 @@ use asdlc::{
     AsdlcEvent, BoxFuture, Config, EmitError, EventConsumer, EventHandler, EventType,
     HandlerContext, HandlerResult, Publisher, RedisConnection, TenantContext,
 };
-use redis::streams::StreamRangeReply;
 
 use crate::common::*;
 
@@ -92,29 +91,12 @@ async fn handle_one(
 
 /// Every entry of `stream` of type `t`.
 async fn entries_of(conn: &mut RedisConnection, stream: &str, t: EventType) -> Vec<AsdlcEvent> {
-    let reply: StreamRangeReply = redis::cmd("XRANGE")
-        .arg(stream)
-        .arg("-")
-        .arg("+")
-        .query_async(conn)
+    xrange(conn, stream)
         .await
-        .unwrap();
-    reply
-        .ids
-        .iter()
-        .map(|e| {
-            let fields: Vec<(Vec<u8>, Vec<u8>)> = e
-                .map
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.as_bytes().to_vec(),
-                        redis::from_redis_value_ref::<Vec<u8>>(v).unwrap(),
-                    )
-                })
-                .collect();
+        .into_iter()
+        .map(|(id, fields)| {
             let mut ev = asdlc::encoding::decode(&fields).unwrap();
-            ev.event_id = Some(e.id.clone());
+            ev.event_id = Some(id);
             ev
         })
         .filter(|e| e.event_type == t)
