@@ -5,7 +5,7 @@
 # clean, so the whole list is run twice in a row on the same server, which proves that too.
 # CI runs it with ASDLC_EXAMPLE_PROFILE=dev to reuse the test build.
 #
-# Usage: scripts/examples.sh [NAME...]   (default: quickstart multi_tenant crash_recovery dead_letters)
+# Usage: scripts/examples.sh [NAME...]   (default: quickstart multi_tenant crash_recovery dead_letters approval_gates)
 #
 # The other examples start servers of their own (bench, cluster_bench, soak: long, not run
 # here) or run until stopped (chaos_worker).
@@ -14,7 +14,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 examples=("$@")
 if ((${#examples[@]} == 0)); then
-  examples=(quickstart multi_tenant crash_recovery dead_letters)
+  examples=(quickstart multi_tenant crash_recovery dead_letters approval_gates)
 fi
 
 log() { echo "examples: $*" >&2; }

@@ -68,6 +68,9 @@ pub enum Command {
     /// Dead letters: list, show, replay, purge.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Approval gates: each gate's outcome (pending, approved, rejected, expired), who decided
+    /// it and when; newest request first.
+    Gates(GatesArgs),
     /// Scheduled events: list what is due and upcoming, cancel one.
     #[command(subcommand)]
     Scheduled(ScheduledCommand),
@@ -243,6 +246,17 @@ pub struct PendingArgs {
     #[arg(long, value_name = "NAME")]
     pub consumer: Option<String>,
     /// At most this many entries per stream.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub limit: usize,
+}
+
+/// `gates` arguments.
+#[derive(Debug, Args)]
+pub struct GatesArgs {
+    /// Only the gates still waiting for an outcome.
+    #[arg(long)]
+    pub pending: bool,
+    /// At most this many per stream.
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub limit: usize,
 }

@@ -892,3 +892,38 @@ fn scheduled_lists_what_waits_and_cancels_by_key() {
     let left = json(&run(&s, &["--json", "scheduled", "list"]));
     assert_eq!(left["scheduled"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn gates_lists_each_gate_with_its_outcome() {
+    let s = TestServer::start();
+    assert!(stdout(&run(&s, &["gates"])).contains("no gates"));
+    rt().block_on(async {
+        let p = asdlc_runtime::Publisher::connect(config(&s)).await.unwrap();
+        let approved = asdlc_runtime::Gate::new(&p, "gate-a");
+        approved
+            .request("s1", std::time::Duration::from_secs(600), "validation")
+            .await
+            .unwrap();
+        approved.approve("alice").await.unwrap();
+        asdlc_runtime::Gate::new(&p, "gate-b")
+            .request("s1", std::time::Duration::from_secs(600), "validation")
+            .await
+            .unwrap();
+    });
+    let all = run(&s, &["gates"]);
+    assert_eq!(code(&all), 0, "{all:?}");
+    let text = stdout(&all);
+    assert!(
+        text.contains("gate-a") && text.contains("approved") && text.contains("alice"),
+        "{text}"
+    );
+    assert!(
+        text.contains("gate-b") && text.contains("pending"),
+        "{text}"
+    );
+    let pending = json(&run(&s, &["--json", "gates", "--pending"]));
+    let gates = pending["gates"].as_array().unwrap();
+    assert_eq!(gates.len(), 1, "{pending}");
+    assert_eq!(gates[0]["gate"]["id"], "gate-b");
+    assert_eq!(gates[0]["gate"]["outcome"], "pending");
+}

@@ -6,6 +6,7 @@ mod completions;
 mod dashboard;
 mod dlq;
 mod functions;
+mod gates;
 mod health;
 mod info;
 mod pending;
@@ -37,6 +38,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Pending(args) => pending::run(&mut ctx, args).await,
         Command::Dlq(command) => dlq::run(&mut ctx, command).await,
         Command::Scheduled(command) => scheduled::run(&mut ctx, command).await,
+        Command::Gates(args) => gates::run(&mut ctx, args).await,
         Command::Publish(args) => publish::run(&mut ctx, *args).await,
         Command::Recover(args) => recover::run(&mut ctx, args).await,
         Command::Trim(args) => trim::run(&mut ctx, args).await,
