@@ -190,3 +190,70 @@ async fn an_approval_racing_the_deadline_gives_one_outcome_in_100_rounds() {
     c.stop();
     run.await.unwrap().unwrap();
 }
+
+/// Answers published with a plain `Publisher`, around `Gate`: the consumers check them against
+/// the gate before a handler sees them. The first decides a pending gate; a later one is
+/// acknowledged without reaching the handler.
+#[tokio::test]
+async fn answers_published_around_the_gate_advance_it_once() {
+    let target = Target::server();
+    let config = target.config("asdlc:events");
+    let answers = TestHandler::new("h", &[EventType::GateApproved, EventType::GateRejected]);
+    let c = consumer_for(&config, "deployment", "c1", &answers).await;
+    let run = spawn(&c).await;
+    let p = Publisher::connect(config.clone()).await.unwrap();
+    let answer = |t: EventType, gate: &str, by: &str| {
+        asdlc::AsdlcEvent::builder(t, "s3")
+            .meta("gate_id", gate)
+            .meta("by", by)
+            .build()
+            .unwrap()
+    };
+    // Decided through Gate, then a rejection published around it: late.
+    let through = Gate::new(&p, "via-gate");
+    through
+        .request("s3", Duration::from_secs(60), "validation")
+        .await
+        .unwrap();
+    through.approve("alice").await.unwrap();
+    p.publish(&answer(EventType::GateRejected, "via-gate", "mallory"))
+        .await
+        .unwrap();
+    // Pending, answered around Gate twice: the first decides it, the second is late.
+    let around = Gate::new(&p, "around-gate");
+    around
+        .request("s3", Duration::from_secs(60), "validation")
+        .await
+        .unwrap();
+    p.publish(&answer(EventType::GateApproved, "around-gate", "bob"))
+        .await
+        .unwrap();
+    p.publish(&answer(EventType::GateRejected, "around-gate", "carol"))
+        .await
+        .unwrap();
+    eventually(WAIT, "all four answers settled", || {
+        let c = c.clone();
+        async move { c.stats().processed == 4 }
+    })
+    .await;
+    c.stop();
+    run.await.unwrap().unwrap();
+    let handled: Vec<(String, EventType)> = answers
+        .calls()
+        .into_iter()
+        .map(|call| {
+            let gate = call.event.metadata["gate_id"].as_str().unwrap().to_owned();
+            (gate, call.event.event_type)
+        })
+        .collect();
+    assert_eq!(
+        handled.len(),
+        2,
+        "only each gate's outcome reached the handler: {handled:?}"
+    );
+    assert!(handled.contains(&("via-gate".to_owned(), EventType::GateApproved)));
+    assert!(handled.contains(&("around-gate".to_owned(), EventType::GateApproved)));
+    let state = around.state().await.unwrap().unwrap();
+    assert_eq!(state.outcome, GateOutcome::Approved);
+    assert_eq!(state.decided_by.as_deref(), Some("bob"));
+}

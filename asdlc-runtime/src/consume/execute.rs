@@ -64,6 +64,63 @@ pub(super) async fn spawn_handler(
                 Some(sem) => sem.clone().acquire_owned().await.ok(),
                 None => None,
             };
+            // A gate's late answer is acknowledged without reaching the handler.
+            let mut conn = shared.conn.clone();
+            match crate::gate::on_delivery(
+                &mut conn,
+                &stream.keys,
+                &c.event,
+                &c.entry_id,
+                shared.config.max_len,
+            )
+            .await
+            {
+                Ok(crate::gate::Delivery::Proceed) => {}
+                Ok(crate::gate::Delivery::Late { outcome, by }) => {
+                    tracing::warn!(
+                        id = %c.entry_id,
+                        event_type = %c.event.event_type,
+                        lost_to = %outcome,
+                        decided_by = %by,
+                        "late gate answer: the gate was decided already; acknowledged without handling"
+                    );
+                    let out = Outcome {
+                        stream: stream.clone(),
+                        id: c.entry_id,
+                        lease: Some(c.fp),
+                        kind: Kind::Success {
+                            fp: c.fp,
+                            effects: Vec::new(),
+                            attempt,
+                            fields: c.fields,
+                        },
+                        pass,
+                        handler: Some(c.handler),
+                    };
+                    send(&shared, &run2, out).await;
+                    return;
+                }
+                Err(e) => {
+                    let kind = failed_attempt(
+                        &shared,
+                        c.handler,
+                        attempt,
+                        c.fields,
+                        format!("checking the gate failed: {e}"),
+                        None,
+                    );
+                    let out = Outcome {
+                        stream: stream.clone(),
+                        id: c.entry_id,
+                        lease: Some(c.fp),
+                        kind,
+                        pass,
+                        handler: Some(c.handler),
+                    };
+                    send(&shared, &run2, out).await;
+                    return;
+                }
+            }
             let ctx = HandlerContext::new(
                 stream.tenant.clone(),
                 attempt,

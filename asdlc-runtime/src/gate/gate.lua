@@ -14,6 +14,11 @@
 --               deadline won); {-1} no such gate
 --   expire:  KEYS pending gates, stream, then the gate hashes; ARGV[3..] their ids
 --            -> the ids expired by this call
+--   deliver: a consumer about to hand an outcome event (entry ARGV[6]) to a handler
+--            KEYS gate hash, pending gates, stream; ARGV[3] id, outcome, by, entry id
+--            -> {1} handle it: it is the gate's outcome (decided now, if the event was
+--               published around `Gate`); {2} no such gate; {0, outcome, decided_by} late:
+--               the gate had another outcome (or its deadline passed: it expires here)
 local op, maxlen = ARGV[1], ARGV[2]
 local now = asdlc_now_ms()
 
@@ -80,5 +85,27 @@ elseif op == 'expire' then
     end
   end
   return out
+elseif op == 'deliver' then
+  local gate, pending, stream = KEYS[1], KEYS[2], KEYS[3]
+  local id, outcome, by, entry = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+  local state = redis.call('HMGET', gate, 'outcome', 'deadline', 'decided_by', 'decided_entry',
+    'expiry')
+  if not state[1] then
+    return { 2 }
+  end
+  if state[4] == entry then
+    return { 1 }
+  end
+  if state[1] == 'pending' then
+    if now >= tonumber(state[2]) then
+      decide(gate, pending, stream, id, 'expired', 'deadline', state[5])
+      return { 0, 'expired', 'deadline' }
+    end
+    redis.call('HSET', gate, 'outcome', outcome, 'decided_by', by, 'decided_at', now,
+      'decided_entry', entry)
+    redis.call('ZREM', pending, id)
+    return { 1 }
+  end
+  return { 0, state[1], state[3] }
 end
 return redis.error_reply('asdlc gate: unknown operation ' .. tostring(op))

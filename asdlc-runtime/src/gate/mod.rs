@@ -438,6 +438,65 @@ pub(crate) async fn expire_due(
     Ok(expired.len())
 }
 
+/// What a consumer does with a gate outcome event it is about to handle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    /// Handle it: not a gate event, no such gate, or it is the gate's outcome.
+    Proceed,
+    /// Late: the gate had another outcome; acknowledge it without handling.
+    Late {
+        /// The outcome it lost to.
+        outcome: String,
+        /// Who decided that.
+        by: String,
+    },
+}
+
+/// Checks a `gate_approved`, `gate_rejected` or `gate_expired` event naming a gate
+/// (`metadata.gate_id`) against the gate before a handler sees it, so an answer published
+/// around [`Gate`] (with a plain `Publisher`) cannot advance a decided gate either: the first
+/// such event decides a pending gate (or, past its deadline, the gate expires), and every
+/// later one is late. Other events pass without a call.
+pub(crate) async fn on_delivery(
+    conn: &mut RedisConnection,
+    keys: &StreamKeys,
+    event: &AsdlcEvent,
+    entry_id: &str,
+    max_len: Option<usize>,
+) -> redis::RedisResult<Delivery> {
+    let outcome = match event.event_type {
+        EventType::GateApproved => GateOutcome::Approved,
+        EventType::GateRejected => GateOutcome::Rejected,
+        EventType::GateExpired => GateOutcome::Expired,
+        _ => return Ok(Delivery::Proceed),
+    };
+    let Some(id) = event.metadata.get(GATE_ID_FIELD).and_then(|v| v.as_str()) else {
+        return Ok(Delivery::Proceed);
+    };
+    let by = event
+        .metadata
+        .get("by")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    let mut call = GATE.key(keys.gate(id));
+    call.key(keys.pending_gates())
+        .key(keys.stream())
+        .arg("deliver")
+        .arg(max_len.map(|n| n.to_string()).unwrap_or_default())
+        .arg(id)
+        .arg(outcome.as_str())
+        .arg(by)
+        .arg(entry_id);
+    let reply: Vec<Value> = call.invoke_async(conn).await?;
+    Ok(match reply.as_slice() {
+        [Value::Int(0), outcome, by] => Delivery::Late {
+            outcome: text(outcome),
+            by: text(by),
+        },
+        _ => Delivery::Proceed,
+    })
+}
+
 /// The next deadline of `keys`' pending gates, if any.
 pub(crate) async fn next_deadline(
     conn: &mut RedisConnection,
