@@ -8,23 +8,13 @@ use asdlc::prelude::*;
 use chrono::Utc;
 
 use crate::Bench;
-use crate::consume::{committed, runtime, stop_all};
+use crate::consume::{committed, stop_all};
+use crate::latency::{Latency, ready_runtime};
 
-/// Percentiles of due-to-appended, and how many were measured.
-pub(crate) struct Lateness {
-    pub(crate) p50: Duration,
-    pub(crate) p99: Duration,
-    pub(crate) max: Duration,
-    pub(crate) count: usize,
-}
-
-pub(crate) async fn lateness(b: &Bench, secs: u64) -> Lateness {
+/// Due-to-appended of events scheduled at 1,000 per second for `secs`.
+pub(crate) async fn lateness(b: &Bench, secs: u64) -> Latency {
     let stream = b.fresh_stream("scheduled");
-    let (handle, task) = runtime(b, &stream, "scheduled", |_| {}).await;
-    tokio::time::timeout(Duration::from_secs(20), handle.ready())
-        .await
-        .expect("runtime ready in time")
-        .expect("runtime ready");
+    let (handle, task) = ready_runtime(b, &stream, "scheduled").await;
     let p = Publisher::new(b.conn.clone(), b.config(&stream));
     let total = (secs * 1000) as usize;
     let start = tokio::time::Instant::now();
@@ -48,7 +38,7 @@ pub(crate) async fn lateness(b: &Bench, secs: u64) -> Lateness {
         .query_async(&mut conn)
         .await
         .expect("XRANGE");
-    let mut late: Vec<u64> = reply
+    let late: Vec<Duration> = reply
         .ids
         .iter()
         .filter_map(|e| {
@@ -56,18 +46,9 @@ pub(crate) async fn lateness(b: &Bench, secs: u64) -> Lateness {
             let meta: String = e.get("metadata")?;
             let meta: serde_json::Value = serde_json::from_str(&meta).ok()?;
             let due = meta.get("due_ms")?.as_u64()?;
-            Some(appended.saturating_sub(due))
+            Some(Duration::from_millis(appended.saturating_sub(due)))
         })
         .collect();
     assert_eq!(late.len(), total, "every scheduled event appended once");
-    late.sort_unstable();
-    let at = |q: f64| {
-        Duration::from_millis(late[((late.len() as f64 * q) as usize).min(late.len() - 1)])
-    };
-    Lateness {
-        p50: at(0.50),
-        p99: at(0.99),
-        max: Duration::from_millis(*late.last().unwrap_or(&0)),
-        count: late.len(),
-    }
+    Latency::of(late)
 }

@@ -6,45 +6,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use asdlc::{
-    AsdlcEvent, BoxFuture, Config, EmitError, EventConsumer, EventHandler, EventType,
-    HandlerContext, HandlerResult, Publisher, RedisConnection, TenantContext,
+    AsdlcEvent, Config, EmitError, EventConsumer, EventType, HandlerResult, Publisher,
+    RedisConnection, TenantContext,
 };
 
 use crate::common::*;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-type Body = dyn Fn(&AsdlcEvent, &HandlerContext) -> HandlerResult + Send + Sync;
-
-/// A handler of `task_created` whose body a test writes.
-#[derive(Clone)]
-struct Emitter(Arc<Body>);
-
-impl Emitter {
-    fn new(
-        f: impl Fn(&AsdlcEvent, &HandlerContext) -> HandlerResult + Send + Sync + 'static,
-    ) -> Self {
-        Emitter(Arc::new(f))
-    }
-}
-
-impl EventHandler for Emitter {
-    fn name(&self) -> &str {
-        "emitter"
-    }
-
-    fn can_handle(&self, event_type: EventType) -> bool {
-        event_type == EventType::TaskCreated
-    }
-
-    fn handle<'a>(
-        &'a self,
-        event: &'a AsdlcEvent,
-        ctx: &'a HandlerContext,
-    ) -> BoxFuture<'a, HandlerResult> {
-        Box::pin(async move { (self.0)(event, ctx) })
-    }
-}
 
 fn dispatched(cause: &AsdlcEvent) -> AsdlcEvent {
     let mut next = AsdlcEvent::builder(EventType::TaskDispatched, cause.session_id.clone());
@@ -54,13 +22,8 @@ fn dispatched(cause: &AsdlcEvent) -> AsdlcEvent {
     next.build().unwrap()
 }
 
-async fn consumer(config: &Config, group: &str, handler: Emitter) -> EventConsumer {
-    EventConsumer::builder(config.clone(), group)
-        .handler(handler)
-        .configure(fast)
-        .build()
-        .await
-        .unwrap()
+async fn consumer(config: &Config, group: &str, handler: FnHandler) -> EventConsumer {
+    handler.consumer(config, group).await
 }
 
 /// Runs `c` until one `task_created` event published in `tenant`'s context (or none) has come
@@ -108,7 +71,7 @@ async fn entries_of(conn: &mut RedisConnection, stream: &str, t: EventType) -> V
 async fn follow_ups_are_written_with_the_commit_only(target: Target, stream: &str) {
     let config = target.config(stream);
     let mut conn = target.conn().await;
-    let handler = Emitter::new(|event, ctx| {
+    let handler = FnHandler::new(|event, ctx| {
         ctx.emit(dispatched(event)).unwrap();
         if ctx.attempt() == 1 {
             HandlerResult::retry("not yet")
@@ -192,7 +155,7 @@ async fn an_invalid_follow_up_is_refused_when_staged_and_nothing_of_its_cause_co
     let mut conn = target.conn().await;
     let refusals = Arc::new(Mutex::new(Vec::new()));
     let seen = refusals.clone();
-    let handler = Emitter::new(move |event, ctx| {
+    let handler = FnHandler::new(move |event, ctx| {
         ctx.stage(asdlc::Effect::incr_by(ctx.scoped_key("count"), 1))
             .unwrap();
         let mut bad = dispatched(event);
@@ -237,7 +200,7 @@ async fn a_follow_up_for_a_stream_of_another_slot_is_refused_on_a_cluster() {
     let mut conn = target.conn().await;
     let refusals = Arc::new(Mutex::new(Vec::new()));
     let seen = refusals.clone();
-    let handler = Emitter::new(move |event, ctx| {
+    let handler = FnHandler::new(move |event, ctx| {
         if let Err(e) = ctx.emit_to("cl-emit-slot:elsewhere", dispatched(event)) {
             seen.lock().unwrap().push(e);
         }
@@ -279,7 +242,7 @@ async fn a_tenants_follow_up_goes_to_its_own_stream_with_its_tenant() {
     let s = server();
     let config = multi_config(&s);
     let acme = tenant("acme");
-    let handler = Emitter::new(|event, ctx| {
+    let handler = FnHandler::new(|event, ctx| {
         ctx.emit(dispatched(event)).unwrap();
         HandlerResult::ok()
     });

@@ -2,13 +2,9 @@
 //! promoter every consumer runs, exactly once however many race, cancellable, kept across a
 //! server restart; follow-ups scheduled with their cause's commit; a handler's own retry delay.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use asdlc::{
-    AsdlcEvent, BoxFuture, Config, EventConsumer, EventHandler, EventType, HandlerContext,
-    HandlerResult, Publisher,
-};
+use asdlc::{AsdlcEvent, Config, EventType, HandlerResult, Publisher};
 
 use crate::common::*;
 
@@ -190,59 +186,22 @@ async fn a_schedule_survives_a_server_restart_with_aof() {
     run.await.unwrap().unwrap();
 }
 
-type Body = dyn Fn(&AsdlcEvent, &HandlerContext) -> HandlerResult + Send + Sync;
-
-/// A handler of `task_created` whose body a test writes, noting when each call came.
-#[derive(Clone)]
-struct Scripted(Arc<Body>, Arc<Mutex<Vec<Instant>>>);
-
-impl EventHandler for Scripted {
-    fn name(&self) -> &str {
-        "scripted"
-    }
-
-    fn can_handle(&self, event_type: EventType) -> bool {
-        event_type == EventType::TaskCreated
-    }
-
-    fn handle<'a>(
-        &'a self,
-        event: &'a AsdlcEvent,
-        ctx: &'a HandlerContext,
-    ) -> BoxFuture<'a, HandlerResult> {
-        self.1.lock().unwrap().push(Instant::now());
-        Box::pin(async move { (self.0)(event, ctx) })
-    }
-}
-
-async fn scripted(config: &Config, body: Scripted) -> EventConsumer {
-    EventConsumer::builder(config.clone(), "designers")
-        .handler(body)
-        .configure(fast)
-        .build()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_follow_up_emitted_for_later_is_scheduled_with_its_cause_once() {
     let target = Target::server();
     let config = target.config("asdlc:events");
-    let body = Scripted(
-        Arc::new(|event, ctx| {
-            let next = AsdlcEvent::builder(EventType::TaskDispatched, event.session_id.clone())
-                .build()
-                .unwrap();
-            ctx.emit_after(next, Duration::from_millis(500)).unwrap();
-            if ctx.attempt() == 1 {
-                HandlerResult::retry("not yet")
-            } else {
-                HandlerResult::ok()
-            }
-        }),
-        Arc::default(),
-    );
-    let c = scripted(&config, body).await;
+    let body = FnHandler::new(|event, ctx| {
+        let next = AsdlcEvent::builder(EventType::TaskDispatched, event.session_id.clone())
+            .build()
+            .unwrap();
+        ctx.emit_after(next, Duration::from_millis(500)).unwrap();
+        if ctx.attempt() == 1 {
+            HandlerResult::retry("not yet")
+        } else {
+            HandlerResult::ok()
+        }
+    });
+    let c = body.consumer(&config, "designers").await;
     let run = spawn(&c).await;
     let dispatched = TestHandler::new("d", &[EventType::TaskDispatched]);
     let d = consumer_for(&config, "dispatchers", "d1", &dispatched).await;
@@ -282,18 +241,15 @@ async fn a_follow_up_emitted_for_later_is_scheduled_with_its_cause_once() {
 async fn a_handler_asking_to_be_retried_later_is_redelivered_after_its_delay() {
     let target = Target::server();
     let config = target.config("asdlc:events");
-    let calls = Arc::new(Mutex::new(Vec::new()));
-    let body = Scripted(
-        Arc::new(|_, ctx| {
-            if ctx.attempt() == 1 {
-                HandlerResult::retry_after("rate limited", Duration::from_millis(800))
-            } else {
-                HandlerResult::ok()
-            }
-        }),
-        calls.clone(),
-    );
-    let c = scripted(&config, body).await;
+    let body = FnHandler::new(|_, ctx| {
+        if ctx.attempt() == 1 {
+            HandlerResult::retry_after("rate limited", Duration::from_millis(800))
+        } else {
+            HandlerResult::ok()
+        }
+    });
+    let calls = body.calls.clone();
+    let c = body.consumer(&config, "designers").await;
     let run = spawn(&c).await;
     let publisher = Publisher::connect(config.clone()).await.unwrap();
     publisher.publish(&task(1)).await.unwrap();

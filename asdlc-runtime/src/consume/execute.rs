@@ -65,8 +65,9 @@ pub(super) async fn spawn_handler(
                 None => None,
             };
             // A gate's late answer is acknowledged without reaching the handler.
+            let mut c = c;
             let mut conn = shared.conn.clone();
-            match crate::gate::on_delivery(
+            let early = match crate::gate::on_delivery(
                 &mut conn,
                 &stream.keys,
                 &c.event,
@@ -75,7 +76,7 @@ pub(super) async fn spawn_handler(
             )
             .await
             {
-                Ok(crate::gate::Delivery::Proceed) => {}
+                Ok(crate::gate::Delivery::Proceed) => None,
                 Ok(crate::gate::Delivery::Late { outcome, by }) => {
                     tracing::warn!(
                         id = %c.entry_id,
@@ -84,42 +85,26 @@ pub(super) async fn spawn_handler(
                         decided_by = %by,
                         "late gate answer: the gate was decided already; acknowledged without handling"
                     );
-                    let out = Outcome {
-                        stream: stream.clone(),
-                        id: c.entry_id,
-                        lease: Some(c.fp),
-                        kind: Kind::Success {
-                            fp: c.fp,
-                            effects: Vec::new(),
-                            attempt,
-                            fields: c.fields,
-                        },
-                        pass,
-                        handler: Some(c.handler),
-                    };
-                    send(&shared, &run2, out).await;
-                    return;
-                }
-                Err(e) => {
-                    let kind = failed_attempt(
-                        &shared,
-                        c.handler,
+                    Some(Kind::Success {
+                        fp: c.fp,
+                        effects: Vec::new(),
                         attempt,
-                        c.fields,
-                        format!("checking the gate failed: {e}"),
-                        None,
-                    );
-                    let out = Outcome {
-                        stream: stream.clone(),
-                        id: c.entry_id,
-                        lease: Some(c.fp),
-                        kind,
-                        pass,
-                        handler: Some(c.handler),
-                    };
-                    send(&shared, &run2, out).await;
-                    return;
+                        fields: std::mem::take(&mut c.fields),
+                    })
                 }
+                Err(e) => Some(failed_attempt(
+                    &shared,
+                    c.handler,
+                    attempt,
+                    std::mem::take(&mut c.fields),
+                    format!("checking the gate failed: {e}"),
+                    None,
+                )),
+            };
+            if let Some(kind) = early {
+                let out = outcome_of(&stream, c.entry_id, c.fp, c.handler, kind, pass);
+                send(&shared, &run2, out).await;
+                return;
             }
             let ctx = HandlerContext::new(
                 stream.tenant.clone(),
@@ -224,16 +209,28 @@ pub(super) async fn spawn_handler(
                     handler: spec.name().to_owned(),
                 },
             };
-            let out = Outcome {
-                stream: stream.clone(),
-                id: c.entry_id,
-                lease: Some(c.fp),
-                kind,
-                pass,
-                handler: Some(c.handler),
-            };
+            let out = outcome_of(&stream, c.entry_id, c.fp, c.handler, kind, pass);
             send(&shared, &run2, out).await;
         }
         .instrument(span),
     );
+}
+
+/// What an attempt of `handler` on entry `id` (leased under `fp`) came to, for the committer.
+fn outcome_of(
+    stream: &Arc<StreamCtx>,
+    id: String,
+    fp: [u8; crate::idempotency::FINGERPRINT_LEN],
+    handler: usize,
+    kind: Kind,
+    pass: Option<Arc<Pass>>,
+) -> Outcome {
+    Outcome {
+        stream: stream.clone(),
+        id,
+        lease: Some(fp),
+        kind,
+        pass,
+        handler: Some(handler),
+    }
 }

@@ -395,3 +395,53 @@ pub async fn xrange(
 pub fn event(t: EventType, session: &str) -> AsdlcEvent {
     AsdlcEvent::builder(t, session).build().unwrap()
 }
+
+type Body = dyn Fn(&AsdlcEvent, &HandlerContext) -> HandlerResult + Send + Sync;
+
+/// A handler of `task_created` whose body a test writes, noting when each call came.
+#[derive(Clone)]
+pub struct FnHandler {
+    body: Arc<Body>,
+    /// When each call started.
+    pub calls: Arc<Mutex<Vec<std::time::Instant>>>,
+}
+
+impl FnHandler {
+    pub fn new(
+        f: impl Fn(&AsdlcEvent, &HandlerContext) -> HandlerResult + Send + Sync + 'static,
+    ) -> Self {
+        FnHandler {
+            body: Arc::new(f),
+            calls: Arc::default(),
+        }
+    }
+
+    /// A consumer of `group` with the fast settings, running this handler.
+    pub async fn consumer(self, config: &Config, group: &str) -> EventConsumer {
+        EventConsumer::builder(config.clone(), group)
+            .handler(self)
+            .configure(fast)
+            .build()
+            .await
+            .unwrap()
+    }
+}
+
+impl EventHandler for FnHandler {
+    fn name(&self) -> &str {
+        "fn-handler"
+    }
+
+    fn can_handle(&self, event_type: EventType) -> bool {
+        event_type == EventType::TaskCreated
+    }
+
+    fn handle<'a>(
+        &'a self,
+        event: &'a AsdlcEvent,
+        ctx: &'a HandlerContext,
+    ) -> BoxFuture<'a, HandlerResult> {
+        self.calls.lock().unwrap().push(std::time::Instant::now());
+        Box::pin(async move { (self.body)(event, ctx) })
+    }
+}
