@@ -68,7 +68,9 @@ impl Effect {
     }
 
     /// `EXPIRE key seconds`.
+    /// (Capped at a hundred years, so the commit never meets an expiry Redis refuses.)
     pub fn expire(key: impl Into<String>, seconds: u64) -> Self {
+        let seconds = seconds.min(100 * 365 * 24 * 3600);
         Effect::new("EXPIRE", key, vec![seconds.to_string().into_bytes()])
     }
 

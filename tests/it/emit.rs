@@ -260,3 +260,39 @@ async fn a_tenants_follow_up_goes_to_its_own_stream_with_its_tenant() {
     assert_eq!(follow_ups.len(), 1);
     assert_eq!(follow_ups[0].tenant_id, Some(acme));
 }
+
+#[tokio::test]
+async fn two_groups_following_up_one_cause_emit_two_events() {
+    let target = Target::server();
+    let config = target.config("asdlc:events");
+    let mut conn = target.conn().await;
+    let emit = || {
+        FnHandler::new(|event, ctx| {
+            ctx.emit(dispatched(event)).unwrap();
+            HandlerResult::ok()
+        })
+    };
+    let a = consumer(&config, "designers", emit()).await;
+    let b = consumer(&config, "reviewers", emit()).await;
+    let (ra, rb) = (spawn(&a).await, spawn(&b).await);
+    let publisher = Publisher::connect(config.clone()).await.unwrap();
+    publisher
+        .publish(&event(EventType::TaskCreated, "s1"))
+        .await
+        .unwrap();
+    eventually(WAIT, "both groups committed", || {
+        let (a, b) = (a.clone(), b.clone());
+        async move { a.stats().processed == 1 && b.stats().processed == 1 }
+    })
+    .await;
+    for (c, r) in [(a, ra), (b, rb)] {
+        c.stop();
+        r.await.unwrap().unwrap();
+    }
+    let follow_ups = entries_of(&mut conn, &config.stream, EventType::TaskDispatched).await;
+    assert_eq!(follow_ups.len(), 2);
+    assert_ne!(
+        follow_ups[0].idempotency_key, follow_ups[1].idempotency_key,
+        "each group's follow-up is an event of its own"
+    );
+}

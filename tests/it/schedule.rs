@@ -243,28 +243,35 @@ async fn a_handler_asking_to_be_retried_later_is_redelivered_after_its_delay() {
     let config = target.config("asdlc:events");
     let body = FnHandler::new(|_, ctx| {
         if ctx.attempt() == 1 {
-            HandlerResult::retry_after("rate limited", Duration::from_millis(800))
+            HandlerResult::retry_after("rate limited", Duration::from_millis(2500))
         } else {
             HandlerResult::ok()
         }
     });
     let calls = body.calls.clone();
+    // A peer of the same group, which claims entries idle past its claim threshold (800 ms
+    // here): the waiting retry is kept alive, so the peer does not run it early.
+    let peer = body.clone().consumer(&config, "designers").await;
     let c = body.consumer(&config, "designers").await;
     let run = spawn(&c).await;
+    let peer_run = spawn(&peer).await;
     let publisher = Publisher::connect(config.clone()).await.unwrap();
     publisher.publish(&task(1)).await.unwrap();
     eventually(WAIT, "handled on the second attempt", || {
-        let c = c.clone();
-        async move { c.stats().processed == 1 }
+        let (c, peer) = (c.clone(), peer.clone());
+        async move { c.stats().processed + peer.stats().processed == 1 }
     })
     .await;
-    c.stop();
-    run.await.unwrap().unwrap();
+    for (c, r) in [(c, run), (peer, peer_run)] {
+        c.stop();
+        r.await.unwrap().unwrap();
+    }
     let at = calls.lock().unwrap().clone();
     assert_eq!(at.len(), 2);
-    // The consumer's own backoff here is 30 ms: the handler's delay was used instead.
+    // The consumer's own backoff here is 30 ms, its claim threshold 800 ms: the handler's
+    // delay was used, and nobody ran the retry early.
     assert!(
-        at[1] - at[0] >= Duration::from_millis(800),
+        at[1] - at[0] >= Duration::from_millis(2500),
         "{:?}",
         at[1] - at[0]
     );

@@ -56,8 +56,15 @@ local function check_effects(first, n)
     if not marks.declared[key] then
       return nil, cmd .. ' on ' .. key .. ': key not declared in KEYS'
     end
-    if cmd == 'SCHEDULE' and not marks.declared[ARGV[i + 3]] then
-      return nil, cmd .. ' on ' .. ARGV[i + 3] .. ': key not declared in KEYS'
+    if cmd == 'SCHEDULE' then
+      local events = ARGV[i + 3]
+      if not marks.declared[events] then
+        return nil, cmd .. ' on ' .. events .. ': key not declared in KEYS'
+      end
+      local t = redis.call('TYPE', events)['ok']
+      if t ~= 'none' and t ~= 'hash' then
+        return nil, cmd .. ' on ' .. events .. ': key holds a ' .. t
+      end
     end
     if want then
       local t = redis.call('TYPE', key)['ok']
@@ -66,6 +73,12 @@ local function check_effects(first, n)
       end
       if cmd == 'INCRBY' and t == 'string' and not tonumber(redis.call('GET', key)) then
         return nil, 'INCRBY on ' .. key .. ': value is not an integer'
+      end
+      if cmd == 'HINCRBY' and t == 'hash' then
+        local v = redis.call('HGET', key, ARGV[i + 3])
+        if v and not tonumber(v) then
+          return nil, 'HINCRBY on ' .. key .. ': field value is not an integer'
+        end
       end
     end
     i = i + 3 + nargs

@@ -75,7 +75,10 @@ pub(super) fn defer(
         Delay::After(d) => d,
     };
     lock(&run.retries).push(Reverse(Redelivery {
-        due: Instant::now() + delay,
+        // A handler's own delay can be anything: far enough is a year.
+        due: Instant::now()
+            .checked_add(delay)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 24 * 3600)),
         stream: stream.clone(),
         id,
     }));

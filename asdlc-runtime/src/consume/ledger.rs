@@ -96,16 +96,18 @@ impl Ledger {
         self.lock().get(stream).is_some_and(|m| m.contains_key(id))
     }
 
-    /// The running entries of every stream, with their leases.
+    /// The entries of every stream this consumer works on, with their leases: running ones,
+    /// and deferred ones (a retry waiting out its delay) without a lease, so a peer does not
+    /// claim a retry whose delay is longer than the claim threshold while this consumer lives.
     pub(crate) fn running(&self) -> Vec<RunningSnapshot> {
         self.lock()
             .iter()
             .filter_map(|(s, m)| {
                 let entries: Vec<(String, Lease)> = m
                     .iter()
-                    .filter_map(|(id, slot)| match slot {
-                        Slot::Running(lease) => Some((id.clone(), *lease)),
-                        Slot::Deferred => None,
+                    .map(|(id, slot)| match slot {
+                        Slot::Running(lease) => (id.clone(), *lease),
+                        Slot::Deferred => (id.clone(), None),
                     })
                     .collect();
                 (!entries.is_empty()).then(|| (s.clone(), entries))

@@ -197,8 +197,10 @@ impl<'a> Gate<'a> {
             session,
             "deadline",
         ))?;
-        let deadline =
-            Utc::now() + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
+        let deadline = chrono::Duration::from_std(timeout)
+            .ok()
+            .and_then(|t| Utc::now().checked_add_signed(t))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         let keys = StreamKeys::new(&stream);
         let mut conn = self.publisher.connection();
         let mut call = GATE.key(keys.gate(&self.id));

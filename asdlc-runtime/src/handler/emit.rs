@@ -145,7 +145,7 @@ impl HandlerContext {
             .as_deref()
             .is_none_or(|k| k.starts_with(FRESH_KEY_PREFIX));
         if fresh {
-            event.idempotency_key = Some(derived_key(&self.cause_key, position));
+            event.idempotency_key = Some(derived_key(&self.cause_key, &self.group, position));
         }
         if extract_trace_context(&event).is_none() {
             self.trace
@@ -182,11 +182,14 @@ impl HandlerContext {
     }
 }
 
-/// The key of the follow-up at `position` of the cause whose key is `cause`: the same on
-/// every delivery of the cause, different for each follow-up.
-fn derived_key(cause: &str, position: usize) -> String {
+/// The key of the follow-up at `position` that `group` emits for the cause whose key is
+/// `cause`: the same on every delivery of the cause, different for each follow-up and for each
+/// group that handles the cause (two groups' follow-ups are two events).
+fn derived_key(cause: &str, group: &str, position: usize) -> String {
     let digest = Sha256::new()
         .chain_update(cause.as_bytes())
+        .chain_update(b"\x00")
+        .chain_update(group.as_bytes())
         .chain_update(b"\x00emit\x00")
         .chain_update(position.to_string().as_bytes())
         .finalize();
@@ -215,8 +218,9 @@ mod tests {
             .into_iter()
             .map(|e| e.idempotency_key.unwrap())
             .collect();
-        assert_eq!(keys[0], derived_key(&ctx.cause_key, 0));
-        assert_eq!(keys[1], derived_key(&ctx.cause_key, 1));
+        assert_eq!(keys[0], derived_key(&ctx.cause_key, ctx.group(), 0));
+        assert_eq!(keys[1], derived_key(&ctx.cause_key, ctx.group(), 1));
+        assert_ne!(keys[0], derived_key(&ctx.cause_key, "another-group", 0));
         assert_ne!(keys[0], keys[1]);
         // The same cause emits the same keys again on its next delivery.
         let again = HandlerContext::detached();
