@@ -96,12 +96,13 @@ impl Effect {
         Effect::new("XADD", stream, args)
     }
 
-    /// A follow-up scheduled for `due_ms` on the stream of `keys`: staged through
-    /// [`crate::HandlerContext::emit_after`], appended by the promoter when due.
+    /// A follow-up scheduled `delay_ms` after the commit (by the server's clock) on the stream
+    /// of `keys`: staged through [`crate::HandlerContext::emit_after`], appended by the
+    /// promoter when due.
     pub(crate) fn schedule(
         keys: &crate::keys::StreamKeys,
         id: String,
-        due_ms: i64,
+        delay_ms: i64,
         blob: Vec<u8>,
     ) -> Self {
         Effect::new(
@@ -110,7 +111,7 @@ impl Effect {
             vec![
                 keys.scheduled_events().into_bytes(),
                 id.into_bytes(),
-                due_ms.to_string().into_bytes(),
+                delay_ms.to_string().into_bytes(),
                 blob,
             ],
         )

@@ -13,7 +13,8 @@
 --                                               stream to its retention), ack, drop lease
 --   A id                                        acknowledge only
 -- An effect `XADD` is a follow-up event the handler emitted: appended in the same step; an
--- effect `SCHEDULE` (set, hash, id, due ms, packed fields) one emitted for later: scheduled.
+-- effect `SCHEDULE` (set, hash, id, delay ms, packed fields) one emitted for later: scheduled,
+-- due that long after now.
 -- Returns one value per record: 1 done, or (an S record with follow-ups) {1, the id of each
 -- follow-up, in order}; 0 (S and s) already processed: acknowledged, effects and follow-ups
 -- dropped; 2 (S and s) another delivery of the key holds its lease (ours lapsed): nothing
@@ -195,8 +196,8 @@ while i <= #ARGV do
           for a = 1, nargs do args[#args + 1] = ARGV[j + 2 + a] end
           local reply
           if args[1] == 'SCHEDULE' then
-            -- A follow-up for later: args are the set, the hash, id, due time, fields.
-            reply = asdlc_schedule(args[2], args[3], args[4], args[5], args[6])
+            -- A follow-up for later: args are the set, the hash, id, delay (ms), fields.
+            reply = asdlc_schedule(args[2], args[3], args[4], now + tonumber(args[5]), args[6])
           else
             reply = redis.call(unpack(args))
           end

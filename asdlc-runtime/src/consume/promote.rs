@@ -16,6 +16,8 @@ const BATCH: usize = 500;
 /// The longest pause between two looks at a stream's schedule: an event scheduled for sooner
 /// than the next due one is appended at most this late.
 const IDLE: Duration = Duration::from_millis(200);
+/// The shortest pause when nothing was due: the next look is at least this much later.
+const MIN_WAIT: Duration = Duration::from_millis(1);
 
 pub(super) async fn promote_loop(shared: Arc<Shared>) {
     let mut conn = shared.conn.clone();
@@ -30,8 +32,7 @@ pub(super) async fn promote_loop(shared: Arc<Shared>) {
                     if p.appended.len() == BATCH {
                         wait = Duration::ZERO;
                     } else if let Some(next) = p.next_due {
-                        let until = (next - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-                        wait = wait.min(until);
+                        wait = wait.min(next.max(MIN_WAIT));
                     }
                 }
                 Err(e) => {
@@ -40,8 +41,10 @@ pub(super) async fn promote_loop(shared: Arc<Shared>) {
             }
             match expire_gates(&mut conn, &s.keys, shared.config.max_len).await {
                 Ok(Some(next)) => {
+                    // The deadline is compared with this clock here and the server's there:
+                    // never spin on a difference between them.
                     let until = (next - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-                    wait = wait.min(until);
+                    wait = wait.min(until.max(MIN_WAIT));
                 }
                 Ok(None) => {}
                 Err(e) => {

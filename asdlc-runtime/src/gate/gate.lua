@@ -5,7 +5,8 @@
 -- of its gate_expired event (expiry).
 -- ARGV[1] the operation, ARGV[2] the stream's MAXLEN (~), '' for none; then per operation:
 --   request: KEYS gate hash, all gates, pending gates, stream
---            ARGV[3] id, deadline ms, requested_by, packed gate_requested, packed gate_expired
+--            ARGV[3] id, timeout ms (the deadline is the server's now + timeout),
+--            requested_by, packed gate_requested, packed gate_expired
 --            -> {1, entry id} requested; {0, outcome} requested before (nothing written)
 --   decide:  KEYS gate hash, pending gates, stream
 --            ARGV[3] id, outcome, decided_by, packed event
@@ -44,7 +45,7 @@ end
 
 if op == 'request' then
   local gate, all, pending, stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-  local id, deadline = ARGV[3], tonumber(ARGV[4])
+  local id, deadline = ARGV[3], now + tonumber(ARGV[4])
   if redis.call('EXISTS', gate) == 1 then
     return { 0, redis.call('HGET', gate, 'outcome') }
   end

@@ -197,10 +197,8 @@ impl<'a> Gate<'a> {
             session,
             "deadline",
         ))?;
-        let deadline = chrono::Duration::from_std(timeout)
-            .ok()
-            .and_then(|t| Utc::now().checked_add_signed(t))
-            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        // The server's clock sets the deadline and judges it: a timeout, not a time.
+        let timeout_ms = timeout.as_millis().min(i64::MAX as u128 / 2) as i64;
         let keys = StreamKeys::new(&stream);
         let mut conn = self.publisher.connection();
         let mut call = GATE.key(keys.gate(&self.id));
@@ -210,7 +208,7 @@ impl<'a> Gate<'a> {
             .arg("request")
             .arg(max_len(self.publisher))
             .arg(&self.id)
-            .arg(deadline.timestamp_millis())
+            .arg(timeout_ms)
             .arg(by)
             .arg(pack(&requested))
             .arg(pack(&expired));

@@ -28,8 +28,8 @@ pub(super) struct StagedEmit {
     pub(super) stream: String,
     pub(super) event: AsdlcEvent,
     fields: Vec<(&'static str, Vec<u8>)>,
-    /// When it is due (ms since the epoch), for a follow-up scheduled for later.
-    due_ms: Option<i64>,
+    /// How long after the commit it is due (ms), for a follow-up scheduled for later.
+    delay_ms: Option<i64>,
 }
 
 impl HandlerContext {
@@ -85,11 +85,8 @@ impl HandlerContext {
         let stream = self.keys.stream().to_owned();
         let mut emits = self.emits.lock().unwrap_or_else(|p| p.into_inner());
         let mut staged = self.prepare(stream, event, emits.len())?;
-        let delay = chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
-        let due = chrono::Utc::now()
-            .checked_add_signed(delay)
-            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
-        staged.due_ms = Some(due.timestamp_millis());
+        // Counted from the commit, by the server's clock.
+        staged.delay_ms = Some(delay.as_millis().min(i64::MAX as u128 / 2) as i64);
         emits.push(staged);
         Ok(())
     }
@@ -160,7 +157,7 @@ impl HandlerContext {
             stream,
             event,
             fields,
-            due_ms: None,
+            delay_ms: None,
         })
     }
 
@@ -169,12 +166,12 @@ impl HandlerContext {
         let emits = std::mem::take(&mut *self.emits.lock().unwrap_or_else(|p| p.into_inner()));
         emits
             .into_iter()
-            .map(|e| match e.due_ms {
+            .map(|e| match e.delay_ms {
                 None => Effect::xadd(e.stream, self.max_len, e.fields),
-                Some(due) => Effect::schedule(
+                Some(delay) => Effect::schedule(
                     &crate::keys::StreamKeys::new(&e.stream),
                     e.event.idempotency_key.clone().unwrap_or_default(),
-                    due,
+                    delay,
                     crate::schedule::pack(&e.fields),
                 ),
             })

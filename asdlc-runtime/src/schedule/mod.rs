@@ -59,16 +59,35 @@ impl Publisher {
         event: &AsdlcEvent,
         when: DateTime<Utc>,
     ) -> Result<Scheduled, PublishError> {
+        self.schedule(event, "at", when.timestamp_millis().max(0))
+            .await
+    }
+
+    /// [`Publisher::publish_at`] `delay` from now, by the server's clock.
+    pub async fn publish_after(
+        &self,
+        event: &AsdlcEvent,
+        delay: Duration,
+    ) -> Result<Scheduled, PublishError> {
+        let delay_ms = delay.as_millis().min(i64::MAX as u128 / 2) as i64;
+        self.schedule(event, "after", delay_ms).await
+    }
+
+    async fn schedule(
+        &self,
+        event: &AsdlcEvent,
+        how: &str,
+        ms: i64,
+    ) -> Result<Scheduled, PublishError> {
         let (stream, key, fields) = self.prepare_fields(event)?;
         let keys = StreamKeys::new(&stream);
-        let due = when.timestamp_millis().max(0);
         let mut conn = self.connection();
-        let added: i64 = SCHEDULE
+        let (added, due): (i64, i64) = SCHEDULE
             .key(keys.scheduled())
             .key(keys.scheduled_events())
-            .arg("add")
+            .arg(how)
             .arg(&key)
-            .arg(due)
+            .arg(ms)
             .arg(pack(&fields))
             .invoke_async(&mut conn)
             .await
@@ -83,19 +102,6 @@ impl Publisher {
             due: ms_to_time(due),
             newly_scheduled: added == 1,
         })
-    }
-
-    /// [`Publisher::publish_at`] `delay` from now (this process's clock).
-    pub async fn publish_after(
-        &self,
-        event: &AsdlcEvent,
-        delay: Duration,
-    ) -> Result<Scheduled, PublishError> {
-        let delay = chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
-        let when = Utc::now()
-            .checked_add_signed(delay)
-            .unwrap_or(DateTime::<Utc>::MAX_UTC);
-        self.publish_at(event, when).await
     }
 
     /// Cancels the scheduled event of idempotency key `key` on the current context's stream.
@@ -185,8 +191,8 @@ pub async fn count(conn: &mut RedisConnection, stream: &str) -> Result<u64, Stre
 pub(crate) struct Promoted {
     /// (idempotency key, new entry id) of each appended event.
     pub(crate) appended: Vec<(String, String)>,
-    /// When the next scheduled event is due, if there is one.
-    pub(crate) next_due: Option<DateTime<Utc>>,
+    /// How long until the next scheduled event is due (by the server's clock), if there is one.
+    pub(crate) next_due: Option<Duration>,
 }
 
 /// Appends up to `limit` due events of `keys`' stream, atomically (see the module docs).
@@ -227,7 +233,7 @@ pub(crate) async fn promote(
     }
     Ok(Promoted {
         appended,
-        next_due: (next >= 0).then(|| ms_to_time(next)),
+        next_due: (next >= 0).then(|| Duration::from_millis(next as u64)),
     })
 }
 

@@ -4,7 +4,8 @@
 -- calls loses none.
 -- KEYS[1] the stream's scheduled set, KEYS[2] its scheduled events, KEYS[3] the stream
 -- ARGV[1] at most this many, ARGV[2] the stream's MAXLEN (~), '' for none
--- Returns {appended, the next due time in ms (-1 if none), id1, entry id1, id2, ...}
+-- Returns {appended, ms until the next one is due by the server's clock (-1 if none), id1,
+-- entry id1, id2, ...}
 local now = asdlc_now_ms()
 local due = redis.call('ZRANGE', KEYS[1], '-inf', now, 'BYSCORE', 'LIMIT', 0, tonumber(ARGV[1]))
 local out = { 0, -1 }
@@ -28,6 +29,6 @@ for _, id in ipairs(due) do
 end
 local next = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 if next[2] then
-  out[2] = tonumber(next[2])
+  out[2] = math.max(tonumber(next[2]) - now, 0)
 end
 return out

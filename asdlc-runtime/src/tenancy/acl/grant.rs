@@ -66,6 +66,7 @@ pub const TENANT_COMMANDS: &[&str] = &[
     "zrem",
     "zrange",
     "zcard",
+    "zscore",
     // Transactions on its own keys (dead-letter purge).
     "multi",
     "exec",
