@@ -276,3 +276,51 @@ async fn a_handler_asking_to_be_retried_later_is_redelivered_after_its_delay() {
         at[1] - at[0]
     );
 }
+
+#[tokio::test]
+async fn a_damaged_scheduled_event_is_dead_lettered_and_blocks_nothing() {
+    let target = Target::server();
+    let config = target.config("asdlc:events");
+    let keys = asdlc::StreamKeys::new(&config.stream);
+    let mut conn = target.conn().await;
+    // Written around the client, due first: its fields do not unpack.
+    let _: () = redis::pipe()
+        .cmd("HSET")
+        .arg(keys.scheduled_events())
+        .arg("damaged")
+        .arg("12:not-enough")
+        .ignore()
+        .cmd("ZADD")
+        .arg(keys.scheduled())
+        .arg(0)
+        .arg("damaged")
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let handler = TestHandler::new("h", &[EventType::TaskCreated]);
+    let c = consumer_for(&config, "g", "c1", &handler).await;
+    let run = spawn(&c).await;
+    let publisher = Publisher::connect(config.clone()).await.unwrap();
+    publisher
+        .publish_after(&task(1), Duration::from_millis(100))
+        .await
+        .unwrap();
+    eventually(WAIT, "the good event handled", || {
+        let h = handler.clone();
+        async move { h.count() == 1 }
+    })
+    .await;
+    c.stop();
+    run.await.unwrap().unwrap();
+    let dead = asdlc::deadletter::list(&mut conn, &config.stream, "-", 10)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(
+        dead[0].reason.contains("scheduled event damaged"),
+        "{:?}",
+        dead[0]
+    );
+    assert_eq!(scheduled(&target, &config.stream).await, 0);
+}

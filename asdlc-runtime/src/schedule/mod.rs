@@ -206,6 +206,7 @@ pub(crate) async fn promote(
         .key(keys.scheduled())
         .key(keys.scheduled_events())
         .key(keys.stream())
+        .key(keys.dead_letter())
         .arg(limit)
         .arg(max_len.map(|n| n.to_string()).unwrap_or_default())
         .invoke_async(conn)
