@@ -472,3 +472,53 @@ async fn a_protocol_function_refuses_keys_it_was_not_given() {
     assert!(tracker.mark_processed("k").await.unwrap());
     assert!(tracker.is_processed("k").await.unwrap());
 }
+
+/// Scheduled events, follow-ups for later and approval gates, all as the tenant's ACL user: the
+/// functions they run need nothing the tenant was not granted.
+#[tokio::test]
+async fn a_tenant_user_schedules_events_and_runs_gates() {
+    let t = setup().await;
+    let h = TestHandler::new("h", &[EventType::TaskCreated, EventType::GateExpired]);
+    let c = EventConsumer::builder(t.as_a.clone(), "hitl")
+        .tenant(t.a.clone())
+        .handler(h.clone())
+        .configure(fast)
+        .build()
+        .await
+        .unwrap();
+    let run = spawn(&c).await;
+    let p = Publisher::connect(t.as_a.clone()).await.unwrap();
+    let scheduled = TenantContext::scope(
+        t.a.clone(),
+        p.publish_after(
+            &event(EventType::TaskCreated, "later"),
+            Duration::from_millis(200),
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(scheduled.newly_scheduled);
+    TenantContext::scope(t.a.clone(), async {
+        let approved = asdlc::Gate::new(&p, "g-approved");
+        approved
+            .request("s", Duration::from_secs(60), "validation")
+            .await
+            .unwrap();
+        assert!(matches!(
+            approved.approve("alice").await.unwrap(),
+            asdlc::GateDecision::Decided { .. }
+        ));
+        asdlc::Gate::new(&p, "g-expires")
+            .request("s", Duration::from_millis(200), "validation")
+            .await
+            .unwrap();
+    })
+    .await;
+    eventually(WAIT, "the scheduled event and the expiry handled", || {
+        let h = h.clone();
+        async move { h.count() == 2 }
+    })
+    .await;
+    c.stop();
+    run.await.unwrap().unwrap();
+}

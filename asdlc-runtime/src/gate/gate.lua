@@ -22,6 +22,9 @@
 --               the gate had another outcome (or its deadline passed: it expires here)
 local op, maxlen = ARGV[1], ARGV[2]
 local now = asdlc_now_ms()
+-- A decided gate's state is kept this long (30 days), then expires; `list` drops the ids of
+-- expired gates from the index as it meets them.
+local keep_ms = 30 * 24 * 3600 * 1000
 
 local function append(stream, packed)
   local args = { 'XADD', stream }
@@ -39,6 +42,7 @@ local function decide(gate, pending, stream, id, outcome, by, packed)
   local entry = append(stream, packed)
   redis.call('HSET', gate, 'outcome', outcome, 'decided_by', by, 'decided_at', now,
     'decided_entry', entry)
+  redis.call('PEXPIRE', gate, keep_ms)
   redis.call('ZREM', pending, id)
   return entry
 end
@@ -104,6 +108,7 @@ elseif op == 'deliver' then
     end
     redis.call('HSET', gate, 'outcome', outcome, 'decided_by', by, 'decided_at', now,
       'decided_entry', entry)
+    redis.call('PEXPIRE', gate, keep_ms)
     redis.call('ZREM', pending, id)
     return { 1 }
   end

@@ -391,13 +391,24 @@ pub async fn list(
         .await
         .map_err(StreamError::redis(stream))?;
     let mut out = Vec::with_capacity(ids.len());
+    let mut forgotten = Vec::new();
     for id in ids {
-        if let Some((s, _)) = state(conn, &keys, &id)
+        match state(conn, &keys, &id)
             .await
             .map_err(StreamError::redis(stream))?
         {
-            out.push(s);
+            Some((s, _)) => out.push(s),
+            None => forgotten.push(id),
         }
+    }
+    if !forgotten.is_empty() {
+        // Decided gates are kept 30 days; their ids leave the index when they are gone.
+        let _: () = redis::cmd("ZREM")
+            .arg(keys.gates())
+            .arg(&forgotten)
+            .query_async(conn)
+            .await
+            .map_err(StreamError::redis(stream))?;
     }
     Ok(out)
 }
