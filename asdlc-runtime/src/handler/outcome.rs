@@ -32,7 +32,9 @@ pub enum HandlerResult {
         artifacts: Vec<String>,
     },
     /// A failure worth retrying: the entry stays pending and is redelivered after a backoff
-    /// (or dead-lettered once its deliveries run out).
+    /// (or dead-lettered once its deliveries run out). Built with [`HandlerResult::retry`] or
+    /// [`HandlerResult::retry_after`].
+    #[non_exhaustive]
     Retry {
         /// Why it failed.
         message: String,
