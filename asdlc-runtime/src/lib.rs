@@ -76,7 +76,7 @@ pub use error::{
 pub use event::{AsdlcEvent, AsdlcEventBuilder, EventType, Mode, generate_idempotency_key};
 pub use handler::{
     BoxFuture, EventHandler, HandlerContext, HandlerError, HandlerOptions, HandlerRegistration,
-    HandlerResult, IntoHandlerResult, registered_handlers,
+    HandlerResult, IntoHandlerResult, OrderBy, registered_handlers,
 };
 pub use idempotency::{IdempotencyTracker, MarkLayout};
 pub use keys::{StreamKeys, get_stream_name};
@@ -140,7 +140,7 @@ pub mod __private {
     pub use crate::event::{AsdlcEvent, EventType};
     pub use crate::handler::{
         BoxFuture, EventHandler, HandlerContext, HandlerOptions, HandlerRegistration,
-        HandlerResult, IntoHandlerResult,
+        HandlerResult, IntoHandlerResult, OrderBy,
     };
     pub use inventory;
     pub use std::boxed::Box;

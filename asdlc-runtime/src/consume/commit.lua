@@ -12,7 +12,11 @@
 --   D id lease n  (field value)*n               dead letter: XADD (trimming the dead-letter
 --                                               stream to its retention), ack, drop lease
 --   A id                                        acknowledge only
--- Returns one value per record: 1 done; 0 (S and s) already processed: acknowledged, effects
+--   O id order list                             (no reply of its own) if this call
+--                                               acknowledges `id`, it leaves the order
+--                                               list of its key (order.lua), which
+--                                               releases the key's next entry
+-- Returns one value per record but O: 1 done; 0 (S and s) already processed: acknowledged, effects
 -- dropped; 2 (S and s) another delivery of the key holds its lease (ours lapsed): nothing
 -- applied, the entry stays pending and is checked again later; or an error text (S only)
 -- when an effect was refused: nothing of it applied, the lease kept (the client follows
@@ -87,6 +91,9 @@ while i <= #ARGV do
     i = i + 4 + 2 * tonumber(ARGV[i + 3])
   elseif kind == 'A' then
     i = i + 2
+  elseif kind == 'O' then
+    r = r - 1
+    i = i + 4
   else
     return redis.error_reply('asdlc commit: unknown record kind ' .. tostring(kind))
   end
@@ -129,6 +136,8 @@ end
 local out = {}
 -- Acknowledged together at the end: one XACK for the whole call.
 local acks = {}
+-- The O records (their index in ARGV), settled once the acknowledgements are known.
+local orders = {}
 i, r = 10, 0
 while i <= #ARGV do
   local kind = ARGV[i]
@@ -194,6 +203,10 @@ while i <= #ARGV do
     lease_state(r, id)
     out[#out + 1] = 1
     i = i + 4 + 2 * n
+  elseif kind == 'O' then
+    r = r - 1
+    orders[#orders + 1] = i
+    i = i + 4
   else
     acks[#acks + 1] = ARGV[i + 1]
     out[#out + 1] = 1
@@ -212,6 +225,23 @@ if dead > 0 then
 end
 if #acks > 0 then
   redis.call('XACK', KEYS[1], group, unpack(acks))
+end
+if #orders > 0 then
+  local acked = {}
+  for _, id in ipairs(acks) do acked[id] = true end
+  local deltas = {}
+  for _, o in ipairs(orders) do
+    local id, order, list = ARGV[o + 1], ARGV[o + 2], ARGV[o + 3]
+    if acked[id] then
+      asdlc_check_declared(marks.declared, order, 'order hash')
+      asdlc_check_declared(marks.declared, list, 'order list')
+      deltas[order] = deltas[order] or asdlc_order_delta()
+      asdlc_order_drop(list, id, deltas[order])
+    end
+  end
+  for order, delta in pairs(deltas) do
+    asdlc_order_counts(order, delta)
+  end
 end
 if #drop > 0 then
   redis.call('HDEL', KEYS[3], unpack(drop))

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use redis::Value;
 use tokio::sync::mpsc;
 
-use super::handoff::{Delay, defer, failed_attempt};
+use super::handoff::{Delay, defer, failed_attempt, wake};
 use super::ledger::lease_arg;
 use super::retry;
 use super::shared::{Kind, Outcome, RunCtx, SCRIPT_CHUNK, Shared, StreamCtx, finish};
@@ -85,9 +85,19 @@ async fn commit_batch(
     again: &mut Vec<Outcome>,
 ) {
     let stream = outcomes[0].stream.clone();
+    // The order lists the records release, for entries of ordered handlers.
+    let lists: Vec<Option<Arc<str>>> = outcomes
+        .iter()
+        .map(|o| match o.kind {
+            Kind::Success { .. } | Kind::Dead { .. } if shared.ordered => {
+                shared.order.list(&stream.name, &o.id)
+            }
+            _ => None,
+        })
+        .collect();
     let mut tries = retry::COMMIT.start();
     let results = loop {
-        match commit(shared, run, &stream, &outcomes).await {
+        match commit(shared, run, &stream, &outcomes, &lists).await {
             Ok(v) => break Some(v),
             Err(e) => {
                 let pause = tries.failed();
@@ -110,8 +120,17 @@ async fn commit_batch(
         return;
     };
     let attempt = tries.failures();
-    for (o, r) in outcomes.into_iter().zip(results) {
+    for ((o, r), list) in outcomes.into_iter().zip(results).zip(lists) {
         let pass = o.pass.as_deref();
+        let acked = match (&o.kind, &r) {
+            (Kind::Success { .. }, Committed::Done | Committed::AlreadyProcessed) => true,
+            (Kind::Dead { .. }, _) => true,
+            _ => false,
+        };
+        if let Some(list) = list.filter(|_| acked) {
+            // Released: this consumer's next entries of the key need not wait for a check.
+            wake(shared, run, &list);
+        }
         let labels = shared.labels(&stream, o.handler);
         match (o.kind, r) {
             // After a failed attempt whose reply was lost, "already marked" is nearly always
@@ -199,9 +218,16 @@ async fn commit(
     run: &RunCtx,
     stream: &StreamCtx,
     outcomes: &[Outcome],
+    lists: &[Option<Arc<str>>],
 ) -> redis::RedisResult<Vec<Committed>> {
     let mut inv = COMMIT.key(&*stream.name);
     inv.key(&stream.dead_letter).key(&stream.lease_key);
+    if lists.iter().any(Option::is_some) {
+        inv.key(&stream.order_hash);
+        for list in lists.iter().flatten() {
+            inv.key(&**list);
+        }
+    }
     // Declared: the mark hashes of the records that mark, and every staged effect's key.
     let marking = outcomes.iter().filter_map(|o| match &o.kind {
         Kind::Success { fp, .. } => Some(&fp[..]),
@@ -234,7 +260,11 @@ async fn commit(
             .map_or(0, |d| d.as_millis().max(1) as u64),
     );
     let mut now = String::new();
-    for o in outcomes {
+    for (o, list) in outcomes.iter().zip(lists) {
+        if let Some(list) = list {
+            // Settled at the end of the call: released only if the call acknowledges it.
+            inv.arg("O").arg(&o.id).arg(&stream.order_hash).arg(&**list);
+        }
         match &o.kind {
             Kind::Success { fp, effects, .. }
                 if effects.is_empty() && o.lease.as_ref() == Some(fp) =>

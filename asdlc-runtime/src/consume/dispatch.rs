@@ -1,6 +1,7 @@
 //! The dispatch step: a batch of entries is admitted to the ledger, decoded, run through the
-//! begin script (duplicate, busy or leased) and handed to a handler, to the commit step, or
-//! back to the redelivery schedule.
+//! begin script (duplicate, busy or leased; in a group with ordered handlers also held back
+//! behind an earlier entry of its key) and handed to a handler, to the commit step, or back to
+//! the redelivery schedule.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -8,23 +9,31 @@ use std::sync::Arc;
 use redis::Value;
 
 use super::execute::spawn_handler;
-use super::handoff::{Candidate, Delay, defer, send};
+use super::handoff::{Candidate, Delay, defer, send, wake};
 use super::retry;
 use super::shared::{Kind, Outcome, RunCtx, SCRIPT_CHUNK, Shared, StreamCtx, finish};
 use super::stats::{Pass, Tally};
 use crate::encoding::decode;
-use crate::functions::BEGIN;
+use super::order::order_list;
+use crate::functions::{BEGIN, BEGIN_ORDERED};
 use crate::idempotency::{FINGERPRINT_LEN, fingerprint};
 use crate::reply::RawEntry;
 use crate::tenancy::TenantError;
 
-/// What the begin step said of one entry (begin.lua: `0`, `-1`, or the attempt `n > 0`).
+/// What the begin step said of one entry (begin.lua: `0`, `-1`, or the attempt `n > 0`;
+/// begin_ordered.lua also `-2` and `-3`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Begun {
     /// Already processed by the group: acknowledged.
     Duplicate,
     /// Another delivery holds the key's live lease: checked again later.
     Busy,
+    /// An earlier entry of its order key is unfinished: held back until that one is
+    /// committed or dead-lettered.
+    Held,
+    /// An earlier pending entry of the group is not placed in order yet (its consumer's
+    /// begin step has not run): checked again shortly.
+    Behind,
     /// The lease is ours; the handler runs its attempt `n` (counted in the server).
     Leased(u32),
 }
@@ -34,6 +43,8 @@ impl redis::FromRedisValue for Begun {
         match v {
             Value::Int(0) => Ok(Begun::Duplicate),
             Value::Int(-1) => Ok(Begun::Busy),
+            Value::Int(-2) => Ok(Begun::Held),
+            Value::Int(-3) => Ok(Begun::Behind),
             Value::Int(n) if n > 0 => Ok(Begun::Leased(u32::try_from(n).unwrap_or(u32::MAX))),
             other => Err(crate::functions::unexpected(BEGIN, &other)),
         }
@@ -143,13 +154,25 @@ pub(super) async fn dispatch(
             deferred.push(entry.id);
             continue;
         }
+        let order = shared.handlers[handler]
+            .options
+            .ordered_by
+            .and_then(|by| order_list(stream, &shared.group, &by, &event));
+        if let Some(list) = &order {
+            shared.order.place(&stream.name, &entry.id, list.clone());
+        }
         candidates.push(Candidate {
             entry_id: entry.id,
             event,
             fields,
             handler,
             fp,
+            order,
         });
+    }
+    if shared.ordered {
+        // The ordered begin step places entries in stream order.
+        candidates.sort_by_key(|c| entry_id_key(&c.entry_id));
     }
     shared.ledger.set_leases(
         &stream.name,
@@ -193,6 +216,10 @@ pub(super) async fn dispatch(
         for (c, code) in chunk.into_iter().zip(codes) {
             match code {
                 Begun::Duplicate => {
+                    if let Some(list) = &c.order {
+                        // The begin step took it out of its key's order.
+                        wake(shared, run, list);
+                    }
                     shared.stats.record(
                         Tally::Duplicate,
                         &shared.labels(stream, Some(c.handler)),
@@ -229,6 +256,26 @@ pub(super) async fn dispatch(
                 Begun::Leased(attempt) => {
                     spawn_handler(shared, run, stream, c, attempt, pass.clone()).await
                 }
+                Begun::Held | Begun::Behind => {
+                    if code == Begun::Held {
+                        shared.stats.record(
+                            Tally::HeldBack,
+                            &shared.labels(stream, Some(c.handler)),
+                            pass.as_deref(),
+                        );
+                    }
+                    tracing::debug!(stream = %stream.name, id = %c.entry_id, ?code, "an earlier entry of its key comes first; waiting");
+                    let pause = shared.order.wait(stream, &c.entry_id);
+                    defer(
+                        shared,
+                        run,
+                        stream,
+                        c.entry_id,
+                        Delay::Held(pause),
+                        pass.as_deref(),
+                    );
+                    finish(shared, pass.as_deref());
+                }
                 Begun::Busy => {
                     tracing::debug!(stream = %stream.name, id = %c.entry_id, "key held by another delivery; checking again later");
                     defer(
@@ -246,12 +293,21 @@ pub(super) async fn dispatch(
     }
 }
 
+/// An entry id as numbers, to sort by (`<ms>-<seq>`; anything else sorts first).
+fn entry_id_key(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
 async fn begin(
     shared: &Shared,
     run: &RunCtx,
     stream: &StreamCtx,
     chunk: &[Candidate],
 ) -> redis::RedisResult<Vec<Begun>> {
+    if shared.ordered {
+        return begin_ordered(shared, run, stream, chunk).await;
+    }
     let mut inv = BEGIN.key(&*stream.name);
     inv.key(&stream.lease_key);
     let marks = &shared.options.marks;
@@ -270,6 +326,43 @@ async fn begin(
         .arg(shared.lease_ms());
     for c in chunk {
         inv.arg(&c.entry_id).arg(&c.fp[..]);
+    }
+    let mut conn = shared.conn.clone();
+    inv.invoke_async(&mut conn).await
+}
+
+/// The begin step of a group with ordered handlers (begin_ordered.lua): the same, after placing
+/// each entry in the order of its key. `chunk` is in stream order.
+async fn begin_ordered(
+    shared: &Shared,
+    run: &RunCtx,
+    stream: &StreamCtx,
+    chunk: &[Candidate],
+) -> redis::RedisResult<Vec<Begun>> {
+    let mut inv = BEGIN_ORDERED.key(&*stream.name);
+    inv.key(&stream.lease_key);
+    let marks = &shared.options.marks;
+    marks.mark_keys(
+        &stream.marks_prefix,
+        chunk.iter().map(|c| &c.fp[..]),
+        &mut inv,
+    );
+    inv.key(&stream.order_hash);
+    for c in chunk {
+        if let Some(list) = &c.order {
+            inv.key(&**list);
+        }
+    }
+    marks.script_args(&stream.marks_prefix, &mut inv);
+    inv.arg(&*shared.group)
+        .arg(&*run.token)
+        .arg(run.predecessor(&stream.name))
+        .arg(shared.lease_ms())
+        .arg(&stream.order_hash);
+    for c in chunk {
+        inv.arg(&c.entry_id)
+            .arg(&c.fp[..])
+            .arg(c.order.as_deref().unwrap_or(""));
     }
     let mut conn = shared.conn.clone();
     inv.invoke_async(&mut conn).await

@@ -22,6 +22,8 @@ pub(super) struct Candidate {
     pub(super) fields: Vec<(Vec<u8>, Vec<u8>)>,
     pub(super) handler: usize,
     pub(super) fp: [u8; FINGERPRINT_LEN],
+    /// The order list of its key, if its handler is ordered and it has a key.
+    pub(super) order: Option<Arc<str>>,
 }
 
 /// Hands a finished entry to the committer; if it is gone (the run is ending), the entry
@@ -46,6 +48,9 @@ pub(super) enum Delay {
     Recheck,
     /// Attempt `n` failed: the backoff after it.
     Retry(u32),
+    /// An earlier entry of its order key is unfinished (or not placed yet): this long, unless
+    /// the key is released here first.
+    Held(Duration),
 }
 
 /// Leaves an entry pending and schedules it for redelivery to this consumer.
@@ -70,12 +75,33 @@ pub(super) fn defer(
                 .max(Duration::from_millis(100))
         }
         Delay::Retry(attempt) => shared.options.retry.delay(attempt),
+        Delay::Held(pause) => pause,
     };
     lock(&run.retries).push(Reverse(Redelivery {
         due: Instant::now() + delay,
         stream: stream.clone(),
         id,
     }));
+    run.retry_wake.notify_one();
+}
+
+/// Redelivers at once the entries of this consumer waiting for order key `list`, released.
+pub(super) fn wake(shared: &Shared, run: &RunCtx, list: &str) {
+    let waiters = shared.order.release(list);
+    if waiters.is_empty() {
+        return;
+    }
+    let now = Instant::now();
+    {
+        let mut heap = lock(&run.retries);
+        for (stream, id) in waiters {
+            heap.push(Reverse(Redelivery {
+                due: now,
+                stream,
+                id,
+            }));
+        }
+    }
     run.retry_wake.notify_one();
 }
 

@@ -34,6 +34,7 @@ mod execute;
 mod handoff;
 mod ledger;
 mod lock;
+mod order;
 mod read;
 mod recover;
 mod retry;
@@ -378,6 +379,14 @@ impl HandlerSpec {
             handler: Arc::new(StaticHandler(reg.handler)),
             options: reg.options,
         }
+    }
+
+    /// Handles this handler's events with the same key one at a time, in stream order,
+    /// across the group (see [`OrderBy`](crate::OrderBy)); a key function
+    /// (`OrderBy::Key`) orders by a key of the application's choosing.
+    pub fn ordered_by(mut self, order: crate::handler::OrderBy) -> Self {
+        self.options.ordered_by = Some(order);
+        self
     }
 
     /// The handler's name.

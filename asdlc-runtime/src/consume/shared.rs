@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::ledger::{Lease, Ledger};
+use super::order::OrderBook;
 use super::lock::NameLock;
 use super::stats::{Pass, RecoveryResult, Stats};
 use super::{ConsumerOptions, HandlerSpec};
@@ -39,16 +40,19 @@ pub(super) struct StreamCtx {
     pub(super) marks_prefix: String,
     /// The hash of the group's in-flight leases on this stream.
     pub(super) lease_key: String,
+    /// The hash of the group's per-key ordering on this stream (used if a handler is ordered).
+    pub(super) order_hash: String,
     pub(super) dead_letter: String,
 }
 
 impl StreamCtx {
-    fn new(stream: String, tenant: Option<TenantId>, group: &str) -> Self {
+    pub(super) fn new(stream: String, tenant: Option<TenantId>, group: &str) -> Self {
         let keys = StreamKeys::new(stream);
         StreamCtx {
             name: Arc::from(keys.stream()),
             marks_prefix: keys.marks_prefix(group),
             lease_key: keys.lease_prefix(group).trim_end_matches(':').to_owned(),
+            order_hash: keys.order_hash(group),
             dead_letter: keys.dead_letter(),
             keys: Arc::new(keys),
             tenant,
@@ -145,6 +149,9 @@ pub(super) struct Shared {
     pub(super) handler_limits: Vec<Option<Arc<Semaphore>>>,
     pub(super) permits: Arc<Semaphore>,
     pub(super) ledger: Ledger,
+    /// Whether a handler is ordered: then every begin step of the group places its entries.
+    pub(super) ordered: bool,
+    pub(super) order: OrderBook,
     pub(super) stats: Stats,
     pub(super) stop: CancellationToken,
     pub(super) ready: watch::Sender<Readiness>,
@@ -252,6 +259,7 @@ impl Shared {
                     .map(|n| Arc::new(Semaphore::new(n.max(1))))
             })
             .collect();
+        let ordered = handlers.iter().any(|h| h.options.ordered_by.is_some());
         let (ready, _) = watch::channel(Readiness::Starting);
         Ok(Shared {
             permits: Arc::new(Semaphore::new(options.concurrency)),
@@ -265,6 +273,8 @@ impl Shared {
             handlers,
             handler_limits,
             ledger: Ledger::default(),
+            ordered,
+            order: OrderBook::default(),
             stats: Stats::default(),
             stop: CancellationToken::new(),
             ready,
@@ -387,6 +397,9 @@ impl Shared {
 
     pub(super) fn untrack(&self, stream: &Arc<str>, id: &str) {
         self.ledger.remove(stream, id);
+        if self.ordered {
+            self.order.forget(stream, id);
+        }
     }
 
     pub(super) fn is_tracked(&self, stream: &Arc<str>, id: &str) -> bool {

@@ -1,6 +1,7 @@
 //! The handler side: the [`EventHandler`] trait, the context a handler gets, and the registry
 //! `#[event_handler]` fills through `inventory`. What a handler reports is in `outcome`.
 
+mod order;
 mod outcome;
 
 use std::fmt;
@@ -15,6 +16,7 @@ use crate::event::{AsdlcEvent, EventType};
 use crate::keys::StreamKeys;
 use crate::tenancy::TenantId;
 
+pub use order::OrderBy;
 pub use outcome::{HandlerError, HandlerResult, IntoHandlerResult};
 
 /// A boxed, sendable future, as [`EventHandler::handle`] returns.
@@ -203,6 +205,8 @@ pub struct HandlerOptions {
     pub timeout: Option<Duration>,
     /// How many events of this handler may run at once.
     pub concurrency: Option<usize>,
+    /// What orders this handler's events within its group (`None`: unordered).
+    pub ordered_by: Option<OrderBy>,
 }
 
 impl HandlerOptions {
@@ -212,6 +216,7 @@ impl HandlerOptions {
             max_deliveries: None,
             timeout: None,
             concurrency: None,
+            ordered_by: None,
         }
     }
 
@@ -230,6 +235,13 @@ impl HandlerOptions {
     /// How many events of this handler may run at once.
     pub const fn with_concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = Some(concurrency);
+        self
+    }
+
+    /// Handles events with the same key one at a time, in stream order, across the group
+    /// (see [`OrderBy`]).
+    pub const fn with_ordered_by(mut self, ordered_by: OrderBy) -> Self {
+        self.ordered_by = Some(ordered_by);
         self
     }
 }

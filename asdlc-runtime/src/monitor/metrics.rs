@@ -23,6 +23,9 @@ pub mod metric_names {
     pub const DUPLICATES: &str = "asdlc_events_duplicates_total";
     /// Entries claimed from other (dead or stuck) consumers.
     pub const CLAIMED: &str = "asdlc_events_claimed_total";
+    /// Entries of ordered handlers held back because an earlier entry of their key was
+    /// unfinished.
+    pub const HELD_BACK: &str = "asdlc_events_held_back_total";
     /// How long one handler call took, in seconds.
     pub const HANDLER_SECONDS: &str = "asdlc_handler_seconds";
     /// From publish (the entry id's time, on the server's clock) to the start of handling, in
@@ -44,6 +47,10 @@ pub fn describe_metrics() {
         "Deliveries skipped because their idempotency key was already processed"
     );
     describe_counter!(CLAIMED, "Entries claimed from dead or stuck consumers");
+    describe_counter!(
+        HELD_BACK,
+        "Entries of ordered handlers held back behind an unfinished earlier entry of their key"
+    );
     describe_histogram!(HANDLER_SECONDS, Unit::Seconds, "Handler call duration");
     describe_histogram!(
         PUBLISH_TO_HANDLE_SECONDS,
@@ -86,6 +93,8 @@ pub(crate) enum Count {
     Duplicate,
     /// Entries were claimed from other consumers.
     Claimed,
+    /// An ordered entry was held back behind an earlier entry of its key.
+    HeldBack,
 }
 
 impl Count {
@@ -97,6 +106,7 @@ impl Count {
             Count::DeadLettered => DEAD_LETTERED,
             Count::Duplicate => DUPLICATES,
             Count::Claimed => CLAIMED,
+            Count::HeldBack => HELD_BACK,
         }
     }
 }
