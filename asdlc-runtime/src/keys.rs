@@ -14,7 +14,7 @@
 //! | dead letters | `{asdlc:events}:dead` | `tenant:{acme}:asdlc:events:dead` |
 //! | processed marks | `{asdlc:events}:marks:<group>:<bucket>:<shard>` | `tenant:{acme}:asdlc:events:marks:...` |
 //! | in-flight leases (one hash, a field per key) | `{asdlc:events}:lease:<group>` | `tenant:{acme}:asdlc:events:lease:<group>` |
-//! | per-key order (a hash, and a list per order key) | `{asdlc:events}:order:<group>`, `...:order:<group>:<key>` | `tenant:{acme}:asdlc:events:order:...` |
+//! | per-key order (one hash: cursor, counts, a queue per order key) | `{asdlc:events}:order:<group>` | `tenant:{acme}:asdlc:events:order:<group>` |
 //! | consumer locks | `{asdlc:events}:consumer:<group>:<name>` | `tenant:{acme}:asdlc:events:consumer:...` |
 //! | staged effects | `{asdlc:events}:fx:<name>` | `tenant:{acme}:asdlc:events:fx:<name>` |
 
@@ -159,16 +159,10 @@ impl StreamKeys {
         format!("{}:lease:{group}:", self.namespace)
     }
 
-    /// The hash of `group`'s per-key ordering: the cursor of placed entries and the counts of
-    /// queued and held-back entries.
+    /// The hash of `group`'s per-key ordering: the cursor of placed entries, the counts of
+    /// queued and held-back entries, and the queue of each order key (`k:<key>`).
     pub fn order_hash(&self, group: &str) -> String {
         format!("{}:order:{group}", self.namespace)
-    }
-
-    /// The list of `group`'s unfinished entries of one order key, named by the key's
-    /// fingerprint in hex (so any key, however long, makes a short name in this slot).
-    pub fn order_list(&self, group: &str, key_hex: &str) -> String {
-        format!("{}:order:{group}:{key_hex}", self.namespace)
     }
 
     /// The lock that keeps a consumer name to one live process.

@@ -1,95 +1,133 @@
 -- Begin step of a group with ordered handlers, one call per batch: places each entry in the
--- order of its key, then runs the begin step (begin.lua) for the entries whose turn it is.
--- KEYS: as begin.lua (stream, lease hash, mark hashes), then the order hash and the order
---       lists of the entries (order.lua)
--- ARGV: as begin.lua's first nine, then the order hash, then (entry id, fingerprint, order
---       list) for each entry, in stream order; the order list is '' for an entry of an
---       unordered handler (it is placed, so the cursor passes it, but never waits).
+-- queue of its order key (order.lua), then runs the begin step (begin.lua) for the entries
+-- whose turn it is.
+-- KEYS: as begin.lua (stream, lease hash, mark hashes), then the order hash
+-- ARGV: as begin.lua's first nine, then the order hash; the group's order rule, one
+--       `<event type>=<s|t|f>;` per ordered event type (by session, by task, by a key
+--       function); then (entry id, fingerprint, order key) for each entry, in stream order,
+--       the order key '' for an entry that is not ordered (it is placed, so the cursor passes
+--       it, but it never waits).
 -- Returns one code per entry: begin.lua's, or -2: an earlier entry of its key is unfinished
 -- (held back until that one is committed or dead-lettered); -3: an earlier pending entry of
--- the group is not placed yet, so this one cannot be placed either (checked again shortly).
+-- the group could not be placed (ordered by a key function, read by a consumer whose begin
+-- step has not run yet), so neither can this one: it is checked again shortly.
 --
--- Why an entry may wait for one it has never seen: consumers read their batches in stream
--- order, but their begin steps run in any order. So entries are placed strictly in stream
--- order: an entry is placed only when no pending entry between the cursor and it is
--- unplaced. A key's list then holds its unfinished entries in stream order, and an entry
--- runs only at the head of its list. A head that is no longer pending (acknowledged by hand,
--- deleted and claimed) is stale and dropped when found.
+-- Why entries are placed in stream order, and by whoever comes first: consumers read their
+-- batches in stream order, but their begin steps run in any order. An entry may run only
+-- when no earlier entry of its key is unfinished, including one another consumer has read
+-- and not begun. So every pending entry up to the cursor is in its queue, and an entry past
+-- the cursor is placed only after the pending entries before it: those of other consumers
+-- are placed here, their key read from their fields by the rule (a key function's key is
+-- known to its consumer only). A queue then lists its key's unfinished entries in stream
+-- order, and an entry runs at the head of its queue only. A head no longer pending
+-- (acknowledged by hand, deleted and claimed) is stale and dropped when found.
 local stream, group = KEYS[1], ARGV[6]
-local order = ARGV[10]
 local declared = asdlc_declared(KEYS)
-asdlc_check_declared(declared, order, 'order hash')
-local n = (#ARGV - 10) / 3
-local cursor = redis.call('HGET', order, 'cursor') or '0-0'
+local o = asdlc_order_open(ARGV[10])
+asdlc_check_declared(declared, o.hash, 'order hash')
+local rule = {}
+for t, kind in string.gmatch(ARGV[11], '([^=;]+)=([stf]);') do
+  rule[t] = kind
+end
+local n = (#ARGV - 11) / 3
+local cursor = redis.call('HGET', o.hash, 'cursor') or '0-0'
 local moved = false
-local delta = asdlc_order_delta()
 
--- The pending entries after the cursor, up to our last: enough to find the first one that
--- is not ours.
-local ahead = {}
-if n > 0 then
-  local last = ARGV[11 + 3 * (n - 1)]
-  if asdlc_id_less(cursor, last) then
-    ahead = redis.call('XPENDING', stream, group, '(' .. cursor, last, n + 1)
-  end
+local function entry(k)
+  local base = 12 + 3 * (k - 1)
+  return ARGV[base], ARGV[base + 2]
 end
 
--- Whether it is `id`'s turn in `list`: nothing earlier of its key is unfinished.
-local function turn(list, id)
+-- Places another consumer's pending entry `id` by its fields; false if its key cannot be
+-- known here.
+local function place_other(id)
+  local found = redis.call('XRANGE', stream, id, id)
+  if #found == 0 then
+    return true
+  end
+  local f = {}
+  local fields = found[1][2]
+  for i = 1, #fields, 2 do
+    f[fields[i]] = fields[i + 1]
+  end
+  local kind = rule[f.event_type or '']
+  if kind == 'f' then
+    return false
+  elseif kind == 's' and f.session_id then
+    asdlc_order_push(o, 'session:' .. f.session_id, id)
+  elseif kind == 't' and f.task_id then
+    asdlc_order_push(o, 'task:' .. f.task_id, id)
+  end
+  return true
+end
+
+-- The pending entries after the cursor, a page at a time.
+local ahead, p = {}, 1
+local last = n > 0 and entry(n) or nil
+local function next_pending()
+  if p > #ahead then
+    if not last or not asdlc_id_less(cursor, last) then
+      return nil
+    end
+    ahead = redis.call('XPENDING', stream, group, '(' .. cursor, last, math.max(n + 1, 64))
+    p = 1
+  end
+  return ahead[p] and ahead[p][1]
+end
+
+-- Whether it is `id`'s turn in the queue of `key`: nothing earlier of its key unfinished.
+local function turn(key, id)
   while true do
-    local head = redis.call('LINDEX', list, 0)
+    local head = asdlc_order_head(o, key)
     if not head or head == id then
       return true
     end
     if #redis.call('XPENDING', stream, group, head, head, 1) > 0 then
       return asdlc_id_less(id, head)
     end
-    redis.call('LPOP', list)
-    delta.queued = delta.queued - 1
-    if redis.call('EXISTS', list) == 0 then
-      delta.keys = delta.keys - 1
-    end
+    asdlc_order_drop(o, key, head)
   end
 end
 
+-- At most this many entries of other consumers are placed per call, to keep it short.
+local others = 1000
 local out, go = {}, {}
-local p, blocked = 1, false
+local blocked = false
 for k = 1, n do
-  local base = 11 + 3 * (k - 1)
-  local id, list = ARGV[base], ARGV[base + 2]
-  if list ~= '' then
-    asdlc_check_declared(declared, list, 'order list')
-  end
+  local id, key = entry(k)
   local placed = true
   if asdlc_id_less(cursor, id) then
+    -- Every pending entry before it, up to the cursor, first.
+    while not blocked do
+      local first = next_pending()
+      if first == nil or not asdlc_id_less(first, id) then
+        break
+      end
+      if others == 0 or not place_other(first) then
+        blocked = true
+      else
+        others = others - 1
+        cursor, moved = first, true
+        p = p + 1
+      end
+    end
     if blocked then
       placed = false
     else
-      local first = ahead[p] and ahead[p][1]
-      if first ~= nil and first ~= id and asdlc_id_less(first, id) then
-        -- Another delivery's entry, earlier and not placed: everything after it waits.
-        blocked, placed = true, false
-      else
-        if first == id then
-          p = p + 1
-        end
-        if list ~= '' then
-          if redis.call('RPUSH', list, id) == 1 then
-            delta.keys = delta.keys + 1
-          end
-          delta.queued = delta.queued + 1
-          redis.call('PEXPIRE', list, ASDLC_ORDER_MS)
-        end
-        cursor, moved = id, true
+      if next_pending() == id then
+        p = p + 1
       end
+      if key ~= '' then
+        asdlc_order_push(o, key, id)
+      end
+      cursor, moved = id, true
     end
   end
-  if list == '' then
-    out[k] = nil
+  if key == '' then
     go[#go + 1] = k
   elseif not placed then
     out[k] = -3
-  elseif turn(list, id) then
+  elseif turn(key, id) then
     go[#go + 1] = k
   else
     out[k] = -2
@@ -100,22 +138,19 @@ if #go > 0 then
   local argv = {}
   for a = 1, 9 do argv[a] = ARGV[a] end
   for _, k in ipairs(go) do
-    local base = 11 + 3 * (k - 1)
+    local base = 12 + 3 * (k - 1)
     argv[#argv + 1] = ARGV[base]
     argv[#argv + 1] = ARGV[base + 1]
   end
   local codes = asdlc_step_begin(KEYS, argv)
   for j, k in ipairs(go) do
     out[k] = codes[j]
-    local list = ARGV[11 + 3 * (k - 1) + 2]
-    if codes[j] == 0 and list ~= '' then
-      -- A duplicate, acknowledged: it leaves its key's order.
-      asdlc_order_drop(list, ARGV[11 + 3 * (k - 1)], delta)
+    local id, key = entry(k)
+    if codes[j] == 0 and key ~= '' then
+      -- A duplicate, acknowledged: it leaves its key's queue.
+      asdlc_order_drop(o, key, id)
     end
   end
 end
-if moved then
-  redis.call('HSET', order, 'cursor', cursor)
-end
-asdlc_order_counts(order, delta)
+asdlc_order_close(o, moved and cursor or nil)
 return out

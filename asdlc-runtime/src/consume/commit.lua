@@ -12,10 +12,11 @@
 --   D id lease n  (field value)*n               dead letter: XADD (trimming the dead-letter
 --                                               stream to its retention), ack, drop lease
 --   A id                                        acknowledge only
---   O id order list                             (no reply of its own) if this call
---                                               acknowledges `id`, it leaves the order
---                                               list of its key (order.lua), which
---                                               releases the key's next entry
+--   O id order key                              (no reply of its own) if this call
+--                                               acknowledges `id`, it leaves the queue of
+--                                               order key `key` in the order hash `order`
+--                                               (order.lua), which releases the key's next
+--                                               entry
 -- Returns one value per record but O: 1 done; 0 (S and s) already processed: acknowledged, effects
 -- dropped; 2 (S and s) another delivery of the key holds its lease (ours lapsed): nothing
 -- applied, the entry stays pending and is checked again later; or an error text (S only)
@@ -229,18 +230,19 @@ end
 if #orders > 0 then
   local acked = {}
   for _, id in ipairs(acks) do acked[id] = true end
-  local deltas = {}
-  for _, o in ipairs(orders) do
-    local id, order, list = ARGV[o + 1], ARGV[o + 2], ARGV[o + 3]
+  local views = {}
+  for _, at in ipairs(orders) do
+    local id, order, key = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
     if acked[id] then
-      asdlc_check_declared(marks.declared, order, 'order hash')
-      asdlc_check_declared(marks.declared, list, 'order list')
-      deltas[order] = deltas[order] or asdlc_order_delta()
-      asdlc_order_drop(list, id, deltas[order])
+      if not views[order] then
+        asdlc_check_declared(marks.declared, order, 'order hash')
+        views[order] = asdlc_order_open(order)
+      end
+      asdlc_order_drop(views[order], key, id)
     end
   end
-  for order, delta in pairs(deltas) do
-    asdlc_order_counts(order, delta)
+  for _, view in pairs(views) do
+    asdlc_order_close(view, nil)
   end
 end
 if #drop > 0 then

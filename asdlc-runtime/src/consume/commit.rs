@@ -224,9 +224,6 @@ async fn commit(
     inv.key(&stream.dead_letter).key(&stream.lease_key);
     if lists.iter().any(Option::is_some) {
         inv.key(&stream.order_hash);
-        for list in lists.iter().flatten() {
-            inv.key(&**list);
-        }
     }
     // Declared: the mark hashes of the records that mark, and every staged effect's key.
     let marking = outcomes.iter().filter_map(|o| match &o.kind {

@@ -5,16 +5,17 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use redis::Value;
 
 use super::execute::spawn_handler;
-use super::handoff::{Candidate, Delay, defer, send, wake};
+use super::handoff::{Candidate, Delay, defer, hold, send, wake};
+use super::order::{id_key, order_key};
 use super::retry;
 use super::shared::{Kind, Outcome, RunCtx, SCRIPT_CHUNK, Shared, StreamCtx, finish};
 use super::stats::{Pass, Tally};
 use crate::encoding::decode;
-use super::order::order_list;
 use crate::functions::{BEGIN, BEGIN_ORDERED};
 use crate::idempotency::{FINGERPRINT_LEN, fingerprint};
 use crate::reply::RawEntry;
@@ -157,7 +158,7 @@ pub(super) async fn dispatch(
         let order = shared.handlers[handler]
             .options
             .ordered_by
-            .and_then(|by| order_list(stream, &shared.group, &by, &event));
+            .and_then(|by| order_key(&by, &event));
         if let Some(list) = &order {
             shared.order.place(&stream.name, &entry.id, list.clone());
         }
@@ -172,7 +173,7 @@ pub(super) async fn dispatch(
     }
     if shared.ordered {
         // The ordered begin step places entries in stream order.
-        candidates.sort_by_key(|c| entry_id_key(&c.entry_id));
+        candidates.sort_by_key(|c| id_key(&c.entry_id));
     }
     shared.ledger.set_leases(
         &stream.name,
@@ -190,114 +191,128 @@ pub(super) async fn dispatch(
         } else {
             Vec::new()
         };
-        let chunk = std::mem::replace(&mut remaining, rest);
-        let mut failures = retry::BEGIN.start();
-        let codes = loop {
-            match begin(shared, run, stream, &chunk).await {
-                Ok(codes) => break Some(codes),
-                Err(e) => {
-                    tracing::warn!(stream = %stream.name, error = %e, "begin step failed; retrying");
-                    let pause = failures.failed();
-                    if shared.stop.is_cancelled() || run.abort.is_cancelled() {
-                        break None;
+        let mut chunk = std::mem::replace(&mut remaining, rest);
+        // Entries behind another consumer's unplaced ones are begun again at once, a few
+        // times: that consumer's begin step is usually a moment away.
+        let mut behind_tries = 0u32;
+        loop {
+            let mut failures = retry::BEGIN.start();
+            let codes = loop {
+                match begin(shared, run, stream, &chunk).await {
+                    Ok(codes) => break Some(codes),
+                    Err(e) => {
+                        tracing::warn!(stream = %stream.name, error = %e, "begin step failed; retrying");
+                        let pause = failures.failed();
+                        if shared.stop.is_cancelled() || run.abort.is_cancelled() {
+                            break None;
+                        }
+                        crate::retry::sleep(pause.unwrap_or_default(), None).await;
                     }
-                    crate::retry::sleep(pause.unwrap_or_default(), None).await;
                 }
-            }
-        };
-        let Some(codes) = codes else {
-            // Stopping: leave the rest pending for the next start.
-            for c in chunk.into_iter().chain(std::mem::take(&mut remaining)) {
-                shared.untrack(&stream.name, &c.entry_id);
-                finish(shared, pass.as_deref());
-            }
-            return;
-        };
-        for (c, code) in chunk.into_iter().zip(codes) {
-            match code {
-                Begun::Duplicate => {
-                    if let Some(list) = &c.order {
-                        // The begin step took it out of its key's order.
-                        wake(shared, run, list);
-                    }
-                    shared.stats.record(
-                        Tally::Duplicate,
-                        &shared.labels(stream, Some(c.handler)),
-                        pass.as_deref(),
-                    );
-                    tracing::debug!(stream = %stream.name, id = %c.entry_id, "duplicate: already processed");
+            };
+            let Some(codes) = codes else {
+                // Stopping: leave the rest pending for the next start.
+                for c in chunk.into_iter().chain(std::mem::take(&mut remaining)) {
                     shared.untrack(&stream.name, &c.entry_id);
                     finish(shared, pass.as_deref());
                 }
-                Begun::Leased(attempt) if attempt > shared.max_deliveries(c.handler) => {
-                    // Every allowed attempt began and none ended with an outcome: the handler
-                    // (or its process) kept crashing.
-                    let max = shared.max_deliveries(c.handler);
-                    let started = attempt - 1;
-                    let reason = format!(
-                        "{started} attempts started and none finished, max_deliveries is {max}: the handler or its process kept crashing"
-                    );
-                    let out = Outcome {
-                        stream: stream.clone(),
-                        id: c.entry_id,
-                        lease: Some(c.fp),
-                        kind: Kind::Dead {
-                            fields: c.fields,
-                            reason,
-                            error: String::new(),
-                            attempts: started,
-                            handler: shared.handlers[c.handler].name().to_owned(),
-                        },
-                        pass: pass.clone(),
-                        handler: Some(c.handler),
-                    };
-                    send(shared, run, out).await;
-                }
-                Begun::Leased(attempt) => {
-                    spawn_handler(shared, run, stream, c, attempt, pass.clone()).await
-                }
-                Begun::Held | Begun::Behind => {
-                    if code == Begun::Held {
+                return;
+            };
+            let mut behind = Vec::new();
+            for (c, code) in chunk.into_iter().zip(codes) {
+                match code {
+                    Begun::Behind if behind_tries < BEHIND_TRIES => behind.push(c),
+                    Begun::Duplicate => {
+                        if let Some(list) = &c.order {
+                            // The begin step took it out of its key's order.
+                            wake(shared, run, list);
+                        }
+                        shared.stats.record(
+                            Tally::Duplicate,
+                            &shared.labels(stream, Some(c.handler)),
+                            pass.as_deref(),
+                        );
+                        tracing::debug!(stream = %stream.name, id = %c.entry_id, "duplicate: already processed");
+                        shared.untrack(&stream.name, &c.entry_id);
+                        finish(shared, pass.as_deref());
+                    }
+                    Begun::Leased(attempt) if attempt > shared.max_deliveries(c.handler) => {
+                        // Every allowed attempt began and none ended with an outcome: the handler
+                        // (or its process) kept crashing.
+                        let max = shared.max_deliveries(c.handler);
+                        let started = attempt - 1;
+                        let reason = format!(
+                            "{started} attempts started and none finished, max_deliveries is {max}: the handler or its process kept crashing"
+                        );
+                        let out = Outcome {
+                            stream: stream.clone(),
+                            id: c.entry_id,
+                            lease: Some(c.fp),
+                            kind: Kind::Dead {
+                                fields: c.fields,
+                                reason,
+                                error: String::new(),
+                                attempts: started,
+                                handler: shared.handlers[c.handler].name().to_owned(),
+                            },
+                            pass: pass.clone(),
+                            handler: Some(c.handler),
+                        };
+                        send(shared, run, out).await;
+                    }
+                    Begun::Leased(attempt) => {
+                        spawn_handler(shared, run, stream, c, attempt, pass.clone()).await
+                    }
+                    Begun::Held => {
                         shared.stats.record(
                             Tally::HeldBack,
                             &shared.labels(stream, Some(c.handler)),
                             pass.as_deref(),
                         );
+                        tracing::debug!(stream = %stream.name, id = %c.entry_id, "an earlier entry of its key is unfinished; waiting");
+                        hold(shared, run, stream, c.entry_id, pass.as_deref());
+                        finish(shared, pass.as_deref());
                     }
-                    tracing::debug!(stream = %stream.name, id = %c.entry_id, ?code, "an earlier entry of its key comes first; waiting");
-                    let pause = shared.order.wait(stream, &c.entry_id);
-                    defer(
-                        shared,
-                        run,
-                        stream,
-                        c.entry_id,
-                        Delay::Held(pause),
-                        pass.as_deref(),
-                    );
-                    finish(shared, pass.as_deref());
-                }
-                Begun::Busy => {
-                    tracing::debug!(stream = %stream.name, id = %c.entry_id, "key held by another delivery; checking again later");
-                    defer(
-                        shared,
-                        run,
-                        stream,
-                        c.entry_id,
-                        Delay::Recheck,
-                        pass.as_deref(),
-                    );
-                    finish(shared, pass.as_deref());
+                    Begun::Behind => {
+                        tracing::debug!(stream = %stream.name, id = %c.entry_id, "an earlier entry of the group is not placed yet; checking again");
+                        let pause = shared.order.behind(&stream.name, &c.entry_id);
+                        defer(
+                            shared,
+                            run,
+                            stream,
+                            c.entry_id,
+                            Delay::Held(pause),
+                            pass.as_deref(),
+                        );
+                        finish(shared, pass.as_deref());
+                    }
+                    Begun::Busy => {
+                        tracing::debug!(stream = %stream.name, id = %c.entry_id, "key held by another delivery; checking again later");
+                        defer(
+                            shared,
+                            run,
+                            stream,
+                            c.entry_id,
+                            Delay::Recheck,
+                            pass.as_deref(),
+                        );
+                        finish(shared, pass.as_deref());
+                    }
                 }
             }
+            if behind.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1 << behind_tries)).await;
+            behind_tries += 1;
+            chunk = behind;
         }
     }
 }
 
-/// An entry id as numbers, to sort by (`<ms>-<seq>`; anything else sorts first).
-fn entry_id_key(id: &str) -> (u64, u64) {
-    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
-}
+/// How many times in a row an entry behind unplaced ones is begun again before it waits
+/// (after 1, 2, 4 and 8 ms).
+const BEHIND_TRIES: u32 = 4;
 
 async fn begin(
     shared: &Shared,
@@ -348,17 +363,13 @@ async fn begin_ordered(
         &mut inv,
     );
     inv.key(&stream.order_hash);
-    for c in chunk {
-        if let Some(list) = &c.order {
-            inv.key(&**list);
-        }
-    }
     marks.script_args(&stream.marks_prefix, &mut inv);
     inv.arg(&*shared.group)
         .arg(&*run.token)
         .arg(run.predecessor(&stream.name))
         .arg(shared.lease_ms())
-        .arg(&stream.order_hash);
+        .arg(&stream.order_hash)
+        .arg(&*shared.order_rule);
     for c in chunk {
         inv.arg(&c.entry_id)
             .arg(&c.fp[..])

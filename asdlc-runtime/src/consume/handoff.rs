@@ -85,24 +85,27 @@ pub(super) fn defer(
     run.retry_wake.notify_one();
 }
 
-/// Redelivers at once the entries of this consumer waiting for order key `list`, released.
+/// The key `list` was released here (or its head left the order): the earliest entry of
+/// this consumer waiting for it is redelivered at once.
 pub(super) fn wake(shared: &Shared, run: &RunCtx, list: &str) {
-    let waiters = shared.order.release(list);
-    if waiters.is_empty() {
-        return;
+    if let Some((stream, id)) = shared.order.release(list) {
+        run.redeliver_now(stream, id);
     }
-    let now = Instant::now();
-    {
-        let mut heap = lock(&run.retries);
-        for (stream, id) in waiters {
-            heap.push(Reverse(Redelivery {
-                due: now,
-                stream,
-                id,
-            }));
-        }
+}
+
+/// Leaves an entry waiting for an earlier entry of its key: checked again after a pause if it
+/// is the earliest of its key here, else woken when that one is done.
+pub(super) fn hold(
+    shared: &Arc<Shared>,
+    run: &Arc<RunCtx>,
+    stream: &Arc<StreamCtx>,
+    id: String,
+    pass: Option<&Pass>,
+) {
+    match shared.order.wait(stream, &id) {
+        Some(pause) => defer(shared, run, stream, id, Delay::Held(pause), pass),
+        None => shared.ledger.hold(&stream.name, &id),
     }
-    run.retry_wake.notify_one();
 }
 
 /// What follows a failed attempt: a retry after its backoff, or, on the last allowed attempt,

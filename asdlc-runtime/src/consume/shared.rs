@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::ledger::{Lease, Ledger};
-use super::order::OrderBook;
 use super::lock::NameLock;
+use super::order::OrderBook;
 use super::stats::{Pass, RecoveryResult, Stats};
 use super::{ConsumerOptions, HandlerSpec};
 use crate::config::{Config, Valid};
@@ -81,6 +81,16 @@ pub(super) struct RunCtx {
 }
 
 impl RunCtx {
+    /// Schedules an entry of this consumer for redelivery now.
+    pub(super) fn redeliver_now(&self, stream: Arc<StreamCtx>, id: String) {
+        lock(&self.retries).push(Reverse(Redelivery {
+            due: Instant::now(),
+            stream,
+            id,
+        }));
+        self.retry_wake.notify_one();
+    }
+
     pub(super) fn predecessor(&self, stream: &str) -> String {
         lock(&self.predecessors)
             .get(stream)
@@ -151,6 +161,8 @@ pub(super) struct Shared {
     pub(super) ledger: Ledger,
     /// Whether a handler is ordered: then every begin step of the group places its entries.
     pub(super) ordered: bool,
+    /// What orders each event type (see `order::order_rule`), for the ordered begin step.
+    pub(super) order_rule: String,
     pub(super) order: OrderBook,
     pub(super) stats: Stats,
     pub(super) stop: CancellationToken,
@@ -260,6 +272,7 @@ impl Shared {
             })
             .collect();
         let ordered = handlers.iter().any(|h| h.options.ordered_by.is_some());
+        let order_rule = super::order::order_rule(&handlers);
         let (ready, _) = watch::channel(Readiness::Starting);
         Ok(Shared {
             permits: Arc::new(Semaphore::new(options.concurrency)),
@@ -274,6 +287,7 @@ impl Shared {
             handler_limits,
             ledger: Ledger::default(),
             ordered,
+            order_rule,
             order: OrderBook::default(),
             stats: Stats::default(),
             stop: CancellationToken::new(),
@@ -397,8 +411,11 @@ impl Shared {
 
     pub(super) fn untrack(&self, stream: &Arc<str>, id: &str) {
         self.ledger.remove(stream, id);
-        if self.ordered {
-            self.order.forget(stream, id);
+        if self.ordered
+            && let Some((stream, id)) = self.order.forget(stream, id)
+            && let Some(run) = self.current_run()
+        {
+            run.redeliver_now(stream, id);
         }
     }
 
