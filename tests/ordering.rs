@@ -443,6 +443,14 @@ async fn a_retrying_event_holds_back_its_session_and_a_dead_letter_releases_it()
     // Server side: three entries of one key queued, two of them held back.
     assert_eq!(order_counts(&mut conn, &keys).await, (3, 1));
     assert!(c.stats().held_back > 0, "{:?}", c.stats());
+    let info = asdlc::get_stream_info(&mut conn, "asdlc:events")
+        .await
+        .unwrap();
+    assert_eq!(
+        info.group(GROUP).unwrap().held_back,
+        2,
+        "as `asdlc info` shows"
+    );
 
     wait_done(&mut conn, &keys, 3 + 2 + 3, Duration::from_secs(10)).await;
     let retry: Vec<String> = conn

@@ -9,16 +9,20 @@
 //! Every throughput figure is the median of 3 runs of `--events` events (default 100,000, about
 //! 300 bytes each). Also measured: end-to-end latency at a steady 1,000 events/s, the time to
 //! recover a crashed consumer's pending entries, and Redis memory per retained idempotency
-//! mark. `--quick` runs everything on small numbers, for a smoke test. The last two lines are
-//! `publish ratio asdlc/raw: X.XX` and `consume ratio asdlc/raw: X.XX`.
+//! mark. `--quick` runs everything on small numbers, for a smoke test. The last three lines
+//! are `publish ratio asdlc/raw: X.XX`, `consume ratio asdlc/raw: X.XX` and `ordered ratio
+//! by-session/unordered: X.XX` (one consumer handling events of 1,000 sessions ordered by
+//! session, against the same unordered).
 //!
-//! One module per part: [`publish`], [`consume`], [`recovery`], [`latency`], [`memory`]; the
+//! One module per part: [`publish`], [`consume`], [`ordering`], [`recovery`], [`latency`],
+//! [`memory`]; the
 //! workload they share in [`workload`], what a part measures in [`meter`].
 
 mod consume;
 mod latency;
 mod memory;
 mod meter;
+mod ordering;
 mod publish;
 mod recovery;
 mod workload;
@@ -198,10 +202,12 @@ enum Part {
     Asdlc1,
     Asdlc2,
     AsdlcWide,
+    Unordered,
+    OrderedBySession,
 }
 
 impl Part {
-    const ALL: [Part; 9] = [
+    const ALL: [Part; 11] = [
         Part::RawSingle,
         Part::AsdlcSingle,
         Part::RawPipelined,
@@ -211,6 +217,8 @@ impl Part {
         Part::Asdlc1,
         Part::Asdlc2,
         Part::AsdlcWide,
+        Part::Unordered,
+        Part::OrderedBySession,
     ];
 
     fn label(self) -> &'static str {
@@ -224,6 +232,8 @@ impl Part {
             Part::Asdlc1 => "consume: asdlc 1 consumer",
             Part::Asdlc2 => "consume: asdlc 2 consumers",
             Part::AsdlcWide => "consume: asdlc concurrency 1024, batch 200, 1 consumer",
+            Part::Unordered => "consume: unordered, 1,000 sessions, 1 consumer",
+            Part::OrderedBySession => "consume: ordered by session, 1,000 sessions, 1 consumer",
         }
     }
 
@@ -244,6 +254,8 @@ impl Part {
                 })
                 .await
             }
+            Part::Unordered => ordering::consume(b, false).await,
+            Part::OrderedBySession => ordering::consume(b, true).await,
         }
     }
 }
@@ -438,6 +450,16 @@ async fn main() {
         Some(("(f)", round_ratio(Part::AsdlcWide, Part::RawDedup))),
     );
     row(
+        "(i) consumer, unordered, 1,000 sessions",
+        part(Part::Unordered),
+        None,
+    );
+    row(
+        "(i2) consumer, ordered by session, 1,000 sessions",
+        part(Part::OrderedBySession),
+        Some(("(i)", round_ratio(Part::OrderedBySession, Part::Unordered))),
+    );
+    row(
         &format!("(h) recovery: process_pending of {recover_n} pending"),
         recover,
         Some(("(g)", recover.zip(a_c1).map(|(h, g)| h.rate / g.rate))),
@@ -478,5 +500,9 @@ async fn main() {
     println!(
         "consume ratio asdlc/raw: {}",
         ratio(round_ratio(Part::Asdlc1, Part::RawDedup))
+    );
+    println!(
+        "ordered ratio by-session/unordered: {}",
+        ratio(round_ratio(Part::OrderedBySession, Part::Unordered))
     );
 }

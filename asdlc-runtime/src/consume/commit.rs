@@ -122,11 +122,13 @@ async fn commit_batch(
     let attempt = tries.failures();
     for ((o, r), list) in outcomes.into_iter().zip(results).zip(lists) {
         let pass = o.pass.as_deref();
-        let acked = match (&o.kind, &r) {
-            (Kind::Success { .. }, Committed::Done | Committed::AlreadyProcessed) => true,
-            (Kind::Dead { .. }, _) => true,
-            _ => false,
-        };
+        let acked = matches!(
+            (&o.kind, &r),
+            (
+                Kind::Success { .. },
+                Committed::Done | Committed::AlreadyProcessed
+            ) | (Kind::Dead { .. }, _)
+        );
         if let Some(list) = list.filter(|_| acked) {
             // Released: this consumer's next entries of the key need not wait for a check.
             wake(shared, run, &list);
