@@ -85,19 +85,19 @@ async fn commit_batch(
     again: &mut Vec<Outcome>,
 ) {
     let stream = outcomes[0].stream.clone();
-    // The order lists the records release, for entries of ordered handlers.
-    let lists: Vec<Option<Arc<str>>> = outcomes
+    // The order keys the records release, for entries of ordered handlers.
+    let order_keys: Vec<Option<Arc<str>>> = outcomes
         .iter()
         .map(|o| match o.kind {
             Kind::Success { .. } | Kind::Dead { .. } if shared.ordered => {
-                shared.order.list(&stream.name, &o.id)
+                shared.order.key_of(&stream.name, &o.id)
             }
             _ => None,
         })
         .collect();
     let mut tries = retry::COMMIT.start();
     let results = loop {
-        match commit(shared, run, &stream, &outcomes, &lists).await {
+        match commit(shared, run, &stream, &outcomes, &order_keys).await {
             Ok(v) => break Some(v),
             Err(e) => {
                 let pause = tries.failed();
@@ -120,7 +120,7 @@ async fn commit_batch(
         return;
     };
     let attempt = tries.failures();
-    for ((o, r), list) in outcomes.into_iter().zip(results).zip(lists) {
+    for ((o, r), order_key) in outcomes.into_iter().zip(results).zip(order_keys) {
         let pass = o.pass.as_deref();
         let acked = matches!(
             (&o.kind, &r),
@@ -129,9 +129,9 @@ async fn commit_batch(
                 Committed::Done | Committed::AlreadyProcessed
             ) | (Kind::Dead { .. }, _)
         );
-        if let Some(list) = list.filter(|_| acked) {
+        if let Some(order_key) = order_key.filter(|_| acked) {
             // Released: this consumer's next entries of the key need not wait for a check.
-            wake(shared, run, &list);
+            wake(shared, run, &order_key);
         }
         let labels = shared.labels(&stream, o.handler);
         match (o.kind, r) {
@@ -220,11 +220,11 @@ async fn commit(
     run: &RunCtx,
     stream: &StreamCtx,
     outcomes: &[Outcome],
-    lists: &[Option<Arc<str>>],
+    order_keys: &[Option<Arc<str>>],
 ) -> redis::RedisResult<Vec<Committed>> {
     let mut inv = COMMIT.key(&*stream.name);
     inv.key(&stream.dead_letter).key(&stream.lease_key);
-    if lists.iter().any(Option::is_some) {
+    if order_keys.iter().any(Option::is_some) {
         inv.key(&stream.order_hash);
     }
     // Declared: the mark hashes of the records that mark, and every staged effect's key.
@@ -259,10 +259,13 @@ async fn commit(
             .map_or(0, |d| d.as_millis().max(1) as u64),
     );
     let mut now = String::new();
-    for (o, list) in outcomes.iter().zip(lists) {
-        if let Some(list) = list {
+    for (o, order_key) in outcomes.iter().zip(order_keys) {
+        if let Some(order_key) = order_key {
             // Settled at the end of the call: released only if the call acknowledges it.
-            inv.arg("O").arg(&o.id).arg(&stream.order_hash).arg(&**list);
+            inv.arg("O")
+                .arg(&o.id)
+                .arg(&stream.order_hash)
+                .arg(&**order_key);
         }
         match &o.kind {
             Kind::Success { fp, effects, .. }

@@ -159,8 +159,10 @@ pub(super) async fn dispatch(
             .options
             .ordered_by
             .and_then(|by| order_key(&by, &event));
-        if let Some(list) = &order {
-            shared.order.place(&stream.name, &entry.id, list.clone());
+        if let Some(order_key) = &order {
+            shared
+                .order
+                .place(&stream.name, &entry.id, order_key.clone());
         }
         candidates.push(Candidate {
             entry_id: entry.id,
@@ -192,8 +194,9 @@ pub(super) async fn dispatch(
             Vec::new()
         };
         let mut chunk = std::mem::replace(&mut remaining, rest);
-        // Entries behind another consumer's unplaced ones are begun again at once, a few
-        // times: that consumer's begin step is usually a moment away.
+        // Entries behind an unplaced entry of another consumer (one the begin step cannot
+        // place for it: ordered by a key function) are begun again at once, a few times:
+        // that consumer's begin step is usually a moment away.
         let mut behind_tries = 0u32;
         loop {
             let mut failures = retry::BEGIN.start();
@@ -223,9 +226,9 @@ pub(super) async fn dispatch(
                 match code {
                     Begun::Behind if behind_tries < BEHIND_TRIES => behind.push(c),
                     Begun::Duplicate => {
-                        if let Some(list) = &c.order {
+                        if let Some(order_key) = &c.order {
                             // The begin step took it out of its key's order.
-                            wake(shared, run, list);
+                            wake(shared, run, order_key);
                         }
                         shared.stats.record(
                             Tally::Duplicate,

@@ -22,7 +22,7 @@ pub(super) struct Candidate {
     pub(super) fields: Vec<(Vec<u8>, Vec<u8>)>,
     pub(super) handler: usize,
     pub(super) fp: [u8; FINGERPRINT_LEN],
-    /// The order list of its key, if its handler is ordered and it has a key.
+    /// Its order key, if its handler is ordered and it has one.
     pub(super) order: Option<Arc<str>>,
 }
 
@@ -85,10 +85,10 @@ pub(super) fn defer(
     run.retry_wake.notify_one();
 }
 
-/// The key `list` was released here (or its head left the order): the earliest entry of
+/// Order key `order_key` was released here (or its head left the queue): the earliest entry of
 /// this consumer waiting for it is redelivered at once.
-pub(super) fn wake(shared: &Shared, run: &RunCtx, list: &str) {
-    if let Some((stream, id)) = shared.order.release(list) {
+pub(super) fn wake(shared: &Shared, run: &RunCtx, order_key: &str) {
+    if let Some((stream, id)) = shared.order.release(order_key) {
         run.redeliver_now(stream, id);
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! The server decides (begin_ordered.lua places entries and says whose turn it is; commit.lua
 //! releases a key with its `O` records; the state is described in order.lua). This book
-//! only remembers, per entry, the list to release at commit, and wakes this consumer's
+//! only remembers, per entry, the key to release at commit, and wakes this consumer's
 //! waiting entries of a key as soon as it commits the key's head here; entries waiting on a
 //! key another consumer holds are checked again after a short, growing pause.
 
@@ -50,7 +50,7 @@ pub(super) fn order_rule(handlers: &[super::HandlerSpec]) -> String {
 }
 
 struct Placed {
-    list: Arc<str>,
+    order_key: Arc<str>,
     /// How many times the entry was told to wait, for the pause before the next check.
     waits: u32,
 }
@@ -60,9 +60,9 @@ type Waiters = BTreeMap<(u64, u64), (Arc<StreamCtx>, String)>;
 
 #[derive(Default)]
 struct Inner {
-    /// (stream, entry id) -> its order list.
+    /// (stream, entry id) -> its order key.
     placed: HashMap<(Arc<str>, String), Placed>,
-    /// Order list -> this consumer's entries waiting for it, earliest first.
+    /// Order key -> this consumer's entries waiting for it, earliest first.
     waiting: HashMap<Arc<str>, Waiters>,
 }
 
@@ -87,29 +87,32 @@ impl OrderBook {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Notes the order list of an entry about to begin (keeping its count of waits); it is
+    /// Notes the order key of an entry about to begin (keeping its count of waits); it is
     /// no longer waiting.
-    pub(super) fn place(&self, stream: &Arc<str>, id: &str, list: Arc<str>) {
+    pub(super) fn place(&self, stream: &Arc<str>, id: &str, order_key: Arc<str>) {
         let mut inner = self.lock();
-        if let Some(waiters) = inner.waiting.get_mut(&list) {
+        if let Some(waiters) = inner.waiting.get_mut(&order_key) {
             waiters.remove(&id_key(id));
             if waiters.is_empty() {
-                inner.waiting.remove(&list);
+                inner.waiting.remove(&order_key);
             }
         }
         inner
             .placed
             .entry((stream.clone(), id.to_owned()))
-            .and_modify(|p| p.list = list.clone())
-            .or_insert(Placed { list, waits: 0 });
+            .and_modify(|p| p.order_key = order_key.clone())
+            .or_insert(Placed {
+                order_key,
+                waits: 0,
+            });
     }
 
-    /// The order list of an entry, if it is ordered.
-    pub(super) fn list(&self, stream: &Arc<str>, id: &str) -> Option<Arc<str>> {
+    /// The order key of an entry, if it is ordered.
+    pub(super) fn key_of(&self, stream: &Arc<str>, id: &str) -> Option<Arc<str>> {
         self.lock()
             .placed
             .get(&(stream.clone(), id.to_owned()))
-            .map(|p| p.list.clone())
+            .map(|p| p.order_key.clone())
     }
 
     /// Notes that an entry waits for an earlier entry of its key. Returns the pause before
@@ -121,8 +124,8 @@ impl OrderBook {
             return Some(WAIT.delay(1));
         };
         placed.waits = placed.waits.saturating_add(1);
-        let (list, waits) = (placed.list.clone(), placed.waits);
-        let waiters = inner.waiting.entry(list).or_default();
+        let (order_key, waits) = (placed.order_key.clone(), placed.waits);
+        let waiters = inner.waiting.entry(order_key).or_default();
         let key = id_key(id);
         waiters.insert(key, (stream.clone(), id.to_owned()));
         let earliest = waiters.keys().next() == Some(&key);
@@ -145,12 +148,12 @@ impl OrderBook {
 
     /// A key was released here: the earliest entry of this consumer waiting for it, to run
     /// now.
-    pub(super) fn release(&self, list: &str) -> Option<(Arc<StreamCtx>, String)> {
+    pub(super) fn release(&self, order_key: &str) -> Option<(Arc<StreamCtx>, String)> {
         let mut inner = self.lock();
-        let waiters = inner.waiting.get_mut(list)?;
+        let waiters = inner.waiting.get_mut(order_key)?;
         let first = waiters.pop_first().map(|(_, w)| w);
         if waiters.is_empty() {
-            inner.waiting.remove(list);
+            inner.waiting.remove(order_key);
         }
         first
     }
@@ -161,7 +164,7 @@ impl OrderBook {
     pub(super) fn forget(&self, stream: &Arc<str>, id: &str) -> Option<(Arc<StreamCtx>, String)> {
         let mut inner = self.lock();
         let placed = inner.placed.remove(&(stream.clone(), id.to_owned()))?;
-        let waiters = inner.waiting.get_mut(&placed.list)?;
+        let waiters = inner.waiting.get_mut(&placed.order_key)?;
         let key = id_key(id);
         waiters.remove(&key);
         let woken = match waiters.first_key_value() {
@@ -169,7 +172,7 @@ impl OrderBook {
             _ => None,
         };
         if waiters.is_empty() {
-            inner.waiting.remove(&placed.list);
+            inner.waiting.remove(&placed.order_key);
         }
         woken
     }
@@ -188,11 +191,14 @@ mod tests {
     fn only_the_earliest_waiter_of_a_key_polls_and_a_release_wakes_it() {
         let book = OrderBook::default();
         let stream = Arc::new(StreamCtx::new("s".to_owned(), None, "g"));
-        let list: Arc<str> = Arc::from("session:s-1");
+        let order_key: Arc<str> = Arc::from("session:s-1");
         for id in ["2-0", "3-0", "10-0"] {
-            book.place(&stream.name, id, list.clone());
+            book.place(&stream.name, id, order_key.clone());
         }
-        assert_eq!(book.list(&stream.name, "2-0").as_deref(), Some(&*list));
+        assert_eq!(
+            book.key_of(&stream.name, "2-0").as_deref(),
+            Some(&*order_key)
+        );
         assert!(
             book.wait(&stream, "3-0").is_some(),
             "the earliest waiting polls"
@@ -205,19 +211,19 @@ mod tests {
             book.wait(&stream, "2-0").is_some(),
             "an earlier one polls too"
         );
-        let woken = book.release(&list).map(|(_, id)| id);
+        let woken = book.release(&order_key).map(|(_, id)| id);
         assert_eq!(woken.as_deref(), Some("2-0"));
         // Begun again: no longer waiting; waiting again, its pause grows.
-        book.place(&stream.name, "2-0", list.clone());
+        book.place(&stream.name, "2-0", order_key.clone());
         book.wait(&stream, "2-0");
         let third = book.wait(&stream, "2-0").unwrap();
         assert!(third >= Duration::from_millis(20), "waits grow: {third:?}");
         assert_eq!(
-            book.release(&list).map(|(_, id)| id).as_deref(),
+            book.release(&order_key).map(|(_, id)| id).as_deref(),
             Some("2-0")
         );
         assert_eq!(
-            book.release(&list).map(|(_, id)| id).as_deref(),
+            book.release(&order_key).map(|(_, id)| id).as_deref(),
             Some("3-0")
         );
     }
@@ -226,9 +232,9 @@ mod tests {
     fn forgetting_the_entry_before_the_waiters_wakes_the_earliest() {
         let book = OrderBook::default();
         let stream = Arc::new(StreamCtx::new("s".to_owned(), None, "g"));
-        let list: Arc<str> = Arc::from("session:s-1");
+        let order_key: Arc<str> = Arc::from("session:s-1");
         for id in ["2-0", "3-0", "4-0"] {
-            book.place(&stream.name, id, list.clone());
+            book.place(&stream.name, id, order_key.clone());
         }
         book.wait(&stream, "3-0");
         book.wait(&stream, "4-0");
@@ -237,9 +243,9 @@ mod tests {
         // 2-0, running, leaves (claimed by a peer): 3-0 must not sleep on.
         let woken = book.forget(&stream.name, "2-0").map(|(_, id)| id);
         assert_eq!(woken.as_deref(), Some("3-0"));
-        assert!(book.release(&list).is_none());
+        assert!(book.release(&order_key).is_none());
         assert_eq!(id_key("1796412177499-22"), (1_796_412_177_499, 22));
         book.clear();
-        assert_eq!(book.list(&stream.name, "3-0"), None);
+        assert_eq!(book.key_of(&stream.name, "3-0"), None);
     }
 }
