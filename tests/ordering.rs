@@ -473,8 +473,8 @@ async fn a_retrying_event_holds_back_its_session_and_a_dead_letter_releases_it()
 }
 
 /// `ordered_by = session` in the attribute becomes the registration's option.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_macro_option_reaches_the_registration() {
+#[test]
+fn the_macro_option_reaches_the_registration() {
     let reg = asdlc::registered_handlers()
         .into_iter()
         .find(|r| r.group == "ordering-macro")
