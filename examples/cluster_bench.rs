@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use asdlc::keys::partition_tenants_by_slot;
 use asdlc::prelude::*;
 use asdlc::{BoxFuture, Config, EventConsumer, EventHandler, Publisher, RedisUrl, Tenancy};
-use asdlc_runtime::testing::{TestCluster, TestServer};
+use asdlc_testing::{TestCluster, TestServer};
 
 const GROUP: &str = "bench-handlers";
 const BATCH: usize = 100;

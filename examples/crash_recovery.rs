@@ -120,13 +120,7 @@ async fn spawn_worker(
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    common::init_logs("warn");
     let mut args = std::env::args().skip(1);
     if args.next().as_deref() == Some("worker") {
         let total = args.next().and_then(|n| n.parse().ok()).unwrap_or(EVENTS);
@@ -199,16 +193,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         info.total_pending()
     );
     let ok = status.success() && twice == 0 && lost == 0 && info.total_pending() == 0;
-    println!(
-        "outcome: {}",
-        if ok {
-            "OK — nothing lost, nothing applied twice"
-        } else {
-            "FAILED"
-        }
-    );
-    if !ok {
-        std::process::exit(1);
-    }
+    common::outcome(ok, "OK — nothing lost, nothing applied twice");
     Ok(())
 }

@@ -54,12 +54,7 @@ async fn wait_for(
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-                .unwrap_or_else(|_| "error".into()),
-        )
-        .init();
+    common::init_logs("error");
     let config = common::config("dead_letters")?;
     println!("asdlc dead-letter example against {}", config.redis_url);
     common::start_clean(&config).await?;
@@ -162,16 +157,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         && stats.dead_lettered == 3
         && info.dead_letters == 1
         && info.total_pending() == 0;
-    println!(
-        "outcome: {}",
-        if ok {
-            "OK — failures were parked with their reasons and replayed after the fix; the poison entry stays for inspection"
-        } else {
-            "FAILED"
-        }
+    common::outcome(
+        ok,
+        "OK — failures were parked with their reasons and replayed after the fix; the poison entry stays for inspection",
     );
-    if !ok {
-        std::process::exit(1);
-    }
     Ok(())
 }

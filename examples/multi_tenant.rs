@@ -33,12 +33,7 @@ async fn on_task(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), Handler
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    common::init_logs("warn");
     let acme = TenantId::new("acme")?;
     let globex = TenantId::new("globex")?;
     let config = Config {
@@ -122,16 +117,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 && (t != tenant.as_str() || *s == stream)
         });
     }
-    println!(
-        "\noutcome: {}",
-        if isolated {
-            "OK — each tenant's events stayed in its own stream and context"
-        } else {
-            "FAILED"
-        }
+    println!();
+    common::outcome(
+        isolated,
+        "OK — each tenant's events stayed in its own stream and context",
     );
-    if !isolated {
-        std::process::exit(1);
-    }
     Ok(())
 }

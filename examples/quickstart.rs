@@ -6,10 +6,13 @@
 //!   patch_applied + task_completed ─discovery→ … session_completed
 //! ```
 //!
-//! Every follow-up event carries an idempotency key derived from the event that caused it, so
-//! a redelivery publishes nothing new; the gate and the patch use operation keys (gate and
-//! patch at one git SHA), so a duplicate approval is skipped. At the end a duplicate
-//! `gate_approved` is published on purpose, and the stream info is printed.
+//! Every handler hands its follow-up events to `ctx.emit`: they are appended in the same atomic
+//! step as the cause's processed mark and acknowledgement, so each is published exactly once
+//! (a crash before the commit emits nothing; the redelivered cause emits them then). The gate
+//! approval uses an operation key (gate and patch at one git SHA), so a duplicate approval is
+//! skipped: at the end one is published on purpose, and the stream info is printed. What the
+//! handlers share with `main` (a progress count, a "done" signal) reaches them as state
+//! (`Runtime::builder().state_arc(...)`, a `State<Progress>` parameter): no global.
 //!
 //! Run it with `scripts/run-example.sh quickstart` (which starts a server and sets
 //! `REDIS_URL`), or `cargo run --example quickstart` against your own server. It uses the
@@ -18,28 +21,27 @@
 
 mod common;
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use asdlc::prelude::*;
 use asdlc::{StreamInfo, get_stream_info};
 
-static PUBLISHER: OnceLock<Publisher> = OnceLock::new();
-static APPLIED: AtomicUsize = AtomicUsize::new(0);
-static DONE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+/// What the handlers share with `main`: handed to the runtime with `.state(...)`, taken by
+/// the handlers that need it as a `State<Progress>` parameter. No global.
+#[derive(Default)]
+struct Progress {
+    /// Patches applied so far (a handler's own side effect: outside the exactly-once commit).
+    applied: AtomicUsize,
+    /// Told when the session completes.
+    done: tokio::sync::Notify,
+}
 const TASKS: [&str; 2] = ["t1-parse-spec", "t2-write-tests"];
 
-fn publisher() -> &'static Publisher {
-    PUBLISHER.get().expect("publisher set in main")
-}
-
-/// A follow-up of `cause`: same session/epic/task, key derived from the cause's key.
-fn follow_up(cause: &AsdlcEvent, t: EventType, step: &str) -> asdlc::AsdlcEventBuilder {
-    let mut b = AsdlcEvent::builder(t, cause.session_id.clone()).idempotency_key(format!(
-        "{}/{step}",
-        cause.idempotency_key.as_deref().unwrap_or("?")
-    ));
+/// A follow-up of `cause`: same session, epic and task. `ctx.emit` gives it the cause's
+/// tenant, a key derived from the cause's and a child of its trace.
+fn follow_up(cause: &AsdlcEvent, t: EventType) -> asdlc::AsdlcEventBuilder {
+    let mut b = AsdlcEvent::builder(t, cause.session_id.clone());
     if let Some(epic) = &cause.epic_id {
         b = b.epic_id(epic.clone());
     }
@@ -49,14 +51,12 @@ fn follow_up(cause: &AsdlcEvent, t: EventType, step: &str) -> asdlc::AsdlcEventB
     b
 }
 
-async fn emit(event: Result<AsdlcEvent, asdlc::ValidationError>) -> Result<(), HandlerError> {
-    let event = event.map_err(|e| HandlerError::permanent(e.to_string()))?;
-    publisher().publish(&event).await?;
-    Ok(())
-}
-
 #[event_handler(types = [SessionStarted, TaskCompleted], group = "discovery-handlers")]
-async fn discover(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), HandlerError> {
+async fn discover(
+    event: &AsdlcEvent,
+    ctx: &HandlerContext,
+    progress: State<Progress>,
+) -> Result<(), HandlerError> {
     match event.event_type {
         EventType::SessionStarted => {
             println!(
@@ -64,14 +64,12 @@ async fn discover(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), Handle
                 event.session_id,
                 TASKS.len()
             );
-            for task in TASKS {
-                emit(
-                    follow_up(event, EventType::TaskCreated, task)
-                        .task_id(task)
-                        .build(),
-                )
-                .await?;
-            }
+            let tasks = TASKS.iter().map(|task| {
+                follow_up(event, EventType::TaskCreated)
+                    .task_id(*task)
+                    .build()
+            });
+            ctx.emit_all(tasks.collect::<Result<Vec<_>, _>>()?)?;
         }
         _ => {
             // Count completed tasks in Redis, exactly once per event, in the commit step.
@@ -83,12 +81,12 @@ async fn discover(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), Handle
                 "[discovery]   task {} completed",
                 event.task_id.as_deref().unwrap_or("?")
             );
-            if APPLIED.load(Ordering::SeqCst) == TASKS.len() {
+            if progress.applied.load(Ordering::SeqCst) == TASKS.len() {
                 // One completion per session, however many tasks announce it.
                 let done =
                     AsdlcEvent::builder(EventType::SessionCompleted, event.session_id.clone())
                         .operation_key();
-                emit(done.build()).await?;
+                ctx.emit(done.build()?)?;
             }
         }
     }
@@ -96,16 +94,17 @@ async fn discover(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), Handle
 }
 
 #[event_handler(types = [TaskCreated], group = "design-handlers")]
-async fn design(event: &AsdlcEvent) -> Result<(), HandlerError> {
+async fn design(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), HandlerError> {
     println!(
         "[design]      task {} designed; dispatching to an agent",
         event.task_id.as_deref().unwrap_or("?")
     );
-    emit(follow_up(event, EventType::TaskDispatched, "dispatch").build()).await
+    ctx.emit(follow_up(event, EventType::TaskDispatched).build()?)?;
+    Ok(())
 }
 
 #[event_handler(types = [TaskDispatched], group = "development-handlers")]
-async fn develop(event: &AsdlcEvent) -> Result<(), HandlerError> {
+async fn develop(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), HandlerError> {
     let task = event.task_id.clone().unwrap_or_default();
     let sha = if task.starts_with("t1") {
         "1a2b3c4d"
@@ -113,31 +112,32 @@ async fn develop(event: &AsdlcEvent) -> Result<(), HandlerError> {
         "5e6f7a8b"
     };
     println!("[development] agent wrote a patch for {task} at {sha}");
-    emit(
-        follow_up(event, EventType::PatchCreated, "patch")
+    ctx.emit(
+        follow_up(event, EventType::PatchCreated)
             .git_sha(sha)
             .artifact_path(format!("patches/{task}.diff"))
-            .build(),
-    )
-    .await
+            .build()?,
+    )?;
+    Ok(())
 }
 
 #[event_handler(types = [PatchCreated], group = "validation-handlers")]
-async fn validate(event: &AsdlcEvent) -> Result<(), HandlerError> {
+async fn validate(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), HandlerError> {
     println!(
         "[validation]  tests pass for {}; asking a human",
         event.artifact_paths.join(", ")
     );
-    let mut gate = follow_up(event, EventType::GateRequested, "gate")
-        .artifact_paths(event.artifact_paths.clone());
+    let mut gate =
+        follow_up(event, EventType::GateRequested).artifact_paths(event.artifact_paths.clone());
     if let Some(sha) = &event.git_sha {
         gate = gate.git_sha(sha.clone());
     }
-    emit(gate.build()).await
+    ctx.emit(gate.build()?)?;
+    Ok(())
 }
 
 #[event_handler(types = [GateRequested], group = "hitl-handlers")]
-async fn approve(event: &AsdlcEvent) -> Result<(), HandlerError> {
+async fn approve(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), HandlerError> {
     println!(
         "[hitl]        gate for {} approved",
         event.git_sha.as_deref().unwrap_or("?")
@@ -151,11 +151,16 @@ async fn approve(event: &AsdlcEvent) -> Result<(), HandlerError> {
     if let Some(sha) = &event.git_sha {
         approval = approval.git_sha(sha.clone());
     }
-    emit(approval.operation_key().build()).await
+    ctx.emit(approval.operation_key().build()?)?;
+    Ok(())
 }
 
 #[event_handler(types = [GateApproved], group = "deployment-handlers")]
-async fn deploy(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), HandlerError> {
+async fn deploy(
+    event: &AsdlcEvent,
+    ctx: &HandlerContext,
+    progress: State<Progress>,
+) -> Result<(), HandlerError> {
     let sha = event.git_sha.clone().unwrap_or_default();
     // The applied-patch record commits atomically with the acknowledgement: a patch is
     // recorded once even if this event is delivered twice.
@@ -164,21 +169,21 @@ async fn deploy(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), HandlerE
         sha.clone(),
         event.task_id.clone().unwrap_or_default(),
     ))?;
-    let n = APPLIED.fetch_add(1, Ordering::SeqCst) + 1;
+    let n = progress.applied.fetch_add(1, Ordering::SeqCst) + 1;
     println!("[deployment]  patch {sha} applied ({n}/{})", TASKS.len());
-    emit(
-        follow_up(event, EventType::PatchApplied, "applied")
+    ctx.emit_all([
+        follow_up(event, EventType::PatchApplied)
             .git_sha(sha)
-            .build(),
-    )
-    .await?;
-    emit(follow_up(event, EventType::TaskCompleted, "completed").build()).await
+            .build()?,
+        follow_up(event, EventType::TaskCompleted).build()?,
+    ])?;
+    Ok(())
 }
 
 #[event_handler(types = [SessionCompleted], group = "discovery-handlers", name = "session-done")]
-async fn finished(event: &AsdlcEvent) {
+async fn finished(event: &AsdlcEvent, progress: State<Progress>) {
     println!("[discovery]   session {} completed", event.session_id);
-    DONE.notify_one();
+    progress.done.notify_one();
 }
 
 fn print_info(info: &StreamInfo) {
@@ -203,21 +208,16 @@ fn print_info(info: &StreamInfo) {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    common::init_logs("warn");
     let config = common::config("quickstart")?;
     println!("asdlc quickstart against {}", config.redis_url);
     common::start_clean(&config).await?;
-    PUBLISHER
-        .set(Publisher::connect(config.clone()).await?)
-        .ok();
+    let publisher = Publisher::connect(config.clone()).await?;
 
+    let progress = std::sync::Arc::new(Progress::default());
     let runtime = Runtime::builder()
         .config(config.clone())
+        .state_arc(progress.clone())
         .consumer_name("quickstart")
         .build()
         .await?;
@@ -234,8 +234,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let start = AsdlcEvent::builder(EventType::SessionStarted, session.clone())
         .epic_id("epic-7")
         .build()?;
-    publisher().publish(&start).await?;
-    tokio::time::timeout(Duration::from_secs(30), DONE.notified()).await?;
+    publisher.publish(&start).await?;
+    tokio::time::timeout(Duration::from_secs(30), progress.done.notified()).await?;
 
     // A duplicate approval for the first patch: same operation key, so it is skipped.
     let dup = AsdlcEvent::builder(EventType::GateApproved, session.clone())
@@ -244,7 +244,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .artifact_path(format!("patches/{}.diff", TASKS[0]))
         .operation_key()
         .build()?;
-    publisher().publish(&dup).await?;
+    publisher.publish(&dup).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     handle.stop();
     let report = run.await??;
@@ -263,17 +263,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .group("deployment-handlers")
         .map(|g| g.stats)
         .unwrap_or_default();
-    let ok = APPLIED.load(Ordering::SeqCst) == TASKS.len()
+    let ok = progress.applied.load(Ordering::SeqCst) == TASKS.len()
         && deployment.duplicates >= 1
         && info.total_pending() == 0;
     println!(
-        "\noutcome: {} — {} patches applied once each, {} duplicate approval skipped, nothing pending",
-        if ok { "OK" } else { "FAILED" },
-        APPLIED.load(Ordering::SeqCst),
-        deployment.duplicates
+        "follow-ups emitted with their causes' commits: {}",
+        report.groups.iter().map(|g| g.stats.emitted).sum::<u64>()
     );
-    if !ok {
-        std::process::exit(1);
-    }
+    println!();
+    common::outcome(
+        ok,
+        &format!(
+            "OK — {} patches applied once each, {} duplicate approval skipped, nothing pending",
+            progress.applied.load(Ordering::SeqCst),
+            deployment.duplicates
+        ),
+    );
     Ok(())
 }

@@ -57,6 +57,9 @@ fn parse(args: &[String]) -> Result<Plan, String> {
         drain_timeout: Duration::from_secs(300),
         seed: rand::random(),
         log_dir: std::env::temp_dir().join(format!("asdlc-soak-{}", std::process::id())),
+        chain: false,
+        schedule: false,
+        schedule_within: Duration::from_secs(3),
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {

@@ -1,11 +1,31 @@
 # Sourced by run-example.sh and examples.sh: starts and stops the one server the examples run
 # against. Not a command of its own.
 #
-# Before `start_server`, set `server` (the binary, from ensure-redis.sh) and `workdir` (an empty
-# directory for its log); `start_server` sets `server_pid` and exports `REDIS_URL`;
-# `stop_server` stops it (SIGTERM, then SIGKILL after 5 s). Both need a `log` function.
+# Set `repo` (the checkout), `server` (the binary, from ensure-redis.sh) and a `log` function,
+# then call `start_server_in_target NAME`: it makes `workdir`, a fresh directory under target/
+# for the server's files, sets traps that stop the server and remove `workdir` on exit or on a
+# signal, and starts the server. `start_server` sets `server_pid` and exports `REDIS_URL`;
+# `stop_server` stops it (SIGTERM, then SIGKILL after 5 s).
 
 server_pid=""
+workdir=""
+
+start_server_in_target() {
+  mkdir -p "$repo/target"
+  workdir="$(mktemp -d "$repo/target/$1.XXXXXX")"
+  trap cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  start_server
+}
+
+# shellcheck disable=SC2317 # called by the EXIT trap
+cleanup() {
+  stop_server
+  if [[ -n "$workdir" ]]; then
+    rm -rf "$workdir"
+  fi
+}
 
 stop_server() {
   if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then

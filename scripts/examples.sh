@@ -5,7 +5,7 @@
 # clean, so the whole list is run twice in a row on the same server, which proves that too.
 # CI runs it with ASDLC_EXAMPLE_PROFILE=dev to reuse the test build.
 #
-# Usage: scripts/examples.sh [NAME...]   (default: quickstart multi_tenant crash_recovery dead_letters)
+# Usage: scripts/examples.sh [NAME...]   (default: quickstart multi_tenant crash_recovery dead_letters approval_gates)
 #
 # The other examples start servers of their own (bench, cluster_bench, soak: long, not run
 # here) or run until stopped (chaos_worker).
@@ -14,7 +14,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 examples=("$@")
 if ((${#examples[@]} == 0)); then
-  examples=(quickstart multi_tenant crash_recovery dead_letters)
+  examples=(quickstart multi_tenant crash_recovery dead_letters approval_gates)
 fi
 
 log() { echo "examples: $*" >&2; }
@@ -36,21 +36,9 @@ for example in "${examples[@]}"; do
 done
 cargo build "${profile[@]}" "${build[@]}"
 
-mkdir -p "$repo/target"
-workdir="$(mktemp -d "$repo/target/asdlc-examples.XXXXXX")"
 # shellcheck source=scripts/example-server.sh
 source "$repo/scripts/example-server.sh"
-
-# shellcheck disable=SC2317 # called by the EXIT trap
-cleanup() {
-  stop_server
-  rm -rf "$workdir"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-start_server
+start_server_in_target asdlc-examples
 log "server $server on $REDIS_URL, for every example"
 
 failed=()

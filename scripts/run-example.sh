@@ -30,21 +30,9 @@ cd "$repo"
 # Build before starting the server, so it does not sit idle through a long compile.
 cargo build "${profile[@]}" --example "$example"
 
-mkdir -p "$repo/target"
-workdir="$(mktemp -d "$repo/target/asdlc-example.XXXXXX")"
 # shellcheck source=scripts/example-server.sh
 source "$repo/scripts/example-server.sh"
-
-# shellcheck disable=SC2317 # called by the EXIT trap
-cleanup() {
-  stop_server
-  rm -rf "$workdir"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-start_server
+start_server_in_target asdlc-example
 log "server $server on $REDIS_URL"
 
 status=0

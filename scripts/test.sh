@@ -4,7 +4,7 @@
 # Usage: scripts/test.sh [CARGO TEST ARGS...]   e.g. scripts/test.sh -p asdlc-runtime -- recovery
 #
 # Gets a server binary (scripts/ensure-redis.sh) and exports it as ASDLC_REDIS_SERVER; each test
-# then starts its own server on a free loopback port (asdlc_runtime::testing::TestServer).
+# then starts its own server on a free loopback port (asdlc_testing::TestServer).
 # Gets headless Chromium and chromedriver (scripts/ensure-chromium.sh) and exports the driver as
 # ASDLC_CHROMEDRIVER for the dashboard's browser test (asdlc-cli/tests/browser.rs), which starts
 # its own chromedriver on a free loopback port.

@@ -10,6 +10,33 @@
 //! }
 //! ```
 //!
+//! What a handler needs (a pool, a client, settings) is given to the runtime once and taken
+//! by type, as a `State<T>` parameter after the event (and the context); a runtime missing
+//! one fails at `build()` with [`RegistryError::MissingState`], naming the handler and the
+//! type. The function stays callable: a unit test passes `State::new(value)`.
+//!
+//! ```no_run
+//! use asdlc::prelude::*;
+//!
+//! struct Db {
+//!     url: String,
+//! }
+//!
+//! #[asdlc::event_handler(types = [TaskCompleted], group = "reporting")]
+//! async fn record(event: &AsdlcEvent, State(db): State<Db>) {
+//!     tracing::info!(db = %db.url, session = %event.session_id, "recording");
+//! }
+//!
+//! # async fn demo() -> Result<(), asdlc::RuntimeError> {
+//! Runtime::builder()
+//!     .state(Db { url: "postgres://db/reports".into() })
+//!     .build()
+//!     .await?
+//!     .run()
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
 //! The runtime finds every handler linked into the program. Handlers declared in a library
 //! crate are linked only if the binary names that crate: add `use that_crate as _;` to the
 //! binary, or they are left out (a runtime that finds none fails with
@@ -56,6 +83,8 @@ mod book {
     mod multi_tenancy {}
     #[doc = include_str!("../book/src/recovery.md")]
     mod recovery {}
+    #[doc = include_str!("../book/src/scheduling.md")]
+    mod scheduling {}
     #[doc = include_str!("../book/src/operations.md")]
     mod operations {}
     #[cfg(feature = "dashboard")]

@@ -3,6 +3,7 @@
 //! with the hint that fixes it, and leaves the server untouched. This file declares no
 //! handler on purpose (each integration test is its own program), so the registry is empty.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use asdlc::{RegistryError, Runtime, RuntimeError, registered_handlers};
@@ -11,11 +12,7 @@ use common::*;
 /// What a failed start must not have left behind: no key, no function library loaded.
 async fn assert_untouched(s: &TestServer) {
     let mut c = s.connection().await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("*")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let keys = all_keys(&mut c).await;
     assert_eq!(keys, Vec::<String>::new(), "a refused start wrote keys");
     let libraries: Vec<redis::Value> = redis::cmd("FUNCTION")
         .arg("LIST")

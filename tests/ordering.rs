@@ -19,7 +19,7 @@ use asdlc::{
     HandlerContext, HandlerResult, HandlerSpec, OrderBy, Publisher, RedisConnection, RedisUrl,
     StreamKeys,
 };
-use asdlc_runtime::testing::{TestCluster, TestServer};
+use asdlc_testing::{TestCluster, TestServer};
 use redis::AsyncCommands;
 
 const GROUP: &str = "ordered-handlers";

@@ -1,6 +1,7 @@
 //! The Runtime with macro-declared handlers, end to end against a real server: discovery,
 //! recovery at startup, group selection, multi-tenancy and graceful shutdown.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::sync::Mutex;
@@ -61,6 +62,13 @@ fn fast_runtime(cfg: Config, groups: &[&str]) -> asdlc::RuntimeBuilder {
         .configure(|_, o| fast(o))
 }
 
+/// Publishes an event of type `t` for `session` in `id`'s tenant context.
+async fn publish_as(p: &Publisher, id: &str, t: EventType, session: &str) {
+    TenantContext::scope(tenant(id), p.publish(&event(t, session)))
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn runtime_discovers_handlers_from_several_modules() {
     let s = server();
@@ -114,26 +122,7 @@ async fn runtime_recovers_then_consumes_then_stops_gracefully() {
         .unwrap();
     }
     let mut c = conn(&s).await;
-    asdlc::create_consumer_group(
-        &mut c,
-        "asdlc:events",
-        "rt-development",
-        asdlc::GroupStart::Beginning,
-    )
-    .await
-    .unwrap();
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("rt-development")
-        .arg("rt-worker")
-        .arg("COUNT")
-        .arg(3)
-        .arg("STREAMS")
-        .arg("asdlc:events")
-        .arg(">")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    read_and_die(&mut c, "asdlc:events", "rt-development", "rt-worker", 3).await;
     for i in 0..2 {
         p.publish(
             &AsdlcEvent::builder(EventType::TaskDispatched, format!("new-{i}"))
@@ -208,37 +197,13 @@ async fn multi_tenant_runtime_discovers_tenants_and_isolates_them() {
     let cfg = multi_config(&s);
     let p = Publisher::connect(cfg.clone()).await.unwrap();
     // One tenant exists before start; another appears while running.
-    TenantContext::scope(
-        tenant("acme"),
-        p.publish(
-            &AsdlcEvent::builder(EventType::AgentStarted, "acme-1")
-                .build()
-                .unwrap(),
-        ),
+    publish_as(&p, "acme", EventType::AgentStarted, "acme-1").await;
+    let (handle, run) = start_runtime(
+        fast_runtime(cfg.clone(), &["rt-tenants"])
+            .tenant_discovery_interval(Duration::from_millis(100)),
     )
-    .await
-    .unwrap();
-    let rt = fast_runtime(cfg.clone(), &["rt-tenants"])
-        .tenant_discovery_interval(Duration::from_millis(100))
-        .build()
-        .await
-        .unwrap();
-    let handle = rt.handle();
-    let run = tokio::spawn(rt.run_until(std::future::pending()));
-    tokio::time::timeout(WAIT, handle.ready())
-        .await
-        .unwrap()
-        .unwrap();
-    TenantContext::scope(
-        tenant("globex"),
-        p.publish(
-            &AsdlcEvent::builder(EventType::AgentStarted, "globex-1")
-                .build()
-                .unwrap(),
-        ),
-    )
-    .await
-    .unwrap();
+    .await;
+    publish_as(&p, "globex", EventType::AgentStarted, "globex-1").await;
     eventually(WAIT, "both tenants handled", || async {
         TENANT_CALLS.lock().unwrap().len() == 2
     })
@@ -284,35 +249,20 @@ async fn a_busy_tenant_does_not_starve_a_quiet_one() {
         seen.lock().unwrap().push(e.session_id.clone());
         Behavior::Ok
     });
-    let rt = Runtime::builder()
-        .without_registered()
-        .config(cfg.clone())
-        .consumer_name("fair-worker")
-        .handler("fairness", handler.clone())
-        .configure(|_, o| {
-            fast(o);
-            o.concurrency = 8;
-            o.batch_size = 8;
-        })
-        .build()
-        .await
-        .unwrap();
-    let handle = rt.handle();
-    let run = tokio::spawn(rt.run_until(std::future::pending()));
-    tokio::time::timeout(WAIT, handle.ready())
-        .await
-        .unwrap()
-        .unwrap();
-    TenantContext::scope(
-        tenant("quiet"),
-        p.publish(
-            &AsdlcEvent::builder(EventType::TaskCreated, "q")
-                .build()
-                .unwrap(),
-        ),
+    let (handle, run) = start_runtime(
+        Runtime::builder()
+            .without_registered()
+            .config(cfg.clone())
+            .consumer_name("fair-worker")
+            .handler("fairness", handler.clone())
+            .configure(|_, o| {
+                fast(o);
+                o.concurrency = 8;
+                o.batch_size = 8;
+            }),
     )
-    .await
-    .unwrap();
+    .await;
+    publish_as(&p, "quiet", EventType::TaskCreated, "q").await;
     eventually(WAIT, "quiet handled", || async {
         order.lock().unwrap().iter().any(|s| s == "q")
     })

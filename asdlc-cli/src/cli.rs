@@ -68,6 +68,12 @@ pub enum Command {
     /// Dead letters: list, show, replay, purge.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Approval gates: each gate's outcome (pending, approved, rejected, expired), who decided
+    /// it and when; newest request first.
+    Gates(GatesArgs),
+    /// Scheduled events: list what is due and upcoming, cancel one.
+    #[command(subcommand)]
+    Scheduled(ScheduledCommand),
     /// Publish one event (or a JSON array of them), validated; prints the new entry id.
     Publish(Box<PublishArgs>),
     /// Show a group's stale pending entries and optionally hand them to another consumer.
@@ -242,6 +248,33 @@ pub struct PendingArgs {
     /// At most this many entries per stream.
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub limit: usize,
+}
+
+/// `gates` arguments.
+#[derive(Debug, Args)]
+pub struct GatesArgs {
+    /// Only the gates still waiting for an outcome.
+    #[arg(long)]
+    pub pending: bool,
+    /// At most this many per stream.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub limit: usize,
+}
+
+/// `scheduled` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ScheduledCommand {
+    /// Scheduled events, soonest first: key, when due (or how late), type and session.
+    List {
+        /// At most this many per stream.
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        limit: usize,
+    },
+    /// Cancel the scheduled event with this idempotency key, if it is still waiting.
+    Cancel {
+        /// The event's idempotency key.
+        key: String,
+    },
 }
 
 /// `dlq` subcommands.

@@ -154,6 +154,15 @@ pub fn progress(len: u64, json: bool, verb: &str) -> indicatif::ProgressBar {
     bar
 }
 
+/// The age of a group's oldest pending entry, `-` when nothing is pending.
+pub fn oldest_pending(group: &asdlc_runtime::GroupInfo) -> String {
+    if group.pending > 0 {
+        duration(Duration::from_millis(group.oldest_pending_ms))
+    } else {
+        "-".to_owned()
+    }
+}
+
 /// `-` for a missing value.
 pub fn or_dash<T: Display>(v: Option<T>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| v.to_string())

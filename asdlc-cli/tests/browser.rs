@@ -14,15 +14,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use asdlc_runtime::testing::TestServer;
 use asdlc_runtime::{
     AsdlcEvent, BoxFuture, Config, EventConsumer, EventHandler, EventType, HandlerContext,
-    HandlerResult, Publisher, RedisConnection,
+    HandlerResult,
 };
+use asdlc_testing::{TestServer, fixtures};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_asdlc");
+mod common;
 const STREAM: &str = "browser:ops";
 const TOKEN: &str = "open-sesame";
 const EVENTS: u64 = 6;
@@ -91,17 +91,7 @@ fn free_port() -> u16 {
 /// The `asdlc` command against `url`, with nothing configured from this process's
 /// environment.
 fn asdlc(url: &str) -> Command {
-    let mut c = Command::new(BIN);
-    for var in [
-        "REDIS_URL",
-        "ASDLC_STREAM",
-        "ASDLC_TENANCY",
-        "ASDLC_TENANTS",
-        "ASDLC_MAXLEN",
-        "ASDLC_DASHBOARD_TOKEN",
-    ] {
-        c.env_remove(var);
-    }
+    let mut c = common::unconfigured();
     c.args(["--url", url, "--stream", STREAM]);
     c
 }
@@ -174,24 +164,7 @@ async fn leave_lag_pending_and_dead_letters(
     config: &Config,
     fixed: Arc<AtomicBool>,
 ) -> (EventConsumer, tokio::task::JoinHandle<()>) {
-    let mut conn = RedisConnection::connect(&config.redis_url).await.unwrap();
-    let _: () = redis::cmd("XGROUP")
-        .arg(&["CREATE", STREAM, "slow", "$", "MKSTREAM"])
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let p = Publisher::connect(config.clone()).await.unwrap();
-    let events: Vec<_> = (0..EVENTS)
-        .map(|i| AsdlcEvent::new(EventType::TaskCreated, format!("order-{i}")))
-        .collect();
-    p.publish_batch(&events).await.unwrap();
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg(&[
-            "GROUP", "slow", "w-slow", "COUNT", "2", "STREAMS", STREAM, ">",
-        ])
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    fixtures::leave_lag_and_pending(config, None, EVENTS as usize, "order-", "w-slow").await;
     let consumer = EventConsumer::builder(config.clone(), "billing")
         .handler(Flaky { fixed })
         .configure(|o| {
@@ -205,11 +178,7 @@ async fn leave_lag_pending_and_dead_letters(
     let run = tokio::spawn(async move {
         c.start().await.unwrap();
     });
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while consumer.stats().dead_lettered < EVENTS {
-        assert!(Instant::now() < deadline, "{:?}", consumer.stats());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    fixtures::wait_for_dead_letters(&consumer, EVENTS).await;
     (consumer, run)
 }
 

@@ -5,27 +5,15 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use asdlc_runtime::testing::TestServer;
-use asdlc_runtime::{
-    AsdlcEvent, BoxFuture, Config, EventConsumer, EventHandler, EventType, HandlerContext,
-    HandlerResult, Publisher,
-};
+use asdlc_runtime::Config;
+use asdlc_testing::{TestServer, fixtures};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_asdlc");
+mod common;
 
 /// The command, with no configuration from this process's environment.
 fn command() -> Command {
-    let mut c = Command::new(BIN);
-    for var in [
-        "REDIS_URL",
-        "ASDLC_STREAM",
-        "ASDLC_TENANCY",
-        "ASDLC_TENANTS",
-        "ASDLC_MAXLEN",
-    ] {
-        c.env_remove(var);
-    }
+    let mut c = common::unconfigured();
     c.env("RUST_BACKTRACE", "1");
     c
 }
@@ -85,75 +73,51 @@ fn config(server: &TestServer) -> Config {
 }
 
 fn publish(server: &TestServer, n: usize) -> Vec<String> {
-    rt().block_on(async {
-        let p = Publisher::connect(config(server)).await.unwrap();
-        let events: Vec<_> = (0..n)
-            .map(|i| AsdlcEvent::new(EventType::TaskCreated, format!("s{i}")))
-            .collect();
-        p.publish_batch(&events)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|p| p.event_id)
-            .collect()
-    })
+    rt().block_on(fixtures::publish_events(&config(server), None, n, "s"))
 }
 
 fn redis(server: &TestServer, args: &[&str]) -> redis::Value {
-    let mut conn = server.client().get_connection().unwrap();
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    cmd.query(&mut conn).unwrap()
+    fixtures::raw_command(&server.url(), args).unwrap()
 }
 
-/// A handler that always fails for good.
-struct Refuse;
-
-impl EventHandler for Refuse {
-    fn name(&self) -> &str {
-        "refuse"
-    }
-    fn can_handle(&self, _: EventType) -> bool {
-        true
-    }
-    fn handle<'a>(
-        &'a self,
-        _: &'a AsdlcEvent,
-        _: &'a HandlerContext,
-    ) -> BoxFuture<'a, HandlerResult> {
-        Box::pin(async { HandlerResult::permanent("cannot ever work") })
-    }
+/// Creates `group` on `asdlc:events` (and the stream if need be), starting after its last entry.
+fn create_group(server: &TestServer, group: &str) {
+    redis(
+        server,
+        &["XGROUP", "CREATE", "asdlc:events", group, "$", "MKSTREAM"],
+    );
 }
 
-/// Runs a consumer of group `g` whose handler refuses everything until `n` dead letters
+/// Reads `count` new entries of `asdlc:events` for `consumer` of `group` and acknowledges
+/// none, leaving them pending.
+fn read_pending(server: &TestServer, group: &str, consumer: &str, count: u64) {
+    let count = count.to_string();
+    redis(
+        server,
+        &[
+            "XREADGROUP",
+            "GROUP",
+            group,
+            consumer,
+            "COUNT",
+            &count,
+            "STREAMS",
+            "asdlc:events",
+            ">",
+        ],
+    );
+}
+
+/// Runs a consumer `w1` of group `g` whose handler refuses everything until `n` dead letters
 /// exist.
 fn dead_letter_everything(server: &TestServer, n: u64) {
-    rt().block_on(async {
-        let consumer = EventConsumer::builder(config(server), "g")
-            .handler(Refuse)
-            .configure(|o| {
-                o.consumer = Some("w1".into());
-                o.block = Duration::from_millis(50);
-            })
-            .build()
-            .await
-            .unwrap();
-        let c = consumer.clone();
-        let run = tokio::spawn(async move { c.start().await });
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while consumer.stats().dead_lettered < n {
-            assert!(
-                Instant::now() < deadline,
-                "dead letters: {:?}",
-                consumer.stats()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        consumer.stop();
-        run.await.unwrap().unwrap();
-    });
+    rt().block_on(fixtures::dead_letter_all(
+        &config(server),
+        None,
+        "g",
+        "w1",
+        n,
+    ));
 }
 
 #[test]
@@ -249,17 +213,7 @@ fn unreachable_server_exits_non_zero_with_one_line() {
 #[test]
 fn info_and_health_on_an_empty_healthy_stream() {
     let s = TestServer::start();
-    redis(
-        &s,
-        &[
-            "XGROUP",
-            "CREATE",
-            "asdlc:events",
-            "design-handlers",
-            "$",
-            "MKSTREAM",
-        ],
-    );
+    create_group(&s, "design-handlers");
     let o = run(&s, &["info"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(stdout(&o).contains("asdlc:events"));
@@ -281,10 +235,7 @@ fn info_and_health_on_an_empty_healthy_stream() {
 #[test]
 fn health_exit_status_reflects_a_real_backlog() {
     let s = TestServer::start();
-    redis(
-        &s,
-        &["XGROUP", "CREATE", "asdlc:events", "slow", "$", "MKSTREAM"],
-    );
+    create_group(&s, "slow");
     publish(&s, 30);
     let limits = |d: &str, u: &str| run(&s, &["health", "--lag-degraded", d, "--lag-unhealthy", u]);
     assert_eq!(code(&limits("100", "1000")), 0);
@@ -312,20 +263,7 @@ fn health_exit_status_reflects_a_real_backlog() {
     assert_eq!(report["streams"][0]["groups"][0]["lag"], 30);
 
     // Pending entries that grow old degrade it too.
-    redis(
-        &s,
-        &[
-            "XREADGROUP",
-            "GROUP",
-            "slow",
-            "w1",
-            "COUNT",
-            "5",
-            "STREAMS",
-            "asdlc:events",
-            ">",
-        ],
-    );
+    read_pending(&s, "slow", "w1", 5);
     std::thread::sleep(Duration::from_millis(120));
     let o = run(&s, &["health", "--pending-age-degraded", "100ms"]);
     assert_eq!(code(&o), 1, "{}", stdout(&o));
@@ -635,20 +573,7 @@ fn pending_and_recover_show_and_hand_over_stale_entries() {
     let s = TestServer::start();
     let published = publish(&s, 4);
     redis(&s, &["XGROUP", "CREATE", "asdlc:events", "g", "0"]);
-    redis(
-        &s,
-        &[
-            "XREADGROUP",
-            "GROUP",
-            "g",
-            "dead",
-            "COUNT",
-            "3",
-            "STREAMS",
-            "asdlc:events",
-            ">",
-        ],
-    );
+    read_pending(&s, "g", "dead", 3);
     std::thread::sleep(Duration::from_millis(60));
 
     let o = run(&s, &["--json", "pending", "g"]);
@@ -716,20 +641,7 @@ fn trim_removes_only_acknowledged_entries() {
         "{}",
         stdout(&o)
     );
-    redis(
-        &s,
-        &[
-            "XREADGROUP",
-            "GROUP",
-            "g",
-            "w",
-            "COUNT",
-            "4",
-            "STREAMS",
-            "asdlc:events",
-            ">",
-        ],
-    );
+    read_pending(&s, "g", "w", 4);
     redis(
         &s,
         &["XACK", "asdlc:events", "g", &published[0], &published[1]],
@@ -879,25 +791,9 @@ fn completions_and_man_page_are_generated() {
 #[test]
 fn top_refreshes_lag_pending_and_rates() {
     let s = TestServer::start();
-    redis(
-        &s,
-        &["XGROUP", "CREATE", "asdlc:events", "slow", "$", "MKSTREAM"],
-    );
+    create_group(&s, "slow");
     publish(&s, 7);
-    redis(
-        &s,
-        &[
-            "XREADGROUP",
-            "GROUP",
-            "slow",
-            "w1",
-            "COUNT",
-            "3",
-            "STREAMS",
-            "asdlc:events",
-            ">",
-        ],
-    );
+    read_pending(&s, "slow", "w1", 3);
     let o = run(&s, &["top", "-n", "2", "--interval", "100ms"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let out = stdout(&o);
@@ -950,4 +846,84 @@ fn functions_status_and_load_bring_back_a_library_the_server_lost() {
         matches!(&listed, redis::Value::Array(libs) if libs.len() == 1),
         "{listed:?}"
     );
+}
+
+#[test]
+fn scheduled_lists_what_waits_and_cancels_by_key() {
+    let s = TestServer::start();
+    let empty = run(&s, &["scheduled", "list"]);
+    assert_eq!(code(&empty), 0, "{empty:?}");
+    assert!(stdout(&empty).contains("no scheduled events"));
+    rt().block_on(async {
+        let p = asdlc_runtime::Publisher::connect(config(&s)).await.unwrap();
+        for (i, secs) in [(1, 3600), (2, 7200)] {
+            let e = asdlc_runtime::AsdlcEvent::builder(
+                asdlc_runtime::EventType::GateExpired,
+                format!("s{i}"),
+            )
+            .idempotency_key(format!("gate-{i}"))
+            .build()
+            .unwrap();
+            p.publish_after(&e, std::time::Duration::from_secs(secs))
+                .await
+                .unwrap();
+        }
+    });
+    let listed = run(&s, &["scheduled", "list"]);
+    assert_eq!(code(&listed), 0, "{listed:?}");
+    let text = stdout(&listed);
+    let first = text.find("gate-1").expect("gate-1 listed");
+    let second = text.find("gate-2").expect("gate-2 listed");
+    assert!(first < second, "soonest first: {text}");
+    assert!(
+        text.contains("gate_expired")
+            && (text.contains("in 3599.") || text.contains("in 3600.0 s")),
+        "{text}"
+    );
+    let as_json = json(&run(&s, &["--json", "scheduled", "list"]));
+    assert_eq!(as_json["scheduled"][1]["key"], "gate-2");
+    assert_eq!(as_json["scheduled"][1]["session_id"], "s2");
+
+    let cancelled = run(&s, &["scheduled", "cancel", "gate-1"]);
+    assert_eq!(code(&cancelled), 0, "{cancelled:?}");
+    assert!(stdout(&cancelled).contains("cancelled gate-1"));
+    // Gone: a second cancel finds nothing waiting.
+    assert_one_line_error(&run(&s, &["scheduled", "cancel", "gate-1"]), 4, "gate-1");
+    let left = json(&run(&s, &["--json", "scheduled", "list"]));
+    assert_eq!(left["scheduled"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn gates_lists_each_gate_with_its_outcome() {
+    let s = TestServer::start();
+    assert!(stdout(&run(&s, &["gates"])).contains("no gates"));
+    rt().block_on(async {
+        let p = asdlc_runtime::Publisher::connect(config(&s)).await.unwrap();
+        let approved = asdlc_runtime::Gate::new(&p, "gate-a");
+        approved
+            .request("s1", std::time::Duration::from_secs(600), "validation")
+            .await
+            .unwrap();
+        approved.approve("alice").await.unwrap();
+        asdlc_runtime::Gate::new(&p, "gate-b")
+            .request("s1", std::time::Duration::from_secs(600), "validation")
+            .await
+            .unwrap();
+    });
+    let all = run(&s, &["gates"]);
+    assert_eq!(code(&all), 0, "{all:?}");
+    let text = stdout(&all);
+    assert!(
+        text.contains("gate-a") && text.contains("approved") && text.contains("alice"),
+        "{text}"
+    );
+    assert!(
+        text.contains("gate-b") && text.contains("pending"),
+        "{text}"
+    );
+    let pending = json(&run(&s, &["--json", "gates", "--pending"]));
+    let gates = pending["gates"].as_array().unwrap();
+    assert_eq!(gates.len(), 1, "{pending}");
+    assert_eq!(gates[0]["gate"]["id"], "gate-b");
+    assert_eq!(gates[0]["gate"]["outcome"], "pending");
 }

@@ -2,17 +2,15 @@
 //! it creates reaches its tenant's keys and nothing else, on every node.
 
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
-use asdlc_runtime::testing::TestServer;
+use asdlc_testing::TestServer;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_asdlc");
+mod common;
 
 fn run(server: &TestServer, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(BIN)
-        .env_remove("REDIS_URL")
-        .env_remove("ASDLC_STREAM")
+    let mut child = common::unconfigured()
         .arg("--url")
         .arg(server.url())
         .args(args)
@@ -29,26 +27,31 @@ fn run(server: &TestServer, args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().expect("asdlc output")
 }
 
-fn as_user(url: &str, args: &[&str]) -> redis::RedisResult<redis::Value> {
-    let mut conn = redis::Client::open(url)?.get_connection()?;
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    cmd.query(&mut conn)
-}
-
-#[test]
-fn provisioned_tenant_users_reach_only_their_keys_until_revoked() {
-    let s = TestServer::start();
-    let out = run(&s, &["--json", "tenant", "provision", "acme"], None);
+/// Asserts that the command exited 0, showing what it wrote to stderr when not.
+fn assert_ok(out: &Output) {
     assert_eq!(
         out.status.code(),
         Some(0),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+}
+
+/// Runs a command that must succeed and returns the JSON it printed.
+fn run_json(server: &TestServer, args: &[&str]) -> Value {
+    let out = run(server, args, None);
+    assert_ok(&out);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn as_user(url: &str, args: &[&str]) -> redis::RedisResult<redis::Value> {
+    asdlc_testing::fixtures::raw_command(url, args)
+}
+
+#[test]
+fn provisioned_tenant_users_reach_only_their_keys_until_revoked() {
+    let s = TestServer::start();
+    let v = run_json(&s, &["--json", "tenant", "provision", "acme"]);
     assert_eq!(v["username"], "asdlc-tenant-acme");
     assert_eq!(v["keys"], "tenant:{acme}:*");
     assert_eq!(v["password"].as_str().unwrap().len(), 64);
@@ -76,12 +79,7 @@ fn provisioned_tenant_users_reach_only_their_keys_until_revoked() {
         ],
         Some("correct-horse-battery-staple\n"),
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("password: correct-horse-battery-staple"),
@@ -133,14 +131,7 @@ fn tenant_sync_gives_a_replica_back_the_users_it_lost_and_deletes_revoked_ones()
     }
 
     // Provisioning reaches the replica that ROLE lists, not only the server of the URL.
-    let out = run(&master, &["--json", "tenant", "provision", "acme"], None);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = run_json(&master, &["--json", "tenant", "provision", "acme"]);
     assert_eq!(v["nodes"].as_array().unwrap().len(), 2, "{v}");
     assert!(v["nodes"][1] == replica_addr.as_str(), "{v}");
     assert!(has_user(replica.port(), "asdlc-tenant-acme"));
@@ -178,14 +169,7 @@ fn tenant_sync_gives_a_replica_back_the_users_it_lost_and_deletes_revoked_ones()
         &["ACL", "SETUSER", "asdlc-tenant-legacy", "off"],
     );
 
-    let out = run(&master, &["--json", "tenant", "sync"], None);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = run_json(&master, &["--json", "tenant", "sync"]);
     let mut changes: Vec<(String, String, String)> = v["changes"]
         .as_array()
         .unwrap()

@@ -19,8 +19,8 @@ use asdlc_runtime::keys::{get_stream_name, tenant_of_stream, validate_group};
 use asdlc_runtime::monitor::{HealthStatus, HealthThresholds, check_health, list_streams};
 use asdlc_runtime::{AsdlcEvent, RedisConnection, StreamInfo, TenantId};
 use axum::body::Bytes;
-use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::extract::{FromRequest, Query, Request, State};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -520,8 +520,22 @@ fn one_letter(d: &Dashboard, m: &Mutation, id: &str) -> Result<String, ApiError>
     Ok(stream)
 }
 
-fn parse(body: &Bytes) -> Result<Mutation, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("bad request body: {e}")))
+/// The [`Mutation`] of a request that carries the write token: replay and purge take it, so
+/// neither can run without the token check.
+struct Authorized(Mutation);
+
+impl FromRequest<Dashboard> for Authorized {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, d: &Dashboard) -> Result<Self, Response> {
+        authorize(d, req.headers()).map_err(IntoResponse::into_response)?;
+        let body = Bytes::from_request(req, d)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        serde_json::from_slice(&body)
+            .map(Authorized)
+            .map_err(|e| ApiError::BadRequest(format!("bad request body: {e}")).into_response())
+    }
 }
 
 /// The streams a `{"all": true}` mutation covers.
@@ -541,11 +555,8 @@ async fn streams_of(
 
 async fn replay(
     State(d): State<Dashboard>,
-    headers: HeaderMap,
-    body: Bytes,
+    Authorized(m): Authorized,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    authorize(&d, &headers)?;
-    let m = parse(&body)?;
     let mut conn = d.conn();
     let (mut replayed, mut skipped) = (Vec::new(), Vec::new());
     match (&m.id, m.all) {
@@ -595,11 +606,8 @@ async fn replay(
 
 async fn purge(
     State(d): State<Dashboard>,
-    headers: HeaderMap,
-    body: Bytes,
+    Authorized(m): Authorized,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    authorize(&d, &headers)?;
-    let m = parse(&body)?;
     if m.group.is_some() || m.to_group.is_some() || m.include_malformed {
         return Err(ApiError::BadRequest(
             "purge takes no `group`, `to_group` or `include_malformed`: it deletes one dead \

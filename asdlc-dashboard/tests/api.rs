@@ -5,11 +5,8 @@
 use std::time::{Duration, Instant};
 
 use asdlc_dashboard::{Dashboard, DashboardOptions, hosts_for, router};
-use asdlc_runtime::testing::{TestCluster, TestServer};
-use asdlc_runtime::{
-    AsdlcEvent, BoxFuture, Config, EventConsumer, EventHandler, EventType, HandlerContext,
-    HandlerResult, Publisher, RedisConnection, RedisUrl, Tenancy, TenantId, get_stream_info,
-};
+use asdlc_runtime::{Config, RedisConnection, RedisUrl, Tenancy, TenantId, get_stream_info};
+use asdlc_testing::{TestCluster, TestServer, fixtures};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use serde_json::{Value, json};
@@ -18,81 +15,11 @@ use tower::ServiceExt;
 const HOST: &str = "dash.test:80";
 const TOKEN: &str = "let-me-write";
 
-struct Refuse;
-
-impl EventHandler for Refuse {
-    fn name(&self) -> &str {
-        "refuse"
-    }
-    fn can_handle(&self, _: EventType) -> bool {
-        true
-    }
-    fn handle<'a>(
-        &'a self,
-        _: &'a AsdlcEvent,
-        _: &'a HandlerContext,
-    ) -> BoxFuture<'a, HandlerResult> {
-        Box::pin(async { HandlerResult::permanent("cannot ever work") })
-    }
-}
-
 /// On stream `config.stream` (or a tenant's): `n` events, group `slow` reading 2 of them
 /// (lag n-2, pending 2) and group `bad` dead-lettering every one.
 async fn leave_lag_pending_and_dead_letters(config: &Config, tenant: Option<&TenantId>, n: usize) {
-    let stream = config.stream_for(tenant);
-    let mut conn = RedisConnection::connect(&config.redis_url).await.unwrap();
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&stream)
-        .arg("slow")
-        .arg("$")
-        .arg("MKSTREAM")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let p = Publisher::connect(config.clone()).await.unwrap();
-    let events: Vec<_> = (0..n)
-        .map(|i| {
-            let mut e = AsdlcEvent::new(EventType::TaskCreated, format!("session-{i}"));
-            e.tenant_id = tenant.cloned();
-            e
-        })
-        .collect();
-    p.publish_batch(&events).await.unwrap();
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("slow")
-        .arg("w1")
-        .arg("COUNT")
-        .arg(2)
-        .arg("STREAMS")
-        .arg(&stream)
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let mut builder = EventConsumer::builder(config.clone(), "bad");
-    if let Some(t) = tenant {
-        builder = builder.tenant(t.clone());
-    }
-    let consumer = builder
-        .handler(Refuse)
-        .configure(|o| {
-            o.consumer = Some("w-bad".into());
-            o.block = Duration::from_millis(50);
-        })
-        .build()
-        .await
-        .unwrap();
-    let c = consumer.clone();
-    let run = tokio::spawn(async move { c.start().await });
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while consumer.stats().dead_lettered < n as u64 {
-        assert!(Instant::now() < deadline, "{:?}", consumer.stats());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    consumer.stop();
-    run.await.unwrap().unwrap();
+    fixtures::leave_lag_and_pending(config, tenant, n, "session-", "w1").await;
+    fixtures::dead_letter_all(config, tenant, "bad", "w-bad", n as u64).await;
 }
 
 async fn call(
@@ -119,6 +46,21 @@ async fn call(
         .unwrap();
     let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     (status, value)
+}
+
+async fn post(
+    app: &axum::Router,
+    uri: &str,
+    token: Option<&str>,
+    body: Value,
+) -> (StatusCode, Value) {
+    call(app, "POST", uri, token, Some(body)).await
+}
+
+async fn dead_letters(conn: &mut RedisConnection, stream: &str) -> u64 {
+    asdlc_runtime::deadletter::count(conn, stream)
+        .await
+        .unwrap()
 }
 
 fn options(token: Option<&str>) -> DashboardOptions {
@@ -195,46 +137,21 @@ async fn dashboard_shows_and_replays(config: Config) {
 
     let body = json!({ "stream": stream, "id": first });
     for token in [None, Some("wrong")] {
-        let (status, e) = call(
-            &app,
-            "POST",
-            "/api/dead-letters/replay",
-            token,
-            Some(body.clone()),
-        )
-        .await;
+        let (status, e) = post(&app, "/api/dead-letters/replay", token, body.clone()).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{token:?}: {e}");
     }
-    assert_eq!(
-        asdlc_runtime::deadletter::count(&mut conn, &stream)
-            .await
-            .unwrap(),
-        5
-    );
-    let (status, r) = call(
-        &app,
-        "POST",
-        "/api/dead-letters/replay",
-        Some(TOKEN),
-        Some(body),
-    )
-    .await;
+    assert_eq!(dead_letters(&mut conn, &stream).await, 5);
+    let (status, r) = post(&app, "/api/dead-letters/replay", Some(TOKEN), body).await;
     assert_eq!(status, StatusCode::OK, "{r}");
     assert_eq!(r["count"], 1);
-    assert_eq!(
-        asdlc_runtime::deadletter::count(&mut conn, &stream)
-            .await
-            .unwrap(),
-        4
-    );
+    assert_eq!(dead_letters(&mut conn, &stream).await, 4);
     // Replayed to the group that gave up on it: the copy names that group alone.
     let second = list["dead_letters"][1]["id"].as_str().unwrap().to_owned();
-    let (status, r) = call(
+    let (status, r) = post(
         &app,
-        "POST",
         "/api/dead-letters/replay",
         Some(TOKEN),
-        Some(json!({ "stream": stream, "id": second, "to_group": "bad" })),
+        json!({ "stream": stream, "id": second, "to_group": "bad" }),
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{r}");
@@ -253,37 +170,29 @@ async fn dashboard_shows_and_replays(config: Config) {
         )),
         "{copy:?}"
     );
-    let (status, e) = call(
+    let (status, e) = post(
         &app,
-        "POST",
         "/api/dead-letters/replay",
         Some(TOKEN),
-        Some(json!({ "all": true, "to_group": "not a group!" })),
+        json!({ "all": true, "to_group": "not a group!" }),
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
-    assert_eq!(
-        asdlc_runtime::deadletter::count(&mut conn, &stream)
-            .await
-            .unwrap(),
-        3
-    );
+    assert_eq!(dead_letters(&mut conn, &stream).await, 3);
     // A stream outside the deployment is never touched.
-    let (status, _) = call(
+    let (status, _) = post(
         &app,
-        "POST",
         "/api/dead-letters/purge",
         Some(TOKEN),
-        Some(json!({ "stream": "some:other:key", "all": true })),
+        json!({ "stream": "some:other:key", "all": true }),
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, p) = call(
+    let (status, p) = post(
         &app,
-        "POST",
         "/api/dead-letters/purge",
         Some(TOKEN),
-        Some(json!({ "all": true })),
+        json!({ "all": true }),
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{p}");

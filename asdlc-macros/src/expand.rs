@@ -7,6 +7,8 @@
 //!
 //! The parameter types, the return type and the future's `Send`-ness are checked by rustc,
 //! through code spanned on the user's own tokens, so its messages land where the mistake is.
+//! Each `State<T>` parameter is taken from the context through `__private::StateParam`,
+//! spanned on its type, and listed in `required_state` for the runtime's startup check.
 
 use proc_macro2::{Group, Span, TokenStream, TokenTree};
 use quote::{ToTokens, quote, quote_spanned};
@@ -110,20 +112,52 @@ fn expand(function: &ItemFn, args: &HandlerArgs, signature: &HandlerSignature) -
         .map(|variant| quote!(.with_ordered_by(#private::OrderBy::#variant)));
 
     let event_check = param_check(&signature.event, "__asdlc_event_ref", "__asdlc_event");
-    let (ctx_param, ctx_check, ctx_arg) = match &signature.ctx {
+    let (ctx_check, ctx_arg) = match &signature.ctx {
         Some(ctx) => {
             let check = param_check(ctx, "__asdlc_ctx_ref", "__asdlc_ctx");
-            (
-                quote!(__asdlc_ctx_ref),
-                quote! {
-                    let __asdlc_ctx_ref: &#private::HandlerContext = __asdlc_ctx_ref;
-                    #check
-                },
-                quote!(, __asdlc_ctx),
-            )
+            (check, quote!(, __asdlc_ctx))
         }
-        None => (quote!(_), quote!(), quote!()),
+        None => (quote!(), quote!()),
     };
+    let ctx_param = if signature.ctx.is_some() || !signature.state.is_empty() {
+        quote!(__asdlc_ctx_ref)
+    } else {
+        quote!(_)
+    };
+    let ctx_reborrow = (signature.ctx.is_some() || !signature.state.is_empty())
+        .then(|| quote!(let __asdlc_ctx_ref: &#private::HandlerContext = __asdlc_ctx_ref;));
+
+    // One const per state parameter, the only place its type meets `StateParam`, under the
+    // type's span: "`Db` is not a state parameter" is reported once, at `Db`.
+    let state_consts: Vec<Ident> = (0..signature.state.len())
+        .map(|i| Ident::new(&format!("__ASDLC_STATE_{i}"), Span::call_site()))
+        .collect();
+    let state_params = signature.state.iter().zip(&state_consts).map(|(ty, name)| {
+        let at = user_span(first_span(ty));
+        let param = {
+            let private = respan(private.clone(), at);
+            quote_spanned!(at=> #private::state_param::<#ty>())
+        };
+        quote!(const #name: #private::StateExtractor<#ty> = #param;)
+    });
+    let state_bindings: Vec<Ident> = (0..signature.state.len())
+        .map(|i| Ident::new(&format!("__asdlc_state_{i}"), Span::call_site()))
+        .collect();
+    // Missing only when called past the startup check: a permanent failure naming the type,
+    // rather than a panic in the consumer.
+    let state_extract = state_consts
+        .iter()
+        .zip(&state_bindings)
+        .map(|(name, binding)| {
+            quote! {
+                let #binding = match (#name.extract)(__asdlc_ctx_ref) {
+                    ::core::option::Option::Some(state) => state,
+                    ::core::option::Option::None => {
+                        return #private::missing_state(__ASDLC_NAME, #name.ty);
+                    }
+                };
+            }
+        });
 
     // Under the return type's span: "`i32` is not a handler return type" points at `i32`.
     let convert = match &signature.output {
@@ -155,6 +189,10 @@ fn expand(function: &ItemFn, args: &HandlerArgs, signature: &HandlerSignature) -
             // Named once, so an unknown type is reported once.
             const __ASDLC_TYPES: &[#private::EventType] = &[#(#types),*];
 
+            #(#state_params)*
+
+            const __ASDLC_STATE: &[#private::StateType] = &[#(#state_consts.ty),*];
+
             fn __asdlc_into_handler_result<T: #private::IntoHandlerResult>(
                 output: T,
             ) -> #private::HandlerResult {
@@ -170,6 +208,10 @@ fn expand(function: &ItemFn, args: &HandlerArgs, signature: &HandlerSignature) -
                     __ASDLC_TYPES.contains(&event_type)
                 }
 
+                fn required_state(&self) -> &[#private::StateType] {
+                    __ASDLC_STATE
+                }
+
                 fn handle<'__asdlc>(
                     &'__asdlc self,
                     __asdlc_event_ref: &'__asdlc #private::AsdlcEvent,
@@ -178,8 +220,10 @@ fn expand(function: &ItemFn, args: &HandlerArgs, signature: &HandlerSignature) -
                     // Reborrowed, so a mismatch reads `&AsdlcEvent`, not `&'__asdlc AsdlcEvent`.
                     let __asdlc_event_ref: &#private::AsdlcEvent = __asdlc_event_ref;
                     #event_check
+                    #ctx_reborrow
                     #ctx_check
-                    let __asdlc_future = #fn_name(__asdlc_event #ctx_arg);
+                    #(#state_extract)*
+                    let __asdlc_future = #fn_name(__asdlc_event #ctx_arg #(, #state_bindings)*);
                     #boxed
                 }
             }
@@ -338,6 +382,42 @@ mod tests {
         }
         assert!(!out.contains(":: asdlc ::"), "{out}");
         assert!(!out.contains("__asdlc_ctx"), "{out}");
+    }
+
+    #[test]
+    fn state_parameters_are_taken_from_the_context_and_listed() {
+        let out = expand_str(
+            quote!(types = [TaskCreated], group = "g"),
+            quote!(
+                async fn h(e: &AsdlcEvent, State(db): State<Db>, cache: asdlc::State<Cache>) {}
+            ),
+        );
+        assert!(!out.contains("compile_error"), "{out}");
+        for expected in [
+            "const __ASDLC_STATE_0 : :: asdlc :: __private :: StateExtractor < State < Db > > = :: asdlc :: __private :: state_param :: < State < Db > > () ;",
+            "const __ASDLC_STATE_1 : :: asdlc :: __private :: StateExtractor < asdlc :: State < Cache > > = :: asdlc :: __private :: state_param :: < asdlc :: State < Cache > > () ;",
+            "const __ASDLC_STATE : & [:: asdlc :: __private :: StateType] = & [__ASDLC_STATE_0 . ty , __ASDLC_STATE_1 . ty] ;",
+            "fn required_state (& self) -> & [:: asdlc :: __private :: StateType] { __ASDLC_STATE }",
+            "__asdlc_ctx_ref : & '__asdlc :: asdlc :: __private :: HandlerContext",
+            "let __asdlc_ctx_ref : & :: asdlc :: __private :: HandlerContext = __asdlc_ctx_ref ;",
+            "let __asdlc_state_0 = match (__ASDLC_STATE_0 . extract) (__asdlc_ctx_ref) { :: core :: option :: Option :: Some (state) => state , :: core :: option :: Option :: None => { return :: asdlc :: __private :: missing_state (__ASDLC_NAME , __ASDLC_STATE_0 . ty) ; } } ;",
+            "let __asdlc_state_1 = match (__ASDLC_STATE_1 . extract) (__asdlc_ctx_ref)",
+            "let __asdlc_future = h (__asdlc_event , __asdlc_state_0 , __asdlc_state_1) ;",
+        ] {
+            assert!(out.contains(expected), "missing `{expected}` in\n{out}");
+        }
+
+        let plain = expand_str(
+            quote!(types = [TaskCreated], group = "g"),
+            quote!(
+                async fn h(e: &AsdlcEvent, ctx: &HandlerContext) {}
+            ),
+        );
+        assert!(
+            plain.contains("const __ASDLC_STATE : & [:: asdlc :: __private :: StateType] = & [] ;"),
+            "{plain}"
+        );
+        assert!(!plain.contains("state_param"), "{plain}");
     }
 
     #[test]

@@ -24,7 +24,8 @@ use proc_macro::TokenStream;
 /// ```
 ///
 /// The function is kept as written, so it can still be called directly (in a unit test,
-/// with `HandlerContext::detached()`, no Redis needed). Beside it the attribute generates a
+/// with `HandlerContext::detached()` and `State::new(value)` for its state, no Redis
+/// needed). Beside it the attribute generates a
 /// hidden `EventHandler` implementation that calls it, and registers that with the runtime,
 /// which finds every handler of the program through `asdlc::registered_handlers()`.
 ///
@@ -38,12 +39,29 @@ use proc_macro::TokenStream;
 /// - It is an `async fn`: not `const`, `unsafe` or `extern`, without generic parameters,
 ///   `where` clause or `self`.
 /// - It takes `(event: &AsdlcEvent)` or `(event: &AsdlcEvent, ctx: &HandlerContext)`, each
-///   parameter a name or `_`.
+///   parameter a name or `_`, then any number of `State<T>` parameters (any pattern, like
+///   `State(db): State<Db>`): the values of those types given to the runtime with
+///   `.state(...)`. A runtime missing one fails at `build()` with
+///   `RegistryError::MissingState`, naming the handler and the type.
 /// - It returns `HandlerResult`, `()` (or nothing), `Result<HandlerResult, HandlerError>`
 ///   or `Result<(), HandlerError>`: anything implementing `IntoHandlerResult`. An `Err`
 ///   is retried unless it is `HandlerError::permanent`.
 /// - Its future is `Send`: the runtime runs handlers on a multi-threaded executor, so a
 ///   handler cannot hold an `Rc` or a `std::sync::MutexGuard` across an `.await`.
+///
+/// ```ignore
+/// use asdlc::prelude::*;
+///
+/// struct Db { url: String }
+///
+/// #[event_handler(types = [TaskCreated], group = "tasks")]
+/// async fn store(event: &AsdlcEvent, ctx: &HandlerContext, State(db): State<Db>) {
+///     tracing::info!(db = %db.url, attempt = ctx.attempt(), "storing {}", event.session_id);
+/// }
+///
+/// // main: Runtime::builder().state(Db { url: "postgres://db".into() }).build().await?
+/// // a unit test: store(&event, &HandlerContext::detached(), State::new(Db { .. })).await
+/// ```
 ///
 /// # Arguments
 ///

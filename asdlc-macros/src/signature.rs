@@ -4,14 +4,14 @@
 //! sees them through the generated code with spans on the user's tokens (see `expand`).
 
 use proc_macro2::Span;
-use quote::{ToTokens, quote};
+use quote::ToTokens;
 use syn::spanned::Spanned;
-use syn::{FnArg, Pat, PatType, ReturnType, Signature, Type};
+use syn::{FnArg, GenericArgument, Pat, PatType, PathArguments, ReturnType, Signature, Type};
 
 use crate::errors::Errors;
 
-const SHAPE: &str = "an event handler takes `(event: &AsdlcEvent)` or \
-                     `(event: &AsdlcEvent, ctx: &HandlerContext)`";
+const SHAPE: &str = "an event handler takes `(event: &AsdlcEvent)`, then optionally \
+                     `ctx: &HandlerContext`, then any number of `State<T>` parameters";
 
 /// A handler function's signature, checked.
 pub(crate) struct HandlerSignature {
@@ -19,6 +19,8 @@ pub(crate) struct HandlerSignature {
     pub(crate) event: Param,
     /// The context parameter, if the function takes one.
     pub(crate) ctx: Option<Param>,
+    /// The `State<T>` parameters, in order.
+    pub(crate) state: Vec<Type>,
     /// The declared return type; `None` for `()`.
     pub(crate) output: Option<Type>,
 }
@@ -32,7 +34,7 @@ pub(crate) struct Param {
 }
 
 /// Checks that `sig` is `async fn name(event: &E)` or `async fn name(event: &E, ctx: &C)`,
-/// reporting every problem at once.
+/// followed by any number of `State<T>` parameters, reporting every problem at once.
 pub(crate) fn check_signature(sig: &Signature) -> syn::Result<HandlerSignature> {
     let mut errors = Errors::default();
 
@@ -91,13 +93,6 @@ pub(crate) fn check_signature(sig: &Signature) -> syn::Result<HandlerSignature> 
             FnArg::Typed(param) => params.push(param),
         }
     }
-    if params.len() > 2 {
-        let extra = &params[2..];
-        errors.push(syn::Error::new_spanned(
-            quote!(#(#extra),*),
-            format!("too many parameters: {SHAPE}"),
-        ));
-    }
     if params.is_empty() && sig.receiver().is_none() && sig.variadic.is_none() {
         errors.push(syn::Error::new(
             sig.paren_token.span.join(),
@@ -107,14 +102,21 @@ pub(crate) fn check_signature(sig: &Signature) -> syn::Result<HandlerSignature> 
     let event = params
         .first()
         .and_then(|p| errors.check(check_param(p, "event", "AsdlcEvent")));
-    let ctx = params
-        .get(1)
-        .and_then(|p| errors.check(check_param(p, "ctx", "HandlerContext")));
+    // The context is the second parameter unless that one is already a `State<T>`.
+    let ctx_at = params.get(1).filter(|p| !is_state_like(&p.ty));
+    let ctx = ctx_at.and_then(|p| errors.check(check_param(p, "ctx", "HandlerContext")));
+    let first_state = if ctx_at.is_some() { 2 } else { 1 };
+    let state = params
+        .iter()
+        .skip(first_state)
+        .filter_map(|p| errors.check(check_state_param(p)))
+        .collect();
 
     errors.finish()?;
     Ok(HandlerSignature {
         event: event.expect("a missing event parameter was reported above"),
         ctx,
+        state,
         output: match &sig.output {
             ReturnType::Default => None,
             ReturnType::Type(_, ty) => Some((**ty).clone()),
@@ -149,6 +151,11 @@ fn check_param(param: &PatType, role: &str, type_name: &str) -> syn::Result<Para
             ));
         }
         Type::Reference(_) => {}
+        ty if role == "ctx" => errors.push(syn::Error::new_spanned(
+            ty,
+            "the ctx parameter must be a reference, like `ctx: &HandlerContext`, or a state \
+             parameter, like `State(db): State<Db>`",
+        )),
         ty => errors.push(syn::Error::new_spanned(
             ty,
             format!("the {role} parameter must be a reference, like `{role}: &{type_name}`"),
@@ -161,9 +168,71 @@ fn check_param(param: &PatType, role: &str, type_name: &str) -> syn::Result<Para
     })
 }
 
+/// The path of a type that names `State` (`State<Db>`, `asdlc::State<Db>`), however its
+/// arguments are written; `None` for any other type.
+fn state_path(ty: &Type) -> Option<&syn::PathSegment> {
+    match ty {
+        Type::Path(path) if path.qself.is_none() => path
+            .path
+            .segments
+            .last()
+            .filter(|segment| segment.ident == "State"),
+        Type::Group(group) => state_path(&group.elem),
+        Type::Paren(paren) => state_path(&paren.elem),
+        _ => None,
+    }
+}
+
+/// Checks a parameter after the event and the context: `State<T>`, under any pattern (the
+/// function is emitted unchanged, so rustc checks that the pattern is irrefutable).
+fn check_state_param(param: &PatType) -> syn::Result<Type> {
+    let Some(segment) = state_path(&param.ty) else {
+        let message = match &*param.ty {
+            Type::Reference(r) if state_path(&r.elem).is_some() => {
+                return Err(syn::Error::new_spanned(
+                    r.and_token,
+                    "a state parameter is taken by value, like `State(db): State<Db>`",
+                ));
+            }
+            Type::Reference(r) if names(&r.elem, "HandlerContext") => {
+                "`ctx: &HandlerContext` goes right after the event parameter".to_owned()
+            }
+            _ => format!("expected a `State<T>` parameter: {SHAPE}"),
+        };
+        return Err(syn::Error::new_spanned(&param.ty, message));
+    };
+    let one_type = match &segment.arguments {
+        PathArguments::AngleBracketed(args) => {
+            args.args.len() == 1 && matches!(args.args.first(), Some(GenericArgument::Type(_)))
+        }
+        _ => false,
+    };
+    if !one_type {
+        return Err(syn::Error::new_spanned(
+            segment,
+            "`State` takes the state's type, like `State<Db>`",
+        ));
+    }
+    Ok((*param.ty).clone())
+}
+
+/// Whether `ty` is a `State<..>` or a reference to one: a state parameter, right or wrong.
+fn is_state_like(ty: &Type) -> bool {
+    match ty {
+        Type::Reference(r) => state_path(&r.elem).is_some(),
+        ty => state_path(ty).is_some(),
+    }
+}
+
+/// Whether `ty` is a path whose last segment is `name`.
+fn names(ty: &Type, name: &str) -> bool {
+    matches!(ty, Type::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use quote::quote;
     use syn::ItemFn;
 
     fn check(item: proc_macro2::TokenStream) -> syn::Result<HandlerSignature> {
@@ -238,15 +307,81 @@ mod tests {
                 .starts_with("missing the event parameter")
         );
         let e = errors(quote!(
-            async fn h(a: &AsdlcEvent, b: &HandlerContext, c: &u8, d: &u8) {}
+            async fn h(a: &AsdlcEvent, b: &HandlerContext, c: &u8, d: u8) {}
         ));
-        assert_eq!(e.len(), 1);
-        assert!(e[0].starts_with("too many parameters"));
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e.iter()
+                .all(|e| e.starts_with("expected a `State<T>` parameter"))
+        );
         assert!(
             errors(quote!(
                 async fn h(&self, e: &AsdlcEvent) {}
             ))[0]
                 .contains("`self`")
+        );
+    }
+
+    #[test]
+    fn state_parameters_follow_the_event_and_the_context() {
+        let with_ctx = check(quote!(
+            async fn h(
+                e: &AsdlcEvent,
+                ctx: &HandlerContext,
+                State(db): State<Db>,
+                cache: asdlc::State<Cache>,
+                _: State<dyn Mailer>,
+            ) {
+            }
+        ))
+        .unwrap();
+        assert!(with_ctx.ctx.is_some());
+        let types: Vec<String> = with_ctx
+            .state
+            .iter()
+            .map(|t| t.to_token_stream().to_string())
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "State < Db >",
+                "asdlc :: State < Cache >",
+                "State < dyn Mailer >"
+            ]
+        );
+        let without_ctx = check(quote!(
+            async fn h(e: &AsdlcEvent, State(db): State<Db>) {}
+        ))
+        .unwrap();
+        assert!(without_ctx.ctx.is_none());
+        assert_eq!(without_ctx.state.len(), 1);
+    }
+
+    #[test]
+    fn state_parameters_are_checked() {
+        assert_eq!(
+            errors(quote!(
+                async fn h(e: &AsdlcEvent, s: State, t: State<A, B>, u: State<'static>) {}
+            )),
+            ["`State` takes the state's type, like `State<Db>`"; 3]
+        );
+        assert_eq!(
+            errors(quote!(
+                async fn h(e: &AsdlcEvent, s: &State<Db>) {}
+            )),
+            ["a state parameter is taken by value, like `State(db): State<Db>`"]
+        );
+        assert_eq!(
+            errors(quote!(
+                async fn h(e: &AsdlcEvent, s: State<Db>, ctx: &HandlerContext) {}
+            )),
+            ["`ctx: &HandlerContext` goes right after the event parameter"]
+        );
+        assert!(
+            errors(quote!(
+                async fn h(e: &AsdlcEvent, s: u8) {}
+            ))[0]
+                .starts_with("the ctx parameter must be a reference")
         );
     }
 

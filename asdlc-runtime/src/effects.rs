@@ -68,8 +68,58 @@ impl Effect {
     }
 
     /// `EXPIRE key seconds`.
+    /// (Capped at a hundred years, so the commit never meets an expiry Redis refuses.)
     pub fn expire(key: impl Into<String>, seconds: u64) -> Self {
+        let seconds = seconds.min(100 * 365 * 24 * 3600);
         Effect::new("EXPIRE", key, vec![seconds.to_string().into_bytes()])
+    }
+
+    /// `XADD stream [MAXLEN ~ max_len] * field value...`: a follow-up event, staged through
+    /// [`crate::HandlerContext::emit`] (the only way to stage one, so it is always a valid
+    /// event of this stream's slot and tenant).
+    pub(crate) fn xadd(
+        stream: String,
+        max_len: Option<usize>,
+        fields: Vec<(&'static str, Vec<u8>)>,
+    ) -> Self {
+        let mut args = Vec::with_capacity(4 + 2 * fields.len());
+        if let Some(n) = max_len {
+            args.push(b"MAXLEN".to_vec());
+            args.push(b"~".to_vec());
+            args.push(n.to_string().into_bytes());
+        }
+        args.push(b"*".to_vec());
+        for (k, v) in fields {
+            args.push(k.as_bytes().to_vec());
+            args.push(v);
+        }
+        Effect::new("XADD", stream, args)
+    }
+
+    /// A follow-up scheduled `delay_ms` after the commit (by the server's clock) on the stream
+    /// of `keys`: staged through [`crate::HandlerContext::emit_after`], appended by the
+    /// promoter when due.
+    pub(crate) fn schedule(
+        keys: &crate::keys::StreamKeys,
+        id: String,
+        delay_ms: i64,
+        blob: Vec<u8>,
+    ) -> Self {
+        Effect::new(
+            "SCHEDULE",
+            keys.scheduled(),
+            vec![
+                keys.scheduled_events().into_bytes(),
+                id.into_bytes(),
+                delay_ms.to_string().into_bytes(),
+                blob,
+            ],
+        )
+    }
+
+    /// A second key the effect writes, which the commit must declare too.
+    pub(crate) fn second_key(&self) -> Option<&[u8]> {
+        (self.command == "SCHEDULE").then(|| self.args[0].as_slice())
     }
 
     /// The command name.

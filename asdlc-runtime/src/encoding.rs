@@ -24,6 +24,23 @@ use crate::tenancy::TenantId;
 /// The encoding version written in the `v` field.
 pub const ENCODING_VERSION: &str = "1";
 
+/// Every field an entry may carry ([`encode`] leaves out the empty optional ones); [`decode`]
+/// ignores any other.
+pub const FIELDS: [&str; 12] = [
+    "v",
+    "event_type",
+    "session_id",
+    "epic_id",
+    "task_id",
+    "git_sha",
+    "tenant_id",
+    "idempotency_key",
+    "artifact_paths",
+    "mode",
+    "timestamp",
+    "metadata",
+];
+
 /// An event's stream fields, ready for `XADD`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedEvent {
@@ -176,38 +193,25 @@ where
     V: AsRef<[u8]>,
 {
     let mut slots: [Option<&[u8]>; 12] = [None; 12];
-    const NAMES: [&str; 12] = [
-        "v",
-        "event_type",
-        "session_id",
-        "epic_id",
-        "task_id",
-        "git_sha",
-        "tenant_id",
-        "idempotency_key",
-        "artifact_paths",
-        "mode",
-        "timestamp",
-        "metadata",
-    ];
     for (k, v) in fields {
-        let Some(i) = NAMES.iter().position(|n| n.as_bytes() == k.as_ref()) else {
+        let Some(i) = FIELDS.iter().position(|n| n.as_bytes() == k.as_ref()) else {
             continue;
         };
         if slots[i].is_some() {
-            return Err(DecodeError::new(NAMES[i], "given more than once"));
+            return Err(DecodeError::new(FIELDS[i], "given more than once"));
         }
         slots[i] = Some(v.as_ref());
     }
     let text = |i: usize| -> Result<Option<&str>, DecodeError> {
         slots[i]
             .map(|b| {
-                std::str::from_utf8(b).map_err(|_| DecodeError::new(NAMES[i], "is not valid UTF-8"))
+                std::str::from_utf8(b)
+                    .map_err(|_| DecodeError::new(FIELDS[i], "is not valid UTF-8"))
             })
             .transpose()
     };
     let required = |i: usize| -> Result<&str, DecodeError> {
-        text(i)?.ok_or_else(|| DecodeError::new(NAMES[i], "is missing"))
+        text(i)?.ok_or_else(|| DecodeError::new(FIELDS[i], "is missing"))
     };
 
     if let Some(v) = text(0)?

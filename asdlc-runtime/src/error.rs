@@ -8,6 +8,7 @@
 //! PublishError           publishing failed: Validation | Tenant | Redis
 //! ConsumeError           a consumer could not start or run: Config | Tenant | NameInUse | Redis
 //! EffectError            a staged effect was refused (wrong slot, bad command)
+//! EmitError              a follow-up event was refused (invalid, wrong slot, other tenant)
 //! RuntimeError           the runtime could not start: Registry | Consume | Stream
 //! ```
 //!
@@ -232,6 +233,21 @@ pub enum ConsumeError {
         /// The name.
         consumer: String,
     },
+    /// A handler takes state of a type the consumer was not given (a `State<T>` parameter,
+    /// or a type its `required_state` lists). Found by `build()`, before connecting.
+    #[error(
+        "handler `{handler}` of group `{group}` takes state of type `{type_name}`, which the \
+         consumer was not given: add `.state(...)` with a value of type `{type_name}` to the \
+         consumer builder"
+    )]
+    MissingState {
+        /// The group.
+        group: String,
+        /// The handler.
+        handler: String,
+        /// The type, as `std::any::type_name` names it.
+        type_name: String,
+    },
     /// Redis returned an error or could not be reached.
     #[error("redis error on stream `{stream}` in group `{group}`: {source}")]
     Redis {
@@ -242,6 +258,41 @@ pub enum ConsumeError {
         /// The underlying error.
         #[source]
         source: redis::RedisError,
+    },
+}
+
+/// A follow-up event was refused when it was staged ([`crate::HandlerContext::emit`]); nothing
+/// of the refused call is staged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EmitError {
+    /// The event is invalid; the error names the field.
+    #[error("follow-up event refused: {0}")]
+    Invalid(#[source] ValidationError),
+    /// The target stream is in another cluster slot than the cause's, so the commit cannot
+    /// append to it in the same atomic step.
+    #[error(
+        "follow-up for stream `{stream}` refused: it is not in the cluster slot of `{cause_stream}`, \
+         so it could not be written in the same atomic step as the acknowledgement; give both \
+         stream bases one hash tag (`{{app}}:tasks`, `{{app}}:gates`) so they share a slot, or \
+         let a handler of a group on that stream publish it"
+    )]
+    CrossSlot {
+        /// The stream the follow-up was for.
+        stream: String,
+        /// The stream of the event being handled.
+        cause_stream: String,
+    },
+    /// The event names another tenant than the one whose event is being handled.
+    #[error(
+        "follow-up event refused: it names tenant `{event_tenant}`, but the event being handled \
+         is {}", tenant.as_deref().map_or("of no tenant".to_owned(), |t| format!("tenant `{t}`'s"))
+    )]
+    OtherTenant {
+        /// The tenant the follow-up names.
+        event_tenant: String,
+        /// The tenant of the event being handled.
+        tenant: Option<String>,
     },
 }
 

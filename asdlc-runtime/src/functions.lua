@@ -14,3 +14,27 @@ local function asdlc_check_declared(declared, key, what)
     error(redis.error_reply('ERR asdlc: ' .. what .. ' ' .. key .. ' was not declared in KEYS'))
   end
 end
+
+-- Scheduled events: a sorted set (id -> due time in ms) and a hash (id -> the entry's fields,
+-- packed as `<length>:<bytes>` for each name and value), both in the stream's slot.
+-- Schedules `blob` under `id` unless that id is scheduled already (the first schedule of an
+-- id stands); returns 1 if scheduled, 0 if it was there.
+local function asdlc_schedule(zset, hash, id, due, blob)
+  if redis.call('HSETNX', hash, id, blob) == 0 then
+    return 0
+  end
+  redis.call('ZADD', zset, due, id)
+  return 1
+end
+
+-- The fields packed by the client, back as a list: name, value, name, value...
+local function asdlc_unpack_fields(blob)
+  local out, i = {}, 1
+  while i <= #blob do
+    local colon = string.find(blob, ':', i, true)
+    local n = tonumber(string.sub(blob, i, colon - 1))
+    out[#out + 1] = string.sub(blob, colon + 1, colon + n)
+    i = colon + n + 1
+  end
+  return out
+end

@@ -48,9 +48,12 @@ const FUNCTIONS: &[(&str, &str)] = &[
     ("mark_many", include_str!("idempotency/tracker_many.lua")),
     ("trim", include_str!("monitor/retention.lua")),
     ("count_range", include_str!("monitor/count_range.lua")),
-    ("replay", include_str!("deadletter_replay.lua")),
+    ("replay", include_str!("deadletter/replay.lua")),
     ("ensure_stream", include_str!("streams_ensure.lua")),
     ("lag", include_str!("streams_lag.lua")),
+    ("schedule", include_str!("schedule/schedule.lua")),
+    ("promote", include_str!("schedule/promote.lua")),
+    ("gate", include_str!("gate/gate.lua")),
 ];
 
 /// The library: its name and its source for `FUNCTION LOAD`.
@@ -227,6 +230,9 @@ pub(crate) const COUNT_RANGE: Function = Function("count_range");
 pub(crate) const REPLAY: Function = Function("replay");
 pub(crate) const ENSURE_STREAM: Function = Function("ensure_stream");
 pub(crate) const LAG: Function = Function("lag");
+pub(crate) const SCHEDULE: Function = Function("schedule");
+pub(crate) const PROMOTE: Function = Function("promote");
+pub(crate) const GATE: Function = Function("gate");
 
 impl Function {
     /// A call of this function, with its first key.

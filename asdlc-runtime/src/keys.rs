@@ -143,6 +143,31 @@ impl StreamKeys {
         &self.namespace
     }
 
+    /// The sorted set of this stream's scheduled events: idempotency key -> due time (ms).
+    pub fn scheduled(&self) -> String {
+        format!("{}:scheduled", self.namespace)
+    }
+
+    /// The hash of this stream's scheduled events: idempotency key -> the entry's fields.
+    pub fn scheduled_events(&self) -> String {
+        format!("{}:scheduled:events", self.namespace)
+    }
+
+    /// The state of approval gate `id` (a hash: outcome, who decided it, when).
+    pub fn gate(&self, id: &str) -> String {
+        format!("{}:gate:{id}", self.namespace)
+    }
+
+    /// Every gate of this stream by request time (a sorted set of gate ids).
+    pub fn gates(&self) -> String {
+        format!("{}:gates", self.namespace)
+    }
+
+    /// The gates still waiting for an outcome, by deadline (a sorted set of gate ids).
+    pub fn pending_gates(&self) -> String {
+        format!("{}:gates:pending", self.namespace)
+    }
+
     /// The dead-letter stream beside this stream.
     pub fn dead_letter(&self) -> String {
         format!("{}:dead", self.namespace)
@@ -210,19 +235,7 @@ impl StreamKeys {
 /// assert_eq!(parts[0], ["tenant:{a}:asdlc:events", "{a}:other"]);
 /// ```
 pub fn partition_by_slot<S: AsRef<str>>(streams: impl IntoIterator<Item = S>) -> Vec<Vec<S>> {
-    let mut slots: Vec<u16> = Vec::new();
-    let mut parts: Vec<Vec<S>> = Vec::new();
-    for stream in streams {
-        let slot = hash_slot(stream.as_ref().as_bytes());
-        match slots.iter().position(|s| *s == slot) {
-            Some(i) => parts[i].push(stream),
-            None => {
-                slots.push(slot);
-                parts.push(vec![stream]);
-            }
-        }
-    }
-    parts
+    group_by_slot(streams, |stream| hash_slot(stream.as_ref().as_bytes()))
 }
 
 /// Groups `tenants` by the cluster slot of their stream under the base name `base` (see
@@ -239,15 +252,25 @@ pub fn partition_tenants_by_slot(
     base: &str,
     tenants: impl IntoIterator<Item = TenantId>,
 ) -> Vec<Vec<TenantId>> {
+    group_by_slot(tenants, |tenant| {
+        hash_slot(get_stream_name(base, Some(tenant)).as_bytes())
+    })
+}
+
+/// `items` grouped by the slot `slot_of` gives each, groups in the order of their first item.
+fn group_by_slot<T>(
+    items: impl IntoIterator<Item = T>,
+    slot_of: impl Fn(&T) -> u16,
+) -> Vec<Vec<T>> {
     let mut slots: Vec<u16> = Vec::new();
-    let mut parts: Vec<Vec<TenantId>> = Vec::new();
-    for tenant in tenants {
-        let slot = hash_slot(get_stream_name(base, Some(&tenant)).as_bytes());
+    let mut parts: Vec<Vec<T>> = Vec::new();
+    for item in items {
+        let slot = slot_of(&item);
         match slots.iter().position(|s| *s == slot) {
-            Some(i) => parts[i].push(tenant),
+            Some(i) => parts[i].push(item),
             None => {
                 slots.push(slot);
-                parts.push(vec![tenant]);
+                parts.push(vec![item]);
             }
         }
     }

@@ -14,7 +14,7 @@
 //! - [`idempotency`]: processed marks and the [`IdempotencyTracker`].
 //! - [`deadletter`]: the dead-letter stream: list, replay, purge.
 //! - [`handler`]: the [`EventHandler`] trait, [`HandlerContext`], what a handler reports
-//!   ([`HandlerResult`]), the handler registry.
+//!   ([`HandlerResult`]), the [`State`] it is given, the handler registry.
 //! - [`runtime`]: the [`Runtime`]: discovery, checks, recovery, consumers, shutdown.
 //! - [`effects`]: Redis writes staged to commit exactly once.
 //! - [`monitor`]: stream discovery, health, safe retention, metrics, trace context.
@@ -32,8 +32,8 @@
 //! [`monitor`], [`deadletter`], [`functions`], [`keys`] and [`acl`]. Everything else is
 //! private to the crate.
 //!
-//! With the `testing` feature, `testing` starts a real server for tests and examples; with
-//! `prometheus`, `monitor::serve_prometheus` serves the metrics.
+//! With the `prometheus` feature, `monitor::serve_prometheus` serves the metrics. Tests and
+//! examples start a real server with the `asdlc-testing` crate.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -46,6 +46,7 @@ pub mod encoding;
 pub mod error;
 pub mod event;
 pub mod functions;
+pub mod gate;
 pub mod handler;
 pub mod idempotency;
 pub mod keys;
@@ -54,11 +55,9 @@ pub mod publish;
 mod reply;
 mod retry;
 pub mod runtime;
+pub mod schedule;
 pub mod streams;
 pub mod tenancy;
-#[cfg(feature = "testing")]
-#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
-pub mod testing;
 mod text;
 
 pub use config::{Config, RedisUrl, Tenancy};
@@ -71,12 +70,14 @@ pub use consume::{
 pub use deadletter::DeadLetter;
 pub use effects::Effect;
 pub use error::{
-    ConfigError, ConsumeError, DecodeError, EffectError, PublishError, StreamError, ValidationError,
+    ConfigError, ConsumeError, DecodeError, EffectError, EmitError, PublishError, StreamError,
+    ValidationError,
 };
 pub use event::{AsdlcEvent, AsdlcEventBuilder, EventType, Mode, generate_idempotency_key};
+pub use gate::{Gate, GateDecision, GateOutcome, GateRequest, GateState};
 pub use handler::{
     BoxFuture, EventHandler, HandlerContext, HandlerError, HandlerOptions, HandlerRegistration,
-    HandlerResult, IntoHandlerResult, OrderBy, registered_handlers,
+    HandlerResult, IntoHandlerResult, OrderBy, State, StateType, registered_handlers,
 };
 pub use idempotency::{IdempotencyTracker, MarkLayout};
 pub use keys::{StreamKeys, get_stream_name};
@@ -90,6 +91,7 @@ pub use runtime::{
     GroupReport, HandlerInfo, RegistryError, Runtime, RuntimeBuilder, RuntimeError, RuntimeHandle,
     RuntimeReport, shutdown_signal,
 };
+pub use schedule::Scheduled;
 pub use streams::{
     ConsumerInfo, GroupInfo, GroupStart, StreamInfo, create_consumer_group, ensure_stream_exists,
     get_stream_info,
@@ -130,7 +132,7 @@ pub mod events {
 pub mod prelude {
     pub use crate::{
         AsdlcEvent, Config, Effect, EventType, HandlerContext, HandlerError, HandlerResult,
-        Publisher, Runtime, TenantContext, TenantId,
+        Publisher, Runtime, State, TenantContext, TenantId,
     };
 }
 
@@ -140,7 +142,8 @@ pub mod __private {
     pub use crate::event::{AsdlcEvent, EventType};
     pub use crate::handler::{
         BoxFuture, EventHandler, HandlerContext, HandlerOptions, HandlerRegistration,
-        HandlerResult, IntoHandlerResult, OrderBy,
+        HandlerResult, IntoHandlerResult, OrderBy, StateExtractor, StateParam, StateType,
+        missing_state, state_param,
     };
     pub use inventory;
     pub use std::boxed::Box;

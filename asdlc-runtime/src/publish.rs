@@ -35,6 +35,9 @@ pub struct Publisher {
     config: Arc<Config>,
 }
 
+/// An event ready to write later: its stream, its idempotency key and its fields.
+pub(crate) type Fields = (String, String, Vec<(&'static str, Vec<u8>)>);
+
 struct Prepared {
     stream: String,
     key: String,
@@ -190,6 +193,27 @@ impl Publisher {
             return Err(TenantError::NotAllowed(tenant).into());
         }
         Ok(Some(tenant))
+    }
+
+    /// `event` as [`Publisher::publish`] would write it (tenant resolved, key filled, checked),
+    /// as its stream and fields, for writing later.
+    pub(crate) fn prepare_fields(&self, event: &AsdlcEvent) -> Result<Fields, PublishError> {
+        let tenant = self.resolve_tenant(event.tenant_id.as_ref())?;
+        let mut published = event.clone();
+        published.event_id = None;
+        published.tenant_id = tenant.clone();
+        let key = published
+            .idempotency_key
+            .get_or_insert_with(unique_idempotency_key)
+            .clone();
+        published.validate()?;
+        let fields = crate::encoding::encode(&published).fields().to_vec();
+        Ok((self.config.stream_for(tenant.as_ref()), key, fields))
+    }
+
+    /// The connection, for the publishing done beside this module.
+    pub(crate) fn connection(&self) -> RedisConnection {
+        self.conn.clone()
     }
 
     fn add_trim(&self, cmd: &mut Cmd) {

@@ -303,20 +303,24 @@ mod tests {
         assert!(tries.started.elapsed() >= 250 * MS);
     }
 
+    /// A step whose every call fails with the number of that call: 1, 2, 3...
+    fn numbered_failures() -> impl FnMut() -> std::future::Ready<Result<(), u32>> {
+        let mut calls = 0;
+        move || {
+            calls += 1;
+            std::future::ready(Err(calls))
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn retry_stops_at_an_error_that_is_not_retryable() {
-        let mut calls = 0;
         let mut retried = Vec::new();
         let r: Result<(), u32> = retry(
             Policy::constant(10 * MS),
             &CancellationToken::new(),
             |e| *e < 3,
             |e| retried.push(*e),
-            || {
-                calls += 1;
-                let n = calls;
-                async move { Err(n) }
-            },
+            numbered_failures(),
         )
         .await;
         assert_eq!(r, Err(3));
@@ -363,17 +367,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn retry_gives_up_with_the_last_error() {
-        let mut calls = 0;
         let r: Result<(), u32> = retry(
             Policy::constant(MS).max_retries(2),
             &CancellationToken::new(),
             |_| true,
             |_| {},
-            || {
-                calls += 1;
-                let n = calls;
-                async move { Err(n) }
-            },
+            numbered_failures(),
         )
         .await;
         assert_eq!(r, Err(3));

@@ -7,10 +7,9 @@ use std::time::{Duration, Instant};
 use asdlc::{
     ConsumerOptions, EventConsumer, Runtime, RuntimeHandle, RuntimeReport, registered_handlers,
 };
-use redis::Value;
 
 use crate::meter::{Meter, Sample};
-use crate::workload::{fill, prefill, read_reply};
+use crate::workload::{self, fill, prefill, read_new, xack};
 use crate::{BATCH, Bench, GROUP, HANDLED};
 
 /// XREADGROUP COUNT 100 and one XACK per batch; with `dedup`, one Lua call per batch that
@@ -22,48 +21,20 @@ pub(crate) async fn raw(b: &Bench, dedup: bool) -> Sample {
     asdlc::create_consumer_group(&mut c, &stream, GROUP, asdlc::GroupStart::Beginning)
         .await
         .expect("group");
-    let script = redis::Script::new(
-        "local out = {}
-         for i = 1, #ARGV do
-           out[i] = redis.call('SET', 'bench:dedup:' .. ARGV[i], 1, 'NX', 'EX', 604800) and 1 or 0
-         end
-         return out",
-    );
     let mut done = 0usize;
     let t = Meter::start(b).await;
     loop {
-        let reply: Value = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(GROUP)
-            .arg("raw")
-            .arg("COUNT")
-            .arg(BATCH)
-            .arg("STREAMS")
-            .arg(&stream)
-            .arg(">")
-            .query_async(&mut c)
-            .await
-            .expect("XREADGROUP");
-        let entries = read_reply(reply);
+        let entries = read_new(&mut c, &stream, GROUP, "raw", BATCH).await;
         if entries.is_empty() {
             break;
         }
         if dedup {
-            let mut inv = script.prepare_invoke();
-            for (_, key) in &entries {
-                inv.arg(key.as_deref().unwrap_or_default());
-            }
-            let fresh: Vec<i64> = inv.invoke_async(&mut c).await.expect("dedup");
-            assert_eq!(fresh.len(), entries.len());
+            workload::dedup(&mut c, &entries).await;
         }
-        let mut ack = redis::cmd("XACK");
-        ack.arg(&stream).arg(GROUP);
-        for (id, _) in &entries {
-            if let Value::BulkString(id) = id {
-                ack.arg(id.as_slice());
-            }
-        }
-        let acked: usize = ack.query_async(&mut c).await.expect("XACK");
+        let acked: usize = xack(&stream, GROUP, &entries)
+            .query_async(&mut c)
+            .await
+            .expect("XACK");
         done += acked;
     }
     let sample = t.stop(b, n).await;
@@ -93,9 +64,20 @@ pub(crate) async fn runtime(
     name: &str,
     tune: fn(&mut ConsumerOptions),
 ) -> (RuntimeHandle, RuntimeTask) {
+    runtime_of(b, GROUP, stream, name, tune).await
+}
+
+/// The same for the handlers of `group`.
+pub(crate) async fn runtime_of(
+    b: &Bench,
+    group: &str,
+    stream: &str,
+    name: &str,
+    tune: fn(&mut ConsumerOptions),
+) -> (RuntimeHandle, RuntimeTask) {
     let rt = Runtime::builder()
         .config(b.config(stream))
-        .groups([GROUP])
+        .groups([group])
         .consumer_name(name)
         .configure(move |_, o| tune(o))
         .build()

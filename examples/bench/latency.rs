@@ -6,9 +6,12 @@ use std::time::Duration;
 use asdlc::Publisher;
 use asdlc::prelude::*;
 
-use crate::consume::{committed, runtime, stop_all};
+use asdlc::RuntimeHandle;
+
+use crate::consume::{RuntimeTask, committed, runtime, stop_all};
 use crate::{Bench, LATENCIES, RECORD_LATENCY, now_ns};
 
+/// Percentiles of a set of durations, and how many there were.
 pub(crate) struct Latency {
     pub(crate) p50: Duration,
     pub(crate) p99: Duration,
@@ -16,15 +19,44 @@ pub(crate) struct Latency {
     pub(crate) count: usize,
 }
 
-/// Publishes one event a millisecond for `secs` to a running consumer and measures publish to
-/// handler start.
-pub(crate) async fn latency(b: &Bench, secs: u64) -> Latency {
-    let stream = b.fresh_stream("latency");
-    let (handle, task) = runtime(b, &stream, "latency", |_| {}).await;
+impl Latency {
+    /// The percentiles of `samples` (any order).
+    pub(crate) fn of(mut samples: Vec<Duration>) -> Latency {
+        samples.sort_unstable();
+        let at = |q: f64| {
+            samples
+                .get(((samples.len() as f64 * q) as usize).min(samples.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or_default()
+        };
+        Latency {
+            p50: at(0.50),
+            p99: at(0.99),
+            max: samples.last().copied().unwrap_or_default(),
+            count: samples.len(),
+        }
+    }
+}
+
+/// A runtime of the benchmark group on `stream`, as consumer `name`, once it is consuming.
+pub(crate) async fn ready_runtime(
+    b: &Bench,
+    stream: &str,
+    name: &str,
+) -> (RuntimeHandle, RuntimeTask) {
+    let (handle, task) = runtime(b, stream, name, |_| {}).await;
     tokio::time::timeout(Duration::from_secs(20), handle.ready())
         .await
         .expect("runtime ready in time")
         .expect("runtime ready");
+    (handle, task)
+}
+
+/// Publishes one event a millisecond for `secs` to a running consumer and measures publish to
+/// handler start.
+pub(crate) async fn latency(b: &Bench, secs: u64) -> Latency {
+    let stream = b.fresh_stream("latency");
+    let (handle, task) = ready_runtime(b, &stream, "latency").await;
     let p = Publisher::new(b.conn.clone(), b.config(&stream));
     let total = (secs * 1000) as usize;
     let warmup = 200;
@@ -46,13 +78,6 @@ pub(crate) async fn latency(b: &Bench, secs: u64) -> Latency {
     committed(&handles, (warmup + total) as u64).await;
     RECORD_LATENCY.store(false, Ordering::Relaxed);
     stop_all(&handles, vec![task]).await;
-    let mut l = std::mem::take(&mut *LATENCIES.lock().unwrap_or_else(|p| p.into_inner()));
-    l.sort_unstable();
-    let at = |q: f64| Duration::from_nanos(l[((l.len() as f64 * q) as usize).min(l.len() - 1)]);
-    Latency {
-        p50: at(0.50),
-        p99: at(0.99),
-        max: Duration::from_nanos(*l.last().unwrap_or(&0)),
-        count: l.len(),
-    }
+    let l = std::mem::take(&mut *LATENCIES.lock().unwrap_or_else(|p| p.into_inner()));
+    Latency::of(l.into_iter().map(Duration::from_nanos).collect())
 }

@@ -14,17 +14,18 @@
 //! by-session/unordered: X.XX` (one consumer handling events of 1,000 sessions ordered by
 //! session, against the same unordered).
 //!
-//! One module per part: [`publish`], [`consume`], [`ordering`], [`recovery`], [`latency`],
-//! [`memory`]; the
-//! workload they share in [`workload`], what a part measures in [`meter`].
+//! One module per part: [`publish`], [`consume`], [`emit`], [`ordering`], [`recovery`], [`latency`],
+//! [`schedule`], [`memory`]; the workload they share in [`workload`], what a part measures in [`meter`].
 
 mod consume;
+mod emit;
 mod latency;
 mod memory;
 mod meter;
 mod ordering;
 mod publish;
 mod recovery;
+mod schedule;
 mod workload;
 
 use std::sync::Mutex;
@@ -34,7 +35,7 @@ use std::time::Instant;
 
 use asdlc::prelude::*;
 use asdlc::{Config, ConsumerOptions, RedisConnection};
-use asdlc_runtime::testing::TestServer;
+use asdlc_testing::TestServer;
 use clap::Parser;
 
 use meter::{Sample, loadavg, median};
@@ -202,12 +203,14 @@ enum Part {
     Asdlc1,
     Asdlc2,
     AsdlcWide,
+    RawEmit,
+    AsdlcEmit,
     Unordered,
     OrderedBySession,
 }
 
 impl Part {
-    const ALL: [Part; 11] = [
+    const ALL: [Part; 13] = [
         Part::RawSingle,
         Part::AsdlcSingle,
         Part::RawPipelined,
@@ -217,6 +220,8 @@ impl Part {
         Part::Asdlc1,
         Part::Asdlc2,
         Part::AsdlcWide,
+        Part::RawEmit,
+        Part::AsdlcEmit,
         Part::Unordered,
         Part::OrderedBySession,
     ];
@@ -232,6 +237,8 @@ impl Part {
             Part::Asdlc1 => "consume: asdlc 1 consumer",
             Part::Asdlc2 => "consume: asdlc 2 consumers",
             Part::AsdlcWide => "consume: asdlc concurrency 1024, batch 200, 1 consumer",
+            Part::RawEmit => "emit: raw + dedup + XADD",
+            Part::AsdlcEmit => "emit: asdlc ctx.emit",
             Part::Unordered => "consume: unordered, 1,000 sessions, 1 consumer",
             Part::OrderedBySession => "consume: ordered by session, 1,000 sessions, 1 consumer",
         }
@@ -254,6 +261,8 @@ impl Part {
                 })
                 .await
             }
+            Part::RawEmit => emit::raw(b).await,
+            Part::AsdlcEmit => emit::asdlc(b).await,
             Part::Unordered => ordering::consume(b, false).await,
             Part::OrderedBySession => ordering::consume(b, true).await,
         }
@@ -351,6 +360,7 @@ async fn main() {
         part(Part::Asdlc2),
         part(Part::AsdlcWide),
     );
+    let (raw_e, a_e) = (part(Part::RawEmit), part(Part::AsdlcEmit));
     let recover = if b.wants("recovery") {
         eprintln!("recovery...");
         b.flush().await;
@@ -362,6 +372,13 @@ async fn main() {
         eprintln!("latency...");
         b.flush().await;
         Some(latency::latency(&b, latency_secs).await)
+    } else {
+        None
+    };
+    let sched = if b.wants("scheduled") {
+        eprintln!("scheduled...");
+        b.flush().await;
+        Some(schedule::lateness(&b, latency_secs).await)
     } else {
         None
     };
@@ -450,14 +467,24 @@ async fn main() {
         Some(("(f)", round_ratio(Part::AsdlcWide, Part::RawDedup))),
     );
     row(
-        "(i) consumer, unordered, 1,000 sessions",
+        "(i) raw: (f) + the follow-ups' XADDs, pipelined with the XACK",
+        raw_e,
+        None,
+    );
+    row(
+        "(j) asdlc Runtime, each handler emitting one follow-up",
+        a_e,
+        Some(("(i)", round_ratio(Part::AsdlcEmit, Part::RawEmit))),
+    );
+    row(
+        "(k) consumer, unordered, 1,000 sessions",
         part(Part::Unordered),
         None,
     );
     row(
-        "(i2) consumer, ordered by session, 1,000 sessions",
+        "(k2) consumer, ordered by session, 1,000 sessions",
         part(Part::OrderedBySession),
-        Some(("(i)", round_ratio(Part::OrderedBySession, Part::Unordered))),
+        Some(("(k)", round_ratio(Part::OrderedBySession, Part::Unordered))),
     );
     row(
         &format!("(h) recovery: process_pending of {recover_n} pending"),
@@ -482,6 +509,16 @@ async fn main() {
             lat.max.as_secs_f64() * 1e3
         );
     }
+    if let Some(s) = sched {
+        println!(
+            "scheduled events due -> appended at 1,000 ev/s for {latency_secs} s ({} events): \
+             p50 {} ms, p99 {} ms, max {} ms",
+            s.count,
+            s.p50.as_millis(),
+            s.p99.as_millis(),
+            s.max.as_millis()
+        );
+    }
     if let Some((asdlc, seed)) = mem {
         println!(
             "memory per retained mark at {marks_n} marks: asdlc {asdlc:.1} bytes, \
@@ -493,6 +530,10 @@ async fn main() {
     }
     println!("load average: {load_start} at start, {} at end", loadavg());
     let ratio = |r: Option<f64>| r.map_or("n/a".to_owned(), |r| format!("{r:.2}"));
+    println!(
+        "emit ratio asdlc/raw: {}",
+        ratio(round_ratio(Part::AsdlcEmit, Part::RawEmit))
+    );
     println!(
         "publish ratio asdlc/raw: {}",
         ratio(round_ratio(Part::AsdlcBatch, Part::RawPipelined))

@@ -1,10 +1,8 @@
 //! Recovery: a restarted consumer taking over the pending entries of its dead predecessor.
 
-use redis::Value;
-
 use crate::consume::consumer;
 use crate::meter::{Meter, Sample};
-use crate::workload::{prefill, read_reply};
+use crate::workload::{prefill, read_new};
 use crate::{Bench, GROUP};
 
 /// Reads `n` entries as consumer `name` and never acknowledges them: a consumer that dies.
@@ -15,19 +13,7 @@ pub(crate) async fn read_and_die(b: &Bench, stream: &str, name: &str, n: usize) 
         .expect("group");
     let mut read = 0;
     while read < n {
-        let reply: Value = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(GROUP)
-            .arg(name)
-            .arg("COUNT")
-            .arg(1000)
-            .arg("STREAMS")
-            .arg(stream)
-            .arg(">")
-            .query_async(&mut c)
-            .await
-            .expect("XREADGROUP");
-        let got = read_reply(reply).len();
+        let got = read_new(&mut c, stream, GROUP, name, 1000).await.len();
         assert!(got > 0, "stream ran out at {read} of {n}");
         read += got;
     }

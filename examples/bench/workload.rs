@@ -3,6 +3,7 @@
 
 use std::sync::OnceLock;
 
+use asdlc::RedisConnection;
 use asdlc::encoding::encode;
 use asdlc::prelude::*;
 use redis::Value;
@@ -64,8 +65,69 @@ pub(crate) async fn fill(b: &Bench, stream: &str, n: usize) {
     }
 }
 
+/// Reads up to `count` new entries of `stream` for `group` as consumer `name`, as (id,
+/// idempotency key): a raw loop's XREADGROUP.
+pub(crate) async fn read_new(
+    c: &mut RedisConnection,
+    stream: &str,
+    group: &str,
+    name: &str,
+    count: usize,
+) -> Vec<(Value, Option<Vec<u8>>)> {
+    let reply: Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(group)
+        .arg(name)
+        .arg("COUNT")
+        .arg(count)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(">")
+        .query_async(c)
+        .await
+        .expect("XREADGROUP");
+    read_reply(reply)
+}
+
+/// A raw loop's deduplication: one script call per batch that sets a mark per key with
+/// `SET NX EX`, saying which keys were new (1) or seen (0).
+pub(crate) async fn dedup(
+    c: &mut RedisConnection,
+    entries: &[(Value, Option<Vec<u8>>)],
+) -> Vec<i64> {
+    static SCRIPT: OnceLock<redis::Script> = OnceLock::new();
+    let script = SCRIPT.get_or_init(|| {
+        redis::Script::new(
+            "local out = {}
+             for i = 1, #ARGV do
+               out[i] = redis.call('SET', 'bench:dedup:' .. ARGV[i], 1, 'NX', 'EX', 604800) and 1 or 0
+             end
+             return out",
+        )
+    });
+    let mut inv = script.prepare_invoke();
+    for (_, key) in entries {
+        inv.arg(key.as_deref().unwrap_or_default());
+    }
+    let fresh: Vec<i64> = inv.invoke_async(c).await.expect("dedup");
+    assert_eq!(fresh.len(), entries.len());
+    fresh
+}
+
+/// `XACK stream group <every id of entries>`.
+pub(crate) fn xack(stream: &str, group: &str, entries: &[(Value, Option<Vec<u8>>)]) -> redis::Cmd {
+    let mut ack = redis::cmd("XACK");
+    ack.arg(stream).arg(group);
+    for (id, _) in entries {
+        if let Value::BulkString(id) = id {
+            ack.arg(id.as_slice());
+        }
+    }
+    ack
+}
+
 /// The entries of an XREADGROUP reply as (id, idempotency key), read straight off the reply.
-pub(crate) fn read_reply(v: Value) -> Vec<(Value, Option<Vec<u8>>)> {
+fn read_reply(v: Value) -> Vec<(Value, Option<Vec<u8>>)> {
     let streams = match v {
         Value::Array(s) => s.into_iter().filter_map(|s| match s {
             Value::Array(mut p) if p.len() == 2 => p.pop(),

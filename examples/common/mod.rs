@@ -9,6 +9,27 @@
 
 use asdlc::{Config, ConfigError, RedisConnection, StreamKeys};
 
+/// Logs to stderr (the examples tell their story on stdout), filtered by `RUST_LOG`, at
+/// `default` (e.g. `"warn"`) when it is unset.
+pub fn init_logs(default: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+                .unwrap_or_else(|_| default.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Prints the example's verdict, `ok_message` when `ok`, and exits with status 1 when not, so
+/// `scripts/examples.sh` sees a failed example fail.
+pub fn outcome(ok: bool, ok_message: &str) {
+    println!("outcome: {}", if ok { ok_message } else { "FAILED" });
+    if !ok {
+        std::process::exit(1);
+    }
+}
+
 /// [`Config::from_env`] on the stream base `examples:<name>`, whatever `ASDLC_STREAM` says:
 /// the examples delete the keys of their base (see [`start_clean`]), so they never take one
 /// an application may be using.

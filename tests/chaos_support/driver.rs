@@ -24,13 +24,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use asdlc::{AsdlcEvent, Config, EventType, Publisher, RedisConnection, StreamKeys};
-use asdlc_runtime::testing::TestServer;
+use asdlc_testing::TestServer;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use redis::streams::{StreamPendingCountReply, StreamRangeReply};
 
-use super::worker::{APPLIED, GROUP, INVOCATIONS, READY_LINE, REPORT_PREFIX};
+use super::worker::{self, APPLIED, GROUP, INVOCATIONS, READY_LINE, REPORT_PREFIX};
 
 /// The stream the workers consume (the default single-tenant stream).
 pub const STREAM: &str = "asdlc:events";
@@ -73,6 +73,15 @@ pub struct Plan {
     pub seed: u64,
     /// Where worker logs go.
     pub log_dir: PathBuf,
+    /// Whether the workers run the chain of five groups ([`worker::CHAIN_GROUPS`]), each
+    /// emitting the next event with `HandlerContext::emit`.
+    pub chain: bool,
+    /// Whether events are scheduled (`Publisher::publish_at`, due within
+    /// [`Plan::schedule_within`]) rather than published: the workers' promoters append them
+    /// while they are killed, and each must be appended exactly once.
+    pub schedule: bool,
+    /// How far ahead a scheduled event is due: a random time up to this.
+    pub schedule_within: Duration,
 }
 
 impl Plan {
@@ -94,6 +103,9 @@ impl Plan {
             drain_timeout: Duration::from_secs(60),
             seed: rand::random(),
             log_dir,
+            chain: false,
+            schedule: false,
+            schedule_within: Duration::from_secs(3),
         }
     }
 }
@@ -101,6 +113,8 @@ impl Plan {
 /// What a run found.
 #[derive(Debug, Default, Clone)]
 pub struct Summary {
+    /// Follow-up entries in the stream (chain mode).
+    pub follow_ups: usize,
     /// Distinct keys published.
     pub published: usize,
     /// Stream entries written (duplicates and batches re-sent after an error included).
@@ -183,6 +197,8 @@ pub struct WorkerEnv {
     pub concurrency: usize,
     /// `claim_idle`.
     pub claim_idle: Duration,
+    /// Chain mode (`CHAOS_CHAIN=1`).
+    pub chain: bool,
 }
 
 struct Worker {
@@ -263,6 +279,7 @@ impl Fleet {
                 "CHAOS_CLAIM_IDLE_MS",
                 self.env.claim_idle.as_millis().to_string(),
             )
+            .env("CHAOS_CHAIN", if self.env.chain { "1" } else { "0" })
             .env_remove("ASDLC_STREAM")
             .env_remove("ASDLC_TENANCY")
             .env_remove("ASDLC_TENANTS")
@@ -506,6 +523,7 @@ pub async fn run(plan: Plan, spawner: Spawner) -> Summary {
         sleep_ms: plan.handler_sleep_ms,
         concurrency: plan.concurrency,
         claim_idle: plan.claim_idle,
+        chain: plan.chain,
     };
     let mut fleet = Fleet::new(spawner.clone(), env.clone(), &plan.log_dir, &name_refs);
     for i in 0..fleet.len() {
@@ -544,13 +562,22 @@ pub async fn run(plan: Plan, spawner: Spawner) -> Summary {
         }
     };
     let mut republished = 0;
+    // Keys of batches sent again: scheduled twice, so possibly appended twice (a duplicate the
+    // consumers skip), which the once-check of schedule mode leaves out.
+    let mut resent: HashSet<String> = HashSet::new();
     for chunk in order.chunks(plan.batch.max(1)) {
         let events: Vec<AsdlcEvent> = chunk.iter().map(|&i| event_of(i)).collect();
         loop {
-            match publisher.publish_batch(&events).await {
+            let sent = if plan.schedule {
+                schedule_all(&publisher, &events, plan.schedule_within, &mut rng).await
+            } else {
+                publisher.publish_batch(&events).await.map(drop)
+            };
+            match sent {
                 Ok(_) => break,
                 Err(e) => {
                     republished += 1;
+                    resent.extend(events.iter().filter_map(|e| e.idempotency_key.clone()));
                     let mut error = e.to_string();
                     error.truncate(200);
                     tracing::warn!(%error, "publishing a batch failed; sending it again");
@@ -603,7 +630,12 @@ pub async fn run(plan: Plan, spawner: Spawner) -> Summary {
     drain.start(0);
     let ready = tokio::task::block_in_place(|| drain.wait_ready(Duration::from_secs(60)));
     summary.problems.extend(ready);
-    let drained = wait_drained(&mut conn, plan.drain_timeout).await;
+    let groups: &[&str] = if plan.chain {
+        &worker::CHAIN_GROUPS
+    } else {
+        &[GROUP]
+    };
+    let drained = wait_drained(&mut conn, groups, plan.drain_timeout).await;
     if let Err(why) = drained {
         summary.problems.push(format!(
             "the stream was not drained within {:?}: {why}",
@@ -638,9 +670,26 @@ pub async fn run(plan: Plan, spawner: Spawner) -> Summary {
             .into_iter()
             .map(|p| format!("at the end: {p}")),
     );
+    if plan.schedule {
+        summary
+            .problems
+            .extend(snapshot.appended_more_than_once(&resent));
+        let left = asdlc::schedule::count(&mut conn, STREAM)
+            .await
+            .unwrap_or(u64::MAX);
+        if left != 0 {
+            summary
+                .problems
+                .push(format!("{left} scheduled events never appended"));
+        }
+    }
     let st = state.lock().unwrap();
     let died: HashSet<String> = st.fleet.died.iter().chain(&drain.died).cloned().collect();
     snapshot.account(&plan, &died, &mut summary);
+    if plan.chain {
+        summary.follow_ups = snapshot.follow_ups.values().sum();
+        summary.problems.extend(snapshot.chain_problems(&plan));
+    }
     summary.kills = st.fleet.kills;
     summary.restarts = st.fleet.restarts;
     summary.server_restarts = st.server_restarts;
@@ -701,6 +750,22 @@ fn chaos_loop(
     }
 }
 
+/// Schedules each of `events` for a random time within `within` (a batch sent again after an
+/// error keeps the first schedule of each key).
+async fn schedule_all(
+    publisher: &Publisher,
+    events: &[AsdlcEvent],
+    within: Duration,
+    rng: &mut StdRng,
+) -> Result<(), asdlc::PublishError> {
+    for e in events {
+        let ms = rng.random_range(0..=within.as_millis() as i64);
+        let due = chrono::Utc::now() + chrono::Duration::milliseconds(ms);
+        publisher.publish_at(e, due).await?;
+    }
+    Ok(())
+}
+
 /// Connects, retrying while the server comes back.
 pub async fn connect(config: &Config) -> RedisConnection {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -738,13 +803,22 @@ async fn scan(conn: &mut RedisConnection, pattern: &str) -> Vec<String> {
 }
 
 /// Waits until the group has read every entry and has nothing pending.
-pub async fn wait_drained(conn: &mut RedisConnection, timeout: Duration) -> Result<(), String> {
+pub async fn wait_drained(
+    conn: &mut RedisConnection,
+    groups: &[&str],
+    timeout: Duration,
+) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     let mut last = String::new();
     while Instant::now() < deadline {
         match asdlc::get_stream_info(conn, STREAM).await {
             Ok(info) => {
-                if let Some(g) = info.group(GROUP) {
+                let mut drained = 0;
+                for group in groups {
+                    let Some(g) = info.group(group) else {
+                        last = format!("group {group} does not exist");
+                        break;
+                    };
                     // Read to the end: the group's last delivered id is the stream's last id.
                     // (Not the server's `lag`: its entries-read counter can drift across
                     // restarts and report a lag for a group that has read everything.)
@@ -753,11 +827,12 @@ pub async fn wait_drained(conn: &mut RedisConnection, timeout: Duration) -> Resu
                         .as_deref()
                         .is_none_or(|last| id_parts(&g.last_delivered_id) >= id_parts(last));
                     if g.pending == 0 && at_end {
-                        return Ok(());
+                        drained += 1;
+                        continue;
                     }
                     last = format!(
-                        "pending {} (by consumer: {:?}), last delivered {} of {:?}, lag {:?}, \
-                         oldest pending {} ms",
+                        "group {group}: pending {} (by consumer: {:?}), last delivered {} of \
+                         {:?}, lag {:?}, oldest pending {} ms",
                         g.pending,
                         g.consumers
                             .iter()
@@ -768,8 +843,10 @@ pub async fn wait_drained(conn: &mut RedisConnection, timeout: Duration) -> Resu
                         g.lag,
                         g.oldest_pending_ms
                     );
-                } else {
-                    last = "the group does not exist".to_owned();
+                    break;
+                }
+                if drained == groups.len() {
+                    return Ok(());
                 }
             }
             Err(e) => last = e.to_string(),
@@ -794,8 +871,11 @@ pub struct Invocation {
 
 /// The state of the stream, the group and the effect at one quiet moment.
 pub struct Snapshot {
-    /// Entry id -> idempotency key, for every entry.
+    /// Entry id -> idempotency key, for every `task_created` entry (the events the driver
+    /// published).
     pub entries: Vec<(String, String)>,
+    /// (task id, event type) -> entries, for the follow-ups of chain mode.
+    pub follow_ups: HashMap<(String, String), usize>,
     /// Pending entry ids.
     pub pending: HashSet<String>,
     /// The group's last delivered id.
@@ -818,6 +898,7 @@ impl Snapshot {
     pub async fn read(conn: &mut RedisConnection) -> Snapshot {
         let keys = StreamKeys::new(STREAM);
         let mut entries = Vec::new();
+        let mut follow_ups = HashMap::new();
         let mut start = "-".to_owned();
         loop {
             let page: StreamRangeReply = redis::cmd("XRANGE")
@@ -833,8 +914,14 @@ impl Snapshot {
                 break;
             };
             for e in page.ids {
-                let key: String = e.get("idempotency_key").unwrap_or_default();
-                entries.push((e.id, key));
+                let kind: String = e.get("event_type").unwrap_or_default();
+                if kind == EventType::TaskCreated.as_str() {
+                    let key: String = e.get("idempotency_key").unwrap_or_default();
+                    entries.push((e.id, key));
+                } else {
+                    let task: String = e.get("task_id").unwrap_or_default();
+                    *follow_ups.entry((task, kind)).or_default() += 1;
+                }
             }
             start = format!("({last}");
         }
@@ -894,12 +981,52 @@ impl Snapshot {
             .collect();
         Snapshot {
             entries,
+            follow_ups,
             pending,
             last_delivered,
             applied,
             dead,
             invocations,
         }
+    }
+
+    /// Keys with more than one entry, but for those in `resent` (scheduled twice): in schedule
+    /// mode (no duplicates published) a key the promoters appended twice.
+    pub fn appended_more_than_once(&self, resent: &HashSet<String>) -> Vec<String> {
+        let mut n: HashMap<&str, usize> = HashMap::new();
+        for (_, key) in self.entries.iter().filter(|(_, k)| !resent.contains(k)) {
+            *n.entry(key).or_default() += 1;
+        }
+        let mut twice: Vec<String> = n
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|(k, n)| format!("key {k} appended {n} times"))
+            .collect();
+        twice.sort();
+        twice.truncate(20);
+        twice
+    }
+
+    /// What is wrong with the chain's follow-ups: each published task must end with exactly
+    /// one event of each type in [`worker::FOLLOW_UPS`], and there must be no other.
+    pub fn chain_problems(&self, plan: &Plan) -> Vec<String> {
+        let mut problems = Vec::new();
+        for i in 0..plan.events {
+            for kind in worker::FOLLOW_UPS {
+                let key = (format!("task-{i}"), kind.as_str().to_owned());
+                let n = self.follow_ups.get(&key).copied().unwrap_or(0);
+                if n != 1 {
+                    problems.push(format!("task-{i}: {n} {kind} events, not 1"));
+                }
+            }
+        }
+        let expected = plan.events * worker::FOLLOW_UPS.len();
+        let total: usize = self.follow_ups.values().sum();
+        if total != expected {
+            problems.push(format!("{total} follow-up entries, not {expected}"));
+        }
+        problems.truncate(20);
+        problems
     }
 
     /// Entries left half-done: a key applied while every entry of it is still pending (the

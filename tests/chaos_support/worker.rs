@@ -29,6 +29,19 @@ pub const INVOCATIONS: &str = "invocations";
 pub const REPORT_PREFIX: &str = "CHAOS-REPORT ";
 /// The line a worker prints once it has recovered and is consuming.
 pub const READY_LINE: &str = "CHAOS-READY";
+/// In chain mode (`CHAOS_CHAIN=1`), the groups of the chain: [`GROUP`] handles the published
+/// `task_created` and emits a `task_dispatched`, and each further group handles the event
+/// the one before emitted and emits the next, all through `HandlerContext::emit`.
+pub const CHAIN_GROUPS: [&str; 5] = [GROUP, "chain-2", "chain-3", "chain-4", "chain-5"];
+/// The follow-up each group of the chain emits, in chain order: every published event ends
+/// with exactly one of each, carrying its `task_id`.
+pub const FOLLOW_UPS: [EventType; 5] = [
+    EventType::TaskDispatched,
+    EventType::PatchCreated,
+    EventType::GateRequested,
+    EventType::GateApproved,
+    EventType::TaskCompleted,
+];
 
 /// How a worker runs.
 #[derive(Debug, Clone)]
@@ -47,6 +60,8 @@ pub struct WorkerSettings {
     /// After how long an entry counts as abandoned and may be claimed, in ms
     /// (`CHAOS_CLAIM_IDLE_MS`, default 3000).
     pub claim_idle_ms: u64,
+    /// Whether the worker runs the chain of [`CHAIN_GROUPS`] (`CHAOS_CHAIN=1`).
+    pub chain: bool,
 }
 
 fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -74,6 +89,7 @@ impl WorkerSettings {
             max_sleep_ms: env_num("CHAOS_MAX_SLEEP_MS", 20).max(min_sleep_ms),
             concurrency: env_num("CHAOS_CONCURRENCY", 64).max(1),
             claim_idle_ms: env_num("CHAOS_CLAIM_IDLE_MS", 3000).max(100),
+            chain: std::env::var("CHAOS_CHAIN").is_ok_and(|v| v == "1"),
         }
     }
 }
@@ -106,15 +122,69 @@ async fn apply(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), HandlerEr
         .arg(record)
         .query_async(&mut log)
         .await?;
-    let (lo, hi) = (shared.settings.min_sleep_ms, shared.settings.max_sleep_ms);
+    nap(&shared.settings).await;
+    if shared.settings.chain {
+        ctx.emit(follow_up(event, FOLLOW_UPS[0])?)?;
+    }
+    ctx.stage(Effect::hincr_by(ctx.scoped_key(APPLIED), key, 1))?;
+    Ok(())
+}
+
+/// Sleeps a random few milliseconds, so kills land mid-handler.
+async fn nap(settings: &WorkerSettings) {
+    let (lo, hi) = (settings.min_sleep_ms, settings.max_sleep_ms);
     let ms = if hi > lo {
         rand::random_range(lo..=hi)
     } else {
         lo
     };
     tokio::time::sleep(Duration::from_millis(ms)).await;
-    ctx.stage(Effect::hincr_by(ctx.scoped_key(APPLIED), key, 1))?;
+}
+
+/// The next event of `cause`'s chain: its task, of type `next`.
+fn follow_up(cause: &AsdlcEvent, next: EventType) -> Result<AsdlcEvent, HandlerError> {
+    let mut b = AsdlcEvent::builder(next, cause.session_id.clone());
+    if let Some(task) = &cause.task_id {
+        b = b.task_id(task.clone());
+    }
+    Ok(b.build()?)
+}
+
+/// One link of the chain after the first: sleeps, then emits the follow-up after `cause`'s
+/// type.
+async fn link(cause: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), HandlerError> {
+    let shared = SHARED
+        .get()
+        .ok_or_else(|| HandlerError::retryable("worker not initialised"))?;
+    nap(&shared.settings).await;
+    let at = FOLLOW_UPS
+        .iter()
+        .position(|t| *t == cause.event_type)
+        .ok_or_else(|| HandlerError::permanent("not an event of the chain"))?;
+    if let Some(next) = FOLLOW_UPS.get(at + 1) {
+        ctx.emit(follow_up(cause, *next)?)?;
+    }
     Ok(())
+}
+
+#[event_handler(types = [TaskDispatched], group = "chain-2")]
+async fn chain_2(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), HandlerError> {
+    link(event, ctx).await
+}
+
+#[event_handler(types = [PatchCreated], group = "chain-3")]
+async fn chain_3(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), HandlerError> {
+    link(event, ctx).await
+}
+
+#[event_handler(types = [GateRequested], group = "chain-4")]
+async fn chain_4(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), HandlerError> {
+    link(event, ctx).await
+}
+
+#[event_handler(types = [GateApproved], group = "chain-5")]
+async fn chain_5(event: &AsdlcEvent, ctx: &HandlerContext) -> Result<(), HandlerError> {
+    link(event, ctx).await
 }
 
 /// Runs a worker until SIGTERM or ctrl-c. The server may be restarting when the worker
@@ -147,7 +217,11 @@ pub async fn run_from_env() -> Result<(), Box<dyn std::error::Error>> {
         let s = settings.clone();
         let built = Runtime::builder()
             .config(config.clone())
-            .groups([GROUP])
+            .groups(if settings.chain {
+                CHAIN_GROUPS.to_vec()
+            } else {
+                vec![GROUP]
+            })
             .consumer_name(settings.consumer.clone())
             .configure(move |_, o| {
                 o.concurrency = s.concurrency;

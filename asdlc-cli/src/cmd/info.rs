@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::ctx::Ctx;
 use crate::error::{CliError, EXIT_OK};
-use crate::fmt::{Table, duration, or_dash};
+use crate::fmt::{Table, duration, oldest_pending, or_dash};
 
 #[derive(Serialize)]
 struct Described {
@@ -93,11 +93,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<u8, CliError> {
                 g.consumers.len().to_string(),
                 or_dash(g.lag),
                 g.pending.to_string(),
-                if g.pending > 0 {
-                    duration(Duration::from_millis(g.oldest_pending_ms))
-                } else {
-                    "-".to_owned()
-                },
+                oldest_pending(g),
                 g.last_delivered_id.clone(),
             ]);
             for c in &g.consumers {

@@ -6,11 +6,13 @@ mod completions;
 mod dashboard;
 mod dlq;
 mod functions;
+mod gates;
 mod health;
 mod info;
 mod pending;
 mod publish;
 mod recover;
+mod scheduled;
 mod tail;
 mod tenant;
 mod top;
@@ -35,6 +37,8 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Tail(args) => tail::run(&mut ctx, args).await,
         Command::Pending(args) => pending::run(&mut ctx, args).await,
         Command::Dlq(command) => dlq::run(&mut ctx, command).await,
+        Command::Scheduled(command) => scheduled::run(&mut ctx, command).await,
+        Command::Gates(args) => gates::run(&mut ctx, args).await,
         Command::Publish(args) => publish::run(&mut ctx, *args).await,
         Command::Recover(args) => recover::run(&mut ctx, args).await,
         Command::Trim(args) => trim::run(&mut ctx, args).await,

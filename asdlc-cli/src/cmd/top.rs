@@ -10,7 +10,7 @@ use asdlc_runtime::get_stream_info;
 use crate::cli::TopArgs;
 use crate::ctx::Ctx;
 use crate::error::{CliError, EXIT_OK};
-use crate::fmt::{Table, duration, or_dash};
+use crate::fmt::{Table, duration, oldest_pending, or_dash};
 
 pub async fn run(ctx: &mut Ctx, args: TopArgs) -> Result<u8, CliError> {
     let tty = std::io::stdout().is_terminal() && !ctx.json;
@@ -62,11 +62,7 @@ pub async fn run(ctx: &mut Ctx, args: TopArgs) -> Result<u8, CliError> {
                     g.consumers.len().to_string(),
                     or_dash(g.lag),
                     g.pending.to_string(),
-                    if g.pending > 0 {
-                        duration(Duration::from_millis(g.oldest_pending_ms))
-                    } else {
-                        "-".to_owned()
-                    },
+                    oldest_pending(g),
                     rate.map_or_else(|| "-".to_owned(), |r| format!("{r:.1}")),
                     info.dead_letters.to_string(),
                 ]);

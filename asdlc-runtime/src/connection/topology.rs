@@ -62,6 +62,16 @@ impl fmt::Debug for Node {
 }
 
 impl Node {
+    /// A node at `info`'s address, not marked failed.
+    fn healthy(role: NodeRole, info: ConnectionInfo) -> Node {
+        Node {
+            address: address_of(&info),
+            role,
+            failed: false,
+            info,
+        }
+    }
+
     /// `host:port` (or the socket path of a one-server URL).
     pub fn address(&self) -> &str {
         &self.address
@@ -142,12 +152,7 @@ async fn cluster_nodes(url: &RedisUrl) -> redis::RedisResult<Vec<Node>> {
     let mut last = None;
     for seed in url.expose_nodes() {
         let base = seed.as_str().into_connection_info()?;
-        let seed_node = Node {
-            address: address_of(&base),
-            role: NodeRole::Master,
-            failed: false,
-            info: base.clone(),
-        };
+        let seed_node = Node::healthy(NodeRole::Master, base.clone());
         let reply: redis::RedisResult<String> = async {
             let mut con = seed_node.connect().await?;
             redis::cmd("CLUSTER")
@@ -213,12 +218,7 @@ fn parse_cluster_nodes(text: &str, seed: &ConnectionInfo) -> Vec<Node> {
 
 async fn server_and_replicas(url: &RedisUrl) -> redis::RedisResult<Vec<Node>> {
     let base = url.expose().into_connection_info()?;
-    let server = Node {
-        address: address_of(&base),
-        role: NodeRole::Master,
-        failed: false,
-        info: base.clone(),
-    };
+    let server = Node::healthy(NodeRole::Master, base.clone());
     let mut con = server.connect().await?;
     let role: Vec<Value> = redis::cmd("ROLE").query_async(&mut con).await?;
     let mut nodes = Vec::new();
@@ -235,12 +235,7 @@ async fn server_and_replicas(url: &RedisUrl) -> redis::RedisResult<Vec<Node>> {
                         .and_then(|p| p.parse::<u16>().ok());
                     if let (Some(host), Some(port)) = (host, port) {
                         let info = at(&base, &host, port);
-                        nodes.push(Node {
-                            address: address_of(&info),
-                            role: NodeRole::Replica,
-                            failed: false,
-                            info,
-                        });
+                        nodes.push(Node::healthy(NodeRole::Replica, info));
                     }
                 }
             }

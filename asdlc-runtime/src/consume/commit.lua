@@ -17,7 +17,11 @@
 --                                               order key `key` in the order hash `order`
 --                                               (order.lua), which releases the key's next
 --                                               entry
--- Returns one value per record but O: 1 done; 0 (S and s) already processed: acknowledged, effects
+-- An effect `XADD` is a follow-up event the handler emitted: appended in the same step; an
+-- effect `SCHEDULE` (set, hash, id, delay ms, packed fields) one emitted for later: scheduled,
+-- due that long after now.
+-- Returns one value per record but O: 1 done, or (an S record with follow-ups) {1, the id of each
+-- follow-up, in order}; 0 (S and s) already processed: acknowledged, effects and follow-ups
 -- dropped; 2 (S and s) another delivery of the key holds its lease (ours lapsed): nothing
 -- applied, the entry stays pending and is checked again later; or an error text (S only)
 -- when an effect was refused: nothing of it applied, the lease kept (the client follows
@@ -35,7 +39,8 @@ local marks = asdlc_marks(now, KEYS, ARGV)
 local now_text = asdlc_ms_text(now)
 local wants = {
   SET = 'string', INCRBY = 'string', HSET = 'hash', HINCRBY = 'hash',
-  SADD = 'set', RPUSH = 'list', DEL = false, EXPIRE = false,
+  SADD = 'set', RPUSH = 'list', DEL = false, EXPIRE = false, XADD = 'stream',
+  SCHEDULE = 'zset',
 }
 
 local function skip_effects(first, n)
@@ -57,6 +62,16 @@ local function check_effects(first, n)
     if not marks.declared[key] then
       return nil, cmd .. ' on ' .. key .. ': key not declared in KEYS'
     end
+    if cmd == 'SCHEDULE' then
+      local events = ARGV[i + 3]
+      if not marks.declared[events] then
+        return nil, cmd .. ' on ' .. events .. ': key not declared in KEYS'
+      end
+      local t = redis.call('TYPE', events)['ok']
+      if t ~= 'none' and t ~= 'hash' then
+        return nil, cmd .. ' on ' .. events .. ': key holds a ' .. t
+      end
+    end
     if want then
       local t = redis.call('TYPE', key)['ok']
       if t ~= 'none' and t ~= want then
@@ -64,6 +79,12 @@ local function check_effects(first, n)
       end
       if cmd == 'INCRBY' and t == 'string' and not tonumber(redis.call('GET', key)) then
         return nil, 'INCRBY on ' .. key .. ': value is not an integer'
+      end
+      if cmd == 'HINCRBY' and t == 'hash' then
+        local v = redis.call('HGET', key, ARGV[i + 3])
+        if v and not tonumber(v) then
+          return nil, 'HINCRBY on ' .. key .. ': field value is not an integer'
+        end
       end
     end
     i = i + 3 + nargs
@@ -178,15 +199,27 @@ while i <= #ARGV do
         out[#out + 1] = 0
       else
         local j = first
+        local emitted = {}
         for _ = 1, n do
           local nargs = tonumber(ARGV[j + 2])
           local args = { ARGV[j], ARGV[j + 1] }
           for a = 1, nargs do args[#args + 1] = ARGV[j + 2 + a] end
-          redis.call(unpack(args))
+          local reply
+          if args[1] == 'SCHEDULE' then
+            -- A follow-up for later: args are the set, the hash, id, delay (ms), fields.
+            reply = asdlc_schedule(args[2], args[3], args[4], now + tonumber(args[5]), args[6])
+          else
+            reply = redis.call(unpack(args))
+          end
+          if args[1] == 'XADD' then emitted[#emitted + 1] = reply end
           j = j + 3 + nargs
         end
         asdlc_set_mark(marks, fp)
-        out[#out + 1] = 1
+        if #emitted > 0 then
+          out[#out + 1] = { 1, unpack(emitted) }
+        else
+          out[#out + 1] = 1
+        end
       end
       acks[#acks + 1] = id
     end

@@ -17,11 +17,13 @@ use super::stats::Tally;
 use crate::functions::COMMIT;
 use crate::monitor::Labels;
 
-/// What the commit step said of one record (commit.lua: `1`, `0`, `2`, or a refusal's text).
+/// What the commit step said of one record (commit.lua: `1` or `{1, id...}`, `0`, `2`, or a
+/// refusal's text).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Committed {
-    /// Done: marked and applied, retried, dead-lettered or acknowledged, as the record asked.
-    Done,
+    /// Done: marked and applied, retried, dead-lettered or acknowledged, as the record asked;
+    /// with the entry ids of the follow-ups a success emitted, in order.
+    Done(Vec<String>),
     /// (A success) The key was already processed: acknowledged, effects dropped.
     AlreadyProcessed,
     /// (A success) Another delivery of the key holds its lease (ours lapsed): nothing
@@ -35,7 +37,18 @@ enum Committed {
 impl redis::FromRedisValue for Committed {
     fn from_redis_value(v: Value) -> Result<Self, redis::ParsingError> {
         match v {
-            Value::Int(1) => Ok(Committed::Done),
+            Value::Int(1) => Ok(Committed::Done(Vec::new())),
+            Value::Array(parts) if parts.first() == Some(&Value::Int(1)) => parts
+                .into_iter()
+                .skip(1)
+                .map(|id| match id {
+                    Value::BulkString(b) => String::from_utf8(b).map_err(|e| {
+                        crate::functions::unexpected(COMMIT, &Value::BulkString(e.into_bytes()))
+                    }),
+                    other => Err(crate::functions::unexpected(COMMIT, &other)),
+                })
+                .collect::<Result<_, _>>()
+                .map(Committed::Done),
             Value::Int(0) => Ok(Committed::AlreadyProcessed),
             Value::Int(2) => Ok(Committed::LeaseTaken),
             Value::BulkString(b) => {
@@ -126,7 +139,7 @@ async fn commit_batch(
             (&o.kind, &r),
             (
                 Kind::Success { .. },
-                Committed::Done | Committed::AlreadyProcessed
+                Committed::Done(_) | Committed::AlreadyProcessed
             ) | (Kind::Dead { .. }, _)
         );
         if let Some(order_key) = order_key.filter(|_| acked) {
@@ -138,8 +151,14 @@ async fn commit_batch(
             // After a failed attempt whose reply was lost, "already marked" is nearly always
             // that attempt's own work (a key another delivery marks meanwhile needs our lease
             // to have lapsed): counted as processed.
-            (Kind::Success { .. }, Committed::Done) => {
+            (Kind::Success { .. }, Committed::Done(emitted)) => {
                 shared.stats.record(Tally::Processed, &labels, pass);
+                if !emitted.is_empty() {
+                    shared
+                        .stats
+                        .record_n(Tally::Emitted, emitted.len() as u64, &labels, pass);
+                    tracing::debug!(stream = %stream.name, id = %o.id, ?emitted, "committed with follow-ups");
+                }
             }
             (Kind::Success { .. }, Committed::AlreadyProcessed) if attempt > 0 => {
                 shared.stats.record(Tally::Processed, &labels, pass);
@@ -170,7 +189,7 @@ async fn commit_batch(
                 shared.stats.record(Tally::Failed, &labels, pass);
                 if let Some(h) = o.handler {
                     again.push(Outcome {
-                        kind: failed_attempt(shared, h, tried, fields, error),
+                        kind: failed_attempt(shared, h, tried, fields, error, None),
                         ..o
                     });
                     continue;
@@ -180,12 +199,14 @@ async fn commit_batch(
                 Kind::Retry {
                     attempt: tried,
                     error,
+                    after,
                 },
                 _,
             ) => {
                 shared.stats.record(Tally::Retried, &labels, pass);
-                tracing::info!(stream = %stream.name, id = %o.id, attempt = tried, %error, "handler failed; will retry");
-                defer(shared, run, &stream, o.id, Delay::Retry(tried), None);
+                tracing::info!(stream = %stream.name, id = %o.id, attempt = tried, %error, ?after, "handler failed; will retry");
+                let delay = after.map_or(Delay::Retry(tried), Delay::After);
+                defer(shared, run, &stream, o.id, delay, None);
                 finish(shared, pass);
                 continue;
             }
@@ -240,6 +261,9 @@ async fn commit(
         if let Kind::Success { effects, .. } = &o.kind {
             for e in effects {
                 inv.key(e.key());
+                if let Some(k) = e.second_key() {
+                    inv.key(k);
+                }
             }
         }
     }

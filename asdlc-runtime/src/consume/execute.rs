@@ -64,6 +64,48 @@ pub(super) async fn spawn_handler(
                 Some(sem) => sem.clone().acquire_owned().await.ok(),
                 None => None,
             };
+            // A gate's late answer is acknowledged without reaching the handler.
+            let mut c = c;
+            let mut conn = shared.conn.clone();
+            let early = match crate::gate::on_delivery(
+                &mut conn,
+                &stream.keys,
+                &c.event,
+                &c.entry_id,
+                shared.config.max_len,
+            )
+            .await
+            {
+                Ok(crate::gate::Delivery::Proceed) => None,
+                Ok(crate::gate::Delivery::Late { outcome, by }) => {
+                    tracing::warn!(
+                        id = %c.entry_id,
+                        event_type = %c.event.event_type,
+                        lost_to = %outcome,
+                        decided_by = %by,
+                        "late gate answer: the gate was decided already; acknowledged without handling"
+                    );
+                    Some(Kind::Success {
+                        fp: c.fp,
+                        effects: Vec::new(),
+                        attempt,
+                        fields: std::mem::take(&mut c.fields),
+                    })
+                }
+                Err(e) => Some(failed_attempt(
+                    &shared,
+                    c.handler,
+                    attempt,
+                    std::mem::take(&mut c.fields),
+                    format!("checking the gate failed: {e}"),
+                    None,
+                )),
+            };
+            if let Some(kind) = early {
+                let out = outcome_of(&stream, c.entry_id, c.fp, c.handler, kind, pass);
+                send(&shared, &run2, out).await;
+                return;
+            }
             let ctx = HandlerContext::new(
                 stream.tenant.clone(),
                 attempt,
@@ -71,7 +113,13 @@ pub(super) async fn spawn_handler(
                 stream.keys.clone(),
                 shared.group.clone(),
                 run2.consumer.clone(),
-            );
+            )
+            .with_cause(
+                c.event.idempotency_key.as_deref(),
+                trace,
+                shared.config.max_len,
+            )
+            .with_state_map(shared.state.clone());
             let mut event = c.event;
             event.event_id = Some(c.entry_id.clone());
             let timeout = spec
@@ -141,12 +189,17 @@ pub(super) async fn spawn_handler(
             let kind = match result {
                 HandlerResult::Ok { .. } => Kind::Success {
                     fp: c.fp,
-                    effects: ctx.take_effects(),
+                    effects: {
+                        // Effects first, then the follow-ups: all applied in one atomic step.
+                        let mut effects = ctx.take_effects();
+                        effects.extend(ctx.take_emits());
+                        effects
+                    },
                     attempt,
                     fields: c.fields,
                 },
-                HandlerResult::Retry { message } => {
-                    failed_attempt(&shared, c.handler, attempt, c.fields, message)
+                HandlerResult::Retry { message, after } => {
+                    failed_attempt(&shared, c.handler, attempt, c.fields, message, after)
                 }
                 HandlerResult::Permanent { message } => Kind::Dead {
                     fields: c.fields,
@@ -156,16 +209,28 @@ pub(super) async fn spawn_handler(
                     handler: spec.name().to_owned(),
                 },
             };
-            let out = Outcome {
-                stream: stream.clone(),
-                id: c.entry_id,
-                lease: Some(c.fp),
-                kind,
-                pass,
-                handler: Some(c.handler),
-            };
+            let out = outcome_of(&stream, c.entry_id, c.fp, c.handler, kind, pass);
             send(&shared, &run2, out).await;
         }
         .instrument(span),
     );
+}
+
+/// What an attempt of `handler` on entry `id` (leased under `fp`) came to, for the committer.
+fn outcome_of(
+    stream: &Arc<StreamCtx>,
+    id: String,
+    fp: [u8; crate::idempotency::FINGERPRINT_LEN],
+    handler: usize,
+    kind: Kind,
+    pass: Option<Arc<Pass>>,
+) -> Outcome {
+    Outcome {
+        stream: stream.clone(),
+        id,
+        lease: Some(fp),
+        kind,
+        pass,
+        handler: Some(handler),
+    }
 }

@@ -51,6 +51,8 @@ pub(super) enum Delay {
     /// An earlier entry of its order key is unfinished (or not placed yet): this long, unless
     /// the key is released here first.
     Held(Duration),
+    /// The handler asked to be retried after this long.
+    After(Duration),
 }
 
 /// Leaves an entry pending and schedules it for redelivery to this consumer.
@@ -76,9 +78,13 @@ pub(super) fn defer(
         }
         Delay::Retry(attempt) => shared.options.retry.delay(attempt),
         Delay::Held(pause) => pause,
+        Delay::After(d) => d,
     };
     lock(&run.retries).push(Reverse(Redelivery {
-        due: Instant::now() + delay,
+        // A handler's own delay can be anything: far enough is a year.
+        due: Instant::now()
+            .checked_add(delay)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 24 * 3600)),
         stream: stream.clone(),
         id,
     }));
@@ -116,10 +122,15 @@ pub(super) fn failed_attempt(
     attempt: u32,
     fields: Vec<(Vec<u8>, Vec<u8>)>,
     error: String,
+    after: Option<Duration>,
 ) -> Kind {
     let max = shared.max_deliveries(handler);
     if attempt < max {
-        Kind::Retry { attempt, error }
+        Kind::Retry {
+            attempt,
+            error,
+            after,
+        }
     } else {
         Kind::Dead {
             fields,

@@ -107,18 +107,19 @@ impl Ledger {
         self.lock().get(stream).is_some_and(|m| m.contains_key(id))
     }
 
-    /// The running entries of every stream, with their leases, and the held ones (no lease:
-    /// the keep-alive only keeps them from being claimed).
+    /// The entries of every stream this consumer works on, with their leases: running ones,
+    /// and deferred or held ones without a lease, so a peer does not claim a retry waiting out
+    /// a delay longer than the claim threshold, or an entry held back behind its key, while this
+    /// consumer lives.
     pub(crate) fn running(&self) -> Vec<RunningSnapshot> {
         self.lock()
             .iter()
             .filter_map(|(s, m)| {
                 let entries: Vec<(String, Lease)> = m
                     .iter()
-                    .filter_map(|(id, slot)| match slot {
-                        Slot::Running(lease) => Some((id.clone(), *lease)),
-                        Slot::Held => Some((id.clone(), None)),
-                        Slot::Deferred => None,
+                    .map(|(id, slot)| match slot {
+                        Slot::Running(lease) => (id.clone(), *lease),
+                        Slot::Deferred | Slot::Held => (id.clone(), None),
                     })
                     .collect();
                 (!entries.is_empty()).then(|| (s.clone(), entries))
@@ -154,7 +155,8 @@ mod tests {
         l.set_leases(&s, [("1-0", [7u8; FINGERPRINT_LEN])].into_iter());
         assert_eq!(l.running()[0].1, vec![("1-0".to_owned(), Some([7; 12]))]);
         l.defer(&s, "1-0");
-        assert!(l.running().is_empty());
+        // Kept fresh without a lease while it waits.
+        assert_eq!(l.running()[0].1, vec![("1-0".to_owned(), None)]);
         assert!(l.contains("s", "1-0"));
         assert_eq!(l.admit(&s, &["1-0"], false), [false]);
         assert_eq!(l.admit(&s, &["1-0"], true), [true]);

@@ -39,6 +39,7 @@ mod handoff;
 mod ledger;
 mod lock;
 mod order;
+mod promote;
 mod read;
 mod recover;
 mod retry;
@@ -52,7 +53,7 @@ use std::time::Duration;
 
 use crate::config::{Config, Valid};
 use crate::error::{ConfigError, ConsumeError};
-use crate::handler::{EventHandler, HandlerOptions, HandlerRegistration};
+use crate::handler::{EventHandler, HandlerOptions, HandlerRegistration, StateMap};
 use crate::idempotency::MarkLayout;
 use crate::keys::{validate_consumer, validate_group};
 use crate::streams::GroupStart;
@@ -361,6 +362,9 @@ impl EventHandler for StaticHandler {
     ) -> crate::BoxFuture<'a, crate::HandlerResult> {
         self.0.handle(event, ctx)
     }
+    fn required_state(&self) -> &[crate::StateType] {
+        self.0.required_state()
+    }
 }
 
 impl HandlerSpec {
@@ -425,6 +429,7 @@ pub struct EventConsumerBuilder {
     options: ConsumerOptions,
     handlers: Vec<HandlerSpec>,
     tenants: Vec<TenantId>,
+    state: StateMap,
 }
 
 impl EventConsumerBuilder {
@@ -443,6 +448,28 @@ impl EventConsumerBuilder {
     /// Adds a handler registered by `#[event_handler]`.
     pub fn registered(mut self, reg: &'static HandlerRegistration) -> Self {
         self.handlers.push(HandlerSpec::registered(reg));
+        self
+    }
+
+    /// Gives the handlers `value`, found by its type: a `State<T>` parameter of an
+    /// `#[event_handler]` function, or [`HandlerContext::state`](crate::HandlerContext::state).
+    /// Several types can be given, one value each (a second value of a type replaces the
+    /// first). [`build`](Self::build) fails with [`ConsumeError::MissingState`] if a handler
+    /// needs a type that was not given.
+    pub fn state<T: Send + Sync + 'static>(self, value: T) -> Self {
+        self.state_arc(Arc::new(value))
+    }
+
+    /// As [`state`](Self::state), with a value already shared, or a trait object
+    /// (`state_arc::<dyn Mailer>(mailer)`).
+    pub fn state_arc<T: ?Sized + Send + Sync + 'static>(mut self, value: Arc<T>) -> Self {
+        self.state.insert(value);
+        self
+    }
+
+    /// Every state value at once (the runtime's, checked already).
+    pub(crate) fn state_map(mut self, state: StateMap) -> Self {
+        self.state = state;
         self
     }
 
@@ -466,14 +493,26 @@ impl EventConsumerBuilder {
         self
     }
 
-    /// Connects and checks everything; the group is created when the consumer starts.
+    /// Checks everything (the configuration, the options, that every handler's state was
+    /// given), then connects; the group is created when the consumer starts.
     pub async fn build(self) -> Result<EventConsumer, ConsumeError> {
         let config = match self.config {
             Ok(config) => config,
             Err(config) => config.checked()?,
         };
         let options = self.options.checked()?;
-        let shared = shared::Shared::connect(config, options, self.handlers, self.tenants).await?;
+        for spec in &self.handlers {
+            if let Some(missing) = self.state.missing_for(&*spec.handler) {
+                return Err(ConsumeError::MissingState {
+                    group: options.group.clone(),
+                    handler: spec.name().to_owned(),
+                    type_name: missing.type_name().to_owned(),
+                });
+            }
+        }
+        let shared =
+            shared::Shared::connect(config, options, self.handlers, self.tenants, self.state)
+                .await?;
         Ok(EventConsumer {
             shared: Arc::new(shared),
         })
@@ -511,6 +550,7 @@ impl EventConsumer {
             options,
             handlers: Vec::new(),
             tenants: Vec::new(),
+            state: StateMap::default(),
         }
     }
 

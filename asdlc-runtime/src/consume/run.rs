@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 use super::commit::committer;
+use super::promote::promote_loop;
 use super::read::read_loop;
 use super::recover::{claim_loop, claim_stream, recover_own};
 use super::retry::at_startup;
@@ -72,6 +73,7 @@ async fn run_inner(shared: &Arc<Shared>) -> Result<super::ConsumerStats, Consume
     let lock_task = tokio::spawn(lock_loop(shared.clone()));
     let _lock_guard = AbortOnDrop(Some(lock_task.abort_handle()));
     background.spawn(redeliver_loop(shared.clone(), run.clone()));
+    background.spawn(promote_loop(shared.clone()));
 
     let started = std::time::Instant::now();
     let mut recovery = RecoveryResult::default();

@@ -23,6 +23,7 @@ use crate::connection::RedisConnection;
 use crate::effects::Effect;
 use crate::error::ConsumeError;
 use crate::event::AsdlcEvent;
+use crate::handler::StateMap;
 use crate::idempotency::FINGERPRINT_LEN;
 use crate::keys::StreamKeys;
 use crate::monitor::Labels;
@@ -146,7 +147,7 @@ impl Ord for Redelivery {
 }
 
 pub(super) struct Shared {
-    config: Config,
+    pub(super) config: Config,
     pub(super) options: ConsumerOptions,
     pub(super) group: Arc<str>,
     /// The consumer name of the current (or last) run; before the first run with an
@@ -156,6 +157,8 @@ pub(super) struct Shared {
     pub(super) read_conn: RedisConnection,
     streams: RwLock<Vec<Arc<StreamCtx>>>,
     pub(super) handlers: Vec<HandlerSpec>,
+    /// What the handlers are given as state, lent to each call's context.
+    pub(super) state: StateMap,
     pub(super) handler_limits: Vec<Option<Arc<Semaphore>>>,
     pub(super) permits: Arc<Semaphore>,
     pub(super) ledger: Ledger,
@@ -196,6 +199,8 @@ pub(super) enum Kind {
     Retry {
         attempt: u32,
         error: String,
+        /// The handler's own delay before the next delivery, instead of the backoff.
+        after: Option<std::time::Duration>,
     },
     Dead {
         fields: Vec<(Vec<u8>, Vec<u8>)>,
@@ -229,6 +234,7 @@ impl Shared {
         options: Valid<ConsumerOptions>,
         handlers: Vec<HandlerSpec>,
         tenants: Vec<TenantId>,
+        state: StateMap,
     ) -> Result<Self, ConsumeError> {
         let (config, options) = (config.into_inner(), options.into_inner());
         let redis_err = |source| ConsumeError::Redis {
@@ -284,6 +290,7 @@ impl Shared {
             read_conn,
             streams: RwLock::new(streams),
             handlers,
+            state,
             handler_limits,
             ledger: Ledger::default(),
             ordered,

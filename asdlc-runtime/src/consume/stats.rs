@@ -33,6 +33,9 @@ pub struct ConsumerStats {
     /// dead-lettered).
     #[serde(default)]
     pub held_back: u64,
+    /// Follow-up events handlers emitted, appended with their cause's commit.
+    #[serde(default)]
+    pub emitted: u64,
 }
 
 /// What a recovery pass did.
@@ -86,6 +89,8 @@ pub(super) enum Tally {
     Rechecked,
     /// Held back: an earlier entry of its order key is unfinished.
     HeldBack,
+    /// Follow-up events appended with their cause's commit.
+    Emitted,
 }
 
 #[derive(Default)]
@@ -99,6 +104,7 @@ pub(super) struct Stats {
     panics: AtomicU64,
     timeouts: AtomicU64,
     held_back: AtomicU64,
+    emitted: AtomicU64,
 }
 
 impl Stats {
@@ -114,6 +120,7 @@ impl Stats {
             panics: g(&self.panics),
             timeouts: g(&self.timeouts),
             held_back: g(&self.held_back),
+            emitted: g(&self.emitted),
         }
     }
 
@@ -157,6 +164,7 @@ impl Stats {
                 Tally::Failed => (None, None, Some(Count::Failed)),
                 Tally::Rechecked => (None, Some(|p| &p.skipped), None),
                 Tally::HeldBack => (Some(&self.held_back), None, Some(Count::HeldBack)),
+                Tally::Emitted => (Some(&self.emitted), None, Some(Count::Emitted)),
             };
         if let Some(a) = mine {
             a.fetch_add(n, Ordering::Relaxed);
@@ -240,6 +248,7 @@ mod tests {
         stats.record(Tally::Failed, &labels, Some(&pass));
         stats.record(Tally::Rechecked, &labels, Some(&pass));
         stats.record(Tally::HeldBack, &labels, Some(&pass));
+        stats.record_n(Tally::Emitted, 4, &labels, Some(&pass));
         assert_eq!(
             stats.snapshot(),
             ConsumerStats {
@@ -252,6 +261,7 @@ mod tests {
                 panics: 1,
                 timeouts: 1,
                 held_back: 1,
+                emitted: 4,
             }
         );
         assert_eq!(

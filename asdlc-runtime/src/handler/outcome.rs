@@ -3,6 +3,7 @@
 //! turns every supported return type into a [`HandlerResult`].
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +36,9 @@ pub enum HandlerResult {
     Retry {
         /// Why it failed.
         message: String,
+        /// Redeliver after this long instead of the consumer's backoff.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<Duration>,
     },
     /// A failure that retrying cannot fix: the entry goes to the dead-letter stream.
     Permanent {
@@ -64,6 +68,16 @@ impl HandlerResult {
     pub fn retry(message: impl Into<String>) -> Self {
         HandlerResult::Retry {
             message: message.into(),
+            after: None,
+        }
+    }
+    /// A failure worth retrying after `delay` (a rate limit's reset, a dependency's
+    /// maintenance window), instead of the consumer's backoff. The delivery still counts
+    /// toward `max_deliveries`.
+    pub fn retry_after(message: impl Into<String>, delay: Duration) -> Self {
+        HandlerResult::Retry {
+            message: message.into(),
+            after: Some(delay),
         }
     }
     /// A failure that retrying cannot fix: the entry goes to the dead-letter stream.
@@ -89,7 +103,7 @@ impl HandlerResult {
     pub fn error_message(&self) -> Option<&str> {
         match self {
             HandlerResult::Ok { .. } => None,
-            HandlerResult::Retry { message } | HandlerResult::Permanent { message } => {
+            HandlerResult::Retry { message, .. } | HandlerResult::Permanent { message } => {
                 Some(message)
             }
         }
@@ -110,6 +124,7 @@ impl HandlerResult {
 pub struct HandlerError {
     message: String,
     retryable: bool,
+    after: Option<Duration>,
 }
 
 impl HandlerError {
@@ -118,6 +133,17 @@ impl HandlerError {
         HandlerError {
             message: message.into(),
             retryable: true,
+            after: None,
+        }
+    }
+
+    /// A failure worth retrying after `delay` instead of the consumer's backoff (see
+    /// [`HandlerResult::retry_after`]).
+    pub fn retry_after(message: impl Into<String>, delay: Duration) -> Self {
+        HandlerError {
+            message: message.into(),
+            retryable: true,
+            after: Some(delay),
         }
     }
 
@@ -126,6 +152,7 @@ impl HandlerError {
         HandlerError {
             message: message.into(),
             retryable: false,
+            after: None,
         }
     }
 
@@ -196,7 +223,10 @@ impl<T: IntoHandlerResult> IntoHandlerResult for Result<T, HandlerError> {
     fn into_handler_result(self) -> HandlerResult {
         match self {
             Ok(v) => v.into_handler_result(),
-            Err(e) if e.retryable => HandlerResult::retry(e.message),
+            Err(e) if e.retryable => HandlerResult::Retry {
+                message: e.message,
+                after: e.after,
+            },
             Err(e) => HandlerResult::permanent(e.message),
         }
     }

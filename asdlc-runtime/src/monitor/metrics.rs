@@ -26,6 +26,8 @@ pub mod metric_names {
     /// Entries of ordered handlers held back because an earlier entry of their key was
     /// unfinished.
     pub const HELD_BACK: &str = "asdlc_events_held_back_total";
+    /// Follow-up events handlers emitted, appended with their cause's commit.
+    pub const EMITTED: &str = "asdlc_events_emitted_total";
     /// How long one handler call took, in seconds.
     pub const HANDLER_SECONDS: &str = "asdlc_handler_seconds";
     /// From publish (the entry id's time, on the server's clock) to the start of handling, in
@@ -50,6 +52,10 @@ pub fn describe_metrics() {
     describe_counter!(
         HELD_BACK,
         "Entries of ordered handlers held back behind an unfinished earlier entry of their key"
+    );
+    describe_counter!(
+        EMITTED,
+        "Follow-up events emitted by handlers, appended with their cause's commit"
     );
     describe_histogram!(HANDLER_SECONDS, Unit::Seconds, "Handler call duration");
     describe_histogram!(
@@ -95,6 +101,8 @@ pub(crate) enum Count {
     Claimed,
     /// An ordered entry was held back behind an earlier entry of its key.
     HeldBack,
+    /// Follow-up events were appended with their cause's commit.
+    Emitted,
 }
 
 impl Count {
@@ -107,6 +115,7 @@ impl Count {
             Count::Duplicate => DUPLICATES,
             Count::Claimed => CLAIMED,
             Count::HeldBack => HELD_BACK,
+            Count::Emitted => EMITTED,
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The [`RuntimeBuilder`]: what to run (configuration, groups, hand-written handlers, consumer
-//! options), and [`RuntimeBuilder::build`], which checks the plan, finds the tenants and
+//! The [`RuntimeBuilder`]: what to run (configuration, groups, hand-written handlers, the
+//! handlers' state, consumer options), and [`RuntimeBuilder::build`], which checks the plan, finds the tenants and
 //! prepares every consumer without consuming anything.
 
 use std::sync::{Arc, Mutex};
@@ -9,12 +9,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::consume::ConsumerOptions;
-use crate::handler::{EventHandler, HandlerOptions, registered_handlers};
+use crate::handler::{EventHandler, HandlerOptions, StateMap, registered_handlers};
 
 use super::Runtime;
 use super::discover::{partitions, starting_tenants};
 use super::error::RuntimeError;
-use super::plan::{Configure, GroupRun, GroupTemplate, PlannedHandler, plan_groups};
+use super::plan::{Configure, GroupRun, GroupTemplate, PlannedHandler, check_state, plan_groups};
 
 /// Builds a [`Runtime`].
 #[must_use]
@@ -26,6 +26,7 @@ pub struct RuntimeBuilder {
     extra: Vec<PlannedHandler>,
     registered: bool,
     discovery_interval: Duration,
+    state: StateMap,
 }
 
 impl std::fmt::Debug for RuntimeBuilder {
@@ -34,6 +35,7 @@ impl std::fmt::Debug for RuntimeBuilder {
             .field("config", &self.config)
             .field("groups", &self.groups)
             .field("consumer", &self.consumer)
+            .field("state", &self.state)
             .finish_non_exhaustive()
     }
 }
@@ -49,6 +51,7 @@ impl RuntimeBuilder {
             extra: Vec::new(),
             registered: true,
             discovery_interval: Duration::from_secs(5),
+            state: StateMap::default(),
         }
     }
 
@@ -106,6 +109,42 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Gives every handler `value`, found by its type: a `State<T>` parameter of an
+    /// `#[event_handler]` function, or [`HandlerContext::state`](crate::HandlerContext::state)
+    /// in a hand-written one. Call it once per type (a second value of one type replaces the
+    /// first); every consumer shares the one value. [`build`](Self::build) fails with
+    /// [`RegistryError::MissingState`](crate::RegistryError::MissingState) if a handler of the
+    /// groups it runs needs a type that was not given.
+    ///
+    /// ```no_run
+    /// use asdlc_runtime::Runtime;
+    ///
+    /// struct Db {
+    ///     url: String,
+    /// }
+    ///
+    /// # async fn demo() -> Result<(), asdlc_runtime::RuntimeError> {
+    /// Runtime::builder()
+    ///     // `State<Db>` parameters and `ctx.state::<Db>()` get this one value.
+    ///     .state(Db { url: "postgres://db/tasks".into() })
+    ///     .build()
+    ///     .await?
+    ///     .run()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn state<T: Send + Sync + 'static>(self, value: T) -> Self {
+        self.state_arc(Arc::new(value))
+    }
+
+    /// As [`state`](Self::state), with a value already shared (the application keeps a
+    /// handle on it too), or a trait object, which handlers then take as
+    /// `State<dyn Mailer>`: `.state_arc::<dyn Mailer>(Arc::new(SmtpMailer::new()))`.
+    pub fn state_arc<T: ?Sized + Send + Sync + 'static>(mut self, value: Arc<T>) -> Self {
+        self.state.insert(value);
+        self
+    }
+
     /// Ignores handlers registered with `#[event_handler]` (for tests and tools that bring
     /// their own).
     pub fn without_registered(mut self) -> Self {
@@ -137,6 +176,7 @@ impl RuntimeBuilder {
         }
         all.extend(self.extra);
         let plan = plan_groups(all, self.groups.as_deref())?;
+        check_state(&plan, &self.state)?;
 
         let tenants = starting_tenants(&config).await?;
 
@@ -151,6 +191,7 @@ impl RuntimeBuilder {
                 consumer_name: self.consumer.clone(),
                 configure: configure.clone(),
                 config: config.clone(),
+                state: self.state.clone(),
             };
             for part in &partitions {
                 consumers.push(template.build(part.clone()).await?);

@@ -61,6 +61,21 @@ pub enum RegistryError {
          add `use that_crate as _;` to the binary (e.g. in main.rs)"
     )]
     NoHandlers,
+    /// A handler takes state of a type the runtime was not given: a `State<T>` parameter of an
+    /// `#[event_handler]`, or a type a hand-written handler's `required_state` lists.
+    #[error(
+        "handler `{handler}` of group `{group}` takes state of type `{type_name}`, which the \
+         runtime was not given: add `.state(...)` with a value of type `{type_name}` to the \
+         runtime builder"
+    )]
+    MissingState {
+        /// The group.
+        group: String,
+        /// The handler (`name (file:line)`).
+        handler: String,
+        /// The type, as `std::any::type_name` names it.
+        type_name: String,
+    },
     /// A group name is invalid.
     #[error("handler `{handler}`: {source}")]
     InvalidGroup {

@@ -1,6 +1,7 @@
 //! The plan: which groups run with which handlers. The handler set is checked here, once, before
 //! anything is consumed (valid group names, one handler per name and per event type in a group,
-//! requested groups that exist), and each group gets the template its consumers are built from.
+//! requested groups that exist, the state each handler takes), and each group gets the template
+//! its consumers are built from.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use crate::config::{Config, Valid};
 use crate::consume::{ConsumerOptions, EventConsumer, HandlerSpec};
 use crate::error::ConsumeError;
 use crate::event::EventType;
-use crate::handler::{EventHandler, HandlerOptions, HandlerRegistration};
+use crate::handler::{EventHandler, HandlerOptions, HandlerRegistration, StateMap};
 use crate::keys::validate_group;
 use crate::tenancy::TenantId;
 
@@ -71,6 +72,7 @@ pub(super) struct GroupTemplate {
     pub(super) consumer_name: Option<String>,
     pub(super) configure: Arc<Vec<Configure>>,
     pub(super) config: Valid<Config>,
+    pub(super) state: StateMap,
 }
 
 impl GroupTemplate {
@@ -86,6 +88,7 @@ impl GroupTemplate {
             builder = builder.handler_spec(spec.clone());
         }
         builder
+            .state_map(self.state.clone())
             .configure(|o| {
                 if let Some(name) = &self.consumer_name {
                     o.consumer = Some(name.clone());
@@ -122,10 +125,6 @@ pub(super) fn plan_groups(
         })?;
         by_group.entry(h.info.group.clone()).or_default().push(h);
     }
-    let describe = |h: &HandlerInfo| match &h.location {
-        Some(loc) => format!("{} ({loc})", h.name),
-        None => h.name.clone(),
-    };
     for (group, handlers) in &by_group {
         let mut owner: HashMap<EventType, &HandlerInfo> = HashMap::new();
         let mut names: HashMap<&str, &HandlerInfo> = HashMap::new();
@@ -164,6 +163,33 @@ pub(super) fn plan_groups(
         by_group.retain(|g, _| wanted.contains(g));
     }
     Ok(by_group)
+}
+
+/// A handler's name, with `file:line` for an `#[event_handler]`.
+fn describe(h: &HandlerInfo) -> String {
+    match &h.location {
+        Some(loc) => format!("{} ({loc})", h.name),
+        None => h.name.clone(),
+    }
+}
+
+/// Checks that every planned handler's state was given.
+pub(super) fn check_state(
+    plan: &BTreeMap<String, Vec<PlannedHandler>>,
+    state: &StateMap,
+) -> Result<(), RegistryError> {
+    for (group, handlers) in plan {
+        for h in handlers {
+            if let Some(missing) = state.missing_for(&*h.spec.handler) {
+                return Err(RegistryError::MissingState {
+                    group: group.clone(),
+                    handler: describe(&h.info),
+                    type_name: missing.type_name().to_owned(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -218,6 +244,58 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains("`a`") && msg.contains("`b`"), "{msg}");
+    }
+
+    struct NeedsState;
+    impl EventHandler for NeedsState {
+        fn name(&self) -> &str {
+            "needs-state"
+        }
+        fn can_handle(&self, t: EventType) -> bool {
+            t == EventType::TaskCreated
+        }
+        fn handle<'a>(
+            &'a self,
+            _: &'a AsdlcEvent,
+            _: &'a HandlerContext,
+        ) -> BoxFuture<'a, HandlerResult> {
+            Box::pin(async { HandlerResult::ok() })
+        }
+        fn required_state(&self) -> &[crate::StateType] {
+            const NEEDS: &[crate::StateType] =
+                &[crate::StateType::of::<u8>(), crate::StateType::of::<str>()];
+            NEEDS
+        }
+    }
+
+    #[test]
+    fn a_handler_whose_state_was_not_given_is_named_with_the_type() {
+        let plan = || {
+            let needs = PlannedHandler::added("g", Arc::new(NeedsState), HandlerOptions::default());
+            plan_groups(
+                vec![needs, planned("g", H("a", &[EventType::GateApproved]))],
+                None,
+            )
+            .unwrap()
+        };
+        let mut state = StateMap::default();
+        state.insert(Arc::new(1u8));
+        let err = check_state(&plan(), &state).unwrap_err();
+        assert_eq!(
+            err,
+            RegistryError::MissingState {
+                group: "g".into(),
+                handler: "needs-state".into(),
+                type_name: "str".into(),
+            }
+        );
+        assert!(
+            err.to_string()
+                .contains("add `.state(...)` with a value of type `str`"),
+            "{err}"
+        );
+        state.insert::<str>(Arc::from("s"));
+        check_state(&plan(), &state).unwrap();
     }
 
     #[test]

@@ -60,6 +60,7 @@ fn add_stats(a: &mut ConsumerStats, b: ConsumerStats) {
     a.panics += b.panics;
     a.timeouts += b.timeouts;
     a.held_back += b.held_back;
+    a.emitted += b.emitted;
 }
 
 /// One report per group, adding up the group's consumers (one per cluster slot of its

@@ -59,6 +59,14 @@ pub const TENANT_COMMANDS: &[&str] = &[
     "rpush",
     "lrange",
     "llen",
+    // Scheduled events: a sorted set of due times beside a hash of the events.
+    "hsetnx",
+    "hscan",
+    "zadd",
+    "zrem",
+    "zrange",
+    "zcard",
+    "zscore",
     // Transactions on its own keys (dead-letter purge).
     "multi",
     "exec",
@@ -199,6 +207,11 @@ mod tests {
             keys.lease_prefix("g"),
             keys.consumer_lock("g", "c"),
             keys.scoped("x"),
+            keys.scheduled(),
+            keys.scheduled_events(),
+            keys.gate("g1"),
+            keys.gates(),
+            keys.pending_gates(),
         ] {
             assert!(key.starts_with(prefix), "{key}");
         }
