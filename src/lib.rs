@@ -75,6 +75,8 @@ mod book {
     mod handlers {}
     #[doc = include_str!("../book/src/macro-errors.md")]
     mod macro_errors {}
+    #[doc = include_str!("../book/src/ordering.md")]
+    mod ordering {}
     #[doc = include_str!("../book/src/runtime.md")]
     mod runtime {}
     #[doc = include_str!("../book/src/multi-tenancy.md")]

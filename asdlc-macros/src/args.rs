@@ -25,6 +25,7 @@ const KEYS: &[(&str, &str)] = &[
     ("max_deliveries", "max_deliveries = 5"),
     ("timeout", "timeout = \"30s\""),
     ("concurrency", "concurrency = 4"),
+    ("ordered_by", "ordered_by = session"),
     ("crate", "crate = \"::asdlc\""),
 ];
 
@@ -42,6 +43,8 @@ pub(crate) struct HandlerArgs {
     pub(crate) timeout_ms: Option<u64>,
     /// How many calls may run at once.
     pub(crate) concurrency: Option<usize>,
+    /// What orders the handler's events: `session` or `task`.
+    pub(crate) ordered_by: Option<Ident>,
     /// The path generated code starts from, instead of `::asdlc`.
     pub(crate) krate: Option<syn::Path>,
 }
@@ -79,6 +82,7 @@ pub(crate) fn parse_args_keeping_types(
     let mut max_deliveries = None;
     let mut timeout_ms = None;
     let mut concurrency = None;
+    let mut ordered_by = None;
     let mut krate = None;
     let mut crate_failed = false;
 
@@ -127,6 +131,7 @@ pub(crate) fn parse_args_keeping_types(
             "concurrency" => {
                 parse_at_least_one(value, key_name, example).map(|v| concurrency = Some(v))
             }
+            "ordered_by" => parse_ordered_by(value).map(|v| ordered_by = Some(v)),
             "crate" => parse_crate(value).map(|v| krate = Some(v)),
             _ => unreachable!("every key in KEYS is handled"),
         };
@@ -164,6 +169,7 @@ pub(crate) fn parse_args_keeping_types(
                 max_deliveries,
                 timeout_ms,
                 concurrency,
+                ordered_by,
                 krate,
             }),
             None,
@@ -375,6 +381,50 @@ pub(crate) fn parse_duration_ms(s: &str) -> Result<u64, String> {
     Ok(ms)
 }
 
+/// The keys `ordered_by` takes, and the `OrderBy` variant each names.
+pub(crate) const ORDER_KEYS: &[(&str, &str)] = &[("session", "Session"), ("task", "Task")];
+
+/// `session` or `task`, as the variant of `OrderBy` it names.
+fn parse_ordered_by(value: &Expr) -> syn::Result<Ident> {
+    let allowed = || {
+        let names: Vec<String> = ORDER_KEYS.iter().map(|(k, _)| format!("`{k}`")).collect();
+        names.join(" or ")
+    };
+    let ident = match value {
+        Expr::Path(p) if p.qself.is_none() => p.path.get_ident(),
+        _ => None,
+    };
+    let Some(ident) = ident else {
+        return Err(syn::Error::new_spanned(
+            value,
+            format!(
+                "expected what orders the events, {}, like `ordered_by = session`; \
+                 for a key of your own, use `HandlerSpec::ordered_by(OrderBy::Key(..))`",
+                allowed()
+            ),
+        ));
+    };
+    let name = ident.to_string();
+    match ORDER_KEYS.iter().find(|(k, _)| *k == name) {
+        Some((_, variant)) => Ok(Ident::new(variant, ident.span())),
+        None => {
+            let keys: Vec<&str> = ORDER_KEYS.iter().map(|(k, _)| *k).collect();
+            let hint = match suggest(&name, &keys) {
+                Some(s) => format!("did you mean `{s}`? "),
+                None => String::new(),
+            };
+            Err(syn::Error::new_spanned(
+                ident,
+                format!(
+                    "unknown order key `{name}`; {hint}`ordered_by` takes {}; for a key of \
+                     your own, use `HandlerSpec::ordered_by(OrderBy::Key(..))`",
+                    allowed()
+                ),
+            ))
+        }
+    }
+}
+
 fn parse_crate(value: &Expr) -> syn::Result<syn::Path> {
     let lit = string_literal(value, "crate = \"::asdlc\"")?;
     lit.parse::<syn::Path>().map_err(|_| {
@@ -415,6 +465,7 @@ mod tests {
         assert!(args.max_deliveries.is_none());
         assert!(args.timeout_ms.is_none());
         assert!(args.concurrency.is_none());
+        assert!(args.ordered_by.is_none());
         assert!(args.krate.is_none());
     }
 
@@ -427,9 +478,11 @@ mod tests {
             max_deliveries = 7,
             timeout = "1500ms",
             concurrency = 3,
+            ordered_by = task,
             crate = "::asdlc_runtime",
         ))
         .unwrap();
+        assert_eq!(args.ordered_by.unwrap().to_string(), "Task");
         assert_eq!(args.types[0].to_string(), "GateApproved");
         assert_eq!(args.name.unwrap().value(), "approve");
         assert_eq!(args.max_deliveries, Some(7));
@@ -505,7 +558,7 @@ mod tests {
             "{e}"
         );
         assert!(e.contains(
-            "`types`, `group`, `name`, `max_deliveries`, `timeout`, `concurrency`, `crate`"
+            "`types`, `group`, `name`, `max_deliveries`, `timeout`, `concurrency`, `ordered_by`, `crate`"
         ));
         assert!(
             error_of(quote!(types = [TaskCreated], group)).starts_with("`group` needs a value")
@@ -578,6 +631,21 @@ mod tests {
         assert!(lines[0].starts_with("`types` is empty"));
         assert!(lines[1].starts_with("invalid group `Bad`"));
         assert!(lines[2].starts_with("invalid timeout `soon`"));
+    }
+
+    #[test]
+    fn ordered_by_takes_session_or_task() {
+        let base = quote!(types = [TaskCreated], group = "g");
+        let args = parse_args(quote!(#base, ordered_by = session)).unwrap();
+        assert_eq!(args.ordered_by.unwrap().to_string(), "Session");
+        let e = error_of(quote!(#base, ordered_by = sesion));
+        assert!(
+            e.starts_with("unknown order key `sesion`; did you mean `session`?"),
+            "{e}"
+        );
+        let e = error_of(quote!(#base, ordered_by = "session"));
+        assert!(e.starts_with("expected what orders the events"), "{e}");
+        assert!(error_of(quote!(#base, ordered_by)).starts_with("`ordered_by` needs a value"));
     }
 
     #[test]

@@ -106,6 +106,10 @@ fn expand(function: &ItemFn, args: &HandlerArgs, signature: &HandlerSignature) -
         let n = proc_macro2::Literal::usize_unsuffixed(n);
         quote!(.with_concurrency(#n))
     });
+    let ordered_by = args
+        .ordered_by
+        .as_ref()
+        .map(|variant| quote!(.with_ordered_by(#private::OrderBy::#variant)));
 
     let event_check = param_check(&signature.event, "__asdlc_event_ref", "__asdlc_event");
     let (ctx_check, ctx_arg) = match &signature.ctx {
@@ -232,7 +236,8 @@ fn expand(function: &ItemFn, args: &HandlerArgs, signature: &HandlerSignature) -
                     options: #private::HandlerOptions::new()
                         #max_deliveries
                         #timeout
-                        #concurrency,
+                        #concurrency
+                        #ordered_by,
                     handler: &__AsdlcHandler,
                     location: ::core::concat!(::core::file!(), ":", ::core::line!()),
                 }
@@ -358,6 +363,7 @@ mod tests {
                 max_deliveries = 3,
                 timeout = "2m",
                 concurrency = 8,
+                ordered_by = session,
                 crate = "::asdlc_runtime"
             ),
             quote!(
@@ -366,7 +372,7 @@ mod tests {
         );
         for expected in [
             "const __ASDLC_NAME : & str = \"approve\" ;",
-            "options : :: asdlc_runtime :: __private :: HandlerOptions :: new () . with_max_deliveries (3u32) . with_timeout (:: asdlc_runtime :: __private :: Duration :: from_millis (120000u64)) . with_concurrency (8) ,",
+            "options : :: asdlc_runtime :: __private :: HandlerOptions :: new () . with_max_deliveries (3u32) . with_timeout (:: asdlc_runtime :: __private :: Duration :: from_millis (120000u64)) . with_concurrency (8) . with_ordered_by (:: asdlc_runtime :: __private :: OrderBy :: Session) ,",
             "impl :: asdlc_runtime :: __private :: EventHandler",
             "_ : & '__asdlc :: asdlc_runtime :: __private :: HandlerContext",
             "let __asdlc_future = approve (__asdlc_event) ;",

@@ -73,6 +73,7 @@ use proc_macro::TokenStream;
 /// | `max_deliveries = 5` | | Deliveries before the event is dead-lettered (at least 1). Default: the consumer's. |
 /// | `timeout = "30s"` | | How long one call may run before it counts as a retryable failure: a whole number of `ms`, `s` or `m`. Default: the consumer's. |
 /// | `concurrency = 4` | | How many events this handler may work on at once (at least 1). Default: the consumer's. |
+/// | `ordered_by = session` | | Handles events with the same key one at a time, in stream order, across the group: `session` (the `session_id`) or `task` (the `task_id`; events without one are not ordered). Default: unordered. See the book's Ordering chapter. |
 /// | `crate = "::asdlc"` | | The path of the asdlc crate, for a renamed dependency (`crate = "::my_asdlc"`) or a crate using `asdlc-runtime` directly (`crate = "::asdlc_runtime"`). |
 ///
 /// ```ignore

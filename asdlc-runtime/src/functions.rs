@@ -31,10 +31,13 @@ const HELPERS: &[&str] = &[
     include_str!("functions.lua"),
     include_str!("idempotency/marks.lua"),
     include_str!("consume/leases.lua"),
+    include_str!("consume/order.lua"),
 ];
 
 const FUNCTIONS: &[(&str, &str)] = &[
     ("begin", include_str!("consume/begin.lua")),
+    // After `begin`, which it calls.
+    ("begin_ordered", include_str!("consume/begin_ordered.lua")),
     ("commit", include_str!("consume/commit.lua")),
     ("keepalive", include_str!("consume/keepalive.lua")),
     ("redeliver", include_str!("consume/redeliver.lua")),
@@ -213,6 +216,7 @@ pub(crate) fn unexpected(function: Function, reply: &Value) -> ParsingError {
 pub(crate) struct Function(&'static str);
 
 pub(crate) const BEGIN: Function = Function("begin");
+pub(crate) const BEGIN_ORDERED: Function = Function("begin_ordered");
 pub(crate) const COMMIT: Function = Function("commit");
 pub(crate) const KEEPALIVE: Function = Function("keepalive");
 pub(crate) const REDELIVER: Function = Function("redeliver");

@@ -77,7 +77,7 @@ pub use event::{AsdlcEvent, AsdlcEventBuilder, EventType, Mode, generate_idempot
 pub use gate::{Gate, GateDecision, GateOutcome, GateRequest, GateState};
 pub use handler::{
     BoxFuture, EventHandler, HandlerContext, HandlerError, HandlerOptions, HandlerRegistration,
-    HandlerResult, IntoHandlerResult, State, StateType, registered_handlers,
+    HandlerResult, IntoHandlerResult, OrderBy, State, StateType, registered_handlers,
 };
 pub use idempotency::{IdempotencyTracker, MarkLayout};
 pub use keys::{StreamKeys, get_stream_name};
@@ -142,8 +142,8 @@ pub mod __private {
     pub use crate::event::{AsdlcEvent, EventType};
     pub use crate::handler::{
         BoxFuture, EventHandler, HandlerContext, HandlerOptions, HandlerRegistration,
-        HandlerResult, IntoHandlerResult, StateExtractor, StateParam, StateType, missing_state,
-        state_param,
+        HandlerResult, IntoHandlerResult, OrderBy, StateExtractor, StateParam, StateType,
+        missing_state, state_param,
     };
     pub use inventory;
     pub use std::boxed::Box;

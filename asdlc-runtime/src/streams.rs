@@ -141,6 +141,10 @@ pub struct GroupInfo {
     pub lag: Option<u64>,
     /// Age of the oldest pending entry, in milliseconds (0 when nothing is pending).
     pub oldest_pending_ms: u64,
+    /// Entries of ordered handlers held back right now behind an unfinished earlier entry of
+    /// their key (0 for a group without ordered handlers).
+    #[serde(default)]
+    pub held_back: u64,
     /// Its consumers.
     pub consumers: Vec<ConsumerInfo>,
 }
@@ -260,8 +264,14 @@ pub async fn get_stream_info(
             Some(lag) => Some(lag),
             None => count_lag(conn, &out, &last_delivered_id).await?,
         };
+        let held_back = if pending > 0 {
+            held_back(conn, stream, &name).await?
+        } else {
+            0
+        };
         out.groups.push(GroupInfo {
             pending,
+            held_back,
             last_delivered_id,
             entries_read: g.u64("entries-read"),
             lag,
@@ -271,6 +281,23 @@ pub async fn get_stream_info(
         });
     }
     Ok(out)
+}
+
+/// How many entries of `group`'s ordered handlers wait behind an earlier entry of their key:
+/// the queued entries less one per key (the head, running or retrying), from the order hash.
+async fn held_back(
+    conn: &mut RedisConnection,
+    stream: &str,
+    group: &str,
+) -> Result<u64, StreamError> {
+    let (queued, keys): (Option<i64>, Option<i64>) = redis::cmd("HMGET")
+        .arg(crate::keys::StreamKeys::new(stream).order_hash(group))
+        .arg("queued")
+        .arg("keys")
+        .query_async(conn)
+        .await
+        .map_err(StreamError::redis(stream))?;
+    Ok((queued.unwrap_or(0) - keys.unwrap_or(0)).max(0) as u64)
 }
 
 /// Counts the entries after `last_delivered` when the server does not report a group's lag:

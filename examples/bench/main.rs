@@ -9,10 +9,12 @@
 //! Every throughput figure is the median of 3 runs of `--events` events (default 100,000, about
 //! 300 bytes each). Also measured: end-to-end latency at a steady 1,000 events/s, the time to
 //! recover a crashed consumer's pending entries, and Redis memory per retained idempotency
-//! mark. `--quick` runs everything on small numbers, for a smoke test. The last two lines are
-//! `publish ratio asdlc/raw: X.XX` and `consume ratio asdlc/raw: X.XX`.
+//! mark. `--quick` runs everything on small numbers, for a smoke test. The last three lines
+//! are `publish ratio asdlc/raw: X.XX`, `consume ratio asdlc/raw: X.XX` and `ordered ratio
+//! by-session/unordered: X.XX` (one consumer handling events of 1,000 sessions ordered by
+//! session, against the same unordered).
 //!
-//! One module per part: [`publish`], [`consume`], [`emit`], [`recovery`], [`latency`],
+//! One module per part: [`publish`], [`consume`], [`emit`], [`ordering`], [`recovery`], [`latency`],
 //! [`schedule`], [`memory`]; the workload they share in [`workload`], what a part measures in [`meter`].
 
 mod consume;
@@ -20,6 +22,7 @@ mod emit;
 mod latency;
 mod memory;
 mod meter;
+mod ordering;
 mod publish;
 mod recovery;
 mod schedule;
@@ -202,10 +205,12 @@ enum Part {
     AsdlcWide,
     RawEmit,
     AsdlcEmit,
+    Unordered,
+    OrderedBySession,
 }
 
 impl Part {
-    const ALL: [Part; 11] = [
+    const ALL: [Part; 13] = [
         Part::RawSingle,
         Part::AsdlcSingle,
         Part::RawPipelined,
@@ -217,6 +222,8 @@ impl Part {
         Part::AsdlcWide,
         Part::RawEmit,
         Part::AsdlcEmit,
+        Part::Unordered,
+        Part::OrderedBySession,
     ];
 
     fn label(self) -> &'static str {
@@ -232,6 +239,8 @@ impl Part {
             Part::AsdlcWide => "consume: asdlc concurrency 1024, batch 200, 1 consumer",
             Part::RawEmit => "emit: raw + dedup + XADD",
             Part::AsdlcEmit => "emit: asdlc ctx.emit",
+            Part::Unordered => "consume: unordered, 1,000 sessions, 1 consumer",
+            Part::OrderedBySession => "consume: ordered by session, 1,000 sessions, 1 consumer",
         }
     }
 
@@ -254,6 +263,8 @@ impl Part {
             }
             Part::RawEmit => emit::raw(b).await,
             Part::AsdlcEmit => emit::asdlc(b).await,
+            Part::Unordered => ordering::consume(b, false).await,
+            Part::OrderedBySession => ordering::consume(b, true).await,
         }
     }
 }
@@ -466,6 +477,16 @@ async fn main() {
         Some(("(i)", round_ratio(Part::AsdlcEmit, Part::RawEmit))),
     );
     row(
+        "(k) consumer, unordered, 1,000 sessions",
+        part(Part::Unordered),
+        None,
+    );
+    row(
+        "(k2) consumer, ordered by session, 1,000 sessions",
+        part(Part::OrderedBySession),
+        Some(("(k)", round_ratio(Part::OrderedBySession, Part::Unordered))),
+    );
+    row(
         &format!("(h) recovery: process_pending of {recover_n} pending"),
         recover,
         Some(("(g)", recover.zip(a_c1).map(|(h, g)| h.rate / g.rate))),
@@ -520,5 +541,9 @@ async fn main() {
     println!(
         "consume ratio asdlc/raw: {}",
         ratio(round_ratio(Part::Asdlc1, Part::RawDedup))
+    );
+    println!(
+        "ordered ratio by-session/unordered: {}",
+        ratio(round_ratio(Part::OrderedBySession, Part::Unordered))
     );
 }

@@ -106,6 +106,12 @@ pub async fn run(ctx: &mut Ctx) -> Result<u8, CliError> {
             }
         }
         groups.print(&mut ctx.out, "  ")?;
+        for g in i.groups.iter().filter(|g| g.held_back > 0) {
+            ctx.out.line(format!(
+                "  {}: {} held back behind an unfinished earlier entry of their key (ordered)",
+                g.name, g.held_back
+            ))?;
+        }
         if !consumers.is_empty() {
             ctx.out.line("")?;
             consumers.print(&mut ctx.out, "  ")?;

@@ -12,10 +12,15 @@
 --   D id lease n  (field value)*n               dead letter: XADD (trimming the dead-letter
 --                                               stream to its retention), ack, drop lease
 --   A id                                        acknowledge only
+--   O id order key                              (no reply of its own) if this call
+--                                               acknowledges `id`, it leaves the queue of
+--                                               order key `key` in the order hash `order`
+--                                               (order.lua), which releases the key's next
+--                                               entry
 -- An effect `XADD` is a follow-up event the handler emitted: appended in the same step; an
 -- effect `SCHEDULE` (set, hash, id, delay ms, packed fields) one emitted for later: scheduled,
 -- due that long after now.
--- Returns one value per record: 1 done, or (an S record with follow-ups) {1, the id of each
+-- Returns one value per record but O: 1 done, or (an S record with follow-ups) {1, the id of each
 -- follow-up, in order}; 0 (S and s) already processed: acknowledged, effects and follow-ups
 -- dropped; 2 (S and s) another delivery of the key holds its lease (ours lapsed): nothing
 -- applied, the entry stays pending and is checked again later; or an error text (S only)
@@ -108,6 +113,9 @@ while i <= #ARGV do
     i = i + 4 + 2 * tonumber(ARGV[i + 3])
   elseif kind == 'A' then
     i = i + 2
+  elseif kind == 'O' then
+    r = r - 1
+    i = i + 4
   else
     return redis.error_reply('asdlc commit: unknown record kind ' .. tostring(kind))
   end
@@ -150,6 +158,8 @@ end
 local out = {}
 -- Acknowledged together at the end: one XACK for the whole call.
 local acks = {}
+-- The O records (their index in ARGV), settled once the acknowledgements are known.
+local orders = {}
 i, r = 10, 0
 while i <= #ARGV do
   local kind = ARGV[i]
@@ -227,6 +237,10 @@ while i <= #ARGV do
     lease_state(r, id)
     out[#out + 1] = 1
     i = i + 4 + 2 * n
+  elseif kind == 'O' then
+    r = r - 1
+    orders[#orders + 1] = i
+    i = i + 4
   else
     acks[#acks + 1] = ARGV[i + 1]
     out[#out + 1] = 1
@@ -245,6 +259,24 @@ if dead > 0 then
 end
 if #acks > 0 then
   redis.call('XACK', KEYS[1], group, unpack(acks))
+end
+if #orders > 0 then
+  local acked = {}
+  for _, id in ipairs(acks) do acked[id] = true end
+  local views = {}
+  for _, at in ipairs(orders) do
+    local id, order, key = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
+    if acked[id] then
+      if not views[order] then
+        asdlc_check_declared(marks.declared, order, 'order hash')
+        views[order] = asdlc_order_open(order)
+      end
+      asdlc_order_drop(views[order], key, id)
+    end
+  end
+  for _, view in pairs(views) do
+    asdlc_order_close(view, nil)
+  end
 end
 if #drop > 0 then
   redis.call('HDEL', KEYS[3], unpack(drop))

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use redis::Value;
 use tokio::sync::mpsc;
 
-use super::handoff::{Delay, defer, failed_attempt};
+use super::handoff::{Delay, defer, failed_attempt, wake};
 use super::ledger::lease_arg;
 use super::retry;
 use super::shared::{Kind, Outcome, RunCtx, SCRIPT_CHUNK, Shared, StreamCtx, finish};
@@ -98,9 +98,19 @@ async fn commit_batch(
     again: &mut Vec<Outcome>,
 ) {
     let stream = outcomes[0].stream.clone();
+    // The order keys the records release, for entries of ordered handlers.
+    let order_keys: Vec<Option<Arc<str>>> = outcomes
+        .iter()
+        .map(|o| match o.kind {
+            Kind::Success { .. } | Kind::Dead { .. } if shared.ordered => {
+                shared.order.key_of(&stream.name, &o.id)
+            }
+            _ => None,
+        })
+        .collect();
     let mut tries = retry::COMMIT.start();
     let results = loop {
-        match commit(shared, run, &stream, &outcomes).await {
+        match commit(shared, run, &stream, &outcomes, &order_keys).await {
             Ok(v) => break Some(v),
             Err(e) => {
                 let pause = tries.failed();
@@ -123,8 +133,19 @@ async fn commit_batch(
         return;
     };
     let attempt = tries.failures();
-    for (o, r) in outcomes.into_iter().zip(results) {
+    for ((o, r), order_key) in outcomes.into_iter().zip(results).zip(order_keys) {
         let pass = o.pass.as_deref();
+        let acked = matches!(
+            (&o.kind, &r),
+            (
+                Kind::Success { .. },
+                Committed::Done(_) | Committed::AlreadyProcessed
+            ) | (Kind::Dead { .. }, _)
+        );
+        if let Some(order_key) = order_key.filter(|_| acked) {
+            // Released: this consumer's next entries of the key need not wait for a check.
+            wake(shared, run, &order_key);
+        }
         let labels = shared.labels(&stream, o.handler);
         match (o.kind, r) {
             // After a failed attempt whose reply was lost, "already marked" is nearly always
@@ -220,9 +241,13 @@ async fn commit(
     run: &RunCtx,
     stream: &StreamCtx,
     outcomes: &[Outcome],
+    order_keys: &[Option<Arc<str>>],
 ) -> redis::RedisResult<Vec<Committed>> {
     let mut inv = COMMIT.key(&*stream.name);
     inv.key(&stream.dead_letter).key(&stream.lease_key);
+    if order_keys.iter().any(Option::is_some) {
+        inv.key(&stream.order_hash);
+    }
     // Declared: the mark hashes of the records that mark, and every staged effect's key.
     let marking = outcomes.iter().filter_map(|o| match &o.kind {
         Kind::Success { fp, .. } => Some(&fp[..]),
@@ -258,7 +283,14 @@ async fn commit(
             .map_or(0, |d| d.as_millis().max(1) as u64),
     );
     let mut now = String::new();
-    for o in outcomes {
+    for (o, order_key) in outcomes.iter().zip(order_keys) {
+        if let Some(order_key) = order_key {
+            // Settled at the end of the call: released only if the call acknowledges it.
+            inv.arg("O")
+                .arg(&o.id)
+                .arg(&stream.order_hash)
+                .arg(&**order_key);
+        }
         match &o.kind {
             Kind::Success { fp, effects, .. }
                 if effects.is_empty() && o.lease.as_ref() == Some(fp) =>

@@ -1,30 +1,40 @@
 //! The dispatch step: a batch of entries is admitted to the ledger, decoded, run through the
-//! begin script (duplicate, busy or leased) and handed to a handler, to the commit step, or
-//! back to the redelivery schedule.
+//! begin script (duplicate, busy or leased; in a group with ordered handlers also held back
+//! behind an earlier entry of its key) and handed to a handler, to the commit step, or back to
+//! the redelivery schedule.
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use redis::Value;
 
 use super::execute::spawn_handler;
-use super::handoff::{Candidate, Delay, defer, send};
+use super::handoff::{Candidate, Delay, defer, hold, send, wake};
+use super::order::{id_key, order_key};
 use super::retry;
 use super::shared::{Kind, Outcome, RunCtx, SCRIPT_CHUNK, Shared, StreamCtx, finish};
 use super::stats::{Pass, Tally};
 use crate::encoding::decode;
-use crate::functions::BEGIN;
+use crate::functions::{BEGIN, BEGIN_ORDERED};
 use crate::idempotency::{FINGERPRINT_LEN, fingerprint};
 use crate::reply::RawEntry;
 use crate::tenancy::TenantError;
 
-/// What the begin step said of one entry (begin.lua: `0`, `-1`, or the attempt `n > 0`).
+/// What the begin step said of one entry (begin.lua: `0`, `-1`, or the attempt `n > 0`;
+/// begin_ordered.lua also `-2` and `-3`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Begun {
     /// Already processed by the group: acknowledged.
     Duplicate,
     /// Another delivery holds the key's live lease: checked again later.
     Busy,
+    /// An earlier entry of its order key is unfinished: held back until that one is
+    /// committed or dead-lettered.
+    Held,
+    /// An earlier pending entry of the group is not placed in order yet (its consumer's
+    /// begin step has not run): checked again shortly.
+    Behind,
     /// The lease is ours; the handler runs its attempt `n` (counted in the server).
     Leased(u32),
 }
@@ -34,6 +44,8 @@ impl redis::FromRedisValue for Begun {
         match v {
             Value::Int(0) => Ok(Begun::Duplicate),
             Value::Int(-1) => Ok(Begun::Busy),
+            Value::Int(-2) => Ok(Begun::Held),
+            Value::Int(-3) => Ok(Begun::Behind),
             Value::Int(n) if n > 0 => Ok(Begun::Leased(u32::try_from(n).unwrap_or(u32::MAX))),
             other => Err(crate::functions::unexpected(BEGIN, &other)),
         }
@@ -143,13 +155,27 @@ pub(super) async fn dispatch(
             deferred.push(entry.id);
             continue;
         }
+        let order = shared.handlers[handler]
+            .options
+            .ordered_by
+            .and_then(|by| order_key(&by, &event));
+        if let Some(order_key) = &order {
+            shared
+                .order
+                .place(&stream.name, &entry.id, order_key.clone());
+        }
         candidates.push(Candidate {
             entry_id: entry.id,
             event,
             fields,
             handler,
             fp,
+            order,
         });
+    }
+    if shared.ordered {
+        // The ordered begin step places entries in stream order.
+        candidates.sort_by_key(|c| id_key(&c.entry_id));
     }
     shared.ledger.set_leases(
         &stream.name,
@@ -167,84 +193,129 @@ pub(super) async fn dispatch(
         } else {
             Vec::new()
         };
-        let chunk = std::mem::replace(&mut remaining, rest);
-        let mut failures = retry::BEGIN.start();
-        let codes = loop {
-            match begin(shared, run, stream, &chunk).await {
-                Ok(codes) => break Some(codes),
-                Err(e) => {
-                    tracing::warn!(stream = %stream.name, error = %e, "begin step failed; retrying");
-                    let pause = failures.failed();
-                    if shared.stop.is_cancelled() || run.abort.is_cancelled() {
-                        break None;
+        let mut chunk = std::mem::replace(&mut remaining, rest);
+        // Entries behind an unplaced entry of another consumer (one the begin step cannot
+        // place for it: ordered by a key function) are begun again at once, a few times:
+        // that consumer's begin step is usually a moment away.
+        let mut behind_tries = 0u32;
+        loop {
+            let mut failures = retry::BEGIN.start();
+            let codes = loop {
+                match begin(shared, run, stream, &chunk).await {
+                    Ok(codes) => break Some(codes),
+                    Err(e) => {
+                        tracing::warn!(stream = %stream.name, error = %e, "begin step failed; retrying");
+                        let pause = failures.failed();
+                        if shared.stop.is_cancelled() || run.abort.is_cancelled() {
+                            break None;
+                        }
+                        crate::retry::sleep(pause.unwrap_or_default(), None).await;
                     }
-                    crate::retry::sleep(pause.unwrap_or_default(), None).await;
                 }
-            }
-        };
-        let Some(codes) = codes else {
-            // Stopping: leave the rest pending for the next start.
-            for c in chunk.into_iter().chain(std::mem::take(&mut remaining)) {
-                shared.untrack(&stream.name, &c.entry_id);
-                finish(shared, pass.as_deref());
-            }
-            return;
-        };
-        for (c, code) in chunk.into_iter().zip(codes) {
-            match code {
-                Begun::Duplicate => {
-                    shared.stats.record(
-                        Tally::Duplicate,
-                        &shared.labels(stream, Some(c.handler)),
-                        pass.as_deref(),
-                    );
-                    tracing::debug!(stream = %stream.name, id = %c.entry_id, "duplicate: already processed");
+            };
+            let Some(codes) = codes else {
+                // Stopping: leave the rest pending for the next start.
+                for c in chunk.into_iter().chain(std::mem::take(&mut remaining)) {
                     shared.untrack(&stream.name, &c.entry_id);
                     finish(shared, pass.as_deref());
                 }
-                Begun::Leased(attempt) if attempt > shared.max_deliveries(c.handler) => {
-                    // Every allowed attempt began and none ended with an outcome: the handler
-                    // (or its process) kept crashing.
-                    let max = shared.max_deliveries(c.handler);
-                    let started = attempt - 1;
-                    let reason = format!(
-                        "{started} attempts started and none finished, max_deliveries is {max}: the handler or its process kept crashing"
-                    );
-                    let out = Outcome {
-                        stream: stream.clone(),
-                        id: c.entry_id,
-                        lease: Some(c.fp),
-                        kind: Kind::Dead {
-                            fields: c.fields,
-                            reason,
-                            error: String::new(),
-                            attempts: started,
-                            handler: shared.handlers[c.handler].name().to_owned(),
-                        },
-                        pass: pass.clone(),
-                        handler: Some(c.handler),
-                    };
-                    send(shared, run, out).await;
-                }
-                Begun::Leased(attempt) => {
-                    spawn_handler(shared, run, stream, c, attempt, pass.clone()).await
-                }
-                Begun::Busy => {
-                    tracing::debug!(stream = %stream.name, id = %c.entry_id, "key held by another delivery; checking again later");
-                    defer(
-                        shared,
-                        run,
-                        stream,
-                        c.entry_id,
-                        Delay::Recheck,
-                        pass.as_deref(),
-                    );
-                    finish(shared, pass.as_deref());
+                return;
+            };
+            let mut behind = Vec::new();
+            for (c, code) in chunk.into_iter().zip(codes) {
+                match code {
+                    Begun::Behind if behind_tries < BEHIND_TRIES => behind.push(c),
+                    Begun::Duplicate => {
+                        if let Some(order_key) = &c.order {
+                            // The begin step took it out of its key's order.
+                            wake(shared, run, order_key);
+                        }
+                        shared.stats.record(
+                            Tally::Duplicate,
+                            &shared.labels(stream, Some(c.handler)),
+                            pass.as_deref(),
+                        );
+                        tracing::debug!(stream = %stream.name, id = %c.entry_id, "duplicate: already processed");
+                        shared.untrack(&stream.name, &c.entry_id);
+                        finish(shared, pass.as_deref());
+                    }
+                    Begun::Leased(attempt) if attempt > shared.max_deliveries(c.handler) => {
+                        // Every allowed attempt began and none ended with an outcome: the handler
+                        // (or its process) kept crashing.
+                        let max = shared.max_deliveries(c.handler);
+                        let started = attempt - 1;
+                        let reason = format!(
+                            "{started} attempts started and none finished, max_deliveries is {max}: the handler or its process kept crashing"
+                        );
+                        let out = Outcome {
+                            stream: stream.clone(),
+                            id: c.entry_id,
+                            lease: Some(c.fp),
+                            kind: Kind::Dead {
+                                fields: c.fields,
+                                reason,
+                                error: String::new(),
+                                attempts: started,
+                                handler: shared.handlers[c.handler].name().to_owned(),
+                            },
+                            pass: pass.clone(),
+                            handler: Some(c.handler),
+                        };
+                        send(shared, run, out).await;
+                    }
+                    Begun::Leased(attempt) => {
+                        spawn_handler(shared, run, stream, c, attempt, pass.clone()).await
+                    }
+                    Begun::Held => {
+                        shared.stats.record(
+                            Tally::HeldBack,
+                            &shared.labels(stream, Some(c.handler)),
+                            pass.as_deref(),
+                        );
+                        tracing::debug!(stream = %stream.name, id = %c.entry_id, "an earlier entry of its key is unfinished; waiting");
+                        hold(shared, run, stream, c.entry_id, pass.as_deref());
+                        finish(shared, pass.as_deref());
+                    }
+                    Begun::Behind => {
+                        tracing::debug!(stream = %stream.name, id = %c.entry_id, "an earlier entry of the group is not placed yet; checking again");
+                        let pause = shared.order.behind(&stream.name, &c.entry_id);
+                        defer(
+                            shared,
+                            run,
+                            stream,
+                            c.entry_id,
+                            Delay::Held(pause),
+                            pass.as_deref(),
+                        );
+                        finish(shared, pass.as_deref());
+                    }
+                    Begun::Busy => {
+                        tracing::debug!(stream = %stream.name, id = %c.entry_id, "key held by another delivery; checking again later");
+                        defer(
+                            shared,
+                            run,
+                            stream,
+                            c.entry_id,
+                            Delay::Recheck,
+                            pass.as_deref(),
+                        );
+                        finish(shared, pass.as_deref());
+                    }
                 }
             }
+            if behind.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1 << behind_tries)).await;
+            behind_tries += 1;
+            chunk = behind;
         }
     }
 }
+
+/// How many times in a row an entry behind unplaced ones is begun again before it waits
+/// (after 1, 2, 4 and 8 ms).
+const BEHIND_TRIES: u32 = 4;
 
 async fn begin(
     shared: &Shared,
@@ -252,6 +323,9 @@ async fn begin(
     stream: &StreamCtx,
     chunk: &[Candidate],
 ) -> redis::RedisResult<Vec<Begun>> {
+    if shared.ordered {
+        return begin_ordered(shared, run, stream, chunk).await;
+    }
     let mut inv = BEGIN.key(&*stream.name);
     inv.key(&stream.lease_key);
     let marks = &shared.options.marks;
@@ -270,6 +344,39 @@ async fn begin(
         .arg(shared.lease_ms());
     for c in chunk {
         inv.arg(&c.entry_id).arg(&c.fp[..]);
+    }
+    let mut conn = shared.conn.clone();
+    inv.invoke_async(&mut conn).await
+}
+
+/// The begin step of a group with ordered handlers (begin_ordered.lua): the same, after placing
+/// each entry in the order of its key. `chunk` is in stream order.
+async fn begin_ordered(
+    shared: &Shared,
+    run: &RunCtx,
+    stream: &StreamCtx,
+    chunk: &[Candidate],
+) -> redis::RedisResult<Vec<Begun>> {
+    let mut inv = BEGIN_ORDERED.key(&*stream.name);
+    inv.key(&stream.lease_key);
+    let marks = &shared.options.marks;
+    marks.mark_keys(
+        &stream.marks_prefix,
+        chunk.iter().map(|c| &c.fp[..]),
+        &mut inv,
+    );
+    inv.key(&stream.order_hash);
+    marks.script_args(&stream.marks_prefix, &mut inv);
+    inv.arg(&*shared.group)
+        .arg(&*run.token)
+        .arg(run.predecessor(&stream.name))
+        .arg(shared.lease_ms())
+        .arg(&stream.order_hash)
+        .arg(&*shared.order_rule);
+    for c in chunk {
+        inv.arg(&c.entry_id)
+            .arg(&c.fp[..])
+            .arg(c.order.as_deref().unwrap_or(""));
     }
     let mut conn = shared.conn.clone();
     inv.invoke_async(&mut conn).await

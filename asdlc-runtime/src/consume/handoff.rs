@@ -22,6 +22,8 @@ pub(super) struct Candidate {
     pub(super) fields: Vec<(Vec<u8>, Vec<u8>)>,
     pub(super) handler: usize,
     pub(super) fp: [u8; FINGERPRINT_LEN],
+    /// Its order key, if its handler is ordered and it has one.
+    pub(super) order: Option<Arc<str>>,
 }
 
 /// Hands a finished entry to the committer; if it is gone (the run is ending), the entry
@@ -46,6 +48,9 @@ pub(super) enum Delay {
     Recheck,
     /// Attempt `n` failed: the backoff after it.
     Retry(u32),
+    /// An earlier entry of its order key is unfinished (or not placed yet): this long, unless
+    /// the key is released here first.
+    Held(Duration),
     /// The handler asked to be retried after this long.
     After(Duration),
 }
@@ -72,6 +77,7 @@ pub(super) fn defer(
                 .max(Duration::from_millis(100))
         }
         Delay::Retry(attempt) => shared.options.retry.delay(attempt),
+        Delay::Held(pause) => pause,
         Delay::After(d) => d,
     };
     lock(&run.retries).push(Reverse(Redelivery {
@@ -83,6 +89,29 @@ pub(super) fn defer(
         id,
     }));
     run.retry_wake.notify_one();
+}
+
+/// Order key `order_key` was released here (or its head left the queue): the earliest entry of
+/// this consumer waiting for it is redelivered at once.
+pub(super) fn wake(shared: &Shared, run: &RunCtx, order_key: &str) {
+    if let Some((stream, id)) = shared.order.release(order_key) {
+        run.redeliver_now(stream, id);
+    }
+}
+
+/// Leaves an entry waiting for an earlier entry of its key: checked again after a pause if it
+/// is the earliest of its key here, else woken when that one is done.
+pub(super) fn hold(
+    shared: &Arc<Shared>,
+    run: &Arc<RunCtx>,
+    stream: &Arc<StreamCtx>,
+    id: String,
+    pass: Option<&Pass>,
+) {
+    match shared.order.wait(stream, &id) {
+        Some(pause) => defer(shared, run, stream, id, Delay::Held(pause), pass),
+        None => shared.ledger.hold(&stream.name, &id),
+    }
 }
 
 /// What follows a failed attempt: a retry after its backoff, or, on the last allowed attempt,

@@ -25,6 +25,9 @@ enum Slot {
     Running(Lease),
     /// Pending for a retry or a recheck, scheduled for redelivery to this consumer.
     Deferred,
+    /// Pending, waiting for an earlier entry of its order key; kept fresh by the keep-alive
+    /// (no timer of its own brings it back: it is woken).
+    Held,
 }
 
 /// One stream's running entries and their leases, for the keep-alive.
@@ -50,7 +53,7 @@ impl Ledger {
         ids.iter()
             .map(|id| match m.get(*id) {
                 Some(Slot::Running(_)) => false,
-                Some(Slot::Deferred) if !redelivery => false,
+                Some(Slot::Deferred | Slot::Held) if !redelivery => false,
                 _ => {
                     m.insert((*id).to_owned(), Slot::Running(None));
                     true
@@ -84,6 +87,14 @@ impl Ledger {
             .insert(id.to_owned(), Slot::Deferred);
     }
 
+    /// Marks an entry as waiting to be woken for its order key.
+    pub(crate) fn hold(&self, stream: &Arc<str>, id: &str) {
+        self.lock()
+            .entry(stream.clone())
+            .or_default()
+            .insert(id.to_owned(), Slot::Held);
+    }
+
     /// Lets an entry go: committed, or left pending for a later run or for a peer.
     pub(crate) fn remove(&self, stream: &Arc<str>, id: &str) {
         if let Some(m) = self.lock().get_mut(stream) {
@@ -97,8 +108,9 @@ impl Ledger {
     }
 
     /// The entries of every stream this consumer works on, with their leases: running ones,
-    /// and deferred ones (a retry waiting out its delay) without a lease, so a peer does not
-    /// claim a retry whose delay is longer than the claim threshold while this consumer lives.
+    /// and deferred or held ones without a lease, so a peer does not claim a retry waiting out
+    /// a delay longer than the claim threshold, or an entry held back behind its key, while this
+    /// consumer lives.
     pub(crate) fn running(&self) -> Vec<RunningSnapshot> {
         self.lock()
             .iter()
@@ -107,7 +119,7 @@ impl Ledger {
                     .iter()
                     .map(|(id, slot)| match slot {
                         Slot::Running(lease) => (id.clone(), *lease),
-                        Slot::Deferred => (id.clone(), None),
+                        Slot::Deferred | Slot::Held => (id.clone(), None),
                     })
                     .collect();
                 (!entries.is_empty()).then(|| (s.clone(), entries))
@@ -143,10 +155,22 @@ mod tests {
         l.set_leases(&s, [("1-0", [7u8; FINGERPRINT_LEN])].into_iter());
         assert_eq!(l.running()[0].1, vec![("1-0".to_owned(), Some([7; 12]))]);
         l.defer(&s, "1-0");
-        assert!(l.running().is_empty());
+        // Kept fresh without a lease while it waits.
+        assert_eq!(l.running()[0].1, vec![("1-0".to_owned(), None)]);
         assert!(l.contains("s", "1-0"));
         assert_eq!(l.admit(&s, &["1-0"], false), [false]);
         assert_eq!(l.admit(&s, &["1-0"], true), [true]);
         assert_eq!(l.admit(&s, &["1-0"], true), [false]);
+    }
+
+    #[test]
+    fn a_held_entry_is_kept_fresh_without_a_lease_and_comes_back_when_woken() {
+        let l = Ledger::default();
+        let s: Arc<str> = Arc::from("s");
+        l.admit(&s, &["1-0"], false);
+        l.hold(&s, "1-0");
+        assert_eq!(l.running()[0].1, vec![("1-0".to_owned(), None)]);
+        assert_eq!(l.admit(&s, &["1-0"], false), [false]);
+        assert_eq!(l.admit(&s, &["1-0"], true), [true]);
     }
 }

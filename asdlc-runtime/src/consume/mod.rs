@@ -17,6 +17,10 @@
 //!    permanent failure, or after the last allowed delivery, move the entry to the dead-letter
 //!    stream and acknowledge it, atomically.
 //!
+//! A group with an ordered handler (`ordered_by`) begins its entries through the ordered
+//! begin step, which also places each entry in the queue of its order key and holds it back
+//! while an earlier entry of the key is unfinished; the commit releases the key.
+//!
 //! A crash anywhere before the commit leaves the entry pending and unmarked: it is handled
 //! again, by this consumer when it restarts under its (stable) name, or by a peer once it has
 //! been idle for `claim_idle`. Effects staged in Redis happen exactly once; effects outside
@@ -27,13 +31,14 @@
 // its records), `recover` (our own pending entries, claims from dead peers, lease sweeps),
 // `upkeep` (keep-alive, redelivery, the name lock), `run` (one run, start to stop). What they
 // share: `handoff` (an entry passed from step to step), `shared`, `ledger` (what is in
-// flight), `stats`, `retry`.
+// flight), `order` (ordered entries and the entries waiting for their key), `stats`, `retry`.
 mod commit;
 mod dispatch;
 mod execute;
 mod handoff;
 mod ledger;
 mod lock;
+mod order;
 mod promote;
 mod read;
 mod recover;
@@ -382,6 +387,14 @@ impl HandlerSpec {
             handler: Arc::new(StaticHandler(reg.handler)),
             options: reg.options,
         }
+    }
+
+    /// Handles this handler's events with the same key one at a time, in stream order,
+    /// across the group (see [`OrderBy`](crate::OrderBy)); a key function
+    /// (`OrderBy::Key`) orders by a key of the application's choosing.
+    pub fn ordered_by(mut self, order: crate::handler::OrderBy) -> Self {
+        self.options.ordered_by = Some(order);
+        self
     }
 
     /// The handler's name.

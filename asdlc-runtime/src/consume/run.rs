@@ -164,6 +164,7 @@ impl Drop for RunningGuard<'_> {
         self.0.running.store(false, Ordering::Release);
         *lock(&self.0.run) = None;
         self.0.ledger.clear();
+        self.0.order.clear();
         self.0.ready.send_if_modified(|r| {
             if matches!(r, Readiness::Ended(_)) {
                 return false;

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use super::ledger::{Lease, Ledger};
 use super::lock::NameLock;
+use super::order::OrderBook;
 use super::stats::{Pass, RecoveryResult, Stats};
 use super::{ConsumerOptions, HandlerSpec};
 use crate::config::{Config, Valid};
@@ -40,16 +41,19 @@ pub(super) struct StreamCtx {
     pub(super) marks_prefix: String,
     /// The hash of the group's in-flight leases on this stream.
     pub(super) lease_key: String,
+    /// The hash of the group's per-key ordering on this stream (used if a handler is ordered).
+    pub(super) order_hash: String,
     pub(super) dead_letter: String,
 }
 
 impl StreamCtx {
-    fn new(stream: String, tenant: Option<TenantId>, group: &str) -> Self {
+    pub(super) fn new(stream: String, tenant: Option<TenantId>, group: &str) -> Self {
         let keys = StreamKeys::new(stream);
         StreamCtx {
             name: Arc::from(keys.stream()),
             marks_prefix: keys.marks_prefix(group),
             lease_key: keys.lease_prefix(group).trim_end_matches(':').to_owned(),
+            order_hash: keys.order_hash(group),
             dead_letter: keys.dead_letter(),
             keys: Arc::new(keys),
             tenant,
@@ -78,6 +82,16 @@ pub(super) struct RunCtx {
 }
 
 impl RunCtx {
+    /// Schedules an entry of this consumer for redelivery now.
+    pub(super) fn redeliver_now(&self, stream: Arc<StreamCtx>, id: String) {
+        lock(&self.retries).push(Reverse(Redelivery {
+            due: Instant::now(),
+            stream,
+            id,
+        }));
+        self.retry_wake.notify_one();
+    }
+
     pub(super) fn predecessor(&self, stream: &str) -> String {
         lock(&self.predecessors)
             .get(stream)
@@ -148,6 +162,11 @@ pub(super) struct Shared {
     pub(super) handler_limits: Vec<Option<Arc<Semaphore>>>,
     pub(super) permits: Arc<Semaphore>,
     pub(super) ledger: Ledger,
+    /// Whether a handler is ordered: then every begin step of the group places its entries.
+    pub(super) ordered: bool,
+    /// What orders each event type (see `order::order_rule`), for the ordered begin step.
+    pub(super) order_rule: String,
+    pub(super) order: OrderBook,
     pub(super) stats: Stats,
     pub(super) stop: CancellationToken,
     pub(super) ready: watch::Sender<Readiness>,
@@ -258,6 +277,8 @@ impl Shared {
                     .map(|n| Arc::new(Semaphore::new(n.max(1))))
             })
             .collect();
+        let ordered = handlers.iter().any(|h| h.options.ordered_by.is_some());
+        let order_rule = super::order::order_rule(&handlers);
         let (ready, _) = watch::channel(Readiness::Starting);
         Ok(Shared {
             permits: Arc::new(Semaphore::new(options.concurrency)),
@@ -272,6 +293,9 @@ impl Shared {
             state,
             handler_limits,
             ledger: Ledger::default(),
+            ordered,
+            order_rule,
+            order: OrderBook::default(),
             stats: Stats::default(),
             stop: CancellationToken::new(),
             ready,
@@ -394,6 +418,12 @@ impl Shared {
 
     pub(super) fn untrack(&self, stream: &Arc<str>, id: &str) {
         self.ledger.remove(stream, id);
+        if self.ordered
+            && let Some((stream, id)) = self.order.forget(stream, id)
+            && let Some(run) = self.current_run()
+        {
+            run.redeliver_now(stream, id);
+        }
     }
 
     pub(super) fn is_tracked(&self, stream: &Arc<str>, id: &str) -> bool {

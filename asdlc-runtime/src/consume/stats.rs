@@ -28,6 +28,11 @@ pub struct ConsumerStats {
     pub panics: u64,
     /// Handler calls that timed out.
     pub timeouts: u64,
+    /// Times an entry of an ordered handler was held back because an earlier entry of its
+    /// key was unfinished (a retry holds its key's later entries until it succeeds or is
+    /// dead-lettered).
+    #[serde(default)]
+    pub held_back: u64,
     /// Follow-up events handlers emitted, appended with their cause's commit.
     #[serde(default)]
     pub emitted: u64,
@@ -82,6 +87,8 @@ pub(super) enum Tally {
     Failed,
     /// Deferred for a recheck: another delivery holds its key's lease and decides.
     Rechecked,
+    /// Held back: an earlier entry of its order key is unfinished.
+    HeldBack,
     /// Follow-up events appended with their cause's commit.
     Emitted,
 }
@@ -96,6 +103,7 @@ pub(super) struct Stats {
     claimed: AtomicU64,
     panics: AtomicU64,
     timeouts: AtomicU64,
+    held_back: AtomicU64,
     emitted: AtomicU64,
 }
 
@@ -111,6 +119,7 @@ impl Stats {
             claimed: g(&self.claimed),
             panics: g(&self.panics),
             timeouts: g(&self.timeouts),
+            held_back: g(&self.held_back),
             emitted: g(&self.emitted),
         }
     }
@@ -154,6 +163,7 @@ impl Stats {
                 Tally::TimedOut => (Some(&self.timeouts), None, None),
                 Tally::Failed => (None, None, Some(Count::Failed)),
                 Tally::Rechecked => (None, Some(|p| &p.skipped), None),
+                Tally::HeldBack => (Some(&self.held_back), None, Some(Count::HeldBack)),
                 Tally::Emitted => (Some(&self.emitted), None, Some(Count::Emitted)),
             };
         if let Some(a) = mine {
@@ -237,6 +247,7 @@ mod tests {
         stats.record(Tally::TimedOut, &labels, Some(&pass));
         stats.record(Tally::Failed, &labels, Some(&pass));
         stats.record(Tally::Rechecked, &labels, Some(&pass));
+        stats.record(Tally::HeldBack, &labels, Some(&pass));
         stats.record_n(Tally::Emitted, 4, &labels, Some(&pass));
         assert_eq!(
             stats.snapshot(),
@@ -249,6 +260,7 @@ mod tests {
                 claimed: 3,
                 panics: 1,
                 timeouts: 1,
+                held_back: 1,
                 emitted: 4,
             }
         );

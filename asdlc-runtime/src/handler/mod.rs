@@ -3,6 +3,7 @@
 //! state it is given, in `state`.
 
 mod emit;
+mod order;
 mod outcome;
 mod state;
 
@@ -19,6 +20,7 @@ use crate::keys::StreamKeys;
 use crate::monitor::TraceParent;
 use crate::tenancy::TenantId;
 
+pub use order::OrderBy;
 pub use outcome::{HandlerError, HandlerResult, IntoHandlerResult};
 pub(crate) use state::StateMap;
 pub use state::{State, StateType};
@@ -319,6 +321,8 @@ pub struct HandlerOptions {
     pub timeout: Option<Duration>,
     /// How many events of this handler may run at once.
     pub concurrency: Option<usize>,
+    /// What orders this handler's events within its group (`None`: unordered).
+    pub ordered_by: Option<OrderBy>,
 }
 
 impl HandlerOptions {
@@ -328,6 +332,7 @@ impl HandlerOptions {
             max_deliveries: None,
             timeout: None,
             concurrency: None,
+            ordered_by: None,
         }
     }
 
@@ -346,6 +351,13 @@ impl HandlerOptions {
     /// How many events of this handler may run at once.
     pub const fn with_concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = Some(concurrency);
+        self
+    }
+
+    /// Handles events with the same key one at a time, in stream order, across the group
+    /// (see [`OrderBy`]).
+    pub const fn with_ordered_by(mut self, ordered_by: OrderBy) -> Self {
+        self.ordered_by = Some(ordered_by);
         self
     }
 }

@@ -23,6 +23,9 @@ pub mod metric_names {
     pub const DUPLICATES: &str = "asdlc_events_duplicates_total";
     /// Entries claimed from other (dead or stuck) consumers.
     pub const CLAIMED: &str = "asdlc_events_claimed_total";
+    /// Entries of ordered handlers held back because an earlier entry of their key was
+    /// unfinished.
+    pub const HELD_BACK: &str = "asdlc_events_held_back_total";
     /// Follow-up events handlers emitted, appended with their cause's commit.
     pub const EMITTED: &str = "asdlc_events_emitted_total";
     /// How long one handler call took, in seconds.
@@ -46,6 +49,10 @@ pub fn describe_metrics() {
         "Deliveries skipped because their idempotency key was already processed"
     );
     describe_counter!(CLAIMED, "Entries claimed from dead or stuck consumers");
+    describe_counter!(
+        HELD_BACK,
+        "Entries of ordered handlers held back behind an unfinished earlier entry of their key"
+    );
     describe_counter!(
         EMITTED,
         "Follow-up events emitted by handlers, appended with their cause's commit"
@@ -92,6 +99,8 @@ pub(crate) enum Count {
     Duplicate,
     /// Entries were claimed from other consumers.
     Claimed,
+    /// An ordered entry was held back behind an earlier entry of its key.
+    HeldBack,
     /// Follow-up events were appended with their cause's commit.
     Emitted,
 }
@@ -105,6 +114,7 @@ impl Count {
             Count::DeadLettered => DEAD_LETTERED,
             Count::Duplicate => DUPLICATES,
             Count::Claimed => CLAIMED,
+            Count::HeldBack => HELD_BACK,
             Count::Emitted => EMITTED,
         }
     }

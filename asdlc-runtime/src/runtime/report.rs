@@ -59,6 +59,7 @@ fn add_stats(a: &mut ConsumerStats, b: ConsumerStats) {
     a.claimed += b.claimed;
     a.panics += b.panics;
     a.timeouts += b.timeouts;
+    a.held_back += b.held_back;
     a.emitted += b.emitted;
 }
 

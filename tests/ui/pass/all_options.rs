@@ -9,6 +9,7 @@ use asdlc::prelude::*;
     max_deliveries = 3,
     timeout = "1500ms",
     concurrency = 4,
+    ordered_by = session,
 )]
 async fn review(_: &AsdlcEvent, _: &HandlerContext) -> HandlerResult {
     HandlerResult::ok()
@@ -19,5 +20,8 @@ async fn minutes(_: &AsdlcEvent) {}
 
 #[event_handler(types = [GateExpired], group = "gates", timeout = "30s")]
 async fn seconds(_: &AsdlcEvent) {}
+
+#[event_handler(types = [TaskCreated, TaskCompleted], group = "tasks", ordered_by = task)]
+async fn by_task(_: &AsdlcEvent) {}
 
 fn main() {}
