@@ -11,6 +11,7 @@
 //! | `POST /api/dead-letters/replay` | `{"stream":S,"id":ID}`, or `{"all":true[,"tenant":T][,"stream":S][,"group":G]}` |
 //! | `POST /api/dead-letters/purge` | `{"stream":S,"id":ID}`, or `{"all":true[,"tenant":T][,"stream":S]}` |
 
+use asdlc_runtime::streams::EntryId;
 use std::collections::HashMap;
 
 use asdlc_runtime::deadletter::{self, DeadLetter};
@@ -414,8 +415,7 @@ pub struct DeadLetterView {
 }
 
 fn age_ms(id: &str) -> Option<u64> {
-    let ms: i64 = id.split_once('-')?.0.parse().ok()?;
-    u64::try_from(chrono::Utc::now().timestamp_millis() - ms).ok()
+    Some(EntryId::parse(id)?.age_ms())
 }
 
 fn view(d: &Dashboard, stream: &str, letter: DeadLetter) -> DeadLetterView {
@@ -461,8 +461,7 @@ struct OneQuery {
 }
 
 fn check_id(id: &str) -> Result<(), ApiError> {
-    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-    if ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok() {
+    if EntryId::parse(id).is_some() {
         Ok(())
     } else {
         Err(ApiError::BadRequest(format!(

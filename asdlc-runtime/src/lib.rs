@@ -93,8 +93,8 @@ pub use runtime::{
 };
 pub use schedule::Scheduled;
 pub use streams::{
-    ConsumerInfo, GroupInfo, GroupStart, StreamInfo, create_consumer_group, ensure_stream_exists,
-    get_stream_info,
+    ConsumerInfo, EntryId, GroupInfo, GroupStart, StreamInfo, create_consumer_group,
+    ensure_stream_exists, get_stream_info,
 };
 pub use tenancy::acl;
 pub use tenancy::{InvalidTenantId, TenantContext, TenantError, TenantId, discover_tenants};

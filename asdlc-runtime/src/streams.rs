@@ -312,11 +312,11 @@ async fn count_lag(
     let (Some(first), Some(last)) = (info.first_id.as_deref(), info.last_id.as_deref()) else {
         return Ok(Some(0));
     };
-    let position = id_parts(last_delivered);
-    if position >= id_parts(last) {
+    let position = EntryId::or_zero(last_delivered);
+    if position >= EntryId::or_zero(last) {
         return Ok(Some(0));
     }
-    if position < id_parts(first) {
+    if position < EntryId::or_zero(first) {
         return Ok(Some(info.length));
     }
     // Counted inside the server, so no entry crosses the network.
@@ -333,10 +333,40 @@ async fn count_lag(
     })
 }
 
-/// An entry id's (milliseconds, sequence), for ordering; malformed parts count as 0.
-pub(crate) fn id_parts(id: &str) -> (u64, u64) {
-    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+/// A stream entry id, `<milliseconds>-<sequence>`: the one place that reads one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EntryId {
+    /// The server's time when the entry was added, in ms since the epoch.
+    pub ms: u64,
+    /// Its sequence number within that millisecond.
+    pub seq: u64,
+}
+
+impl EntryId {
+    /// `<ms>-<seq>` (or `<ms>`, sequence 0); `None` for anything else.
+    pub fn parse(id: &str) -> Option<EntryId> {
+        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+        Some(EntryId {
+            ms: ms.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+
+    /// [`EntryId::parse`] for ordering: a malformed id sorts first (0-0).
+    pub fn or_zero(id: &str) -> EntryId {
+        EntryId::parse(id).unwrap_or_default()
+    }
+
+    /// How long ago, by this process's clock, the entry was added (0 if in the future).
+    pub fn age_ms(&self) -> u64 {
+        (chrono::Utc::now().timestamp_millis().max(0) as u64).saturating_sub(self.ms)
+    }
+}
+
+impl std::fmt::Display for EntryId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
 }
 
 async fn oldest_pending_age(
@@ -362,13 +392,7 @@ async fn oldest_pending_age(
         .first()
         .and_then(value_string)
         .unwrap_or_default();
-    let published_ms: u64 = id
-        .split('-')
-        .next()
-        .and_then(|ms| ms.parse().ok())
-        .unwrap_or(0);
-    let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
-    Ok(now_ms.saturating_sub(published_ms))
+    Ok(EntryId::or_zero(&id).age_ms())
 }
 
 pub(crate) fn as_array(v: &Value) -> &[Value] {
@@ -427,5 +451,24 @@ impl<'a> Fields<'a> {
 
     fn entry_id(&self, key: &str) -> Option<String> {
         as_array(self.get(key)?).first().and_then(value_string)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EntryId;
+
+    #[test]
+    fn entry_ids_parse_order_and_print_back() {
+        let id = EntryId::parse("1796412177499-22").unwrap();
+        assert_eq!((id.ms, id.seq), (1_796_412_177_499, 22));
+        assert_eq!(id.to_string(), "1796412177499-22");
+        assert_eq!(EntryId::parse("17"), Some(EntryId { ms: 17, seq: 0 }));
+        for bad in ["", "-", "x-1", "1-x", "1-2-3"] {
+            assert_eq!(EntryId::parse(bad), None, "{bad}");
+        }
+        assert!(EntryId::or_zero("9-1") > EntryId::or_zero("9-0"));
+        assert!(EntryId::or_zero("10-0") > EntryId::or_zero("9-99"));
+        assert_eq!(EntryId::or_zero("garbage"), EntryId::default());
     }
 }

@@ -144,8 +144,7 @@ async fn locate(ctx: &mut Ctx, id: &str) -> Result<(Target, DeadLetter), CliErro
 }
 
 fn is_entry_id(id: &str) -> bool {
-    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-    ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok()
+    asdlc_runtime::streams::EntryId::parse(id).is_some()
 }
 
 async fn show(ctx: &mut Ctx, id: &str) -> Result<u8, CliError> {

@@ -68,8 +68,8 @@ struct Inner {
 
 /// An entry id as numbers, to order by (`<ms>-<seq>`; anything else sorts first).
 pub(super) fn id_key(id: &str) -> (u64, u64) {
-    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+    let id = crate::streams::EntryId::or_zero(id);
+    (id.ms, id.seq)
 }
 
 /// The ordered entries this consumer is working on, and those waiting for their key.

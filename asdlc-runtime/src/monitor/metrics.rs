@@ -143,7 +143,7 @@ pub(crate) fn record_publish_to_handle(labels: &Labels<'_>, entry_id: &str) {
 }
 
 fn publish_to_handle_seconds(entry_id: &str, now_ms: i64) -> Option<f64> {
-    let published: i64 = entry_id.split_once('-')?.0.parse().ok()?;
+    let published = i64::try_from(crate::streams::EntryId::parse(entry_id)?.ms).ok()?;
     let waited = now_ms.checked_sub(published)?;
     (waited >= 0).then(|| waited as f64 / 1000.0)
 }
