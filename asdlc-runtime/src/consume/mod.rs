@@ -47,6 +47,7 @@ mod retry;
 mod run;
 mod shared;
 mod stats;
+mod stream;
 mod upkeep;
 
 use std::sync::Arc;

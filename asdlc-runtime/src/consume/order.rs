@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::shared::StreamCtx;
+use super::stream::StreamCtx;
 use crate::event::AsdlcEvent;
 use crate::handler::OrderBy;
 use crate::retry::Policy;

@@ -25,41 +25,14 @@ use crate::error::ConsumeError;
 use crate::event::AsdlcEvent;
 use crate::handler::StateMap;
 use crate::idempotency::FINGERPRINT_LEN;
-use crate::keys::StreamKeys;
 use crate::monitor::Labels;
 use crate::streams::create_consumer_group;
 use crate::tenancy::{TenantError, TenantId};
 
+pub(super) use super::stream::StreamCtx;
+
 /// Entries per script call, so no single call holds the server for long.
 pub(super) const SCRIPT_CHUNK: usize = 256;
-
-/// One stream a consumer reads, with its derived keys.
-pub(super) struct StreamCtx {
-    pub(super) keys: Arc<StreamKeys>,
-    pub(super) name: Arc<str>,
-    pub(super) tenant: Option<TenantId>,
-    pub(super) marks_prefix: String,
-    /// The hash of the group's in-flight leases on this stream.
-    pub(super) lease_key: String,
-    /// The hash of the group's per-key ordering on this stream (used if a handler is ordered).
-    pub(super) order_hash: String,
-    pub(super) dead_letter: String,
-}
-
-impl StreamCtx {
-    pub(super) fn new(stream: String, tenant: Option<TenantId>, group: &str) -> Self {
-        let keys = StreamKeys::new(stream);
-        StreamCtx {
-            name: Arc::from(keys.stream()),
-            marks_prefix: keys.marks_prefix(group),
-            lease_key: keys.lease_prefix(group).trim_end_matches(':').to_owned(),
-            order_hash: keys.order_hash(group),
-            dead_letter: keys.dead_letter(),
-            keys: Arc::new(keys),
-            tenant,
-        }
-    }
-}
 
 /// Resources of one run of the consumer (one `start()`, or one direct recovery call).
 pub(super) struct RunCtx {
