@@ -75,6 +75,25 @@ impl Ctx {
         connect(&self.config.redis_url, Some(block + Duration::from_secs(5))).await
     }
 
+    /// `read` of every stream the command acts on ([`Ctx::targets`]), with the stream it read.
+    pub async fn read_targets<T>(
+        &mut self,
+        mut read: impl AsyncFnMut(
+            &mut RedisConnection,
+            &str,
+        ) -> Result<T, asdlc_runtime::error::StreamError>,
+    ) -> Result<Vec<(Target, T)>, CliError> {
+        let url = self.url();
+        let mut all = Vec::new();
+        for t in self.targets().await? {
+            let found = read(self.conn().await?, &t.stream)
+                .await
+                .map_err(|e| CliError::stream(&url, e))?;
+            all.push((t, found));
+        }
+        Ok(all)
+    }
+
     /// The streams the command acts on: `--tenant`'s, or the shared stream and every tenant
     /// stream found.
     pub async fn targets(&mut self) -> Result<Vec<Target>, CliError> {

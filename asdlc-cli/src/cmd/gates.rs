@@ -9,14 +9,9 @@ use crate::error::{CliError, EXIT_OK};
 use crate::fmt::Table;
 
 pub async fn run(ctx: &mut Ctx, args: GatesArgs) -> Result<u8, CliError> {
-    let url = ctx.url();
-    let mut all = Vec::new();
-    for t in ctx.targets().await? {
-        let found = gate::list(ctx.conn().await?, &t.stream, args.limit, args.pending)
-            .await
-            .map_err(|e| CliError::stream(&url, e))?;
-        all.push((t, found));
-    }
+    let all = ctx
+        .read_targets(async |conn, stream| gate::list(conn, stream, args.limit, args.pending).await)
+        .await?;
     if ctx.json {
         let listed: Vec<_> = all
             .iter()

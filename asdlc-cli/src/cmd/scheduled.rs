@@ -34,14 +34,9 @@ fn when(e: &ScheduledEntry) -> String {
 }
 
 async fn list(ctx: &mut Ctx, limit: usize) -> Result<u8, CliError> {
-    let url = ctx.url();
-    let mut all = Vec::new();
-    for t in ctx.targets().await? {
-        let found = schedule::list(ctx.conn().await?, &t.stream, limit)
-            .await
-            .map_err(|e| CliError::stream(&url, e))?;
-        all.push((t, found));
-    }
+    let all = ctx
+        .read_targets(async |conn, stream| schedule::list(conn, stream, limit).await)
+        .await?;
     if ctx.json {
         let listed: Vec<_> = all
             .iter()

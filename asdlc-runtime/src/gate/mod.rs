@@ -212,13 +212,7 @@ impl<'a> Gate<'a> {
             .arg(by)
             .arg(pack(&requested))
             .arg(pack(&expired));
-        let reply: Vec<Value> =
-            call.invoke_async(&mut conn)
-                .await
-                .map_err(|source| PublishError::Redis {
-                    stream: stream.clone(),
-                    source,
-                })?;
+        let reply = invoke(&call, &mut conn, &stream).await?;
         Ok(match reply.as_slice() {
             [Value::Int(1), id] => GateRequest::Requested { entry_id: text(id) },
             [_, outcome] => GateRequest::Exists {
@@ -269,13 +263,7 @@ impl<'a> Gate<'a> {
             .arg(outcome.as_str())
             .arg(by)
             .arg(pack(&fields));
-        let reply: Vec<Value> =
-            call.invoke_async(&mut conn)
-                .await
-                .map_err(|source| PublishError::Redis {
-                    stream: stream.clone(),
-                    source,
-                })?;
+        let reply = invoke(&call, &mut conn, &stream).await?;
         Ok(match reply.as_slice() {
             [Value::Int(1), id] => GateDecision::Decided { entry_id: text(id) },
             [Value::Int(0), outcome, by, at] => GateDecision::Late {
@@ -296,6 +284,20 @@ impl<'a> Gate<'a> {
             .map(|s| s.map(|(s, _)| s))
             .map_err(|source| PublishError::Redis { stream, source })
     }
+}
+
+/// Runs a gate call on `stream`'s slot.
+async fn invoke(
+    call: &crate::functions::Call,
+    conn: &mut RedisConnection,
+    stream: &str,
+) -> Result<Vec<Value>, PublishError> {
+    call.invoke_async(conn)
+        .await
+        .map_err(|source| PublishError::Redis {
+            stream: stream.to_owned(),
+            source,
+        })
 }
 
 fn max_len(p: &Publisher) -> String {
