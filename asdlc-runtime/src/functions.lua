@@ -27,6 +27,19 @@ local function asdlc_schedule(zset, hash, id, due, blob)
   return 1
 end
 
+-- The arguments of `XADD stream [MAXLEN ~ maxlen] * fields...` ('' maxlen: no trim).
+local function asdlc_xadd_args(stream, maxlen, fields)
+  local args = { 'XADD', stream }
+  if maxlen ~= '' then
+    args[#args + 1] = 'MAXLEN'
+    args[#args + 1] = '~'
+    args[#args + 1] = maxlen
+  end
+  args[#args + 1] = '*'
+  for _, f in ipairs(fields) do args[#args + 1] = f end
+  return args
+end
+
 -- The fields packed by the client, back as a list: name, value, name, value...
 local function asdlc_unpack_fields(blob)
   local out, i = {}, 1

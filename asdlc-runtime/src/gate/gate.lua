@@ -27,15 +27,7 @@ local now = asdlc_now_ms()
 local keep_ms = 30 * 24 * 3600 * 1000
 
 local function append(stream, packed)
-  local args = { 'XADD', stream }
-  if maxlen ~= '' then
-    args[#args + 1] = 'MAXLEN'
-    args[#args + 1] = '~'
-    args[#args + 1] = maxlen
-  end
-  args[#args + 1] = '*'
-  for _, f in ipairs(asdlc_unpack_fields(packed)) do args[#args + 1] = f end
-  return redis.call(unpack(args))
+  return redis.call(unpack(asdlc_xadd_args(stream, maxlen, asdlc_unpack_fields(packed))))
 end
 
 local function decide(gate, pending, stream, id, outcome, by, packed)

@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use redis::Value;
 
 use crate::connection::RedisConnection;
@@ -39,7 +39,7 @@ use crate::event::{AsdlcEvent, EventType};
 use crate::functions::GATE;
 use crate::keys::StreamKeys;
 use crate::publish::Publisher;
-use crate::schedule::pack;
+use crate::schedule::{ms_to_time as ms, pack};
 
 /// The metadata field that names the gate on its events.
 pub const GATE_ID_FIELD: &str = "gate_id";
@@ -308,23 +308,11 @@ fn max_len(p: &Publisher) -> String {
 }
 
 fn text(v: &Value) -> String {
-    match v {
-        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::SimpleString(s) => s.clone(),
-        Value::Int(n) => n.to_string(),
-        _ => String::new(),
-    }
+    crate::streams::value_string(v).unwrap_or_default()
 }
 
 fn int(v: &Value) -> i64 {
-    match v {
-        Value::Int(n) => *n,
-        other => text(other).parse().unwrap_or(0),
-    }
-}
-
-fn ms(ms: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+    text(v).parse().unwrap_or(0)
 }
 
 /// The state of gate `id`, and the session its request named.

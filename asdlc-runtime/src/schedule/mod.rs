@@ -285,7 +285,8 @@ fn unpack(mut blob: &[u8]) -> Vec<Vec<u8>> {
     out
 }
 
-fn ms_to_time(ms: i64) -> DateTime<Utc> {
+/// A time in ms since the epoch (0 for one out of range).
+pub(crate) fn ms_to_time(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
 

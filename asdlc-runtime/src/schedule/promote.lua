@@ -13,18 +13,10 @@ local out = { 0, -1 }
 for _, id in ipairs(due) do
   local blob = redis.call('HGET', KEYS[2], id)
   if blob then
-    local args = { 'XADD', KEYS[3] }
-    if ARGV[2] ~= '' then
-      args[#args + 1] = 'MAXLEN'
-      args[#args + 1] = '~'
-      args[#args + 1] = ARGV[2]
-    end
-    args[#args + 1] = '*'
     local ok, fields = pcall(asdlc_unpack_fields, blob)
     local entry = nil
     if ok and #fields > 0 and #fields % 2 == 0 then
-      for _, f in ipairs(fields) do args[#args + 1] = f end
-      entry = redis.pcall(unpack(args))
+      entry = redis.pcall(unpack(asdlc_xadd_args(KEYS[3], ARGV[2], fields)))
     end
     if type(entry) == 'string' then
       out[#out + 1] = id
