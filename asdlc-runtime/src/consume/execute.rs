@@ -66,9 +66,8 @@ pub(super) async fn spawn_handler(
             };
             // A gate's late answer is acknowledged without reaching the handler.
             let mut c = c;
-            let mut conn = shared.conn.clone();
             let early = match crate::gate::on_delivery(
-                &mut conn,
+                &shared.conn,
                 &stream.keys,
                 &c.event,
                 &c.entry_id,

@@ -459,7 +459,7 @@ pub(crate) enum Delivery {
 /// such event decides a pending gate (or, past its deadline, the gate expires), and every
 /// later one is late. Other events pass without a call.
 pub(crate) async fn on_delivery(
-    conn: &mut RedisConnection,
+    conn: &RedisConnection,
     keys: &StreamKeys,
     event: &AsdlcEvent,
     entry_id: &str,
@@ -488,7 +488,8 @@ pub(crate) async fn on_delivery(
         .arg(outcome.as_str())
         .arg(by)
         .arg(entry_id);
-    let reply: Vec<Value> = call.invoke_async(conn).await?;
+    // Only gate answers get here: the connection is cloned for them alone.
+    let reply: Vec<Value> = call.invoke_async(&mut conn.clone()).await?;
     Ok(match reply.as_slice() {
         [Value::Int(0), outcome, by] => Delivery::Late {
             outcome: text(outcome),
