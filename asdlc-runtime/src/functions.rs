@@ -15,12 +15,14 @@
 //! the library ([`crate::acl::provision_tenant`] does, and `asdlc functions load`).
 //!
 //! **Every key declared.** A function touches only keys passed in its `KEYS` (the mark hashes
-//! a lookup may read are computed by the client, see [`crate::idempotency::MarkLayout`]), and
+//! a lookup may read are computed by the client for the server's clock, see
+//! [`crate::idempotency::MarkLayout`]), and
 //! checks each key it builds against them. So the server checks every key against the
 //! caller's ACL before anything runs, and a cluster routes the call by all its keys: a slot
 //! being migrated gets a redirect for the whole call instead of a half-seen mark.
 
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use redis::aio::ConnectionLike;
 use redis::{ErrorKind, FromRedisValue, ParsingError, RedisError, RedisResult, ToRedisArgs, Value};
@@ -241,6 +243,7 @@ impl Function {
             function: self,
             keys: Vec::new(),
             args: Vec::new(),
+            clocked: None,
         };
         call.key(key);
         call
@@ -253,6 +256,56 @@ pub(crate) struct Call {
     function: Function,
     keys: Vec<Vec<u8>>,
     args: Vec<Vec<u8>>,
+    clocked: Option<Clocked>,
+}
+
+/// The part of a call made for the server's current time (the processed marks' section, see
+/// [`crate::idempotency::MarkLayout`]), and where it goes among the keys and arguments.
+#[derive(Debug, Clone)]
+struct Clocked {
+    part: Arc<dyn ClockedPart>,
+    key_at: usize,
+    arg_at: usize,
+}
+
+/// Keys and arguments that depend on the server's clock. A function given a part made for
+/// another time than its server's refuses the call before it writes anything, with
+/// `ASDLC_CLOCK <server ms>`; the call is then made again for that time.
+pub(crate) trait ClockedPart: std::fmt::Debug + Send + Sync {
+    /// Writes the keys and the arguments for the server time `server_ms`.
+    fn render(&self, server_ms: u64, keys: &mut Vec<Vec<u8>>, args: &mut Vec<Vec<u8>>);
+}
+
+/// This process's estimate of the server's clock minus its own, in ms: learned from the
+/// `ASDLC_CLOCK` refusals, so a process whose clock is off pays for it once, not every call.
+static SERVER_OFFSET_MS: AtomicI64 = AtomicI64::new(0);
+
+/// The server's time by this process's estimate, in ms since the epoch.
+fn server_now_ms() -> u64 {
+    let local = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    (local + SERVER_OFFSET_MS.load(Ordering::Relaxed)).max(0) as u64
+}
+
+/// How many calls were refused for being made for another time than the server's.
+static CLOCK_REFUSALS: AtomicU64 = AtomicU64::new(0);
+
+/// Moves this process's estimate of the server's clock by `ms`, as a process whose own clock
+/// is that far off would have it; returns how many calls have been refused for their time so
+/// far. For tests of the refusal and the call made again.
+#[doc(hidden)]
+pub fn skew_server_clock_estimate(ms: i64) -> u64 {
+    SERVER_OFFSET_MS.fetch_add(ms, Ordering::Relaxed);
+    CLOCK_REFUSALS.load(Ordering::Relaxed)
+}
+
+/// The server's time an `ASDLC_CLOCK` refusal reports, if `e` is one.
+fn clock_refusal(e: &RedisError) -> Option<u64> {
+    if e.code() != Some("ASDLC_CLOCK") {
+        return None;
+    }
+    e.detail()?.split_whitespace().next()?.parse().ok()
 }
 
 impl Call {
@@ -268,22 +321,75 @@ impl Call {
         self
     }
 
-    /// Calls the function; if the server lacks the library, loads it and calls once more.
+    /// Puts the keys and arguments of `part` here: after the keys and arguments added so
+    /// far, before those added next. One part a call.
+    pub(crate) fn clocked(&mut self, part: impl ClockedPart + 'static) -> &mut Self {
+        self.clocked = Some(Clocked {
+            part: Arc::new(part),
+            key_at: self.keys.len(),
+            arg_at: self.args.len(),
+        });
+        self
+    }
+
+    /// The `FCALL` of this call, its clocked part made for server time `server_ms`.
+    fn command(&self, server_ms: u64) -> redis::Cmd {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg(format!("{}_{}", LIBRARY.name, self.function.0));
+        match &self.clocked {
+            None => {
+                cmd.arg(self.keys.len()).arg(&self.keys).arg(&self.args);
+            }
+            Some(c) => {
+                let (mut keys, mut args) = (Vec::new(), Vec::new());
+                c.part.render(server_ms, &mut keys, &mut args);
+                cmd.arg(self.keys.len() + keys.len())
+                    .arg(&self.keys[..c.key_at])
+                    .arg(&keys)
+                    .arg(&self.keys[c.key_at..])
+                    .arg(&self.args[..c.arg_at])
+                    .arg(&args)
+                    .arg(&self.args[c.arg_at..]);
+            }
+        }
+        cmd
+    }
+
+    /// Calls the function; if the server lacks the library, loads it and calls once more; if
+    /// the call was made for another time than the server's (its clocked part), makes it again
+    /// for the server's time (a few times, should the server's time move on meanwhile).
     pub(crate) async fn invoke_async<T: FromRedisValue>(
         &self,
         conn: &mut (impl ConnectionLike + Send),
     ) -> RedisResult<T> {
-        let mut cmd = redis::cmd("FCALL");
-        cmd.arg(format!("{}_{}", LIBRARY.name, self.function.0))
-            .arg(self.keys.len())
-            .arg(&self.keys)
-            .arg(&self.args);
-        match cmd.query_async(conn).await {
-            Err(e) if is_missing(&e) => {
-                load(conn).await?;
-                cmd.query_async(conn).await
+        let mut at = server_now_ms();
+        let mut tries = 0;
+        loop {
+            let cmd = self.command(at);
+            let reply = match cmd.query_async(conn).await {
+                Err(e) if is_missing(&e) => {
+                    load(conn).await?;
+                    cmd.query_async(conn).await
+                }
+                reply => reply,
+            };
+            match reply {
+                Err(e) if tries < 3 => {
+                    let Some(server) = clock_refusal(&e) else {
+                        return Err(e);
+                    };
+                    CLOCK_REFUSALS.fetch_add(1, Ordering::Relaxed);
+                    let local = server_now_ms() as i64 - SERVER_OFFSET_MS.load(Ordering::Relaxed);
+                    SERVER_OFFSET_MS.store(server as i64 - local, Ordering::Relaxed);
+                    tracing::debug!(
+                        server_ms = server,
+                        "the server's clock differs: calling again for its time"
+                    );
+                    at = server;
+                    tries += 1;
+                }
+                reply => return reply,
             }
-            reply => reply,
         }
     }
 }

@@ -447,15 +447,20 @@ async fn a_protocol_function_refuses_keys_it_was_not_given() {
     let mut admin = conn(&s).await;
     asdlc::functions::ensure_loaded(&mut admin).await.unwrap();
     let keys = StreamKeys::new("asdlc:events");
-    // The mark check of one fingerprint, without the mark hashes it would read.
+    // The mark check of one fingerprint, without the mark hashes it would read (for the
+    // server's current bucket, of width 10^9 ms).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
     let err = redis::cmd("FCALL")
         .arg(format!("{}_mark", asdlc::functions::library_name()))
         .arg(1)
         .arg(keys.stream())
         .arg(keys.marks_prefix("g"))
-        .arg(1000)
-        .arg(3)
-        .arg(2000)
+        .arg(1_000_000_000)
+        .arg(now / 1_000_000_000)
+        .arg(2_000_000_000)
         .arg(16)
         .arg("abcdefghijkl")
         .arg("check")

@@ -284,6 +284,123 @@ async fn idempotency_keys_expire() {
     assert_eq!(default.ttl, Duration::from_secs(7 * 24 * 3600));
 }
 
+/// How many HEXISTS the server has run (each is one mark hash read by a lookup).
+async fn hexists_calls(conn: &mut asdlc::RedisConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_hexists:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_fresh_key_is_looked_up_in_one_mark_hash_and_a_key_of_any_age_in_all() {
+    let s = server();
+    let mut conn = conn(&s).await;
+    let tracker = IdempotencyTracker::new(conn.clone(), StreamKeys::new("asdlc:events"), "g");
+    let fresh = asdlc::event::unique_idempotency_key();
+    assert!(tracker.mark_processed(&fresh).await.unwrap());
+    assert!(tracker.mark_processed("gate-42@abc1234").await.unwrap());
+    let lookups = async |conn: &mut asdlc::RedisConnection, key: &str, marked: bool| {
+        let before = hexists_calls(conn).await;
+        assert_eq!(tracker.is_processed(key).await.unwrap(), marked, "{key}");
+        hexists_calls(conn).await - before
+    };
+    // A fresh key cannot have been processed before it was made: one hash.
+    assert_eq!(lookups(&mut conn, &fresh, true).await, 1);
+    let other = asdlc::event::unique_idempotency_key();
+    assert_eq!(lookups(&mut conn, &other, false).await, 1);
+    // A key of any age is looked for in every bucket of the TTL (3 by default) unless found.
+    assert_eq!(lookups(&mut conn, "gate-42@abc1234", true).await, 1);
+    assert_eq!(lookups(&mut conn, "gate-43@abc1234", false).await, 3);
+}
+
+#[tokio::test]
+async fn a_mark_call_made_for_another_time_than_the_servers_is_refused_before_it_writes() {
+    let s = server();
+    let mut conn = conn(&s).await;
+    // Load the library (any tracker call does).
+    let tracker = IdempotencyTracker::new(conn.clone(), StreamKeys::new("asdlc:events"), "g");
+    assert!(!tracker.is_processed("k").await.unwrap());
+    let layout = MarkLayout::default();
+    let width = layout.ttl.as_millis() as u64 / u64::from(layout.buckets);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let prefix = StreamKeys::new("asdlc:events").marks_prefix("g");
+    let fp = [7u8; 12];
+    // A call for the next bucket, as a process whose clock is a bucket ahead would make it.
+    let wrong = now / width + 1;
+    let reply: redis::RedisResult<i64> = redis::cmd("FCALL")
+        .arg(format!("{}_mark", asdlc::functions::library_name()))
+        .arg(2)
+        .arg("asdlc:events")
+        .arg(format!("{prefix}{wrong}:0707"))
+        .arg(&prefix)
+        .arg(width)
+        .arg(wrong)
+        .arg(layout.ttl.as_millis() as u64)
+        .arg(layout.shards)
+        .arg(&fp[..])
+        .arg("mark")
+        .query_async(&mut conn)
+        .await;
+    let e = reply.unwrap_err();
+    assert_eq!(e.code(), Some("ASDLC_CLOCK"), "{e}");
+    let detail = e.detail().unwrap();
+    let server_ms: u64 = detail
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .expect(detail);
+    assert!(server_ms.abs_diff(now) < 60_000, "{server_ms} vs {now}");
+    let marks: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(marks.is_empty(), "nothing written: {marks:?}");
+}
+
+#[tokio::test]
+async fn a_process_whose_clock_is_a_bucket_off_marks_in_the_servers_bucket() {
+    let s = server();
+    let mut conn = conn(&s).await;
+    let keys = StreamKeys::new("asdlc:clock-skew");
+    let tracker = IdempotencyTracker::new(conn.clone(), keys.clone(), "g");
+    assert!(!tracker.is_processed("warm-up").await.unwrap());
+    let layout = MarkLayout::default();
+    let width = layout.ttl.as_millis() as i64 / i64::from(layout.buckets);
+    // This process now takes the server's clock to be a bucket (3.5 days) ahead: its first
+    // call is refused, made again for the server's time, and the estimate corrected.
+    let refused = asdlc::functions::skew_server_clock_estimate(width);
+    let key = asdlc::event::unique_idempotency_key();
+    assert!(tracker.mark_processed(&key).await.unwrap());
+    assert!(!tracker.mark_processed(&key).await.unwrap());
+    assert!(asdlc::functions::skew_server_clock_estimate(0) > refused);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let marks: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", keys.marks_prefix("g")))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let bucket = format!("{}{}:", keys.marks_prefix("g"), now / width);
+    assert!(
+        marks.len() == 1 && marks[0].starts_with(&bucket),
+        "{marks:?} in {bucket}"
+    );
+}
+
 /// Copies of one event, `singles` published one at a time and then `batched` in one batch, to
 /// a consumer of `group`: all acknowledged, the handler ran once, the rest counted as
 /// duplicates, and the effect applied once.

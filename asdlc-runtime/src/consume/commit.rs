@@ -250,13 +250,10 @@ async fn commit(
     }
     // Declared: the mark hashes of the records that mark, and every staged effect's key.
     let marking = outcomes.iter().filter_map(|o| match &o.kind {
-        Kind::Success { fp, .. } => Some(&fp[..]),
+        Kind::Success { fp, floor, .. } => Some((&fp[..], *floor)),
         _ => None,
     });
-    shared
-        .options
-        .marks
-        .mark_keys(&stream.marks_prefix, marking, &mut inv);
+    inv.clocked(shared.options.marks.marks(&stream.marks_prefix, marking));
     for o in outcomes {
         if let Kind::Success { effects, .. } = &o.kind {
             for e in effects {
@@ -267,10 +264,6 @@ async fn commit(
             }
         }
     }
-    shared
-        .options
-        .marks
-        .script_args(&stream.marks_prefix, &mut inv);
     inv.arg(&*shared.group).arg(&*run.token);
     let dead_letters = &shared.options.dead_letters;
     match dead_letters.max_len {

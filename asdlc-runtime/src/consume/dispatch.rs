@@ -17,7 +17,7 @@ use super::shared::{Kind, Outcome, RunCtx, SCRIPT_CHUNK, Shared, StreamCtx, fini
 use super::stats::{Pass, Tally};
 use crate::encoding::decode;
 use crate::functions::{BEGIN, BEGIN_ORDERED};
-use crate::idempotency::{FINGERPRINT_LEN, fingerprint};
+use crate::idempotency::{FINGERPRINT_LEN, MarkSet, fingerprint, mark_floor};
 use crate::reply::RawEntry;
 use crate::tenancy::TenantError;
 
@@ -150,6 +150,7 @@ pub(super) async fn dispatch(
             .clone()
             .unwrap_or_else(|| crate::deadletter::keyless_identity(&entry.id));
         let fp = fingerprint(&key);
+        let floor = mark_floor(&key);
         if !seen.insert(fp) {
             // A second copy of a key in one batch waits for the first to finish.
             deferred.push(entry.id);
@@ -170,6 +171,7 @@ pub(super) async fn dispatch(
             fields,
             handler,
             fp,
+            floor,
             order,
         });
     }
@@ -327,17 +329,8 @@ async fn begin(
         return begin_ordered(shared, run, stream, chunk).await;
     }
     let mut inv = BEGIN.key(&*stream.name);
-    inv.key(&stream.lease_key);
-    let marks = &shared.options.marks;
-    marks.mark_keys(
-        &stream.marks_prefix,
-        chunk.iter().map(|c| &c.fp[..]),
-        &mut inv,
-    );
-    shared
-        .options
-        .marks
-        .script_args(&stream.marks_prefix, &mut inv);
+    inv.key(&stream.lease_key)
+        .clocked(marks_of(shared, stream, chunk));
     inv.arg(&*shared.group)
         .arg(&*run.token)
         .arg(run.predecessor(&stream.name))
@@ -349,6 +342,14 @@ async fn begin(
     inv.invoke_async(&mut conn).await
 }
 
+/// The marks section of a begin step for `chunk`.
+fn marks_of(shared: &Shared, stream: &StreamCtx, chunk: &[Candidate]) -> MarkSet {
+    shared.options.marks.marks(
+        &stream.marks_prefix,
+        chunk.iter().map(|c| (&c.fp[..], c.floor)),
+    )
+}
+
 /// The begin step of a group with ordered handlers (begin_ordered.lua): the same, after placing
 /// each entry in the order of its key. `chunk` is in stream order.
 async fn begin_ordered(
@@ -358,15 +359,9 @@ async fn begin_ordered(
     chunk: &[Candidate],
 ) -> redis::RedisResult<Vec<Begun>> {
     let mut inv = BEGIN_ORDERED.key(&*stream.name);
-    inv.key(&stream.lease_key);
-    let marks = &shared.options.marks;
-    marks.mark_keys(
-        &stream.marks_prefix,
-        chunk.iter().map(|c| &c.fp[..]),
-        &mut inv,
-    );
-    inv.key(&stream.order_hash);
-    marks.script_args(&stream.marks_prefix, &mut inv);
+    inv.key(&stream.lease_key)
+        .clocked(marks_of(shared, stream, chunk))
+        .key(&stream.order_hash);
     inv.arg(&*shared.group)
         .arg(&*run.token)
         .arg(run.predecessor(&stream.name))

@@ -86,6 +86,7 @@ pub(super) async fn spawn_handler(
                     );
                     Some(Kind::Success {
                         fp: c.fp,
+                        floor: c.floor,
                         effects: Vec::new(),
                         attempt,
                         fields: std::mem::take(&mut c.fields),
@@ -188,6 +189,7 @@ pub(super) async fn spawn_handler(
             let kind = match result {
                 HandlerResult::Ok { .. } => Kind::Success {
                     fp: c.fp,
+                    floor: c.floor,
                     effects: {
                         // Effects first, then the follow-ups: all applied in one atomic step.
                         let mut effects = ctx.take_effects();

@@ -22,6 +22,8 @@ pub(super) struct Candidate {
     pub(super) fields: Vec<(Vec<u8>, Vec<u8>)>,
     pub(super) handler: usize,
     pub(super) fp: [u8; FINGERPRINT_LEN],
+    /// The oldest time a mark of its key can have (`idempotency::mark_floor`).
+    pub(super) floor: u64,
     /// Its order key, if its handler is ordered and it has one.
     pub(super) order: Option<Arc<str>>,
 }

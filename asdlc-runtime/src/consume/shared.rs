@@ -164,6 +164,8 @@ pub(super) enum Readiness {
 pub(super) enum Kind {
     Success {
         fp: [u8; FINGERPRINT_LEN],
+        /// The oldest time a mark of its key can have (`idempotency::mark_floor`).
+        floor: u64,
         effects: Vec<Effect>,
         attempt: u32,
         /// Kept for a dead letter, should the commit refuse the effects on the last attempt.

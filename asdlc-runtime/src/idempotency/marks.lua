@@ -1,19 +1,27 @@
 -- Processed marks, shared by every function that reads or writes them.
 --
 -- A mark is one field of a small hash: the field is the 12-byte fingerprint of the
--- idempotency key, the value 1 (and each hash has one more field, '#'). Hashes are named <prefix><bucket>:<shard>, where the bucket
--- is the time slice (width ms) the mark was written in and the shard (4 hex digits) comes
--- from the fingerprint's first two bytes. Each hash expires `ttl` after its bucket ends, so a
--- mark lives between ttl and ttl + width; a lookup checks the `nbuckets` newest buckets.
--- Small hashes stay in Redis's compact listpack encoding: 20 to 40 bytes a mark instead of
--- 100 or more for a key per mark.
+-- idempotency key, the value 1 (and each hash has one more field, '#'). Hashes are named
+-- <prefix><bucket>:<shard>, where the bucket is the time slice (width ms) the mark was
+-- written in and the shard (4 hex digits) comes from the fingerprint's first two bytes. Each
+-- hash expires `ttl` after its bucket ends, so a mark lives between ttl and ttl + width; a
+-- lookup checks at most the ceil(ttl / width) + 1 newest buckets. Small hashes stay in
+-- Redis's compact listpack encoding: 20 to 40 bytes a mark instead of 100 or more for a key
+-- per mark.
 --
--- Every function takes the layout as ARGV[1..5]: prefix, width, nbuckets, ttl, shards. Key
--- names are built from strings made once per call (numbers turned into text cost a float
--- formatting each in the server's Lua), so a lookup is one concatenation and one command.
--- Every mark hash a call may touch is declared in its KEYS, computed by the client from its
--- own clock for one bucket more on each side (MarkLayout::mark_keys); the buckets used are
--- those of the server's clock, checked against the declared keys.
+-- Every function takes the layout as ARGV[1..5]: prefix, width, bucket, ttl, shards, where
+-- `bucket` is the current bucket as the caller computed it from its estimate of this
+-- server's clock. The buckets used are the server's: a call whose `bucket` is not the
+-- server's fails before it writes anything, with `ASDLC_CLOCK <server ms>`, and the client
+-- calls again with the server's bucket (MarkLayout, Call::marks). Key names are built from
+-- strings made once per call (numbers turned into text cost a float formatting each in the
+-- server's Lua), so a lookup is one concatenation and one command.
+--
+-- Every mark hash a call may touch is declared in its KEYS. The caller declares, for each
+-- fingerprint's shard, the current bucket and the older ones back to the oldest a mark of
+-- the key can be in: a key born at a known time (a fresh `evt-<UUIDv7>` key, an entry's own
+-- id) cannot have been processed before it was made, so most lookups read one hash. A lookup
+-- reads the buckets newest first and stops at the first one not declared.
 
 local ASDLC_HEX = {
   [0] = '00', '01', '02', '03', '04', '05', '06', '07', '08', '09', '0a', '0b', '0c', '0d', '0e',
@@ -43,9 +51,13 @@ end
 
 -- The marks of this call, at time `now` (ms).
 local function asdlc_marks(now, keys, argv)
-  local prefix, width, nbuckets = argv[1], tonumber(argv[2]), tonumber(argv[3])
+  local prefix, width = argv[1], tonumber(argv[2])
   local ttl, shards = tonumber(argv[4]), tonumber(argv[5])
   local bucket = math.floor(now / width)
+  if tonumber(argv[3]) ~= bucket then
+    error(redis.error_reply('ASDLC_CLOCK ' .. string.format('%d', now)))
+  end
+  local nbuckets = math.ceil(ttl / width) + 1
   local m = { shards = shards, buckets = {}, declared = asdlc_declared(keys) }
   for b = 0, nbuckets - 1 do
     m.buckets[b + 1] = prefix .. string.format('%d', bucket - b) .. ':'
@@ -61,9 +73,17 @@ end
 
 local function asdlc_is_marked(m, fp)
   local shard = asdlc_shard(m, fp)
-  for _, bucket in ipairs(m.buckets) do
-    local key = bucket .. shard
-    asdlc_check_declared(m.declared, key, 'mark hash')
+  local key = m.buckets[1] .. shard
+  asdlc_check_declared(m.declared, key, 'mark hash')
+  if redis.call('HEXISTS', key, fp) == 1 then
+    return true
+  end
+  for b = 2, #m.buckets do
+    key = m.buckets[b] .. shard
+    -- Not declared: no mark of the key can be this old.
+    if not m.declared[key] then
+      return false
+    end
     if redis.call('HEXISTS', key, fp) == 1 then
       return true
     end

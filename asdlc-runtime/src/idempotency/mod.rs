@@ -14,11 +14,13 @@
 //! 160. A mark lives at least the TTL (default 7 days) and at most one bucket (by default
 //! TTL / 2) longer.
 //!
-//! **Lookups.** A check looks at every bucket a live mark can be in: `buckets + 1` hashes (3
-//! by default). Each is one command inside the script, and commands inside scripts are the
-//! main cost of the consumer's protocol on the server, so the default trades a longer
-//! retention (7 to 10.5 days instead of 7 to 8 with 7 buckets, about 17% more marks kept on
-//! average) for checks that cost 3 commands instead of 8.
+//! **Lookups.** A mark can be in any bucket of the TTL: `buckets + 1` hashes (3 by default),
+//! each one command inside the script, and commands inside scripts are the main cost of the
+//! consumer's protocol on the server. But a key that says when it was born (a fresh
+//! `evt-<UUIDv7>` key, a keyless entry's id) cannot have been processed before it existed, so
+//! its lookup starts at the bucket of its birth (less a margin for clock differences): one
+//! hash for nearly every fresh event. Keys of any age (operation keys) read every bucket.
+//! The buckets are the server's, so every process agrees on them whatever its own clock says.
 
 use std::time::Duration;
 
@@ -27,7 +29,7 @@ use sha2::{Digest, Sha256};
 use crate::config::DEFAULT_IDEMPOTENCY_TTL;
 use crate::connection::RedisConnection;
 use crate::error::StreamError;
-use crate::functions::{Call, MARK, MARK_MANY};
+use crate::functions::{ClockedPart, MARK, MARK_MANY};
 use crate::keys::StreamKeys;
 
 /// Bytes of SHA-256 kept as a key's fingerprint.
@@ -85,42 +87,27 @@ impl MarkLayout {
         self.ttl_ms().div_ceil(self.width_ms()) + 1
     }
 
-    /// Adds the layout arguments every mark function takes: prefix, width, nbuckets, ttl,
-    /// shards.
-    pub(crate) fn script_args(&self, prefix: &str, call: &mut Call) {
-        call.arg(prefix)
-            .arg(self.width_ms())
-            .arg(self.lookback())
-            .arg(self.ttl_ms())
-            .arg(self.shards.max(1));
-    }
-
-    /// Declares the mark hashes a call may touch for `fps`: the buckets a lookup at this
-    /// moment reads, by this process's clock, and one more on each side, so a server whose
-    /// clock is up to one bucket (by default 3.5 days) ahead or behind finds its buckets
-    /// among them. Each shard is declared once.
-    pub(crate) fn mark_keys<'a>(
+    /// The marks section of a call touching the marks of `items` (fingerprint, and the
+    /// oldest time a mark of its key can have been written, see [`mark_floor`]): the mark
+    /// hashes a lookup at the server's current time reads, declared in `KEYS`, and the layout's
+    /// five arguments (prefix, width, bucket, ttl, shards) in `ARGV`. Each shard is declared
+    /// once, back to the oldest bucket any of its keys needs.
+    pub(crate) fn marks<'a>(
         &self,
         prefix: &str,
-        fps: impl IntoIterator<Item = &'a [u8]>,
-        call: &mut Call,
-    ) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let bucket = now / self.width_ms();
-        let first = bucket + 1;
-        let last = bucket.saturating_sub(self.lookback());
-        let mut shards: Vec<u32> = fps
+        items: impl IntoIterator<Item = (&'a [u8], u64)>,
+    ) -> MarkSet {
+        let mut shards: Vec<(u32, u64)> = items
             .into_iter()
-            .map(|fp| self.shard_of(fp))
-            .collect::<Vec<_>>();
+            .map(|(fp, floor)| (self.shard_of(fp), floor))
+            .collect();
+        // Per shard, the oldest floor first: that entry is kept by the dedup.
         shards.sort_unstable();
-        shards.dedup();
-        for shard in shards {
-            for b in (last..=first).rev() {
-                call.key(format!("{prefix}{b}:{shard:04x}"));
-            }
+        shards.dedup_by_key(|(shard, _)| *shard);
+        MarkSet {
+            layout: *self,
+            prefix: prefix.to_owned(),
+            shards,
         }
     }
 
@@ -130,6 +117,67 @@ impl MarkLayout {
         let low = u32::from(fp.get(1).copied().unwrap_or(0));
         (high * 256 + low) % self.shards.max(1)
     }
+}
+
+/// The marks section of one call (see [`MarkLayout::marks`]), made for the server's time
+/// when the call is sent.
+#[derive(Debug, Clone)]
+pub(crate) struct MarkSet {
+    layout: MarkLayout,
+    prefix: String,
+    /// Each shard touched, with the oldest time (ms) a mark of its keys can have been written.
+    shards: Vec<(u32, u64)>,
+}
+
+impl ClockedPart for MarkSet {
+    fn render(&self, server_ms: u64, keys: &mut Vec<Vec<u8>>, args: &mut Vec<Vec<u8>>) {
+        let width = self.layout.width_ms();
+        let bucket = server_ms / width;
+        let deepest = bucket.saturating_sub(self.layout.lookback() - 1);
+        for &(shard, floor) in &self.shards {
+            let oldest = (floor / width).clamp(deepest, bucket);
+            for b in (oldest..=bucket).rev() {
+                keys.push(format!("{}{b}:{shard:04x}", self.prefix).into_bytes());
+            }
+        }
+        args.push(self.prefix.clone().into_bytes());
+        for n in [
+            width,
+            bucket,
+            self.layout.ttl_ms(),
+            u64::from(self.layout.shards.max(1)),
+        ] {
+            args.push(n.to_string().into_bytes());
+        }
+    }
+}
+
+/// How far ahead of the server's clock a publisher's clock may be without a duplicate going
+/// unnoticed: a key's birth time counts as this much earlier than it says.
+const BIRTH_MARGIN_MS: u64 = 6 * 3_600_000;
+
+/// The oldest time (ms since the epoch, by the server's clock) a processed mark of `key` can
+/// have been written: nothing processes a key before it exists. A fresh key
+/// (`evt-<UUIDv7>`, see [`crate::events::unique_idempotency_key`]) and a keyless entry's identity
+/// (`entry:<id>`) say when they were made, less [`BIRTH_MARGIN_MS`] for clock differences;
+/// any other key may be of any age (0). A lookup then reads the buckets from this time on:
+/// one hash for a fresh key instead of every bucket of the TTL.
+pub(crate) fn mark_floor(key: &str) -> u64 {
+    let born = if let Some(uuid) = key.strip_prefix("evt-") {
+        uuid::Uuid::try_parse(uuid)
+            .ok()
+            .filter(|u| u.get_version_num() == 7)
+            .and_then(|u| u.get_timestamp())
+            .map(|t| {
+                let (secs, nanos) = t.to_unix();
+                secs * 1000 + u64::from(nanos / 1_000_000)
+            })
+    } else if let Some(id) = key.strip_prefix("entry:") {
+        crate::streams::EntryId::parse(id).map(|id| id.ms)
+    } else {
+        None
+    };
+    born.map_or(0, |ms| ms.saturating_sub(BIRTH_MARGIN_MS))
 }
 
 /// Processed marks of one consumer group on one stream, for direct use.
@@ -190,9 +238,15 @@ impl IdempotencyTracker {
         for chunk in keys.chunks(1000) {
             let fps: Vec<_> = chunk.iter().map(|k| fingerprint(k.as_ref())).collect();
             let mut inv = MARK_MANY.key(self.keys.stream());
-            self.layout
-                .mark_keys(&self.prefix, fps.iter().map(|f| &f[..]), &mut inv);
-            self.layout.script_args(&self.prefix, &mut inv);
+            inv.clocked(
+                self.layout.marks(
+                    &self.prefix,
+                    chunk
+                        .iter()
+                        .zip(&fps)
+                        .map(|(k, fp)| (&fp[..], mark_floor(k.as_ref()))),
+                ),
+            );
             for fp in &fps {
                 inv.arg(&fp[..]);
             }
@@ -209,8 +263,10 @@ impl IdempotencyTracker {
     async fn run(&self, key: &str, mode: &str) -> Result<bool, StreamError> {
         let fp = fingerprint(key);
         let mut inv = MARK.key(self.keys.stream());
-        self.layout.mark_keys(&self.prefix, [&fp[..]], &mut inv);
-        self.layout.script_args(&self.prefix, &mut inv);
+        inv.clocked(
+            self.layout
+                .marks(&self.prefix, [(&fp[..], mark_floor(key))]),
+        );
         inv.arg(&fp[..]).arg(mode);
         let mut conn = self.conn.clone();
         let found: Lookup = inv
@@ -289,5 +345,68 @@ mod tests {
             ..MarkLayout::with_ttl(Duration::from_millis(700))
         };
         assert_eq!((fine.width_ms(), fine.lookback()), (100, 8));
+    }
+
+    fn rendered(set: &MarkSet, server_ms: u64) -> (Vec<String>, Vec<String>) {
+        let (mut keys, mut args) = (Vec::new(), Vec::new());
+        set.render(server_ms, &mut keys, &mut args);
+        let text = |v: Vec<Vec<u8>>| {
+            v.into_iter()
+                .map(|b| String::from_utf8(b).unwrap())
+                .collect()
+        };
+        (text(keys), text(args))
+    }
+
+    #[test]
+    fn a_fresh_key_is_looked_up_in_its_own_bucket_only() {
+        let l = MarkLayout::with_ttl(Duration::from_millis(700)); // width 350, 3 buckets
+        let fresh = [0u8, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let (keys, args) = rendered(&l.marks("m:", [(&fresh[..], 3_500)]), 3_600);
+        assert_eq!(keys, ["m:10:0005"]);
+        assert_eq!(args, ["m:", "350", "10", "700", "16384"]);
+        // Of any age: every bucket of the TTL, newest first.
+        let (keys, _) = rendered(&l.marks("m:", [(&fresh[..], 0)]), 3_600);
+        assert_eq!(keys, ["m:10:0005", "m:9:0005", "m:8:0005"]);
+        // Born two buckets ago; a shard shared with a fresh key is read as deep as the older
+        // key needs, and declared once.
+        let other = [0u8, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let set = l.marks(
+            "m:",
+            [
+                (&fresh[..], 3_500),
+                (&fresh[..], 3_000),
+                (&other[..], 9_999),
+            ],
+        );
+        let (keys, _) = rendered(&set, 3_600);
+        assert_eq!(keys, ["m:10:0005", "m:9:0005", "m:8:0005", "m:10:0006"]);
+    }
+
+    #[test]
+    fn keys_that_say_when_they_were_born_bound_their_lookup() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let fresh = mark_floor(&crate::events::unique_idempotency_key());
+        assert!(
+            fresh <= now - BIRTH_MARGIN_MS && fresh + BIRTH_MARGIN_MS + 60_000 > now,
+            "{fresh} vs {now}"
+        );
+        assert_eq!(
+            mark_floor("entry:1733000000000-7"),
+            1_733_000_000_000 - BIRTH_MARGIN_MS
+        );
+        // Any other key, a UUID of another version, or a malformed one: of any age.
+        for key in [
+            "gate-42@abc1234",
+            "evt-not-a-uuid",
+            "evt-6ba7b810-9dad-11d1-80b4-00c04fd430c8",
+            "entry:x",
+            "emit-00112233445566778899aabbccddeeff",
+        ] {
+            assert_eq!(mark_floor(key), 0, "{key}");
+        }
     }
 }
