@@ -104,21 +104,6 @@ pub(crate) fn parse_autoclaim(v: Value) -> (String, Vec<RawEntry>, Vec<String>) 
     (cursor, entries, deleted)
 }
 
-/// An extended `XPENDING` reply: (id, consumer, idle ms, deliveries).
-pub(crate) fn parse_pending(v: Value) -> Vec<(String, String, u64, u32)> {
-    array(v)
-        .into_iter()
-        .filter_map(|p| {
-            let mut parts = array(p).into_iter();
-            let id = text(parts.next()?)?;
-            let consumer = text(parts.next()?)?;
-            let idle = text(parts.next()?)?.parse().ok()?;
-            let count = text(parts.next()?)?.parse().ok()?;
-            Some((id, consumer, idle, count))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

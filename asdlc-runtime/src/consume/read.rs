@@ -8,6 +8,7 @@ use std::time::Duration;
 use redis::Value;
 
 use super::dispatch::dispatch;
+use super::recover::dispatch_own_pending;
 use super::retry;
 use super::shared::{RunCtx, Shared, StreamCtx};
 use crate::connection::RedisConnection;
@@ -125,47 +126,15 @@ pub(super) async fn read_loop(shared: &Arc<Shared>, run: &Arc<RunCtx>) {
     }
 }
 
-/// Reads this consumer's own pending entries again (`XREADGROUP` from id 0), page by page,
-/// and dispatches those nobody here is working on: entries whose read reply was lost on a
-/// cut connection, or whose commit gave up, without waiting for a claim.
+/// Reads this consumer's own pending entries again, page by page, and dispatches those
+/// nobody here is working on: entries whose read reply was lost on a cut connection, or whose
+/// commit gave up, without waiting for a claim.
 async fn reread_own(shared: &Arc<Shared>, run: &Arc<RunCtx>) -> Result<(), ConsumeError> {
-    let mut conn = shared.conn.clone();
     let page = shared.options.batch_size.max(1);
     for stream in shared.stream_list() {
-        let mut after = "0-0".to_owned();
-        loop {
-            let reply: Value = redis::cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(&*shared.group)
-                .arg(&*run.consumer)
-                .arg("COUNT")
-                .arg(page)
-                .arg("STREAMS")
-                .arg(&*stream.name)
-                .arg(&after)
-                .query_async(&mut conn)
-                .await
-                .map_err(shared.redis_err(&stream.name))?;
-            let entries: Vec<RawEntry> = parse_read(reply)
-                .into_iter()
-                .flat_map(|(_, entries)| entries)
-                .collect();
-            let Some(last) = entries.last() else {
-                break;
-            };
-            after = last.id.clone();
-            let full = entries.len() >= page;
-            let fresh: Vec<RawEntry> = entries
-                .into_iter()
-                .filter(|e| !shared.is_tracked(&stream.name, &e.id))
-                .collect();
-            if !fresh.is_empty() {
-                tracing::info!(stream = %stream.name, group = %shared.group, entries = fresh.len(), "handling our own pending entries again");
-                dispatch(shared, run, &stream, fresh, None, false).await;
-            }
-            if !full || shared.stop.is_cancelled() {
-                break;
-            }
+        let again = dispatch_own_pending(shared, run, &stream, page, None).await?;
+        if again > 0 {
+            tracing::info!(stream = %stream.name, group = %shared.group, entries = again, "handled our own pending entries again");
         }
     }
     Ok(())

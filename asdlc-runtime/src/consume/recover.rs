@@ -15,97 +15,83 @@ use super::stats::{Pass, Tally};
 use crate::connection::RedisConnection;
 use crate::error::ConsumeError;
 use crate::functions::{FORGET, SWEEP_LEASES};
-use crate::reply::{RawEntry, parse_autoclaim, parse_entries, parse_pending};
+use crate::reply::{RawEntry, parse_autoclaim, parse_read};
 
-/// This consumer's own pending entries, all of them, in batches.
+/// This consumer's own pending entries, all of them, in pages.
 pub(super) async fn recover_own(
     shared: &Arc<Shared>,
     run: &Arc<RunCtx>,
     stream: &Arc<StreamCtx>,
     pass: &Arc<Pass>,
 ) -> Result<(), ConsumeError> {
-    let mut conn = shared.conn.clone();
     // Pages as large as the handler slots allow (within one script call): a recovery is a
-    // backlog, and every page costs a claim and a begin round trip.
-    let batch = shared
+    // backlog, and every page costs a read and a begin round trip.
+    let page = shared
         .options
         .batch_size
         .max(shared.options.concurrency.min(SCRIPT_CHUNK))
         .max(1);
-    let list = |start: &str| {
-        let mut cmd = redis::cmd("XPENDING");
-        cmd.arg(&*stream.name)
-            .arg(&*shared.group)
-            .arg(start)
-            .arg("+")
-            .arg(batch)
-            .arg(&*run.consumer);
-        cmd
-    };
-    let mut pending = parse_pending(
-        list("-")
-            .query_async(&mut conn)
-            .await
-            .map_err(shared.redis_err(&stream.name))?,
-    );
-    // The page claimed last, dispatched while the next one is claimed.
-    let mut claimed_page: Vec<RawEntry> = Vec::new();
-    loop {
-        let page = std::mem::take(&mut pending);
-        let claim_next = async {
-            let Some(last) = page.last() else {
-                return Ok(None);
-            };
-            let next = list(&format!("({}", last.0));
-            let mut conn = conn.clone();
-            let wanted: Vec<String> = page
-                .into_iter()
-                .filter(|(id, ..)| !shared.is_tracked(&stream.name, id))
-                .map(|(id, ..)| id)
-                .collect();
-            if wanted.is_empty() {
-                let listed: Value = next.query_async(&mut conn).await?;
-                return Ok(Some((Vec::new(), parse_pending(listed))));
-            }
-            // One round trip per page: claim this page and list the next.
-            let mut claim = redis::cmd("XCLAIM");
-            claim
-                .arg(&*stream.name)
+    dispatch_own_pending(shared, run, stream, page, Some(pass)).await?;
+    Ok(())
+}
+
+/// Dispatches this consumer's pending entries of `stream` that nobody here is working on, in
+/// pages of `page`, each page read while the one before is dispatched; returns how many. The
+/// pages are this consumer's history (`XREADGROUP` from an id): its pending entries with their
+/// fields in one command a page, which also resets their idle time, so no peer claims them
+/// meanwhile. A deleted entry comes without fields and is acknowledged as gone.
+pub(super) async fn dispatch_own_pending(
+    shared: &Arc<Shared>,
+    run: &Arc<RunCtx>,
+    stream: &Arc<StreamCtx>,
+    page: usize,
+    pass: Option<&Arc<Pass>>,
+) -> Result<usize, ConsumeError> {
+    let read_after = |after: String| {
+        let mut conn = shared.conn.clone();
+        async move {
+            let reply: Value = redis::cmd("XREADGROUP")
+                .arg("GROUP")
                 .arg(&*shared.group)
                 .arg(&*run.consumer)
-                .arg(0);
-            for id in &wanted {
-                claim.arg(id);
-            }
-            let mut pipe = redis::pipe();
-            pipe.add_command(claim).add_command(next);
-            let (claimed, listed): (Value, Value) = pipe.query_async(&mut conn).await?;
-            // XCLAIM answers in the order asked, leaving out entries deleted from the
-            // stream: those are acknowledged as gone.
-            let mut claimed = parse_entries(claimed).into_iter().peekable();
-            let mut entries: Vec<RawEntry> = Vec::with_capacity(wanted.len());
-            for id in wanted {
-                match claimed.next_if(|e| e.id == id) {
-                    Some(e) => entries.push(e),
-                    None => entries.push(RawEntry { id, fields: None }),
-                }
-            }
-            Ok(Some((entries, parse_pending(listed))))
+                .arg("COUNT")
+                .arg(page)
+                .arg("STREAMS")
+                .arg(&*stream.name)
+                .arg(&after)
+                .query_async(&mut conn)
+                .await?;
+            let entries: Vec<RawEntry> = parse_read(reply)
+                .into_iter()
+                .flat_map(|(_, entries)| entries)
+                .collect();
+            redis::RedisResult::Ok(entries)
+        }
+    };
+    let mut entries = read_after("0-0".to_owned())
+        .await
+        .map_err(shared.redis_err(&stream.name))?;
+    let mut dispatched = 0;
+    loop {
+        let Some(last) = entries.last() else {
+            return Ok(dispatched);
         };
-        let current = std::mem::take(&mut claimed_page);
+        if shared.stop.is_cancelled() {
+            return Ok(dispatched);
+        }
+        let next = read_after(last.id.clone());
+        let current: Vec<RawEntry> = std::mem::take(&mut entries)
+            .into_iter()
+            .filter(|e| !shared.is_tracked(&stream.name, &e.id))
+            .collect();
+        dispatched += current.len();
         let dispatch_current = async {
             if !current.is_empty() {
-                dispatch(shared, run, stream, current, Some(pass.clone()), false).await;
+                dispatch(shared, run, stream, current, pass.cloned(), false).await;
             }
         };
-        let ((), next): ((), redis::RedisResult<_>) = tokio::join!(dispatch_current, claim_next);
-        match next.map_err(shared.redis_err(&stream.name))? {
-            Some((entries, listed)) => {
-                claimed_page = entries;
-                pending = listed;
-            }
-            None => return Ok(()),
-        }
+        let ((), next) = tokio::join!(dispatch_current, next);
+        entries = next.map_err(shared.redis_err(&stream.name))?;
     }
 }
 
