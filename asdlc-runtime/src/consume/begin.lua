@@ -2,8 +2,8 @@
 -- processed by this group, otherwise take the key's in-flight lease and count the attempt.
 -- KEYS[1] stream, KEYS[2] lease hash, then the mark hashes of the entries' fingerprints
 -- ARGV: marks prefix, width, bucket, ttl, shards (marks.lua), group, token, predecessor
---       token ('' for none), lease ms, then (entry id, fingerprint) for each entry (fingerprints distinct
---       within a call).
+--       token ('' for none), lease ms, then (entry id, fingerprint) for each entry
+--       (fingerprints distinct within a call).
 -- Returns one code per entry: 0 duplicate (acknowledged); -1 another delivery holds the
 -- key's live lease (the entry stays pending and is checked again later); n > 0 the lease is
 -- taken and the handler is about to run its attempt n.
