@@ -202,6 +202,7 @@ enum Part {
     RawDedup,
     Asdlc1,
     Asdlc2,
+    Asdlc4,
     AsdlcWide,
     RawEmit,
     AsdlcEmit,
@@ -210,7 +211,7 @@ enum Part {
 }
 
 impl Part {
-    const ALL: [Part; 13] = [
+    const ALL: [Part; 14] = [
         Part::RawSingle,
         Part::AsdlcSingle,
         Part::RawPipelined,
@@ -219,6 +220,7 @@ impl Part {
         Part::RawDedup,
         Part::Asdlc1,
         Part::Asdlc2,
+        Part::Asdlc4,
         Part::AsdlcWide,
         Part::RawEmit,
         Part::AsdlcEmit,
@@ -236,6 +238,7 @@ impl Part {
             Part::RawDedup => "consume: raw + dedup",
             Part::Asdlc1 => "consume: asdlc 1 consumer",
             Part::Asdlc2 => "consume: asdlc 2 consumers",
+            Part::Asdlc4 => "consume: asdlc 4 consumers",
             Part::AsdlcWide => "consume: asdlc concurrency 1024, batch 200, 1 consumer",
             Part::RawEmit => "emit: raw + dedup + XADD",
             Part::AsdlcEmit => "emit: asdlc ctx.emit",
@@ -254,6 +257,7 @@ impl Part {
             Part::RawDedup => consume::raw(b, true).await,
             Part::Asdlc1 => consume::asdlc(b, 1, |_| {}).await,
             Part::Asdlc2 => consume::asdlc(b, 2, |_| {}).await,
+            Part::Asdlc4 => consume::asdlc(b, 4, |_| {}).await,
             Part::AsdlcWide => {
                 consume::asdlc(b, 1, |o: &mut ConsumerOptions| {
                     o.concurrency = 1024;
@@ -353,11 +357,12 @@ async fn main() {
         part(Part::RawPipelined),
         part(Part::AsdlcBatch),
     );
-    let (raw_c, raw_cd, a_c1, a_c2, a_hi) = (
+    let (raw_c, raw_cd, a_c1, a_c2, a_c4, a_hi) = (
         part(Part::RawConsume),
         part(Part::RawDedup),
         part(Part::Asdlc1),
         part(Part::Asdlc2),
+        part(Part::Asdlc4),
         part(Part::AsdlcWide),
     );
     let (raw_e, a_e) = (part(Part::RawEmit), part(Part::AsdlcEmit));
@@ -371,7 +376,9 @@ async fn main() {
     let lat = if b.wants("latency") {
         eprintln!("latency...");
         b.flush().await;
-        Some(latency::latency(&b, latency_secs).await)
+        let (load, steal) = (loadavg(), meter::steal_ticks());
+        let lat = latency::latency(&b, latency_secs).await;
+        Some((lat, load, meter::steal_percent(steal, meter::steal_ticks())))
     } else {
         None
     };
@@ -412,21 +419,22 @@ async fn main() {
             _ => String::new(),
         };
         println!(
-            "| {what:<52} | {:>8.0} | {:>9.2} | {:>9.2} | {cmp:<10} |",
-            s.rate, s.client_us, s.server_us
+            "| {what:<52} | {:>8.0} | {:>9.2} | {:>9.2} | {:>8.2} | {cmp:<10} |",
+            s.rate, s.client_us, s.server_us, s.switches
         );
     };
     println!();
     println!(
-        "| {:<52} | {:>8} | {:>9} | {:>9} | {:<10} |",
-        "what", "ev/s", "client us", "server us", "vs"
+        "| {:<52} | {:>8} | {:>9} | {:>9} | {:>8} | {:<10} |",
+        "what", "ev/s", "client us", "server us", "cs/ev", "vs"
     );
     println!(
-        "|{}|{}|{}|{}|{}|",
+        "|{}|{}|{}|{}|{}|{}|",
         "-".repeat(54),
         "-".repeat(10),
         "-".repeat(11),
         "-".repeat(11),
+        "-".repeat(10),
         "-".repeat(12)
     );
     row(
@@ -462,6 +470,11 @@ async fn main() {
         Some(("(f)", round_ratio(Part::Asdlc2, Part::RawDedup))),
     );
     row(
+        "(g4) asdlc Runtime, 4 consumers",
+        a_c4,
+        Some(("(f)", round_ratio(Part::Asdlc4, Part::RawDedup))),
+    );
+    row(
         "(g3) asdlc Runtime, 1 consumer, concurrency 1024, batch 200",
         a_hi,
         Some(("(f)", round_ratio(Part::AsdlcWide, Part::RawDedup))),
@@ -491,7 +504,11 @@ async fn main() {
         recover,
         Some(("(g)", recover.zip(a_c1).map(|(h, g)| h.rate / g.rate))),
     );
-    println!("(client us / server us: CPU time per event in this process / in the server)");
+    println!(
+        "(client us / server us: CPU time per event in this process / in the server; cs/ev: \
+         context switches of this process's threads per event, each a thread put to sleep \
+         and woken, or preempted)"
+    );
     println!();
     if let Some(h) = recover {
         println!(
@@ -499,10 +516,11 @@ async fn main() {
             recover_n as f64 / h.rate
         );
     }
-    if let Some(lat) = lat {
+    if let Some((lat, load, steal)) = lat {
         println!(
             "latency publish -> handler start at 1,000 ev/s for {latency_secs} s ({} events): \
-             p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+             p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms (load average {load} at its start, \
+             {steal:.1}% of the CPU time stolen by the host during it)",
             lat.count,
             lat.p50.as_secs_f64() * 1e3,
             lat.p99.as_secs_f64() * 1e3,
@@ -527,6 +545,27 @@ async fn main() {
     }
     if let Some(s) = a_c1 {
         println!("events/s of one consumer: {:.0}", s.rate);
+    }
+    if let (Some(a), Some(r)) = (a_c1, raw_cd) {
+        println!(
+            "server CPU per event, asdlc 1 consumer / raw + dedup: {:.2} us / {:.2} us = {:.2}x",
+            a.server_us,
+            r.server_us,
+            a.server_us / r.server_us.max(1e-9)
+        );
+        println!(
+            "context switches per event, asdlc 1 consumer / raw + dedup: {:.2} / {:.2}",
+            a.switches, r.switches
+        );
+    }
+    let rate = |s: Option<Sample>| s.map_or("n/a".to_owned(), |s| format!("{:.0}", s.rate));
+    if a_c1.is_some() || a_c2.is_some() || a_c4.is_some() {
+        println!(
+            "events/s of 1 / 2 / 4 consumers: {} / {} / {}",
+            rate(a_c1),
+            rate(a_c2),
+            rate(a_c4)
+        );
     }
     println!("load average: {load_start} at start, {} at end", loadavg());
     let ratio = |r: Option<f64>| r.map_or("n/a".to_owned(), |r| format!("{r:.2}"));
