@@ -104,6 +104,24 @@ pub(crate) fn parse_autoclaim(v: Value) -> (String, Vec<RawEntry>, Vec<String>) 
     (cursor, entries, deleted)
 }
 
+/// How many entries each consumer has pending, from an `XPENDING <stream> <group>` summary
+/// (`[count, first id, last id, [[consumer, count], ...]]`).
+pub(crate) fn parse_pending_summary(v: Value) -> Vec<(String, u64)> {
+    array(v)
+        .into_iter()
+        .nth(3)
+        .map(array)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|c| {
+            let mut parts = array(c).into_iter();
+            let name = text(parts.next()?)?;
+            let count = text(parts.next()?)?.parse().ok()?;
+            Some((name, count))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +152,25 @@ mod tests {
         assert_eq!(entries[1].fields, None);
         assert_eq!(entries[2].fields.as_ref().unwrap()[0].1, Vec::<u8>::new());
         assert!(parse_read(Value::Nil).is_empty());
+    }
+
+    #[test]
+    fn a_pending_summary_counts_per_consumer() {
+        let reply = Value::Array(vec![
+            Value::Int(5),
+            bulk(b"1-0"),
+            bulk(b"9-0"),
+            Value::Array(vec![
+                Value::Array(vec![bulk(b"w1"), bulk(b"3")]),
+                Value::Array(vec![bulk(b"w2"), bulk(b"2")]),
+            ]),
+        ]);
+        assert_eq!(
+            parse_pending_summary(reply),
+            [("w1".to_owned(), 3), ("w2".to_owned(), 2)]
+        );
+        // Nothing pending: the list is nil.
+        let empty = Value::Array(vec![Value::Int(0), Value::Nil, Value::Nil, Value::Nil]);
+        assert!(parse_pending_summary(empty).is_empty());
     }
 }

@@ -15,7 +15,7 @@ use super::stats::{Pass, Tally};
 use crate::connection::RedisConnection;
 use crate::error::ConsumeError;
 use crate::functions::{FORGET, SWEEP_LEASES};
-use crate::reply::{RawEntry, parse_autoclaim, parse_read};
+use crate::reply::{RawEntry, parse_autoclaim, parse_pending_summary, parse_read};
 
 /// This consumer's own pending entries, all of them, in pages.
 pub(super) async fn recover_own(
@@ -31,6 +31,23 @@ pub(super) async fn recover_own(
         .batch_size
         .max(shared.options.concurrency.min(SCRIPT_CHUNK))
         .max(1);
+    // XPENDING's summary first: how many entries this consumer left pending (none after a
+    // clean stop, and then nothing more to read).
+    let mut conn = shared.conn.clone();
+    let summary: Value = redis::cmd("XPENDING")
+        .arg(&*stream.name)
+        .arg(&*shared.group)
+        .query_async(&mut conn)
+        .await
+        .map_err(shared.redis_err(&stream.name))?;
+    let own = parse_pending_summary(summary)
+        .into_iter()
+        .find_map(|(name, n)| (name == *run.consumer).then_some(n))
+        .unwrap_or(0);
+    if own == 0 {
+        return Ok(());
+    }
+    tracing::info!(stream = %stream.name, group = %shared.group, pending = own, "recovering this consumer's pending entries");
     dispatch_own_pending(shared, run, stream, page, Some(pass)).await?;
     Ok(())
 }
