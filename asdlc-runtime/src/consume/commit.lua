@@ -155,7 +155,7 @@ local function refusal(cmd, key, why)
 end
 
 -- The value an INCRBY (field nil) or HINCRBY of `key` starts from: '0' if there is none.
-local function view_number(view, key, k, field)
+local function view_number(key, k, field)
   if k.t == 'none' then
     return '0'
   end
@@ -226,7 +226,7 @@ local function check_effects(first, n)
     if cmd == 'INCRBY' or cmd == 'HINCRBY' then
       local field, by = nil, arg
       if cmd == 'HINCRBY' then field, by = arg, ARGV[i + 4] end
-      local current = view_number(view, key, k, field)
+      local current = view_number(key, k, field)
       if not int_of(current) then
         return refusal(cmd, key, field and 'field value is not an integer'
           or 'value is not an integer')
