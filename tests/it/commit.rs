@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::sync::Barrier;
+use tokio::sync::{Barrier, watch};
 
 use crate::common::*;
 use asdlc::{
@@ -35,13 +35,15 @@ fn fx(name: &str) -> String {
 type Stage = dyn Fn(&str) -> Vec<Effect> + Send + Sync;
 
 /// A handler that stages `stage(session)` for the event of each session. On their first
-/// attempt the events of `order` wait for each other and for the test, then return in that
-/// order: the first at once, the others while the first one's commit is held.
+/// attempt the events of `order` wait for each other and for the test, then, once the test
+/// holds the server's writes, return in that order: the first at once, the others while the
+/// first one's commit is held.
 #[derive(Clone)]
 struct Staging {
     stage: Arc<Stage>,
     order: Arc<Vec<String>>,
     gate: Arc<Barrier>,
+    held: watch::Receiver<bool>,
 }
 
 impl EventHandler for Staging {
@@ -64,6 +66,8 @@ impl EventHandler for Staging {
                     .position(|s| *s == event.session_id)
                     .expect("an event of the test");
                 self.gate.wait().await;
+                let mut held = self.held.clone();
+                held.wait_for(|h| *h).await.expect("the test holds writes");
                 tokio::time::sleep(return_after(at)).await;
             }
             for e in (self.stage)(&event.session_id) {
@@ -74,12 +78,12 @@ impl EventHandler for Staging {
     }
 }
 
-/// When the handler of the `at`-th event returns, after the gate opened.
+/// When the handler of the `at`-th event returns, after writes are held.
 fn return_after(at: usize) -> Duration {
     if at == 0 {
-        Duration::from_millis(50)
+        Duration::ZERO
     } else {
-        Duration::from_millis(200 + 50 * at as u64)
+        Duration::from_millis(100 + 30 * at as u64)
     }
 }
 
@@ -159,10 +163,12 @@ async fn in_one_call(
         ids.insert(session.clone(), published.event_id);
     }
     let gate = Arc::new(Barrier::new(order.len() + 1));
+    let (hold, held) = watch::channel(false);
     let handler = Staging {
         stage: Arc::new(stage),
         order: Arc::new(order),
         gate: gate.clone(),
+        held,
     };
     let consumer = EventConsumer::builder(config, GROUP)
         .handler(handler)
@@ -177,7 +183,8 @@ async fn in_one_call(
     let run = spawn(&consumer).await;
     // Every handler is running: every event began, in one read.
     gate.wait().await;
-    let hold_ms = 600 + 50 * sessions.len() as u64;
+    // Long after the last handler returns (return_after).
+    let hold_ms = 1000 + 30 * sessions.len() as u64;
     let _: () = redis::cmd("CLIENT")
         .arg("PAUSE")
         .arg(hold_ms)
@@ -185,6 +192,7 @@ async fn in_one_call(
         .query_async(&mut conn(s).await)
         .await
         .unwrap();
+    hold.send_replace(true);
     Held {
         consumer,
         run,
