@@ -278,6 +278,8 @@ where
         timestamp,
         idempotency_key: text(7)?.map(str::to_owned),
         metadata,
+        // Its key came from the publisher: never one born here.
+        born_key: crate::event::BornKey::default(),
     };
     event.validate_fields()?;
     // The size limit applies to the entry as stored; only an entry near it is worth encoding
@@ -461,6 +463,7 @@ mod tests {
                 timestamp: DateTime::from_timestamp_nanos(nanos),
                 idempotency_key: key,
                 metadata: meta.into_iter().collect(),
+                born_key: Default::default(),
             }
         }
     }

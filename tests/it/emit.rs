@@ -296,3 +296,62 @@ async fn two_groups_following_up_one_cause_emit_two_events() {
         "each group's follow-up is an event of its own"
     );
 }
+
+#[tokio::test]
+async fn a_follow_up_key_the_application_set_is_kept_even_when_it_looks_fresh() {
+    let s = server();
+    let config = config(&s);
+    let mut conn = conn(&s).await;
+    // Two follow-ups per cause: one with the key it was born with, one with a key of the
+    // application's that looks like a fresh one, the same for every cause of a task.
+    let designers = FnHandler::new(|event, ctx| {
+        let task = event.task_id.clone().unwrap();
+        let mut mine = dispatched(event);
+        mine.idempotency_key = Some(format!("evt-dispatch-{task}"));
+        ctx.emit_all([dispatched(event), mine]).unwrap();
+        HandlerResult::ok()
+    });
+    let designers = consumer(&config, "designers", designers).await;
+    let developer = TestHandler::new("developer", &[EventType::TaskDispatched]);
+    let developers = consumer_for(&config, "developers", "d1", &developer).await;
+    let (rd, rv) = (spawn(&designers).await, spawn(&developers).await);
+    let publisher = Publisher::connect(config.clone()).await.unwrap();
+    // Two distinct events announcing task t1.
+    for _ in 0..2 {
+        let cause = AsdlcEvent::builder(EventType::TaskCreated, "s1")
+            .task_id("t1")
+            .build()
+            .unwrap();
+        publisher.publish(&cause).await.unwrap();
+    }
+    eventually(WAIT, "every follow-up handled or skipped", || {
+        let (d, v) = (designers.clone(), developers.clone());
+        async move {
+            let v = v.stats();
+            d.stats().processed == 2 && v.processed + v.duplicates == 4
+        }
+    })
+    .await;
+    for (c, r) in [(designers, rd), (developers, rv)] {
+        c.stop();
+        r.await.unwrap().unwrap();
+    }
+    let follow_ups = entries_of(&mut conn, &config.stream, EventType::TaskDispatched).await;
+    let mut keys: Vec<String> = follow_ups
+        .iter()
+        .map(|f| f.idempotency_key.clone().unwrap())
+        .collect();
+    keys.sort();
+    assert_eq!(keys.len(), 4, "{keys:?}");
+    assert!(keys[..2].iter().all(|k| k.starts_with("emit-")), "{keys:?}");
+    assert_ne!(keys[0], keys[1], "the born keys, derived from each cause");
+    assert_eq!(keys[2..], ["evt-dispatch-t1", "evt-dispatch-t1"], "kept");
+    // The application's key made the second announcement of the dispatch a duplicate.
+    let handled: Vec<String> = developer.calls().into_iter().map(|c| c.key).collect();
+    assert_eq!(handled.len(), 3, "{handled:?}");
+    assert_eq!(
+        handled.iter().filter(|k| *k == "evt-dispatch-t1").count(),
+        1,
+        "{handled:?}"
+    );
+}

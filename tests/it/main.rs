@@ -19,6 +19,7 @@ mod bad_input;
 mod book_defaults;
 mod cluster;
 mod cluster_runtime;
+mod commit;
 mod consuming;
 mod edges;
 mod emit;

@@ -2,8 +2,9 @@
 -- with its acknowledgement (the whole call is one function, so nothing runs in between).
 -- KEYS[1] stream, KEYS[2] dead-letter stream, KEYS[3] lease hash, then the mark hashes of
 -- the S and s records and the keys of their staged effects
--- ARGV: marks prefix, width, bucket, ttl, shards (marks.lua), group, token, the dead-letter stream's
--- retention (most entries, '' for no limit; oldest age in ms, 0 for none), then records, where
+-- ARGV: marks prefix, width, bucket, ttl, shards (marks.lua), group, token, the dead-letter
+-- stream's retention (most entries, '' for no limit; oldest age in ms, 0 for none), recheck
+-- ('1' if the client's last call for these records failed, else '0'), then records, where
 -- `lease` is the key's fingerprint if the delivery took a lease, else empty:
 --   S id fp lease n  (cmd key nargs arg...)*n   success: mark, apply effects, ack, drop lease
 --   s id fp                                     the same without effects, lease = fp
@@ -31,17 +32,99 @@
 -- step found the key unmarked, and while the lease is live no other delivery can begin, so
 -- no other commit can mark the key (a commit whose lease went to another delivery is
 -- refused, code 2). Without a live lease (it lapsed) the marks are checked again.
+--
+-- A call must not fail once it has written: Redis does not roll a function back, so an
+-- error leaves the records before it applied and marked, and runs neither the XACK nor the
+-- lease drops at the end. Hence every key the call builds is checked against KEYS before the
+-- first write, and every staged effect is checked before its record applies anything, against
+-- what it will find then (check_effects): a refused effect refuses its own record, as a
+-- reply, and the others of the call go on.
+--
+-- If a call fails all the same (a server error such as a command the user's ACL denies, or
+-- a reply lost with the connection), the client (commit.rs) sends the same records again,
+-- with recheck = '1', pausing between tries (retry::COMMIT). Under recheck every S and s
+-- record looks at the marks even while it holds its lease, so a record the failed call
+-- applied is answered 0 and applied no second time; the records after it are applied
+-- then. After 100 failures in a row the client gives the entries up: they stay pending with
+-- their leases, and the begin step, which looks at the marks of every entry it reads,
+-- acknowledges those a failed call marked when the consumer reads its own entries again.
+-- D and R records have no mark: a D record of a call that failed after its XADD adds its
+-- dead letter again when the call is tried again.
 local group, token = ARGV[6], ARGV[7]
 local dlq_max_len, dlq_max_age = ARGV[8], tonumber(ARGV[9])
+local recheck = ARGV[10] == '1'
 local dead = 0
 local now = asdlc_now_ms()
 local marks = asdlc_marks(now, KEYS, ARGV)
 local now_text = asdlc_ms_text(now)
-local wants = {
-  SET = 'string', INCRBY = 'string', HSET = 'hash', HINCRBY = 'hash',
-  SADD = 'set', RPUSH = 'list', DEL = false, EXPIRE = false, XADD = 'stream',
-  SCHEDULE = 'zset',
+-- What an effect may run: the type its key must hold (false: any), and how many arguments
+-- follow the key (nil: any), as the client's constructors (effects.rs) build them.
+local staged = {
+  SET = { 'string', 1 }, INCRBY = { 'string', 1 }, HSET = { 'hash', 2 },
+  HINCRBY = { 'hash', 2 }, SADD = { 'set', 1 }, RPUSH = { 'list', 1 }, DEL = { false, 0 },
+  EXPIRE = { false, 1 }, XADD = { 'stream', nil }, SCHEDULE = { 'zset', 4 },
 }
+-- Keys of the commit itself, which no effect may write (an effect may only append to the
+-- stream): a changed type would fail the call at its end (the acknowledgement, the leases).
+local own = { [KEYS[2]] = true, [KEYS[3]] = true }
+
+-- Integers as Redis reads them (string2ll): '0', or an optional '-' and 1 to 19 digits not
+-- starting with 0, within 64 bits. Lua numbers are doubles, exact only below 2^53, so an
+-- integer is held as its sign and two exact halves of its magnitude, hi * 1e9 + lo.
+local BILLION = 1000000000
+local I64_HI, I64_LO = 9223372036, 854775807
+
+local function in_i64(sign, hi, lo)
+  return hi < I64_HI or (hi == I64_HI and lo <= (sign < 0 and I64_LO + 1 or I64_LO))
+end
+
+-- The sign and halves of `text`, or nil if Redis would not read it as an integer.
+local function int_of(text)
+  if text == '0' then
+    return 1, 0, 0
+  end
+  local sign, digits = 1, text
+  if string.byte(text, 1) == 45 then
+    sign, digits = -1, string.sub(text, 2)
+  end
+  if #digits > 19 or not string.find(digits, '^[1-9][0-9]*$') then
+    return nil
+  end
+  local hi, lo = 0, tonumber(digits)
+  if #digits > 9 then
+    hi, lo = tonumber(string.sub(digits, 1, -10)), tonumber(string.sub(digits, -9))
+  end
+  if not in_i64(sign, hi, lo) then
+    return nil
+  end
+  return sign, hi, lo
+end
+
+-- `a + b` (both read by int_of) as Redis writes it, or nil if it leaves 64 bits (Redis
+-- refuses: "increment or decrement would overflow").
+local function int_add(a, b)
+  local s1, h1, l1 = int_of(a)
+  local s2, h2, l2 = int_of(b)
+  local hi, lo
+  if s1 == s2 then
+    hi, lo = h1 + h2, l1 + l2
+    if lo >= BILLION then hi, lo = hi + 1, lo - BILLION end
+  else
+    if h1 < h2 or (h1 == h2 and l1 < l2) then
+      s1, h1, l1, h2, l2 = s2, h2, l2, h1, l1
+    end
+    hi, lo = h1 - h2, l1 - l2
+    if lo < 0 then hi, lo = hi - 1, lo + BILLION end
+  end
+  if not in_i64(s1, hi, lo) then
+    return nil
+  end
+  if hi == 0 and lo == 0 then
+    return '0'
+  end
+  local text = hi > 0 and string.format('%.0f%09d', hi, lo) or string.format('%d', lo)
+  return s1 < 0 and '-' .. text or text
+end
 
 local function skip_effects(first, n)
   local j = first
@@ -49,43 +132,131 @@ local function skip_effects(first, n)
   return j
 end
 
--- Checks every effect of a record before applying any, so a refused effect leaves nothing
--- half-applied.
+-- What the effects checked so far leave of `key`, in `view` (one per record): t its type;
+-- for a string, v its value (nil: not read yet); for a hash, f the fields known (a value, or
+-- false for none) and whole when it has no field beyond those. A key no earlier effect of the
+-- record wrote is read from the server.
+local function view_of(view, key)
+  local k = view[key]
+  if not k then
+    local t = redis.call('TYPE', key)['ok']
+    k = { t = t, f = {}, whole = t == 'none' }
+    view[key] = k
+  end
+  return k
+end
+
+local function view_gone(k)
+  k.t, k.v, k.f, k.whole = 'none', nil, {}, true
+end
+
+local function refusal(cmd, key, why)
+  return nil, cmd .. ' on ' .. key .. ': ' .. why
+end
+
+-- The value an INCRBY (field nil) or HINCRBY of `key` starts from: '0' if there is none.
+local function view_number(key, k, field)
+  if k.t == 'none' then
+    return '0'
+  end
+  if not field then
+    if k.v == nil then k.v = redis.call('GET', key) end
+    return k.v
+  end
+  local v = k.f[field]
+  if v == nil then
+    v = (not k.whole and redis.call('HGET', key, field)) or false
+    k.f[field] = v
+  end
+  return v or '0'
+end
+
+-- Checks every effect of a record before any is applied, so that a refused effect leaves
+-- nothing of its record applied, and so that nothing fails once applying begins: an error
+-- in the middle of the call would leave the records before it applied and marked, but
+-- neither acknowledged nor released (see the top of this file).
+--
+-- Each effect is checked against what it will find: a key an earlier effect of the record
+-- wrote, as that effect leaves it (view_of); any other key as the server holds it, which
+-- includes the records of this call applied before this one (each is applied right after
+-- its check) and nothing of a refused one. Redis refuses an INCRBY or HINCRBY of a value it
+-- does not read as an integer, or whose result leaves 64 bits: both are foreseen exactly.
+-- Returns the index after the record's effects, or nil and the refusal.
 local function check_effects(first, n)
+  local view = {}
   local i = first
   for _ = 1, n do
     local cmd, key, nargs = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-    local want = wants[cmd]
-    if want == nil then
+    local spec = staged[cmd]
+    if spec == nil then
       return nil, 'command ' .. cmd .. ' cannot be staged'
     end
+    local want, arity = spec[1], spec[2]
     if not marks.declared[key] then
-      return nil, cmd .. ' on ' .. key .. ': key not declared in KEYS'
+      return refusal(cmd, key, 'key not declared in KEYS')
     end
+    if own[key] or (key == KEYS[1] and cmd ~= 'XADD') then
+      return refusal(cmd, key, 'key is written by the commit itself')
+    end
+    if arity and nargs ~= arity then
+      return refusal(cmd, key, nargs .. ' arguments, not ' .. arity)
+    end
+    local arg = ARGV[i + 3]
     if cmd == 'SCHEDULE' then
-      local events = ARGV[i + 3]
-      if not marks.declared[events] then
-        return nil, cmd .. ' on ' .. events .. ': key not declared in KEYS'
+      -- Its second key: the hash of the scheduled events.
+      if not marks.declared[arg] then
+        return refusal(cmd, arg, 'key not declared in KEYS')
       end
-      local t = redis.call('TYPE', events)['ok']
-      if t ~= 'none' and t ~= 'hash' then
-        return nil, cmd .. ' on ' .. events .. ': key holds a ' .. t
+      if own[arg] or arg == KEYS[1] then
+        return refusal(cmd, arg, 'key is written by the commit itself')
       end
+      local e = view_of(view, arg)
+      if e.t ~= 'none' and e.t ~= 'hash' then
+        return refusal(cmd, arg, 'key holds a ' .. e.t)
+      end
+      if not int_of(ARGV[i + 5]) then
+        return refusal(cmd, key, 'delay is not an integer')
+      end
+      e.t = 'hash'
     end
-    if want then
-      local t = redis.call('TYPE', key)['ok']
-      if t ~= 'none' and t ~= want then
-        return nil, cmd .. ' on ' .. key .. ': key holds a ' .. t
+    local k = view_of(view, key)
+    if want and k.t ~= 'none' and k.t ~= want then
+      return refusal(cmd, key, 'key holds a ' .. k.t)
+    end
+    if cmd == 'INCRBY' or cmd == 'HINCRBY' then
+      local field, by = nil, arg
+      if cmd == 'HINCRBY' then field, by = arg, ARGV[i + 4] end
+      local current = view_number(key, k, field)
+      if not int_of(current) then
+        return refusal(cmd, key, field and 'field value is not an integer'
+          or 'value is not an integer')
       end
-      if cmd == 'INCRBY' and t == 'string' and not tonumber(redis.call('GET', key)) then
-        return nil, 'INCRBY on ' .. key .. ': value is not an integer'
+      if not int_of(by) then
+        return refusal(cmd, key, 'increment is not an integer')
       end
-      if cmd == 'HINCRBY' and t == 'hash' then
-        local v = redis.call('HGET', key, ARGV[i + 3])
-        if v and not tonumber(v) then
-          return nil, 'HINCRBY on ' .. key .. ': field value is not an integer'
-        end
+      local sum = int_add(current, by)
+      if not sum then
+        return refusal(cmd, key, 'increment or decrement would overflow')
       end
+      k.t = want
+      if field then k.f[field] = sum else k.v = sum end
+    elseif cmd == 'SET' then
+      k.t, k.v = 'string', arg
+    elseif cmd == 'HSET' then
+      k.t, k.f[arg] = 'hash', ARGV[i + 4]
+    elseif cmd == 'DEL' then
+      view_gone(k)
+    elseif cmd == 'EXPIRE' then
+      local sign, hi = int_of(arg)
+      -- Redis refuses an expiry whose milliseconds leave 64 bits; the client caps expiries
+      -- far below this bound (1e12 s).
+      if not sign or hi >= 1000 then
+        return refusal(cmd, key, 'seconds out of range')
+      end
+      -- An expiry that is not in the future deletes the key at once.
+      if sign < 0 or arg == '0' then view_gone(k) end
+    elseif want then
+      k.t = want
     end
     i = i + 3 + nargs
   end
@@ -94,7 +265,7 @@ end
 
 -- First pass: the leases of every record, read with one command.
 local fields, field_of = {}, {}
-local i, r = 10, 0
+local i, r = 11, 0
 while i <= #ARGV do
   local kind = ARGV[i]
   r = r + 1
@@ -114,6 +285,9 @@ while i <= #ARGV do
   elseif kind == 'A' then
     i = i + 2
   elseif kind == 'O' then
+    -- Checked before anything is written, like every key the call builds.
+    asdlc_check_declared(marks.declared, ARGV[i + 2], 'order hash')
+    own[ARGV[i + 2]] = true
     r = r - 1
     i = i + 4
   else
@@ -160,7 +334,7 @@ local out = {}
 local acks = {}
 -- The O records (their index in ARGV), settled once the acknowledgements are known.
 local orders = {}
-i, r = 10, 0
+i, r = 11, 0
 while i <= #ARGV do
   local kind = ARGV[i]
   r = r + 1
@@ -170,7 +344,7 @@ while i <= #ARGV do
     if lease == 'other' then
       out[#out + 1] = 2
     else
-      if lease ~= 'mine' and asdlc_is_marked(marks, fp) then
+      if (recheck or lease ~= 'mine') and asdlc_is_marked(marks, fp) then
         out[#out + 1] = 0
       else
         asdlc_set_mark(marks, fp)
@@ -184,8 +358,9 @@ while i <= #ARGV do
     local first = i + 5
     local drops = #drop
     local lease = lease_state(r, id)
+    local marked = lease ~= 'other' and (recheck or lease ~= 'mine') and asdlc_is_marked(marks, fp)
     local after, err = nil, nil
-    if lease ~= 'other' then
+    if lease ~= 'other' and not marked then
       after, err = check_effects(first, n)
     end
     if lease == 'other' or err then
@@ -193,33 +368,35 @@ while i <= #ARGV do
       for d = #drop, drops + 1, -1 do drop[d] = nil end
       i = skip_effects(first, n)
       out[#out + 1] = err or 2
+    elseif marked then
+      -- Processed already (by another delivery, or by a call of ours that failed after
+      -- applying it): its effects are not applied again, nor checked against what they did.
+      i = skip_effects(first, n)
+      out[#out + 1] = 0
+      acks[#acks + 1] = id
     else
       i = after
-      if lease ~= 'mine' and asdlc_is_marked(marks, fp) then
-        out[#out + 1] = 0
-      else
-        local j = first
-        local emitted = {}
-        for _ = 1, n do
-          local nargs = tonumber(ARGV[j + 2])
-          local args = { ARGV[j], ARGV[j + 1] }
-          for a = 1, nargs do args[#args + 1] = ARGV[j + 2 + a] end
-          local reply
-          if args[1] == 'SCHEDULE' then
-            -- A follow-up for later: args are the set, the hash, id, delay (ms), fields.
-            reply = asdlc_schedule(args[2], args[3], args[4], now + tonumber(args[5]), args[6])
-          else
-            reply = redis.call(unpack(args))
-          end
-          if args[1] == 'XADD' then emitted[#emitted + 1] = reply end
-          j = j + 3 + nargs
-        end
-        asdlc_set_mark(marks, fp)
-        if #emitted > 0 then
-          out[#out + 1] = { 1, unpack(emitted) }
+      local j = first
+      local emitted = {}
+      for _ = 1, n do
+        local nargs = tonumber(ARGV[j + 2])
+        local args = { ARGV[j], ARGV[j + 1] }
+        for a = 1, nargs do args[#args + 1] = ARGV[j + 2 + a] end
+        local reply
+        if args[1] == 'SCHEDULE' then
+          -- A follow-up for later: args are the set, the hash, id, delay (ms), fields.
+          reply = asdlc_schedule(args[2], args[3], args[4], now + tonumber(args[5]), args[6])
         else
-          out[#out + 1] = 1
+          reply = redis.call(unpack(args))
         end
+        if args[1] == 'XADD' then emitted[#emitted + 1] = reply end
+        j = j + 3 + nargs
+      end
+      asdlc_set_mark(marks, fp)
+      if #emitted > 0 then
+        out[#out + 1] = { 1, unpack(emitted) }
+      else
+        out[#out + 1] = 1
       end
       acks[#acks + 1] = id
     end
@@ -268,7 +445,6 @@ if #orders > 0 then
     local id, order, key = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
     if acked[id] then
       if not views[order] then
-        asdlc_check_declared(marks.declared, order, 'order hash')
         views[order] = asdlc_order_open(order)
       end
       asdlc_order_drop(views[order], key, id)

@@ -109,10 +109,16 @@ async fn commit_batch(
         })
         .collect();
     let mut tries = retry::COMMIT.start();
+    // A failed call may have applied some of its records before it failed (Redis does not roll
+    // a function back) without acknowledging them or dropping their leases: every later call
+    // of these records asks the script to look at the marks even under a live lease of ours,
+    // so those records are answered "already processed" and not applied again.
+    let mut recheck = false;
     let results = loop {
-        match commit(shared, run, &stream, &outcomes, &order_keys).await {
+        match commit(shared, run, &stream, &outcomes, &order_keys, recheck).await {
             Ok(v) => break Some(v),
             Err(e) => {
+                recheck = true;
                 let pause = tries.failed();
                 let attempt = tries.failures();
                 tracing::warn!(stream = %stream.name, error = %e, attempt, "commit failed; retrying");
@@ -124,7 +130,8 @@ async fn commit_batch(
         }
     };
     let Some(results) = results else {
-        // Given up: the entries stay pending; a re-read of our own pending entries finds them.
+        // Given up: the entries stay pending; a re-read of our own pending entries finds them,
+        // and its begin step acknowledges those a failed call marked.
         for o in outcomes {
             shared.untrack(&stream.name, &o.id);
             finish(shared, o.pass.as_deref());
@@ -242,6 +249,7 @@ async fn commit(
     stream: &StreamCtx,
     outcomes: &[Outcome],
     order_keys: &[Option<Arc<str>>],
+    recheck: bool,
 ) -> redis::RedisResult<Vec<Committed>> {
     let mut inv = COMMIT.key(&*stream.name);
     inv.key(&stream.dead_letter).key(&stream.lease_key);
@@ -275,6 +283,7 @@ async fn commit(
             .max_age
             .map_or(0, |d| d.as_millis().max(1) as u64),
     );
+    inv.arg(if recheck { "1" } else { "0" });
     let mut now = String::new();
     for (o, order_key) in outcomes.iter().zip(order_keys) {
         if let Some(order_key) = order_key {

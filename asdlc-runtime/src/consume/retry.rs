@@ -18,8 +18,10 @@ const STARTUP: Policy = READ.in_pairs();
 pub(super) const BEGIN: Policy = Policy::constant(Duration::from_millis(200)).in_pairs();
 
 /// The commit step: 50 ms more after every second failure, up to 2 s; given up after 100
-/// retries (the entries stay pending and are read again). Committing again is safe: a
-/// record whose mark is already set acks without applying its effects a second time.
+/// retries (the entries stay pending and are read again). Committing again is safe: a call
+/// tried again checks the mark of every record, and one whose mark is set (by the failed call,
+/// which may have applied part of its records before failing) is acknowledged without
+/// applying its effects a second time.
 pub(super) const COMMIT: Policy = Policy::linear(Duration::from_millis(50))
     .cap(Duration::from_secs(2))
     .in_pairs()

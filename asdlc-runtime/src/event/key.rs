@@ -9,7 +9,41 @@ use super::{AsdlcEvent, EventType};
 
 /// A fresh key, unique per event: `evt-` and a UUIDv7 (time-ordered, so keys sort by creation).
 pub fn unique_idempotency_key() -> String {
-    format!("evt-{}", uuid::Uuid::now_v7())
+    BornKey::fresh().1
+}
+
+/// The fresh key an [`AsdlcEvent`] was born with, remembered beside its public
+/// `idempotency_key`, so that a follow-up still carrying that key can be told from one whose
+/// key the application set, whatever it looks like ([`crate::HandlerContext::emit`]).
+///
+/// It is no part of the event's value: not serialized, not encoded, not compared, not shown by
+/// `Debug`. An event decoded or deserialized has none: its key came from elsewhere.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct BornKey(Option<uuid::Uuid>);
+
+impl BornKey {
+    /// A new fresh key, and the marker that remembers it.
+    pub(crate) fn fresh() -> (BornKey, String) {
+        let id = uuid::Uuid::now_v7();
+        (BornKey(Some(id)), format!("evt-{id}"))
+    }
+
+    /// Whether `key` is the key the event was born with, unchanged.
+    pub(crate) fn is(&self, key: &str) -> bool {
+        let Some(id) = self.0 else {
+            return false;
+        };
+        let mut buf = uuid::Uuid::encode_buffer();
+        key.strip_prefix("evt-")
+            .is_some_and(|rest| rest == id.hyphenated().encode_lower(&mut buf))
+    }
+}
+
+impl PartialEq for BornKey {
+    /// Always equal: two events are equal by their public fields alone.
+    fn eq(&self, _: &BornKey) -> bool {
+        true
+    }
 }
 
 /// A deterministic key from an event's identifying fields, for operations that must happen

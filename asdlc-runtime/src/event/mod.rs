@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ValidationError;
 use crate::tenancy::TenantId;
 
+pub(crate) use key::BornKey;
 pub use key::{generate_idempotency_key, unique_idempotency_key};
 pub use kind::{EventType, UnknownEventType};
 pub use validate::{MAX_EVENT_BYTES, MAX_ID_LEN, MAX_PATH_LEN};
@@ -69,7 +70,13 @@ impl FromStr for Mode {
 /// built, so publishing the same value twice (a retry after a timeout, say) is handled once.
 /// For an operation-level key (one patch applied at one git SHA), use
 /// [`AsdlcEventBuilder::operation_key`] or [`generate_idempotency_key`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Beside its public fields, an event made by [`AsdlcEvent::new`] or the builder remembers the
+/// fresh key it was born with (not serialized, compared or shown), so that
+/// [`crate::HandlerContext::emit`] can tell whether the application set a key of its own.
+/// Hence no struct literal outside this crate: make one with the builder (or decode or
+/// deserialize it).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct AsdlcEvent {
     /// The stream entry id, assigned by Redis on publish; `None` before that.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -106,11 +113,36 @@ pub struct AsdlcEvent {
     /// Free-form JSON data.
     #[serde(default)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// The fresh key the event was born with; none for an event decoded or deserialized, or
+    /// whose builder was given a key.
+    #[serde(skip)]
+    pub(crate) born_key: BornKey,
+}
+
+impl fmt::Debug for AsdlcEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The public fields only, as a derive would show them.
+        f.debug_struct("AsdlcEvent")
+            .field("event_id", &self.event_id)
+            .field("event_type", &self.event_type)
+            .field("session_id", &self.session_id)
+            .field("epic_id", &self.epic_id)
+            .field("task_id", &self.task_id)
+            .field("git_sha", &self.git_sha)
+            .field("artifact_paths", &self.artifact_paths)
+            .field("mode", &self.mode)
+            .field("tenant_id", &self.tenant_id)
+            .field("timestamp", &self.timestamp)
+            .field("idempotency_key", &self.idempotency_key)
+            .field("metadata", &self.metadata)
+            .finish()
+    }
 }
 
 impl AsdlcEvent {
     /// An event of `event_type` in `session_id`, stamped now, with a fresh idempotency key.
     pub fn new(event_type: EventType, session_id: impl Into<String>) -> Self {
+        let (born_key, key) = BornKey::fresh();
         AsdlcEvent {
             event_id: None,
             event_type,
@@ -122,8 +154,9 @@ impl AsdlcEvent {
             mode: Mode::Normal,
             tenant_id: None,
             timestamp: Utc::now(),
-            idempotency_key: Some(unique_idempotency_key()),
+            idempotency_key: Some(key),
             metadata: serde_json::Map::new(),
+            born_key,
         }
     }
 
@@ -187,15 +220,18 @@ impl AsdlcEventBuilder {
         self.event.timestamp = at;
         self
     }
-    /// Sets an explicit idempotency key.
+    /// Sets an explicit idempotency key (kept by [`crate::HandlerContext::emit`], whatever it
+    /// looks like).
     pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
         self.event.idempotency_key = Some(key.into());
+        self.event.born_key = BornKey::default();
         self
     }
     /// Uses the deterministic [`generate_idempotency_key`] of the fields set so far (call it
     /// last), so that every event announcing the same operation is handled once.
     pub fn operation_key(mut self) -> Self {
         self.event.idempotency_key = Some(self.event.operation_key());
+        self.event.born_key = BornKey::default();
         self
     }
     /// Adds one metadata entry.
@@ -235,5 +271,28 @@ mod tests {
             .unwrap();
         assert_ne!(a.idempotency_key, b.idempotency_key);
         assert!(a.idempotency_key.as_deref().unwrap().starts_with("evt-"));
+    }
+
+    #[test]
+    fn an_event_remembers_its_born_key_until_a_key_is_set_and_only_in_memory() {
+        let built = AsdlcEvent::builder(EventType::TaskCreated, "s1")
+            .build()
+            .unwrap();
+        let key = built.idempotency_key.clone().unwrap();
+        assert!(built.born_key.is(&key));
+        assert!(
+            built.clone().born_key.is(&key),
+            "a copy is born with it too"
+        );
+        assert!(!built.born_key.is(&key.to_uppercase()));
+        let set = AsdlcEvent::builder(EventType::TaskCreated, "s1").idempotency_key(key.clone());
+        assert!(!set.build_unchecked().born_key.is(&key));
+        // Not part of the value: a round trip through JSON is equal, and forgets it.
+        let json = serde_json::to_string(&built).unwrap();
+        assert!(!json.contains("born"), "{json}");
+        let back: AsdlcEvent = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, built);
+        assert!(!back.born_key.is(&key));
+        assert!(!format!("{built:?}").contains("born"));
     }
 }

@@ -14,13 +14,9 @@ use sha2::{Digest, Sha256};
 use super::HandlerContext;
 use crate::effects::Effect;
 use crate::error::EmitError;
-use crate::event::AsdlcEvent;
+use crate::event::{AsdlcEvent, BornKey};
 use crate::keys::get_stream_name;
 use crate::monitor::{TraceParent, extract_trace_context};
-
-/// The prefix of the idempotency key every [`AsdlcEvent`] is born with: a follow-up whose key
-/// still has it gets one derived from its cause instead.
-const FRESH_KEY_PREFIX: &str = "evt-";
 
 /// One follow-up, as the commit step will write it.
 #[derive(Debug, Clone)]
@@ -38,10 +34,20 @@ impl HandlerContext {
     /// published exactly once, or (if the handler fails or the process dies first) not at all.
     ///
     /// The event is checked now (the error names the field). It takes this event's tenant, a
-    /// child of its trace context (so a chain of follow-ups is one trace), and, unless the
-    /// application set a key of its own ([`crate::AsdlcEventBuilder::idempotency_key`] or
-    /// [`crate::AsdlcEventBuilder::operation_key`]), an idempotency key derived from this
-    /// event's key and the follow-up's position among its emits.
+    /// child of its trace context (so a chain of follow-ups is one trace), and an idempotency
+    /// key derived from this event's key and the follow-up's position among its emits (the
+    /// same on every delivery of this event) in place of:
+    ///
+    /// - the fresh key it was born with ([`AsdlcEvent::new`], [`AsdlcEvent::builder`]),
+    ///   still unchanged;
+    /// - no key (`idempotency_key: None`);
+    /// - this event's own key (a copy of this event, say), which would make the follow-up
+    ///   a duplicate of its cause for every group that handles both.
+    ///
+    /// Any other key the application set is kept, whatever it looks like: one given to
+    /// [`crate::AsdlcEventBuilder::idempotency_key`] or
+    /// [`crate::AsdlcEventBuilder::operation_key`], or assigned to the `idempotency_key` field
+    /// (a key taken from a decoded or deserialized event included).
     ///
     /// ```
     /// use asdlc_runtime::{AsdlcEvent, EventType, HandlerContext};
@@ -137,12 +143,13 @@ impl HandlerContext {
             }
             _ => event.tenant_id = self.tenant.clone(),
         }
-        let fresh = event
+        let derive = event
             .idempotency_key
             .as_deref()
-            .is_none_or(|k| k.starts_with(FRESH_KEY_PREFIX));
-        if fresh {
+            .is_none_or(|k| event.born_key.is(k) || k == self.cause_key);
+        if derive {
             event.idempotency_key = Some(derived_key(&self.cause_key, &self.group, position));
+            event.born_key = BornKey::default();
         }
         if extract_trace_context(&event).is_none() {
             self.trace
@@ -236,6 +243,52 @@ mod tests {
         let key = e.idempotency_key.clone();
         ctx.emit(e).unwrap();
         assert_eq!(ctx.emitted()[0].idempotency_key, key);
+    }
+
+    #[test]
+    fn a_key_the_application_set_is_kept_whatever_it_looks_like() {
+        let ctx = HandlerContext::detached();
+        let given = AsdlcEvent::builder(EventType::TaskDispatched, "s1")
+            .idempotency_key("evt-set-by-the-application")
+            .build()
+            .unwrap();
+        let mut assigned = next("s1");
+        assigned.idempotency_key = Some("evt-0190b0b0-0000-7000-8000-000000000000".into());
+        // Another event's fresh key, taken on purpose: set by the application for this one.
+        let mut taken = next("s1");
+        taken.idempotency_key = next("s1").idempotency_key;
+        let decoded =
+            crate::encoding::decode(crate::encoding::encode(&next("s1")).fields()).unwrap();
+        let kept = [given, assigned, taken, decoded];
+        let keys: Vec<_> = kept.iter().map(|e| e.idempotency_key.clone()).collect();
+        ctx.emit_all(kept).unwrap();
+        let emitted: Vec<_> = ctx
+            .emitted()
+            .into_iter()
+            .map(|e| e.idempotency_key)
+            .collect();
+        assert_eq!(emitted, keys);
+    }
+
+    #[test]
+    fn the_key_an_event_was_born_with_none_or_the_causes_own_is_replaced() {
+        let ctx = HandlerContext::detached().with_cause(Some("evt-the-cause"), None, None);
+        let built = next("s1");
+        let copy = built.clone();
+        let mut keyless = next("s1");
+        keyless.idempotency_key = None;
+        let mut of_the_cause = next("s1");
+        of_the_cause.idempotency_key = Some("evt-the-cause".into());
+        ctx.emit_all([built, copy, keyless, of_the_cause]).unwrap();
+        let keys: Vec<_> = ctx
+            .emitted()
+            .into_iter()
+            .map(|e| e.idempotency_key.unwrap())
+            .collect();
+        let derived: Vec<_> = (0..4)
+            .map(|at| derived_key("evt-the-cause", ctx.group(), at))
+            .collect();
+        assert_eq!(keys, derived);
     }
 
     #[test]
