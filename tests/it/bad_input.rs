@@ -392,20 +392,6 @@ fn any_event() -> impl Strategy<Value = AsdlcEvent> {
         })
 }
 
-/// How many XADD calls the server has executed.
-async fn xadd_calls(conn: &mut RedisConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_xadd:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_events_are_published_or_refused_and_refused_ones_never_reach_redis() {
     let s = server();
@@ -416,7 +402,7 @@ async fn random_events_are_published_or_refused_and_refused_ones_never_reach_red
     let result = runner(128).run(&any_event(), |e| {
         let mut conn = conn.clone();
         block_on(async {
-            let before = xadd_calls(&mut conn).await;
+            let before = command_calls(&mut conn, "xadd").await;
             let len_before = get_stream_info(&mut conn, "asdlc:events")
                 .await
                 .unwrap()
@@ -451,7 +437,12 @@ async fn random_events_are_published_or_refused_and_refused_ones_never_reach_red
                     refused.fetch_add(1, Ordering::Relaxed);
                     let expected = e.validate().err();
                     prop_assert!(expected.is_some(), "refused a valid event: {}", v);
-                    prop_assert_eq!(xadd_calls(&mut conn).await, before, "{} reached Redis", v);
+                    prop_assert_eq!(
+                        command_calls(&mut conn, "xadd").await,
+                        before,
+                        "{} reached Redis",
+                        v
+                    );
                     prop_assert_eq!(
                         get_stream_info(&mut conn, "asdlc:events")
                             .await
@@ -482,7 +473,7 @@ async fn oversized_events_are_refused_before_they_reach_redis() {
         .meta("diff", "x".repeat(asdlc::event::MAX_EVENT_BYTES))
         .build_unchecked();
     let small = event(EventType::PatchCreated, "small");
-    let before = xadd_calls(&mut conn).await;
+    let before = command_calls(&mut conn, "xadd").await;
     let err = p.publish(&big).await.unwrap_err();
     match &err {
         PublishError::Validation(v) => {
@@ -504,7 +495,11 @@ async fn oversized_events_are_refused_before_they_reach_redis() {
         "diff".into(),
         "x".repeat(asdlc::event::MAX_EVENT_BYTES - overhead).into(),
     );
-    assert_eq!(xadd_calls(&mut conn).await, before, "nothing reached Redis");
+    assert_eq!(
+        command_calls(&mut conn, "xadd").await,
+        before,
+        "nothing reached Redis"
+    );
     assert!(
         !get_stream_info(&mut conn, "asdlc:events")
             .await
@@ -517,7 +512,7 @@ async fn oversized_events_are_refused_before_they_reach_redis() {
         asdlc::encoding::encoded_len(&fits)
     );
     p.publish(&fits).await.unwrap();
-    assert_eq!(xadd_calls(&mut conn).await, before + 1);
+    assert_eq!(command_calls(&mut conn, "xadd").await, before + 1);
 }
 
 #[test]

@@ -284,20 +284,6 @@ async fn idempotency_keys_expire() {
     assert_eq!(default.ttl, Duration::from_secs(7 * 24 * 3600));
 }
 
-/// How many HEXISTS the server has run (each is one mark hash read by a lookup).
-async fn hexists_calls(conn: &mut asdlc::RedisConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_hexists:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn a_fresh_key_is_looked_up_in_one_mark_hash_and_a_key_of_any_age_in_all() {
     let s = server();
@@ -307,9 +293,9 @@ async fn a_fresh_key_is_looked_up_in_one_mark_hash_and_a_key_of_any_age_in_all()
     assert!(tracker.mark_processed(&fresh).await.unwrap());
     assert!(tracker.mark_processed("gate-42@abc1234").await.unwrap());
     let lookups = async |conn: &mut asdlc::RedisConnection, key: &str, marked: bool| {
-        let before = hexists_calls(conn).await;
+        let before = command_calls(conn, "hexists").await;
         assert_eq!(tracker.is_processed(key).await.unwrap(), marked, "{key}");
-        hexists_calls(conn).await - before
+        command_calls(conn, "hexists").await - before
     };
     // A fresh key cannot have been processed before it was made: one hash.
     assert_eq!(lookups(&mut conn, &fresh, true).await, 1);

@@ -480,19 +480,6 @@ async fn trim_dry_run_and_min_age_keep_everything_they_promise() {
     assert_eq!(ids(&mut c, STREAM).await, published[2100..]);
 }
 
-/// How many function calls the server has run.
-async fn fcalls(c: &mut RedisConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(c)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_fcall:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
-}
-
 #[tokio::test]
 async fn a_dry_run_trim_counts_a_long_stream_in_bounded_calls() {
     let s = server();
@@ -513,9 +500,9 @@ async fn a_dry_run_trim_counts_a_long_stream_in_bounded_calls() {
         .await
         .unwrap();
 
-    let before = fcalls(&mut c).await;
+    let before = command_calls(&mut c, "fcall").await;
     let dry = dry_run(&mut c).await;
-    let calls = fcalls(&mut c).await - before;
+    let calls = command_calls(&mut c, "fcall").await - before;
     assert_eq!((dry.removed, dry.length_after), (n, n));
     // One call finds the bound; each further call counts at most 10,000 entries.
     assert!(calls > n.div_ceil(10_000), "{calls} calls");

@@ -445,3 +445,18 @@ impl EventHandler for FnHandler {
         Box::pin(async move { (self.body)(event, ctx) })
     }
 }
+
+/// How many times the server has run `command` (lower case, e.g. `xadd`, `hexists`, `fcall`),
+/// from `INFO commandstats`.
+pub async fn command_calls(conn: &mut RedisConnection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
