@@ -24,6 +24,7 @@ mod edges;
 mod emit;
 mod gate;
 mod integration;
+mod marks;
 mod monitoring;
 mod publishing;
 mod schedule;

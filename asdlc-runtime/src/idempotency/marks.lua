@@ -25,8 +25,8 @@
 -- Every process of a group must shard a bucket alike, or a lookup reads another hash than
 -- the mark was written to and a duplicate gets through. So a bucket's layout is kept next to
 -- its hashes, in <prefix><bucket>:layout: written with the bucket's first mark (SET NX,
--- expiring with the bucket's hashes) and checked by every call, one MGET of the buckets it
--- reads. A call that assumes another layout for a bucket than the one stored fails before it
+-- expiring with the bucket's hashes) and checked by every call, one GET for each bucket it
+-- reads (one for a call of fresh keys). A call that assumes another layout for a bucket than the one stored fails before it
 -- writes anything, with `ASDLC_LAYOUT <bucket>=<layout> ...` (every such bucket with its
 -- stored layout); the client follows the stored layouts and calls again. A bucket without a
 -- stored layout has no mark written under one (nothing to miss), so a call may assume any.
@@ -92,9 +92,11 @@ local function asdlc_marks(now, keys, argv)
     asdlc_check_declared(m.declared, names[b], 'mark layout')
   end
   if #names > 0 then
-    local stored = redis.call('MGET', unpack(names))
-    local wrong = {}
+    -- One GET a bucket read (one for a call of fresh keys): GET, not MGET, is what every
+    -- tenant user is granted.
+    local stored, wrong = {}, {}
     for b = 1, #names do
+      stored[b] = redis.call('GET', names[b])
       if stored[b] and stored[b] ~= m.layouts[b] then
         wrong[#wrong + 1] = string.format('%d', bucket - b + 1) .. '=' .. stored[b]
       end

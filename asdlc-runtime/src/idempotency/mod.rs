@@ -36,7 +36,8 @@
 //! its lookup starts at the bucket of its birth (less a margin for clock differences): one
 //! hash for nearly every fresh event. Keys of any age (operation keys) read every bucket.
 //! The buckets are the server's, so every process agrees on them whatever its own clock says.
-//! The layouts cost one `MGET` a call (of the buckets it reads), not a command per event.
+//! Checking the layouts costs one `GET` a call for each bucket it reads (one for a call of
+//! fresh keys), not a command per event.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -269,11 +270,13 @@ impl GroupMarks {
     }
 
     /// Follows an `ASDLC_LAYOUT` refusal whose detail is `stored` (`<bucket>=<layout> ...`,
-    /// the stored layout of each bucket the call assumed another for): true if every layout
-    /// it names is one this build can use, and the call is to be made again.
+    /// the stored layout of each bucket the call assumed another for, then whatever the
+    /// server adds: Redis 7.0 names the script): true if every layout it names is one this
+    /// build can use, and the call is to be made again.
     fn follow(&self, stored: &str) -> bool {
         let stored: Option<Vec<(u64, u32)>> = stored
             .split_whitespace()
+            .take_while(|item| item.contains('='))
             .map(|item| {
                 let (bucket, name) = item.split_once('=')?;
                 Some((bucket.parse().ok()?, MarkLayout::parse_name(name)?))
@@ -753,6 +756,8 @@ mod tests {
         assert!(g.follow("10=1048576:5 9=16384:4"));
         let (_, args) = rendered(&g.marks([(&fp[..], 0)]), 3_600);
         assert_eq!(args[4], "1048576:5,16384:4,16384:4");
+        // What the server adds after the layouts is not part of them.
+        assert!(g.follow("10=1048576:5 script: asdlc_1_mark, on @user_function:158."));
         // Buckets no lookup reads any more are forgotten.
         assert!(g.follow("14=131072:5"));
         assert_eq!(*g.followed.lock().unwrap(), [(14, 131_072)]);
@@ -761,6 +766,7 @@ mod tests {
             assert!(!g.follow(stored), "{stored}");
         }
         assert!(!g.follow("15=65536:4 16=16384:9"));
+        assert!(!g.follow("script: asdlc_1_mark, on @user_function:158. 15=65536:4"));
         assert_eq!(*g.followed.lock().unwrap(), [(14, 131_072)]);
     }
 
