@@ -398,9 +398,7 @@ impl Call {
                 );
                 at = server;
                 clock_tries += 1;
-            } else if follow_tries < 3
-                && self.clocked.as_ref().is_some_and(|c| c.part.follow(&e))
-            {
+            } else if follow_tries < 3 && self.clocked.as_ref().is_some_and(|c| c.part.follow(&e)) {
                 follow_tries += 1;
             } else {
                 return Err(e);

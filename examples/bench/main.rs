@@ -205,10 +205,8 @@ impl Bench {
     /// The server's clock, in ms.
     async fn server_ms(&self) -> u64 {
         let mut c = self.conn.clone();
-        let (secs, micros): (u64, u64) = redis::cmd("TIME")
-            .query_async(&mut c)
-            .await
-            .expect("TIME");
+        let (secs, micros): (u64, u64) =
+            redis::cmd("TIME").query_async(&mut c).await.expect("TIME");
         secs * 1000 + micros / 1000
     }
 

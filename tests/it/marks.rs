@@ -74,8 +74,7 @@ async fn marks_laid_out_for_a_rate_are_found_again(target: Target, stream: &str)
     let keys = StreamKeys::new(stream);
     let layout = MarkLayout::for_rate(WEEK, 1000);
     assert_eq!(layout.shards, 1 << 20);
-    let tracker =
-        IdempotencyTracker::new(conn.clone(), keys.clone(), "g").with_layout(layout);
+    let tracker = IdempotencyTracker::new(conn.clone(), keys.clone(), "g").with_layout(layout);
     // Fresh keys (looked up in their own bucket) and keys of any age (in every bucket).
     let all: Vec<String> = (0..400)
         .map(|_| unique_idempotency_key())
@@ -124,8 +123,7 @@ async fn a_tracker_set_for_another_rate_follows_the_groups_layout(target: Target
     let first = IdempotencyTracker::new(conn.clone(), keys.clone(), "g");
     assert!(first.mark_processed("op-1@abc1234").await.unwrap());
     let busy = MarkLayout::for_rate(WEEK, 1000);
-    let second =
-        IdempotencyTracker::new(target.conn().await, keys.clone(), "g").with_layout(busy);
+    let second = IdempotencyTracker::new(target.conn().await, keys.clone(), "g").with_layout(busy);
     // A duplicate across them is found...
     assert!(!second.mark_processed("op-1@abc1234").await.unwrap());
     assert!(second.is_processed("op-1@abc1234").await.unwrap());

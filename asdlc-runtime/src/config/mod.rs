@@ -357,7 +357,10 @@ mod tests {
                 "ASDLC_IDEMPOTENCY_TTL_SECS",
             ),
             (vec![("ASDLC_MAXLEN", "lots")], "ASDLC_MAXLEN"),
-            (vec![("ASDLC_IDEMPOTENCY_RATE", "0")], "ASDLC_IDEMPOTENCY_RATE"),
+            (
+                vec![("ASDLC_IDEMPOTENCY_RATE", "0")],
+                "ASDLC_IDEMPOTENCY_RATE",
+            ),
             (
                 vec![("ASDLC_IDEMPOTENCY_RATE", "1.5")],
                 "ASDLC_IDEMPOTENCY_RATE",

@@ -329,8 +329,7 @@ async fn begin(
         return begin_ordered(shared, run, stream, chunk).await;
     }
     let mut inv = BEGIN.key(&*stream.name);
-    inv.key(&stream.lease_key)
-        .clocked(marks_of(stream, chunk));
+    inv.key(&stream.lease_key).clocked(marks_of(stream, chunk));
     inv.arg(&*shared.group)
         .arg(&*run.token)
         .arg(run.predecessor(&stream.name))

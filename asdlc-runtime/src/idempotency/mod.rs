@@ -581,7 +581,10 @@ mod tests {
     #[test]
     fn a_fresh_key_is_looked_up_in_its_own_bucket_only() {
         // Width 350, 3 buckets.
-        let g = GroupMarks::new("m:".into(), MarkLayout::with_ttl(Duration::from_millis(700)));
+        let g = GroupMarks::new(
+            "m:".into(),
+            MarkLayout::with_ttl(Duration::from_millis(700)),
+        );
         let fresh = [0u8, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         let (keys, args) = rendered(&g.marks([(&fresh[..], 3_500)]), 3_600);
         assert_eq!(keys, ["m:10:layout", "m:10:0005"]);
@@ -736,7 +739,10 @@ mod tests {
 
     #[test]
     fn a_refused_call_follows_the_stored_layout_of_each_bucket_it_names() {
-        let g = GroupMarks::new("m:".into(), MarkLayout::with_ttl(Duration::from_millis(700)));
+        let g = GroupMarks::new(
+            "m:".into(),
+            MarkLayout::with_ttl(Duration::from_millis(700)),
+        );
         let fp = [0x12u8, 0x34, 0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         assert!(g.follow("9=131072:5"));
         let (keys, args) = rendered(&g.marks([(&fp[..], 0)]), 3_600);
