@@ -96,7 +96,7 @@ pub struct MarkLayout {
     /// How many hashes a bucket is spread over, 1 to [`MAX_SHARDS`] (a larger value counts as
     /// the maximum). Each hash stays compact up to [`COMPACT_MARKS_PER_HASH`] marks, so a
     /// bucket stays compact up to `shards * 127` marks: with the default [`DEFAULT_SHARDS`]
-    /// (16,384), 2 million marks a bucket. Each hash costs about 150 bytes of its own, so
+    /// (16,384), 2 million marks a bucket. Each hash costs about 200 bytes of its own, so
     /// shards far beyond the marks a bucket gets cost memory too. Up to 65,536 shards a
     /// shard is the fingerprint's first two bytes modulo `shards`, named by four hex digits;
     /// above, its first three bytes, by five.
@@ -128,13 +128,14 @@ impl MarkLayout {
     /// the 127 a hash keeps compact), never fewer than the default [`DEFAULT_SHARDS`] and at
     /// most [`MAX_SHARDS`]: at the 7-day TTL, the default up to 5 events a second, then twice
     /// the shards for each doubling, up to the maximum at about 350 a second (beyond it
-    /// hashes outgrow the compact encoding again, and each mark costs about twice as much:
-    /// shorten the TTL, or raise the server's `hash-max-listpack-entries`).
+    /// hashes fill up, and from about 440 a second they outgrow the compact encoding again
+    /// and each mark costs about twice as much: shorten the TTL, or raise the server's
+    /// `hash-max-listpack-entries`).
     ///
-    /// What it costs: nothing per event (a call reads the same hashes whatever the shard
+    /// What it costs: nothing per event (a lookup reads as many hashes whatever the shard
     /// count); memory is about 18 bytes a mark at the rate given. Each hash also costs about
-    /// 150 bytes of its own, shared by its marks: a rate set far too high leaves hashes
-    /// nearly empty (at 10 marks a hash, about 30 bytes a mark), one set too low fills them
+    /// 200 bytes of its own, shared by its marks: a rate set far too high leaves hashes
+    /// nearly empty (at 10 marks a hash, about 35 bytes a mark), one set too low fills them
     /// past 127 marks, and they then take about twice the memory.
     ///
     /// ```
