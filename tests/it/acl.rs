@@ -447,8 +447,8 @@ async fn a_protocol_function_refuses_keys_it_was_not_given() {
     let mut admin = conn(&s).await;
     asdlc::functions::ensure_loaded(&mut admin).await.unwrap();
     let keys = StreamKeys::new("asdlc:events");
-    // The mark check of one fingerprint, without the mark hashes it would read (for the
-    // server's current bucket, of width 10^9 ms).
+    // The mark check of one fingerprint, without the layout key and the mark hash it would
+    // read (for the server's current bucket, of width 10^9 ms).
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -461,7 +461,7 @@ async fn a_protocol_function_refuses_keys_it_was_not_given() {
         .arg(1_000_000_000)
         .arg(now / 1_000_000_000)
         .arg(2_000_000_000)
-        .arg(16)
+        .arg("16:4")
         .arg("abcdefghijkl")
         .arg("check")
         .query_async::<Value>(&mut admin)

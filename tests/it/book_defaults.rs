@@ -188,8 +188,9 @@ fn the_consumer_options_table_matches_consumer_options_new() {
                 );
             }
             "marks" => r.check(
-                book == "`MarkLayout::with_ttl(config.idempotency_ttl)`"
-                    && o.marks == MarkLayout::with_ttl(Config::default().idempotency_ttl),
+                book == "`config.mark_layout()`: `MarkLayout::with_ttl(config.idempotency_ttl)`, or `MarkLayout::for_rate` with `idempotency_rate` if set"
+                    && o.marks == MarkLayout::with_ttl(Config::default().idempotency_ttl)
+                    && Config::default().mark_layout() == o.marks,
                 &place,
                 book,
                 o.marks,
@@ -275,6 +276,12 @@ fn the_configuration_table_matches_config_default() {
                     c.idempotency_ttl,
                 );
             }
+            "ASDLC_IDEMPOTENCY_RATE" => r.check(
+                book.starts_with("unset") && c.idempotency_rate.is_none(),
+                &place,
+                book,
+                c.idempotency_rate,
+            ),
             "ASDLC_MAXLEN" => r.check(book.starts_with("unset"), &place, book, c.max_len),
             "ASDLC_CONSUMER" => r.check(
                 book == "the lowest free `<host>-<n>`"
@@ -287,7 +294,7 @@ fn the_configuration_table_matches_config_default() {
             _ => r.fail(&place, "a row this test does not know: add a check for it"),
         }
     }
-    r.finish("runtime.md, configuration", 7);
+    r.finish("runtime.md, configuration", 8);
 }
 
 #[test]

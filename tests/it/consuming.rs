@@ -325,14 +325,15 @@ async fn a_mark_call_made_for_another_time_than_the_servers_is_refused_before_it
     let wrong = now / width + 1;
     let reply: redis::RedisResult<i64> = redis::cmd("FCALL")
         .arg(format!("{}_mark", asdlc::functions::library_name()))
-        .arg(2)
+        .arg(3)
         .arg("asdlc:events")
+        .arg(format!("{prefix}{wrong}:layout"))
         .arg(format!("{prefix}{wrong}:0707"))
         .arg(&prefix)
         .arg(width)
         .arg(wrong)
         .arg(layout.ttl.as_millis() as u64)
-        .arg(layout.shards)
+        .arg(format!("{}:4", layout.shards))
         .arg(&fp[..])
         .arg("mark")
         .query_async(&mut conn)
@@ -380,9 +381,12 @@ async fn a_process_whose_clock_is_a_bucket_off_marks_in_the_servers_bucket() {
         .query_async(&mut conn)
         .await
         .unwrap();
+    // One mark hash and the bucket's layout, both in the server's bucket.
     let bucket = format!("{}{}:", keys.marks_prefix("g"), now / width);
     assert!(
-        marks.len() == 1 && marks[0].starts_with(&bucket),
+        marks.len() == 2
+            && marks.iter().all(|m| m.starts_with(&bucket))
+            && marks.contains(&format!("{bucket}layout")),
         "{marks:?} in {bucket}"
     );
 }

@@ -25,6 +25,7 @@ mod edges;
 mod emit;
 mod gate;
 mod integration;
+mod marks;
 mod monitoring;
 mod publishing;
 mod schedule;

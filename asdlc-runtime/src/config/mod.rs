@@ -68,6 +68,12 @@ pub struct Config {
     pub tenancy: Tenancy,
     /// How long processed marks are kept (default 7 days).
     pub idempotency_ttl: Duration,
+    /// The most events a second one consumer group handles on one stream (for a tenant
+    /// stream: its busiest tenant's), sustained over half the TTL: sizes the processed marks'
+    /// layout, [`MarkLayout::for_rate`](crate::MarkLayout::for_rate). `None` (the default):
+    /// the default layout, which keeps marks compact up to about 5 events a second at the
+    /// default TTL and then costs about twice the memory a mark.
+    pub idempotency_rate: Option<u64>,
     /// If set, publishing trims the stream to about this many entries with `MAXLEN ~`.
     /// Off by default: trimming can drop entries no consumer has read yet. Use
     /// [`crate::monitor::trim_acknowledged`] for retention that never loses work.
@@ -81,6 +87,7 @@ impl Default for Config {
             stream: DEFAULT_STREAM.to_owned(),
             tenancy: Tenancy::Single,
             idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
+            idempotency_rate: None,
             max_len: None,
         }
     }
@@ -99,7 +106,8 @@ impl Config {
     /// `redis+cluster://host:port,host:port`, see [`RedisUrl`]), `ASDLC_STREAM`, `ASDLC_TENANCY` (`single` or
     /// `multi`), `ASDLC_TENANTS` (comma-separated allow-list, implies multi; a list naming no
     /// tenant is [`ConfigError::EmptyTenantList`]),
-    /// `ASDLC_IDEMPOTENCY_TTL_SECS`, `ASDLC_MAXLEN`. Unset variables take the defaults.
+    /// `ASDLC_IDEMPOTENCY_TTL_SECS`, `ASDLC_IDEMPOTENCY_RATE` (events a second),
+    /// `ASDLC_MAXLEN`. Unset variables take the defaults.
     pub fn from_env() -> Result<Self, ConfigError> {
         Config::from_lookup(|k| std::env::var(k).ok())
     }
@@ -164,6 +172,19 @@ impl Config {
                     })?;
             config.idempotency_ttl = Duration::from_secs(secs);
         }
+        if let Some(rate) = lookup("ASDLC_IDEMPOTENCY_RATE") {
+            let n: u64 = rate
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| ConfigError::Env {
+                    var: "ASDLC_IDEMPOTENCY_RATE",
+                    reason: format!(
+                        "must be a positive whole number of events a second, got `{rate}`"
+                    ),
+                })?;
+            config.idempotency_rate = Some(n);
+        }
         if let Some(max) = lookup("ASDLC_MAXLEN") {
             let n: usize = max
                 .parse()
@@ -179,7 +200,7 @@ impl Config {
     }
 
     /// Checks what a struct literal may have got wrong (the environment loader checks the
-    /// same): the stream base name, a zero TTL, a zero `max_len`. Publishers, consumers and
+    /// same): the stream base name, a zero TTL, a zero rate, a zero `max_len`. Publishers, consumers and
     /// the runtime call it before they connect.
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_stream_base(&self.stream)?;
@@ -187,6 +208,12 @@ impl Config {
             return Err(ConfigError::Invalid(crate::error::ValidationError::new(
                 "idempotency_ttl",
                 "must be longer than zero",
+            )));
+        }
+        if self.idempotency_rate == Some(0) {
+            return Err(ConfigError::Invalid(crate::error::ValidationError::new(
+                "idempotency_rate",
+                "must be at least 1 event a second (or None for the default layout)",
             )));
         }
         if self.max_len == Some(0) {
@@ -203,6 +230,17 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// The processed marks' layout of this configuration: [`MarkLayout::for_rate`] at
+    /// `idempotency_rate`, or the default layout, for `idempotency_ttl`.
+    ///
+    /// [`MarkLayout::for_rate`]: crate::MarkLayout::for_rate
+    pub fn mark_layout(&self) -> crate::MarkLayout {
+        match self.idempotency_rate {
+            Some(rate) => crate::MarkLayout::for_rate(self.idempotency_ttl, rate),
+            None => crate::MarkLayout::with_ttl(self.idempotency_ttl),
+        }
     }
 
     /// The stream for `tenant` under this configuration.
@@ -281,6 +319,8 @@ mod tests {
         assert_eq!(c.stream, "asdlc:events");
         assert_eq!(c.tenancy, Tenancy::Single);
         assert_eq!(c.idempotency_ttl, Duration::from_secs(604_800));
+        assert_eq!(c.idempotency_rate, None);
+        assert_eq!(c.mark_layout(), crate::MarkLayout::default());
         assert_eq!(c.max_len, None);
     }
 
@@ -291,12 +331,20 @@ mod tests {
             ("ASDLC_STREAM", "x:events"),
             ("ASDLC_TENANTS", "acme, globex"),
             ("ASDLC_IDEMPOTENCY_TTL_SECS", "60"),
+            ("ASDLC_IDEMPOTENCY_RATE", "2000"),
         ]))
         .unwrap();
         assert_eq!(c.stream, "x:events");
         assert!(c.tenancy.allows(&TenantId::new("acme").unwrap()));
         assert!(!c.tenancy.allows(&TenantId::new("initech").unwrap()));
         assert_eq!(c.idempotency_ttl, Duration::from_secs(60));
+        assert_eq!(c.idempotency_rate, Some(2000));
+        assert_eq!(
+            c.mark_layout(),
+            crate::MarkLayout::for_rate(Duration::from_secs(60), 2000)
+        );
+        // 60,000 marks a bucket of 30 s: no more than the default's shards.
+        assert_eq!(c.mark_layout().shards, 16_384);
     }
 
     #[test]
@@ -309,6 +357,14 @@ mod tests {
                 "ASDLC_IDEMPOTENCY_TTL_SECS",
             ),
             (vec![("ASDLC_MAXLEN", "lots")], "ASDLC_MAXLEN"),
+            (
+                vec![("ASDLC_IDEMPOTENCY_RATE", "0")],
+                "ASDLC_IDEMPOTENCY_RATE",
+            ),
+            (
+                vec![("ASDLC_IDEMPOTENCY_RATE", "1.5")],
+                "ASDLC_IDEMPOTENCY_RATE",
+            ),
         ] {
             match Config::from_lookup(env(&pairs)).unwrap_err() {
                 ConfigError::Env { var: v, .. } => assert_eq!(v, var),
@@ -316,6 +372,11 @@ mod tests {
             }
         }
         assert!(Config::from_lookup(env(&[("ASDLC_STREAM", "{x}")])).is_err());
+        let zero_rate = Config {
+            idempotency_rate: Some(0),
+            ..Config::default()
+        };
+        assert!(zero_rate.validate().is_err());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 -- Begin step, one call per batch: for each entry, acknowledge it if its key is already
 -- processed by this group, otherwise take the key's in-flight lease and count the attempt.
 -- KEYS[1] stream, KEYS[2] lease hash, then the mark hashes of the entries' fingerprints
--- ARGV: marks prefix, width, bucket, ttl, shards (marks.lua), group, token, predecessor
+-- ARGV: marks prefix, width, bucket, ttl, layouts (marks.lua), group, token, predecessor
 --       token ('' for none), lease ms, then (entry id, fingerprint) for each entry
 --       (fingerprints distinct within a call).
 -- Returns one code per entry: 0 duplicate (acknowledged); -1 another delivery holds the

@@ -2,7 +2,7 @@
 -- with its acknowledgement (the whole call is one function, so nothing runs in between).
 -- KEYS[1] stream, KEYS[2] dead-letter stream, KEYS[3] lease hash, then the mark hashes of
 -- the S and s records and the keys of their staged effects
--- ARGV: marks prefix, width, bucket, ttl, shards (marks.lua), group, token, the dead-letter
+-- ARGV: marks prefix, width, bucket, ttl, layouts (marks.lua), group, token, the dead-letter
 -- stream's retention (most entries, '' for no limit; oldest age in ms, 0 for none), recheck
 -- ('1' if the client's last call for these records failed, else '0'), then records, where
 -- `lease` is the key's fingerprint if the delivery took a lease, else empty:

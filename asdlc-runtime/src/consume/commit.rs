@@ -261,7 +261,7 @@ async fn commit(
         Kind::Success { fp, floor, .. } => Some((&fp[..], *floor)),
         _ => None,
     });
-    inv.clocked(shared.options.marks.marks(&stream.marks_prefix, marking));
+    inv.clocked(stream.marks.marks(marking));
     for o in outcomes {
         if let Kind::Success { effects, .. } = &o.kind {
             for e in effects {

@@ -329,8 +329,7 @@ async fn begin(
         return begin_ordered(shared, run, stream, chunk).await;
     }
     let mut inv = BEGIN.key(&*stream.name);
-    inv.key(&stream.lease_key)
-        .clocked(marks_of(shared, stream, chunk));
+    inv.key(&stream.lease_key).clocked(marks_of(stream, chunk));
     inv.arg(&*shared.group)
         .arg(&*run.token)
         .arg(run.predecessor(&stream.name))
@@ -343,11 +342,10 @@ async fn begin(
 }
 
 /// The marks section of a begin step for `chunk`.
-fn marks_of(shared: &Shared, stream: &StreamCtx, chunk: &[Candidate]) -> MarkSet {
-    shared.options.marks.marks(
-        &stream.marks_prefix,
-        chunk.iter().map(|c| (&c.fp[..], c.floor)),
-    )
+fn marks_of(stream: &StreamCtx, chunk: &[Candidate]) -> MarkSet {
+    stream
+        .marks
+        .marks(chunk.iter().map(|c| (&c.fp[..], c.floor)))
 }
 
 /// The begin step of a group with ordered handlers (begin_ordered.lua): the same, after placing
@@ -360,7 +358,7 @@ async fn begin_ordered(
 ) -> redis::RedisResult<Vec<Begun>> {
     let mut inv = BEGIN_ORDERED.key(&*stream.name);
     inv.key(&stream.lease_key)
-        .clocked(marks_of(shared, stream, chunk))
+        .clocked(marks_of(stream, chunk))
         .key(&stream.order_hash);
     inv.arg(&*shared.group)
         .arg(&*run.token)

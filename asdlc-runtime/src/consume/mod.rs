@@ -56,7 +56,6 @@ use std::time::Duration;
 use crate::config::{Config, Valid};
 use crate::error::ConsumeError;
 use crate::handler::{EventHandler, HandlerOptions, HandlerRegistration, StateMap};
-use crate::idempotency::MarkLayout;
 use crate::tenancy::TenantId;
 
 pub use options::{Backoff, ConsumerOptions, default_consumer_name, host_name};
@@ -255,8 +254,9 @@ impl EventConsumerBuilder {
 
 impl EventConsumer {
     /// A builder for a consumer of `group` under `config`. In multi-tenant mode, add the
-    /// tenants to consume with [`EventConsumerBuilder::tenant`]. The processed-mark TTL comes
-    /// from `config.idempotency_ttl`.
+    /// tenants to consume with [`EventConsumerBuilder::tenant`]. The processed marks' layout
+    /// comes from `config.idempotency_ttl` and `config.idempotency_rate`
+    /// ([`Config::mark_layout`]).
     pub fn builder(config: Config, group: impl Into<String>) -> EventConsumerBuilder {
         Self::builder_with(Err(config), group)
     }
@@ -274,11 +274,10 @@ impl EventConsumer {
         group: impl Into<String>,
     ) -> EventConsumerBuilder {
         let mut options = ConsumerOptions::new(group);
-        let ttl = match &config {
-            Ok(c) => c.idempotency_ttl,
-            Err(c) => c.idempotency_ttl,
+        options.marks = match &config {
+            Ok(c) => c.mark_layout(),
+            Err(c) => c.mark_layout(),
         };
-        options.marks = MarkLayout::with_ttl(ttl);
         EventConsumerBuilder {
             config,
             options,

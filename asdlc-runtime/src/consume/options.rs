@@ -84,7 +84,11 @@ pub struct ConsumerOptions {
     pub shutdown_grace: Duration,
     /// Consumers idle this long that own nothing are removed from the group (`None`: never).
     pub forget_idle: Option<Duration>,
-    /// Processed marks: TTL and layout.
+    /// Processed marks: TTL and layout. A consumer built from a [`Config`](crate::Config)
+    /// starts from [`Config::mark_layout`](crate::Config::mark_layout) (its
+    /// `idempotency_ttl` and `idempotency_rate`); for a busier group than the others, set
+    /// [`MarkLayout::for_rate`] here. Processes of a group set otherwise follow the layout
+    /// its marks have (see [`MarkLayout`]).
     pub marks: MarkLayout,
     /// Where a new group starts reading.
     pub group_start: GroupStart,
@@ -221,7 +225,7 @@ impl ConsumerOptions {
         self
     }
 
-    /// Processed marks: TTL and layout.
+    /// Processed marks: TTL and layout (see [`ConsumerOptions::marks`]).
     pub fn with_marks(mut self, marks: MarkLayout) -> Self {
         self.marks = marks;
         self

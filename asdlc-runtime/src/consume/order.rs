@@ -190,7 +190,12 @@ mod tests {
     #[test]
     fn only_the_earliest_waiter_of_a_key_polls_and_a_release_wakes_it() {
         let book = OrderBook::default();
-        let stream = Arc::new(StreamCtx::new("s".to_owned(), None, "g"));
+        let stream = Arc::new(StreamCtx::new(
+            "s".to_owned(),
+            None,
+            "g",
+            crate::idempotency::MarkLayout::default(),
+        ));
         let order_key: Arc<str> = Arc::from("session:s-1");
         for id in ["2-0", "3-0", "10-0"] {
             book.place(&stream.name, id, order_key.clone());
@@ -231,7 +236,12 @@ mod tests {
     #[test]
     fn forgetting_the_entry_before_the_waiters_wakes_the_earliest() {
         let book = OrderBook::default();
-        let stream = Arc::new(StreamCtx::new("s".to_owned(), None, "g"));
+        let stream = Arc::new(StreamCtx::new(
+            "s".to_owned(),
+            None,
+            "g",
+            crate::idempotency::MarkLayout::default(),
+        ));
         let order_key: Arc<str> = Arc::from("session:s-1");
         for id in ["2-0", "3-0", "4-0"] {
             book.place(&stream.name, id, order_key.clone());

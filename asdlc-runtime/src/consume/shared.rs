@@ -235,14 +235,24 @@ impl Shared {
                     return Err(TenantError::NotAllowed(t).into());
                 }
                 let stream = config.stream_for(Some(&t));
-                streams.push(Arc::new(StreamCtx::new(stream, Some(t), &group)));
+                streams.push(Arc::new(StreamCtx::new(
+                    stream,
+                    Some(t),
+                    &group,
+                    options.marks,
+                )));
             }
         } else {
             if let Some(t) = tenants.first() {
                 return Err(TenantError::InSingleMode(t.clone()).into());
             }
             let stream = config.stream_for(None);
-            streams.push(Arc::new(StreamCtx::new(stream, None, &group)));
+            streams.push(Arc::new(StreamCtx::new(
+                stream,
+                None,
+                &group,
+                options.marks,
+            )));
         }
         let handler_limits = handlers
             .iter()
@@ -333,7 +343,12 @@ impl Shared {
         if self.stream_by_name(&stream).is_some() {
             return Ok(false);
         }
-        let ctx = Arc::new(StreamCtx::new(stream, Some(tenant), &self.group));
+        let ctx = Arc::new(StreamCtx::new(
+            stream,
+            Some(tenant),
+            &self.group,
+            self.options.marks,
+        ));
         let mut conn = self.conn.clone();
         create_consumer_group(&mut conn, &ctx.name, &self.group, self.options.group_start)
             .await

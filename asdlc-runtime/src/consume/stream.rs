@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::idempotency::{GroupMarks, MarkLayout};
 use crate::keys::StreamKeys;
 use crate::tenancy::TenantId;
 
@@ -11,7 +12,8 @@ pub(super) struct StreamCtx {
     pub(super) keys: Arc<StreamKeys>,
     pub(super) name: Arc<str>,
     pub(super) tenant: Option<TenantId>,
-    pub(super) marks_prefix: String,
+    /// The group's processed marks on this stream, and the layout they use.
+    pub(super) marks: Arc<GroupMarks>,
     /// The hash of the group's in-flight leases on this stream.
     pub(super) lease_key: String,
     /// The hash of the group's per-key ordering on this stream (used if a handler is ordered).
@@ -20,11 +22,16 @@ pub(super) struct StreamCtx {
 }
 
 impl StreamCtx {
-    pub(super) fn new(stream: String, tenant: Option<TenantId>, group: &str) -> Self {
+    pub(super) fn new(
+        stream: String,
+        tenant: Option<TenantId>,
+        group: &str,
+        marks: MarkLayout,
+    ) -> Self {
         let keys = StreamKeys::new(stream);
         StreamCtx {
             name: Arc::from(keys.stream()),
-            marks_prefix: keys.marks_prefix(group),
+            marks: GroupMarks::new(keys.marks_prefix(group), marks),
             lease_key: keys.lease_prefix(group).trim_end_matches(':').to_owned(),
             order_hash: keys.order_hash(group),
             dead_letter: keys.dead_letter(),

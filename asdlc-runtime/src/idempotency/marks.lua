@@ -3,25 +3,40 @@
 -- A mark is one field of a small hash: the field is the 12-byte fingerprint of the
 -- idempotency key, the value 1 (and each hash has one more field, '#'). Hashes are named
 -- <prefix><bucket>:<shard>, where the bucket is the time slice (width ms) the mark was
--- written in and the shard (4 hex digits) comes from the fingerprint's first two bytes. Each
+-- written in and the shard comes from the fingerprint: its first two bytes modulo the
+-- layout's shard count, named by 4 hex digits, up to 65,536 shards; its first three bytes
+-- (the third above the first two) modulo the count, by 5 digits, above (at most 2^20). Each
 -- hash expires `ttl` after its bucket ends, so a mark lives between ttl and ttl + width; a
 -- lookup checks at most the ceil(ttl / width) + 1 newest buckets. Small hashes stay in
--- Redis's compact listpack encoding: 20 to 40 bytes a mark instead of 100 or more for a key
--- per mark.
+-- Redis's compact listpack encoding (up to hash-max-listpack-entries fields, 128 by
+-- default): about 18 bytes a mark, twice that in a hash that outgrew it, 100 or more for a
+-- key per mark. So the shard count follows the marks a bucket gets (MarkLayout::for_rate).
 --
--- Every function takes the layout as ARGV[1..5]: prefix, width, bucket, ttl, shards, where
+-- Every function takes the layout as ARGV[1..5]: prefix, width, bucket, ttl, layouts, where
 -- `bucket` is the current bucket as the caller computed it from its estimate of this
--- server's clock. The buckets used are the server's: a call whose `bucket` is not the
--- server's fails before it writes anything, with `ASDLC_CLOCK <server ms>`, and the client
--- calls again with the server's bucket (MarkLayout, Call::marks). Key names are built from
--- strings made once per call (numbers turned into text cost a float formatting each in the
--- server's Lua), so a lookup is one concatenation and one command.
+-- server's clock, and `layouts` the layout the caller assumes for each bucket it reads,
+-- newest first, as `<shards>:<digits>`, comma-separated ('' for a call that reads none). The
+-- buckets used are the server's: a call whose `bucket` is not the server's fails before it
+-- writes anything, with `ASDLC_CLOCK <server ms>`, and the client calls again with the
+-- server's bucket (MarkSet, Call::invoke_async). Key names are built from strings made once
+-- per call (numbers turned into text cost a float formatting each in the server's Lua), so
+-- a lookup is one concatenation and one command.
 --
--- Every mark hash a call may touch is declared in its KEYS. The caller declares, for each
--- fingerprint's shard, the current bucket and the older ones back to the oldest a mark of
--- the key can be in: a key born at a known time (a fresh `evt-<UUIDv7>` key, an entry's own
--- id) cannot have been processed before it was made, so most lookups read one hash. A lookup
--- reads the buckets newest first and stops at the first one not declared.
+-- Every process of a group must shard a bucket alike, or a lookup reads another hash than
+-- the mark was written to and a duplicate gets through. So a bucket's layout is kept next to
+-- its hashes, in <prefix><bucket>:layout: written with the bucket's first mark (SET NX,
+-- expiring with the bucket's hashes) and checked by every call, one GET for each bucket it
+-- reads (one for a call of fresh keys). A call that assumes another layout for a bucket than the one stored fails before it
+-- writes anything, with `ASDLC_LAYOUT <bucket>=<layout> ...` (every such bucket with its
+-- stored layout); the client follows the stored layouts and calls again. A bucket without a
+-- stored layout has no mark written under one (nothing to miss), so a call may assume any.
+--
+-- Every mark hash and layout key a call may touch is declared in its KEYS. The caller
+-- declares, for each bucket it reads, the layout key and each fingerprint's shard, back to
+-- the oldest bucket a mark of the key can be in: a key born at a known time (a fresh
+-- `evt-<UUIDv7>` key, an entry's own id) cannot have been processed before it was made, so
+-- most lookups read one hash. A lookup reads the buckets newest first and stops at the first
+-- one not declared.
 
 local ASDLC_HEX = {
   [0] = '00', '01', '02', '03', '04', '05', '06', '07', '08', '09', '0a', '0b', '0c', '0d', '0e',
@@ -49,36 +64,83 @@ local function asdlc_now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- The marks of this call, at time `now` (ms).
+-- The marks of this call, at time `now` (ms). Refuses the call (before anything is written)
+-- if it was made for another bucket, or assumes another layout for a bucket than its stored
+-- one.
 local function asdlc_marks(now, keys, argv)
   local prefix, width = argv[1], tonumber(argv[2])
-  local ttl, shards = tonumber(argv[4]), tonumber(argv[5])
+  local ttl = tonumber(argv[4])
   local bucket = math.floor(now / width)
   if tonumber(argv[3]) ~= bucket then
     error(redis.error_reply('ASDLC_CLOCK ' .. string.format('%d', now)))
   end
   local nbuckets = math.ceil(ttl / width) + 1
-  local m = { shards = shards, buckets = {}, declared = asdlc_declared(keys) }
-  for b = 0, nbuckets - 1 do
-    m.buckets[b + 1] = prefix .. string.format('%d', bucket - b) .. ':'
+  local m = { buckets = {}, layouts = {}, shards = {}, digits = {}, declared = asdlc_declared(keys) }
+  local names = {}
+  for layout in string.gmatch(argv[5], '[^,]+') do
+    local b = #m.layouts + 1
+    if b > nbuckets then
+      break
+    end
+    local shards, digits = string.match(layout, '^(%d+):([45])$')
+    if not shards then
+      error(redis.error_reply('ERR asdlc: mark layout ' .. layout .. ' is not <shards>:<4 or 5>'))
+    end
+    m.layouts[b], m.shards[b], m.digits[b] = layout, tonumber(shards), tonumber(digits)
+    m.buckets[b] = prefix .. string.format('%d', bucket - b + 1) .. ':'
+    names[b] = m.buckets[b] .. 'layout'
+    asdlc_check_declared(m.declared, names[b], 'mark layout')
+  end
+  if #names > 0 then
+    -- One GET a bucket read (one for a call of fresh keys): GET, not MGET, is what every
+    -- tenant user is granted.
+    local stored, wrong = {}, {}
+    for b = 1, #names do
+      stored[b] = redis.call('GET', names[b])
+      if stored[b] and stored[b] ~= m.layouts[b] then
+        wrong[#wrong + 1] = string.format('%d', bucket - b + 1) .. '=' .. stored[b]
+      end
+    end
+    if #wrong > 0 then
+      error(redis.error_reply('ASDLC_LAYOUT ' .. table.concat(wrong, ' ')))
+    end
+    -- Written with the bucket's first mark (asdlc_set_mark).
+    m.unset = not stored[1]
+    m.layout_key = names[1]
   end
   m.expire_at = string.format('%d', (bucket + 1) * width + ttl)
   return m
 end
 
-local function asdlc_shard(m, fp)
-  local s = (string.byte(fp, 1) * 256 + string.byte(fp, 2)) % m.shards
-  return ASDLC_HEX[math.floor(s / 256)] .. ASDLC_HEX[s % 256]
+-- The shard of `fp` in the `b`th bucket of the call (1: the current one), as text.
+local function asdlc_shard(m, b, fp)
+  local shards = m.shards[b]
+  if not shards then
+    error(redis.error_reply('ERR asdlc: the call gives no mark layout for the bucket it marks'))
+  end
+  local s = string.byte(fp, 1) * 256 + string.byte(fp, 2)
+  if shards > 65536 then
+    s = s + string.byte(fp, 3) * 65536
+  end
+  s = s % shards
+  if m.digits[b] == 4 then
+    return ASDLC_HEX[math.floor(s / 256)] .. ASDLC_HEX[s % 256]
+  end
+  return string.sub(ASDLC_HEX[math.floor(s / 65536)], 2)
+    .. ASDLC_HEX[math.floor(s / 256) % 256] .. ASDLC_HEX[s % 256]
 end
 
 local function asdlc_is_marked(m, fp)
-  local shard = asdlc_shard(m, fp)
+  local shard = asdlc_shard(m, 1, fp)
   local key = m.buckets[1] .. shard
   asdlc_check_declared(m.declared, key, 'mark hash')
   if redis.call('HEXISTS', key, fp) == 1 then
     return true
   end
   for b = 2, #m.buckets do
+    if m.layouts[b] ~= m.layouts[b - 1] then
+      shard = asdlc_shard(m, b, fp)
+    end
     key = m.buckets[b] .. shard
     -- Not declared: no mark of the key can be this old.
     if not m.declared[key] then
@@ -92,8 +154,13 @@ local function asdlc_is_marked(m, fp)
 end
 
 local function asdlc_set_mark(m, fp)
-  local key = m.buckets[1] .. asdlc_shard(m, fp)
+  local key = m.buckets[1] .. asdlc_shard(m, 1, fp)
   asdlc_check_declared(m.declared, key, 'mark hash')
+  if m.unset then
+    -- The bucket's first mark: from now on every call must assume this layout for it.
+    redis.call('SET', m.layout_key, m.layouts[1], 'NX', 'PXAT', m.expire_at)
+    m.unset = false
+  end
   -- '#' is in every mark hash from its first mark on, so two new fields mean a new hash:
   -- only then is its expiry set, without a second command for every mark.
   if redis.call('HSET', key, fp, '1', '#', '') == 2 then

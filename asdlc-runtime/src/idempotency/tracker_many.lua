@@ -1,6 +1,6 @@
 -- IdempotencyTracker::mark_many: check-and-mark many fingerprints atomically.
--- KEYS[1] stream (for routing), then the mark hashes of the fingerprints
--- ARGV: prefix, width, bucket, ttl, shards (marks.lua), then one fingerprint per key.
+-- KEYS[1] stream (for routing), then the layout keys and mark hashes of the fingerprints
+-- ARGV: prefix, width, bucket, ttl, layouts (marks.lua), then one fingerprint per key.
 -- Returns one code per key: 1 if this call marked it, 0 if it was already processed.
 local marks = asdlc_marks(asdlc_now_ms(), KEYS, ARGV)
 local out = {}
