@@ -303,6 +303,26 @@ async fn order_counts(conn: &mut RedisConnection, keys: &StreamKeys) -> (i64, i6
     (queued.unwrap_or(0), with.unwrap_or(0))
 }
 
+/// The order hash holds nothing but its cursor, counts and description: every queue and
+/// link is gone. Its encoding is the server's hashtable (see order.lua's `about` field).
+async fn assert_order_empty(conn: &mut RedisConnection, keys: &StreamKeys) {
+    let order: HashMap<String, String> = conn.hgetall(keys.order_hash(GROUP)).await.unwrap();
+    let mut fields: Vec<&str> = order.keys().map(String::as_str).collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        ["about", "cursor", "keys", "queued"],
+        "queues left: {order:?}"
+    );
+    let encoding: String = redis::cmd("OBJECT")
+        .arg("ENCODING")
+        .arg(keys.order_hash(GROUP))
+        .query_async(conn)
+        .await
+        .unwrap();
+    assert_eq!(encoding, "hashtable");
+}
+
 /// Four consumers, 200 sessions of 20 events: the scenario of this file, on any server.
 async fn four_consumers_keep_every_session_in_order(url: RedisUrl, stream: &str) {
     let config = config(url.clone(), stream);
@@ -341,13 +361,9 @@ async fn four_consumers_keep_every_session_in_order(url: RedisUrl, stream: &str)
         "each event committed once"
     );
     check_all(&mut conn, &keys, SESSIONS, PER_SESSION).await;
-    // Everything finished: nothing queued, no queue left behind.
+    // Everything finished: nothing queued, no queue or link left behind.
     assert_eq!(order_counts(&mut conn, &keys).await, (0, 0));
-    let order: HashMap<String, String> = conn.hgetall(keys.order_hash(GROUP)).await.unwrap();
-    assert!(
-        order.keys().all(|f| !f.starts_with("k:")),
-        "queues left: {order:?}"
-    );
+    assert_order_empty(&mut conn, &keys).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -470,6 +486,7 @@ async fn a_retrying_event_holds_back_its_session_and_a_dead_letter_releases_it()
         (8, 1, 2)
     );
     assert_eq!(order_counts(&mut conn, &keys).await, (0, 0));
+    assert_order_empty(&mut conn, &keys).await;
 }
 
 /// `ordered_by = session` in the attribute becomes the registration's option.

@@ -185,7 +185,8 @@ impl StreamKeys {
     }
 
     /// The hash of `group`'s per-key ordering: the cursor of placed entries, the counts of
-    /// queued and held-back entries, and the queue of each order key (`k:<key>`).
+    /// queued entries and keys, and the queue of each order key (a field named after the key,
+    /// with its head and tail, and a link from each queued entry to the next).
     pub fn order_hash(&self, group: &str) -> String {
         format!("{}:order:{group}", self.namespace)
     }

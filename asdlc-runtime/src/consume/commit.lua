@@ -263,18 +263,28 @@ end
 if #orders > 0 then
   local acked = {}
   for _, id in ipairs(acks) do acked[id] = true end
-  local views = {}
+  -- The releases, by order hash: each hash's queues are read and written once.
+  local releases, hashes = {}, {}
   for _, at in ipairs(orders) do
     local id, order, key = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
     if acked[id] then
-      if not views[order] then
+      local rel = releases[order]
+      if not rel then
         asdlc_check_declared(marks.declared, order, 'order hash')
-        views[order] = asdlc_order_open(order)
+        rel = { ids = {}, keys = {} }
+        releases[order] = rel
+        hashes[#hashes + 1] = order
       end
-      asdlc_order_drop(views[order], key, id)
+      rel.ids[#rel.ids + 1] = id
+      rel.keys[#rel.keys + 1] = key
     end
   end
-  for _, view in pairs(views) do
+  for _, order in ipairs(hashes) do
+    local rel = releases[order]
+    local view = asdlc_order_open(order, rel.keys)
+    for j, id in ipairs(rel.ids) do
+      asdlc_order_drop(view, rel.keys[j], id)
+    end
     asdlc_order_close(view, nil)
   end
 end

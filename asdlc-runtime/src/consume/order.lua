@@ -7,9 +7,16 @@
 --   cursor        the last entry id placed: every pending entry up to it is in its queue
 --   queued, keys  how many entries are queued, and under how many keys (so `queued - keys`
 --                 entries are held back behind an earlier entry of their key)
---   k:<key>       the queue of one order key (`session:<id>`, `task:<id>`, `key:<k>`): the
---                 ids of its placed, unfinished entries, in stream order, separated by
---                 spaces. Its head is the key's hold.
+--   about         what the hash holds (ASDLC_ORDER_ABOUT, below)
+--   <key>         the queue of one order key, named after it (`session:<id>`, `task:<id>`,
+--                 `key:<k>`): its head, the earliest of its placed, unfinished entries,
+--                 and, when it holds more than one, a space and its tail, the latest
+--                 ('<head>' or '<head> <tail>'). The head is the key's hold.
+--   n:<id>        the entry after `id` in its queue, for each queued entry but a tail
+-- A queue is a linked list, so pushing an entry, dropping the head and telling whether an
+-- entry is the head each read and write a field or two, whatever the queue's length (a key
+-- held back by a retry may gather many entries); a queue of one entry, the common case, is
+-- its key's field alone.
 -- One hash, not a key per queue: every key a function touches is declared in its KEYS, and
 -- the begin step places entries read by other consumers, whose keys no client declared.
 -- Who is handling a queue's head, and until when, is the head's in-flight lease
@@ -20,6 +27,14 @@
 -- How long the order hash outlives its last write (as the lease hash).
 local ASDLC_ORDER_MS = 86400000
 
+-- The value of the `about` field. The hash has a field for each in-flight ordered entry,
+-- often hundreds; in the server's compact listpack encoding (a hash of up to 128 or 512
+-- short fields, by default) every field read or write scans them all. One value longer
+-- than `hash-max-listpack-value` (64 bytes by default) keeps the hash in the hashtable
+-- encoding from its first write, where a field is found at once.
+local ASDLC_ORDER_ABOUT =
+  'asdlc per-key order: cursor, queued, keys, <order key> = head [tail], n:<id> = next id'
+
 -- The two numbers of an entry id ('<ms>-<seq>'); both fit a Lua number exactly.
 local function asdlc_id_parts(id)
   local dash = string.find(id, '-', 1, true)
@@ -29,106 +44,192 @@ local function asdlc_id_parts(id)
   return tonumber(string.sub(id, 1, dash - 1)) or 0, tonumber(string.sub(id, dash + 1)) or 0
 end
 
--- Whether entry id `a` comes before `b` in the stream.
+-- Whether entry id `a` comes before `b` in the stream. Costs four number conversions: the
+-- steps compare ids only where string equality cannot answer.
 local function asdlc_id_less(a, b)
   local am, as = asdlc_id_parts(a)
   local bm, bs = asdlc_id_parts(b)
   return am < bm or (am == bm and as < bs)
 end
 
--- A call's view of the queues of `hash`: each read once, written back once by
--- asdlc_order_close.
-local function asdlc_order_open(hash)
-  return { hash = hash, q = {}, dirty = {}, queued = 0, keys = 0 }
+-- Notes the queue of `key` from its field's value (false: no queue).
+local function asdlc_order_parse(o, key, v)
+  if not v then
+    o.head[key], o.tail[key] = false, false
+    return
+  end
+  local sp = string.find(v, ' ', 1, true)
+  if sp then
+    o.head[key], o.tail[key] = string.sub(v, 1, sp - 1), string.sub(v, sp + 1)
+  else
+    o.head[key], o.tail[key] = v, v
+  end
 end
 
-local function asdlc_order_get(o, key)
-  local v = o.q[key]
+-- A call's view of the order hash `hash`: the cursor, the counts and the queues of `keys`
+-- (order keys, repeats allowed) read with one command; other queues and the links are read
+-- when first needed. Each changed field is written back once, by asdlc_order_close.
+local function asdlc_order_open(hash, keys)
+  local o = {
+    hash = hash, head = {}, tail = {}, after = {}, dirty = {}, relinked = {},
+  }
+  local fields, wanted, seen = { 'cursor', 'queued', 'keys', 'about' }, {}, {}
+  for _, key in ipairs(keys) do
+    if not seen[key] then
+      seen[key] = true
+      wanted[#wanted + 1] = key
+      fields[#fields + 1] = key
+    end
+  end
+  local got = redis.call('HMGET', hash, unpack(fields))
+  o.cursor = got[1] or '0-0'
+  o.queued = tonumber(got[2]) or 0
+  o.keys = tonumber(got[3]) or 0
+  o.about = got[4]
+  for j, key in ipairs(wanted) do
+    asdlc_order_parse(o, key, got[4 + j])
+  end
+  return o
+end
+
+local function asdlc_order_load(o, key)
+  if o.head[key] == nil then
+    asdlc_order_parse(o, key, redis.call('HGET', o.hash, key))
+  end
+end
+
+-- The entry after `id` in its queue, or false.
+local function asdlc_order_next(o, id)
+  local v = o.after[id]
   if v == nil then
-    v = redis.call('HGET', o.hash, 'k:' .. key) or false
-    o.q[key] = v
+    v = redis.call('HGET', o.hash, 'n:' .. id)
+    o.after[id] = v
   end
   return v
 end
 
-local function asdlc_order_put(o, key, v)
-  o.q[key] = v
-  o.dirty[key] = true
+local function asdlc_order_link(o, id, after)
+  o.after[id] = after
+  o.relinked[id] = true
 end
 
--- Appends `id` to the queue of `key`.
+-- Appends `id` to the queue of `key`; true if the queue was empty (`id` is its head).
 local function asdlc_order_push(o, key, id)
-  local v = asdlc_order_get(o, key)
-  if v then
-    asdlc_order_put(o, key, v .. ' ' .. id)
-  else
-    asdlc_order_put(o, key, id)
-    o.keys = o.keys + 1
-  end
+  asdlc_order_load(o, key)
+  local tail = o.tail[key]
+  o.tail[key] = id
+  o.dirty[key] = true
   o.queued = o.queued + 1
+  if tail then
+    asdlc_order_link(o, tail, id)
+    return false
+  end
+  o.head[key] = id
+  o.keys = o.keys + 1
+  return true
 end
 
 -- The first id of the queue of `key`, or nil.
 local function asdlc_order_head(o, key)
-  local v = asdlc_order_get(o, key)
-  if not v then
-    return nil
-  end
-  local sp = string.find(v, ' ', 1, true)
-  return sp and string.sub(v, 1, sp - 1) or v
+  asdlc_order_load(o, key)
+  return o.head[key] or nil
 end
 
 -- Removes `id` from the queue of `key`, if it is there.
 local function asdlc_order_drop(o, key, id)
-  local v = asdlc_order_get(o, key)
-  if not v then
+  asdlc_order_load(o, key)
+  local head, tail = o.head[key], o.tail[key]
+  if not head then
     return
   end
-  local padded = ' ' .. v .. ' '
-  local s, e = string.find(padded, ' ' .. id .. ' ', 1, true)
-  if not s then
-    return
-  end
-  local rest = string.sub(string.sub(padded, 1, s) .. string.sub(padded, e + 1), 2, -2)
-  if rest == '' then
-    asdlc_order_put(o, key, false)
-    o.keys = o.keys - 1
+  if head == id then
+    if tail == id then
+      o.head[key], o.tail[key] = false, false
+      o.keys = o.keys - 1
+    else
+      o.head[key] = asdlc_order_next(o, id) or tail
+      asdlc_order_link(o, id, false)
+    end
   else
-    asdlc_order_put(o, key, rest)
+    -- Not the head: an entry committed again after its queue moved on (it is earlier than
+    -- the head), or one that ran without being its key's head here (an entry another
+    -- consumer placed under another key). The queue is in stream order, so the walk stops
+    -- at the first later entry.
+    if asdlc_id_less(id, head) then
+      return
+    end
+    local prev = head
+    while true do
+      if prev == tail then
+        return
+      end
+      local cur = asdlc_order_next(o, prev)
+      if not cur then
+        return
+      end
+      if cur == id then
+        break
+      end
+      if asdlc_id_less(id, cur) then
+        return
+      end
+      prev = cur
+    end
+    if id == tail then
+      o.tail[key] = prev
+      asdlc_order_link(o, prev, false)
+    else
+      asdlc_order_link(o, prev, asdlc_order_next(o, id))
+      asdlc_order_link(o, id, false)
+    end
   end
+  o.dirty[key] = true
   o.queued = o.queued - 1
 end
 
--- Writes the call's changes back (and keeps the hash from expiring while it is used);
--- `cursor` is the new cursor, or nil.
+-- Writes the call's changes back, with one command for the fields set and one for those
+-- removed (and keeps the hash from expiring while it is used); `cursor` is the new cursor,
+-- or nil.
 local function asdlc_order_close(o, cursor)
   local set, del = {}, {}
   for key in pairs(o.dirty) do
-    local v = o.q[key]
-    if v then
-      set[#set + 1] = 'k:' .. key
-      set[#set + 1] = v
+    local head, tail = o.head[key], o.tail[key]
+    if head then
+      set[#set + 1] = key
+      set[#set + 1] = head == tail and head or head .. ' ' .. tail
     else
-      del[#del + 1] = 'k:' .. key
+      del[#del + 1] = key
     end
+  end
+  for id in pairs(o.relinked) do
+    local after = o.after[id]
+    if after then
+      set[#set + 1] = 'n:' .. id
+      set[#set + 1] = after
+    else
+      del[#del + 1] = 'n:' .. id
+    end
+  end
+  if #set == 0 and #del == 0 and not cursor then
+    return
   end
   if cursor then
     set[#set + 1] = 'cursor'
     set[#set + 1] = cursor
   end
-  if #set > 0 then
-    redis.call('HSET', o.hash, unpack(set))
+  set[#set + 1] = 'queued'
+  set[#set + 1] = string.format('%d', o.queued)
+  set[#set + 1] = 'keys'
+  set[#set + 1] = string.format('%d', o.keys)
+  if not o.about then
+    set[#set + 1] = 'about'
+    set[#set + 1] = ASDLC_ORDER_ABOUT
   end
   if #del > 0 then
     redis.call('HDEL', o.hash, unpack(del))
   end
-  if o.queued ~= 0 then
-    redis.call('HINCRBY', o.hash, 'queued', o.queued)
-  end
-  if o.keys ~= 0 then
-    redis.call('HINCRBY', o.hash, 'keys', o.keys)
-  end
-  if #set > 0 and redis.call('PTTL', o.hash) < ASDLC_ORDER_MS / 2 then
+  redis.call('HSET', o.hash, unpack(set))
+  if redis.call('PTTL', o.hash) < ASDLC_ORDER_MS / 2 then
     redis.call('PEXPIRE', o.hash, ASDLC_ORDER_MS)
   end
 end
