@@ -263,17 +263,20 @@ end
 if #orders > 0 then
   local acked = {}
   for _, id in ipairs(acks) do acked[id] = true end
-  -- The releases, by order hash: each hash's queues are read and written once.
-  local releases, hashes = {}, {}
+  -- The releases, by order hash (one, from a consumer): each hash's queues are read and
+  -- written once.
+  local releases, hashes, rel, rel_order = {}, {}, nil, nil
   for _, at in ipairs(orders) do
     local id, order, key = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
     if acked[id] then
-      local rel = releases[order]
-      if not rel then
-        asdlc_check_declared(marks.declared, order, 'order hash')
-        rel = { ids = {}, keys = {} }
-        releases[order] = rel
-        hashes[#hashes + 1] = order
+      if order ~= rel_order then
+        rel, rel_order = releases[order], order
+        if not rel then
+          asdlc_check_declared(marks.declared, order, 'order hash')
+          rel = { ids = {}, keys = {} }
+          releases[order] = rel
+          hashes[#hashes + 1] = order
+        end
       end
       rel.ids[#rel.ids + 1] = id
       rel.keys[#rel.keys + 1] = key

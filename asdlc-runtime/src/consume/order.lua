@@ -67,26 +67,19 @@ local function asdlc_order_parse(o, key, v)
 end
 
 -- A call's view of the order hash `hash`: the cursor, the counts and the queues of `keys`
--- (order keys, repeats allowed) read with one command; other queues and the links are read
--- when first needed. Each changed field is written back once, by asdlc_order_close.
+-- (order keys, repeats allowed: a repeat reads the same value twice) read with one command;
+-- other queues and the links are read when first needed. Each changed field is written back
+-- once, by asdlc_order_close.
 local function asdlc_order_open(hash, keys)
   local o = {
     hash = hash, head = {}, tail = {}, after = {}, dirty = {}, relinked = {},
   }
-  local fields, wanted, seen = { 'cursor', 'queued', 'keys', 'about' }, {}, {}
-  for _, key in ipairs(keys) do
-    if not seen[key] then
-      seen[key] = true
-      wanted[#wanted + 1] = key
-      fields[#fields + 1] = key
-    end
-  end
-  local got = redis.call('HMGET', hash, unpack(fields))
+  local got = redis.call('HMGET', hash, 'cursor', 'queued', 'keys', 'about', unpack(keys))
   o.cursor = got[1] or '0-0'
   o.queued = tonumber(got[2]) or 0
   o.keys = tonumber(got[3]) or 0
   o.about = got[4]
-  for j, key in ipairs(wanted) do
+  for j, key in ipairs(keys) do
     asdlc_order_parse(o, key, got[4 + j])
   end
   return o
