@@ -1,7 +1,7 @@
 -- Begin step of a group with ordered handlers, one call per batch: places each entry in the
 -- queue of its order key (order.lua), then runs the begin step (begin.lua) for the entries
 -- whose turn it is.
--- KEYS: as begin.lua (stream, lease hash, mark hashes), then the order hash
+-- KEYS: as begin.lua (stream, lease hash, mark hashes), then the order hash, last
 -- ARGV: as begin.lua's first nine, then the order hash; the group's order rule, one
 --       `<event type>=<s|t|f>;` per ordered event type (by session, by task, by a key
 --       function); then (entry id, fingerprint, order key) for each entry, in stream order,

@@ -52,43 +52,54 @@ local function asdlc_id_less(a, b)
   return am < bm or (am == bm and as < bs)
 end
 
--- Notes the queue of `key` from its field's value (false: no queue).
-local function asdlc_order_parse(o, key, v)
-  if not v then
-    o.head[key], o.tail[key] = false, false
-    return
-  end
-  local sp = string.find(v, ' ', 1, true)
-  if sp then
-    o.head[key], o.tail[key] = string.sub(v, 1, sp - 1), string.sub(v, sp + 1)
-  else
-    o.head[key], o.tail[key] = v, v
-  end
-end
-
 -- A call's view of the order hash `hash`: the cursor, the counts and the queues of `keys`
 -- (order keys, repeats allowed: a repeat reads the same value twice) read with one command;
--- other queues and the links are read when first needed. Each changed field is written back
--- once, by asdlc_order_close.
+-- other queues and the links are read when first needed. A queue is held as its field's
+-- value (false: no queue), so the common cases, a push into an empty queue and the release
+-- of a queue's only entry, are a comparison and an assignment. Each changed field is written
+-- back once, by asdlc_order_close.
 local function asdlc_order_open(hash, keys)
-  local o = {
-    hash = hash, head = {}, tail = {}, after = {}, dirty = {}, relinked = {},
-  }
+  local o = { hash = hash, q = {}, after = {}, dirty = {}, relinked = {} }
   local got = redis.call('HMGET', hash, 'cursor', 'queued', 'keys', 'about', unpack(keys))
   o.cursor = got[1] or '0-0'
   o.queued = tonumber(got[2]) or 0
   o.keys = tonumber(got[3]) or 0
   o.about = got[4]
   for j, key in ipairs(keys) do
-    asdlc_order_parse(o, key, got[4 + j])
+    o.q[key] = got[4 + j]
   end
   return o
 end
 
-local function asdlc_order_load(o, key)
-  if o.head[key] == nil then
-    asdlc_order_parse(o, key, redis.call('HGET', o.hash, key))
+-- The value of the queue of `key` ('<head>' or '<head> <tail>'), or false.
+local function asdlc_order_value(o, key)
+  local v = o.q[key]
+  if v == nil then
+    v = redis.call('HGET', o.hash, key)
+    o.q[key] = v
   end
+  return v
+end
+
+-- The head and tail of a queue's value.
+local function asdlc_order_ends(v)
+  local sp = string.find(v, ' ', 1, true)
+  if sp then
+    return string.sub(v, 1, sp - 1), string.sub(v, sp + 1)
+  end
+  return v, v
+end
+
+-- Sets the queue of `key` to run from `head` to `tail` (false: no queue).
+local function asdlc_order_set(o, key, head, tail)
+  if not head then
+    o.q[key] = false
+  elseif head == tail then
+    o.q[key] = head
+  else
+    o.q[key] = head .. ' ' .. tail
+  end
+  o.dirty[key] = true
 end
 
 -- The entry after `id` in its queue, or false.
@@ -108,49 +119,53 @@ end
 
 -- Appends `id` to the queue of `key`; true if the queue was empty (`id` is its head).
 local function asdlc_order_push(o, key, id)
-  asdlc_order_load(o, key)
-  local tail = o.tail[key]
-  o.tail[key] = id
-  o.dirty[key] = true
+  local v = asdlc_order_value(o, key)
   o.queued = o.queued + 1
-  if tail then
-    asdlc_order_link(o, tail, id)
-    return false
+  o.dirty[key] = true
+  if not v then
+    o.q[key] = id
+    o.keys = o.keys + 1
+    return true
   end
-  o.head[key] = id
-  o.keys = o.keys + 1
-  return true
+  local head, tail = asdlc_order_ends(v)
+  asdlc_order_link(o, tail, id)
+  o.q[key] = head .. ' ' .. id
+  return false
 end
 
 -- The first id of the queue of `key`, or nil.
 local function asdlc_order_head(o, key)
-  asdlc_order_load(o, key)
-  return o.head[key] or nil
+  local v = asdlc_order_value(o, key)
+  if not v then
+    return nil
+  end
+  return (asdlc_order_ends(v))
 end
 
 -- Removes `id` from the queue of `key`, if it is there.
 local function asdlc_order_drop(o, key, id)
-  asdlc_order_load(o, key)
-  local head, tail = o.head[key], o.tail[key]
-  if not head then
+  local v = asdlc_order_value(o, key)
+  if not v then
     return
   end
+  if v == id then
+    -- Its only entry.
+    asdlc_order_set(o, key, false)
+    o.keys = o.keys - 1
+    o.queued = o.queued - 1
+    return
+  end
+  local head, tail = asdlc_order_ends(v)
   if head == id then
-    if tail == id then
-      o.head[key], o.tail[key] = false, false
-      o.keys = o.keys - 1
-    else
-      o.head[key] = asdlc_order_next(o, id) or tail
-      asdlc_order_link(o, id, false)
-    end
+    asdlc_order_set(o, key, asdlc_order_next(o, id) or tail, tail)
+    asdlc_order_link(o, id, false)
+  elseif head == tail or asdlc_id_less(id, head) then
+    -- Not there: an entry committed again after its queue moved on, or one that ran without
+    -- being in this queue (placed by another consumer under another key).
+    return
   else
-    -- Not the head: an entry committed again after its queue moved on (it is earlier than
-    -- the head), or one that ran without being its key's head here (an entry another
-    -- consumer placed under another key). The queue is in stream order, so the walk stops
-    -- at the first later entry.
-    if asdlc_id_less(id, head) then
-      return
-    end
+    -- Not the head, as above, but maybe in the queue: it is in stream order, so the walk
+    -- stops at the first later entry.
     local prev = head
     while true do
       if prev == tail then
@@ -169,14 +184,13 @@ local function asdlc_order_drop(o, key, id)
       prev = cur
     end
     if id == tail then
-      o.tail[key] = prev
+      asdlc_order_set(o, key, head, prev)
       asdlc_order_link(o, prev, false)
     else
       asdlc_order_link(o, prev, asdlc_order_next(o, id))
       asdlc_order_link(o, id, false)
     end
   end
-  o.dirty[key] = true
   o.queued = o.queued - 1
 end
 
@@ -186,10 +200,10 @@ end
 local function asdlc_order_close(o, cursor)
   local set, del = {}, {}
   for key in pairs(o.dirty) do
-    local head, tail = o.head[key], o.tail[key]
-    if head then
+    local v = o.q[key]
+    if v then
       set[#set + 1] = key
-      set[#set + 1] = head == tail and head or head .. ' ' .. tail
+      set[#set + 1] = v
     else
       del[#del + 1] = key
     end
