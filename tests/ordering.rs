@@ -292,29 +292,31 @@ async fn check_all(conn: &mut RedisConnection, keys: &StreamKeys, sessions: usiz
     assert_eq!(done_count(conn, keys).await, (sessions * per) as u64);
 }
 
-/// What the group's order state says: (entries queued, keys with any), from the order hash.
-async fn order_counts(conn: &mut RedisConnection, keys: &StreamKeys) -> (i64, i64) {
-    let (queued, with): (Option<i64>, Option<i64>) = redis::cmd("HMGET")
-        .arg(keys.order_hash(GROUP))
-        .arg("queued")
-        .arg("keys")
-        .query_async(conn)
-        .await
-        .unwrap();
-    (queued.unwrap_or(0), with.unwrap_or(0))
+/// The order hash's fields but its cursor, held-back count and description (the queues and
+/// their links), sorted.
+async fn queue_fields(conn: &mut RedisConnection, order: &str) -> Vec<(String, String)> {
+    let all: HashMap<String, String> = conn.hgetall(order).await.unwrap();
+    let mut rest: Vec<(String, String)> = all
+        .into_iter()
+        .filter(|(f, _)| !["cursor", "held", "about"].contains(&f.as_str()))
+        .collect();
+    rest.sort();
+    rest
 }
 
-/// The order hash holds nothing but its cursor, counts and description: every queue and
-/// link is gone. Its encoding is the server's hashtable (see order.lua's `about` field).
+/// How many entries the order hash counts as held back behind their key's head.
+async fn held_count(conn: &mut RedisConnection, order: &str) -> i64 {
+    let held: Option<i64> = conn.hget(order, "held").await.unwrap();
+    held.unwrap_or(0)
+}
+
+/// The order hash holds nothing but its cursor, held-back count (0) and description: every
+/// queue and link is gone. Its encoding is the server's hashtable (see order.lua's `about`
+/// field).
 async fn assert_order_empty(conn: &mut RedisConnection, keys: &StreamKeys) {
-    let order: HashMap<String, String> = conn.hgetall(keys.order_hash(GROUP)).await.unwrap();
-    let mut fields: Vec<&str> = order.keys().map(String::as_str).collect();
-    fields.sort_unstable();
-    assert_eq!(
-        fields,
-        ["about", "cursor", "keys", "queued"],
-        "queues left: {order:?}"
-    );
+    let order = keys.order_hash(GROUP);
+    assert_eq!(queue_fields(conn, &order).await, [], "queues left");
+    assert_eq!(held_count(conn, &order).await, 0);
     let encoding: String = redis::cmd("OBJECT")
         .arg("ENCODING")
         .arg(keys.order_hash(GROUP))
@@ -362,8 +364,7 @@ async fn four_consumers_keep_every_session_in_order(url: RedisUrl, stream: &str)
         "each event committed once"
     );
     check_all(&mut conn, &keys, SESSIONS, PER_SESSION).await;
-    // Everything finished: nothing queued, no queue or link left behind.
-    assert_eq!(order_counts(&mut conn, &keys).await, (0, 0));
+    // Everything finished: nothing held back, no queue or link left behind.
     assert_order_empty(&mut conn, &keys).await;
 }
 
@@ -457,8 +458,13 @@ async fn a_retrying_event_holds_back_its_session_and_a_dead_letter_releases_it()
         starts.iter().all(|s| s.ends_with('0')),
         "nothing after the retrying event started: {starts:?}"
     );
-    // Server side: three entries of one key queued, two of them held back.
-    assert_eq!(order_counts(&mut conn, &keys).await, (3, 1));
+    // Server side: three entries of one key queued (its field and two links), two of them
+    // held back.
+    let queues = queue_fields(&mut conn, &keys.order_hash(GROUP)).await;
+    let names: Vec<&str> = queues.iter().map(|(f, _)| &f[..2]).collect();
+    assert_eq!(names, ["n:", "n:", "se"], "{queues:?}");
+    assert_eq!(queues[2].0, "session:s-retry");
+    assert_eq!(held_count(&mut conn, &keys.order_hash(GROUP)).await, 2);
     assert!(c.stats().held_back > 0, "{:?}", c.stats());
     let info = asdlc::get_stream_info(&mut conn, "asdlc:events")
         .await
@@ -486,7 +492,6 @@ async fn a_retrying_event_holds_back_its_session_and_a_dead_letter_releases_it()
         (stats.processed, stats.dead_lettered, stats.retried),
         (8, 1, 2)
     );
-    assert_eq!(order_counts(&mut conn, &keys).await, (0, 0));
     assert_order_empty(&mut conn, &keys).await;
 }
 
@@ -608,17 +613,6 @@ impl Protocol {
         self.call(conn, "commit", &keys, &args).await
     }
 
-    /// The order hash's fields but its cursor and description, sorted.
-    async fn queues(&self, conn: &mut RedisConnection) -> Vec<(String, String)> {
-        let all: HashMap<String, String> = conn.hgetall(&self.order).await.unwrap();
-        let mut rest: Vec<(String, String)> = all
-            .into_iter()
-            .filter(|(f, _)| f != "cursor" && f != "about")
-            .collect();
-        rest.sort();
-        rest
-    }
-
     /// The link from entry `i` to entry `j`.
     fn link(&self, i: usize, j: usize) -> (String, String) {
         (format!("n:{}", self.ids[i]), self.ids[j].clone())
@@ -642,59 +636,50 @@ async fn queues_stay_exact_through_releases_out_of_turn_a_stale_head_and_a_repea
         [1, -2, 1, -2, -2]
     );
     assert_eq!(
-        p.queues(&mut conn).await,
+        queue_fields(&mut conn, &p.order).await,
         [
-            field("keys", "2"),
             p.link(0, 1),
             p.link(1, 3),
             p.link(3, 4),
-            field("queued", "5"),
             field("session:s1", &format!("{} {}", ids[0], ids[4])),
             field("session:s2", &ids[2]),
         ]
     );
+    assert_eq!(held_count(&mut conn, &p.order).await, 3);
     let info = asdlc::get_stream_info(&mut conn, p.stream).await.unwrap();
     assert_eq!(info.group(GROUP).unwrap().held_back, 3);
 
     // A retry keeps the hold: nothing changes.
-    let before = p.queues(&mut conn).await;
+    let before = queue_fields(&mut conn, &p.order).await;
     assert_eq!(p.commit(&mut conn, &[('O', 0), ('R', 0)]).await, [1]);
-    assert_eq!(p.queues(&mut conn).await, before);
+    assert_eq!(queue_fields(&mut conn, &p.order).await, before);
     // Released out of turn: a middle entry, then the tail.
     assert_eq!(p.commit(&mut conn, &[('O', 3), ('s', 3)]).await, [1]);
     assert_eq!(p.commit(&mut conn, &[('O', 4), ('s', 4)]).await, [1]);
     assert_eq!(
-        p.queues(&mut conn).await,
+        queue_fields(&mut conn, &p.order).await,
         [
-            field("keys", "2"),
             p.link(0, 1),
-            field("queued", "3"),
             field("session:s1", &format!("{} {}", ids[0], ids[1])),
             field("session:s2", &ids[2]),
         ]
     );
+    assert_eq!(held_count(&mut conn, &p.order).await, 1);
 
     // The head acknowledged by hand: checked again, the next entry finds it gone and runs.
     let _: i64 = conn.xack(p.stream, GROUP, &[&ids[0]]).await.unwrap();
     assert_eq!(p.begin(&mut conn, &[1]).await, [1]);
     assert_eq!(
-        p.queues(&mut conn).await,
-        [
-            field("keys", "2"),
-            field("queued", "2"),
-            field("session:s1", &ids[1]),
-            field("session:s2", &ids[2]),
-        ]
+        queue_fields(&mut conn, &p.order).await,
+        [field("session:s1", &ids[1]), field("session:s2", &ids[2])]
     );
+    assert_eq!(held_count(&mut conn, &p.order).await, 0);
 
     let records = [('O', 1), ('s', 1), ('O', 2), ('s', 2)];
     assert_eq!(p.commit(&mut conn, &records).await, [1, 1]);
     // A second commit of a released entry (processed: acknowledged again) changes nothing.
     assert_eq!(p.commit(&mut conn, &[('O', 1), ('s', 1)]).await, [0]);
-    assert_eq!(
-        p.queues(&mut conn).await,
-        [field("keys", "0"), field("queued", "0")]
-    );
+    assert_order_empty(&mut conn, &StreamKeys::new(p.stream)).await;
 }
 
 /// `ordered_by = session` in the attribute becomes the registration's option.

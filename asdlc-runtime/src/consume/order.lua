@@ -5,8 +5,10 @@
 -- time and in stream order, whichever consumer of its group reads them. The state of a
 -- stream and group is one hash in the stream's slot, `<ns>:order:<group>`:
 --   cursor        the last entry id placed: every pending entry up to it is in its queue
---   queued, keys  how many entries are queued, and under how many keys (so `queued - keys`
---                 entries are held back behind an earlier entry of their key)
+--   held          how many queued entries are not their queue's head: held back behind an
+--                 earlier entry of their key. Only a push behind another entry and the
+--                 release of a head with a successor change it, so a call whose queues each
+--                 hold one entry leaves it alone.
 --   about         what the hash holds (ASDLC_ORDER_ABOUT, below)
 --   <key>         the queue of one order key, named after it (`session:<id>`, `task:<id>`,
 --                 `key:<k>`): its head, the earliest of its placed, unfinished entries,
@@ -33,7 +35,7 @@ local ASDLC_ORDER_MS = 86400000
 -- than `hash-max-listpack-value` (64 bytes by default) keeps the hash in the hashtable
 -- encoding from its first write, where a field is found at once.
 local ASDLC_ORDER_ABOUT =
-  'asdlc per-key order: cursor, queued, keys, <order key> = head [tail], n:<id> = next id'
+  'asdlc per-key order: cursor, held, <order key> = head [tail], n:<id> = the next id'
 
 -- The two numbers of an entry id ('<ms>-<seq>'); both fit a Lua number exactly.
 local function asdlc_id_parts(id)
@@ -60,13 +62,13 @@ end
 -- back once, by asdlc_order_close.
 local function asdlc_order_open(hash, keys)
   local o = { hash = hash, q = {}, after = {}, dirty = {}, relinked = {} }
-  local got = redis.call('HMGET', hash, 'cursor', 'queued', 'keys', 'about', unpack(keys))
+  local got = redis.call('HMGET', hash, 'cursor', 'held', 'about', unpack(keys))
   o.cursor = got[1] or '0-0'
-  o.queued = tonumber(got[2]) or 0
-  o.keys = tonumber(got[3]) or 0
-  o.about = got[4]
+  o.held = tonumber(got[2]) or 0
+  o.held_read = o.held
+  o.about = got[3]
   for j, key in ipairs(keys) do
-    o.q[key] = got[4 + j]
+    o.q[key] = got[3 + j]
   end
   return o
 end
@@ -120,16 +122,15 @@ end
 -- Appends `id` to the queue of `key`; true if the queue was empty (`id` is its head).
 local function asdlc_order_push(o, key, id)
   local v = asdlc_order_value(o, key)
-  o.queued = o.queued + 1
   o.dirty[key] = true
   if not v then
     o.q[key] = id
-    o.keys = o.keys + 1
     return true
   end
   local head, tail = asdlc_order_ends(v)
   asdlc_order_link(o, tail, id)
   o.q[key] = head .. ' ' .. id
+  o.held = o.held + 1
   return false
 end
 
@@ -151,8 +152,6 @@ local function asdlc_order_drop(o, key, id)
   if v == id then
     -- Its only entry.
     asdlc_order_set(o, key, false)
-    o.keys = o.keys - 1
-    o.queued = o.queued - 1
     return
   end
   local head, tail = asdlc_order_ends(v)
@@ -191,11 +190,12 @@ local function asdlc_order_drop(o, key, id)
       asdlc_order_link(o, id, false)
     end
   end
-  o.queued = o.queued - 1
+  -- One entry fewer behind a head: the successor of a released head is the head now.
+  o.held = o.held - 1
 end
 
--- Writes the call's changes back, with one command for the fields set and one for those
--- removed (and keeps the hash from expiring while it is used); `cursor` is the new cursor,
+-- Writes the call's changes back, with one command for the fields removed and one for those
+-- set (and keeps the hash from expiring while it is written to); `cursor` is the new cursor,
 -- or nil.
 local function asdlc_order_close(o, cursor)
   local set, del = {}, {}
@@ -217,26 +217,25 @@ local function asdlc_order_close(o, cursor)
       del[#del + 1] = 'n:' .. id
     end
   end
-  if #set == 0 and #del == 0 and not cursor then
-    return
-  end
   if cursor then
     set[#set + 1] = 'cursor'
     set[#set + 1] = cursor
   end
-  set[#set + 1] = 'queued'
-  set[#set + 1] = string.format('%d', o.queued)
-  set[#set + 1] = 'keys'
-  set[#set + 1] = string.format('%d', o.keys)
-  if not o.about then
-    set[#set + 1] = 'about'
-    set[#set + 1] = ASDLC_ORDER_ABOUT
+  if o.held ~= o.held_read then
+    set[#set + 1] = 'held'
+    set[#set + 1] = string.format('%d', o.held)
   end
   if #del > 0 then
     redis.call('HDEL', o.hash, unpack(del))
   end
-  redis.call('HSET', o.hash, unpack(set))
-  if redis.call('PTTL', o.hash) < ASDLC_ORDER_MS / 2 then
-    redis.call('PEXPIRE', o.hash, ASDLC_ORDER_MS)
+  if #set > 0 then
+    if not o.about then
+      set[#set + 1] = 'about'
+      set[#set + 1] = ASDLC_ORDER_ABOUT
+    end
+    redis.call('HSET', o.hash, unpack(set))
+    if redis.call('PTTL', o.hash) < ASDLC_ORDER_MS / 2 then
+      redis.call('PEXPIRE', o.hash, ASDLC_ORDER_MS)
+    end
   end
 end
