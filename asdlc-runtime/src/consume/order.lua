@@ -15,6 +15,7 @@
 --                 and, when it holds more than one, a space and its tail, the latest
 --                 ('<head>' or '<head> <tail>'). The head is the key's hold.
 --   n:<id>        the entry after `id` in its queue, for each queued entry but a tail
+-- (An order key always starts with its kind, so it is never one of the other fields.)
 -- A queue is a linked list, so pushing an entry, dropping the head and telling whether an
 -- entry is the head each read and write a field or two, whatever the queue's length (a key
 -- held back by a retry may gather many entries); a queue of one entry, the common case, is
@@ -54,12 +55,12 @@ local function asdlc_id_less(a, b)
   return am < bm or (am == bm and as < bs)
 end
 
--- A call's view of the order hash `hash`: the cursor, the counts and the queues of `keys`
--- (order keys, repeats allowed: a repeat reads the same value twice) read with one command;
--- other queues and the links are read when first needed. A queue is held as its field's
--- value (false: no queue), so the common cases, a push into an empty queue and the release
--- of a queue's only entry, are a comparison and an assignment. Each changed field is written
--- back once, by asdlc_order_close.
+-- A call's view of the order hash `hash`: the cursor, the held-back count and the queues of
+-- `keys` (order keys, repeats allowed: a repeat reads the same value twice) read with one
+-- command; other queues and the links are read when first needed. A queue is held as its
+-- field's value (false: no queue), so the common cases, a push into an empty queue and the
+-- release of a queue's only entry, are a comparison and an assignment. Each changed field
+-- is written back once, by asdlc_order_close.
 local function asdlc_order_open(hash, keys)
   local o = { hash = hash, q = {}, after = {}, dirty = {}, relinked = {} }
   local got = redis.call('HMGET', hash, 'cursor', 'held', 'about', unpack(keys))
