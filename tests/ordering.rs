@@ -2,7 +2,8 @@
 //! events published interleaved, handlers with random delays; every session handled in
 //! publish order, never two of its events at once, every event exactly once. The same with a
 //! consumer process killed with SIGKILL mid-run; a retrying event holding back its session
-//! while the others flow; a dead letter releasing it.
+//! while the others flow; a dead letter releasing it; and the queues of the order hash, step
+//! by step, through the functions themselves.
 //!
 //! The handler logs the start and end of each call straight to Redis (so a call a killed
 //! process never finished is seen), and stages the event's number on its session's list, which
@@ -291,16 +292,38 @@ async fn check_all(conn: &mut RedisConnection, keys: &StreamKeys, sessions: usiz
     assert_eq!(done_count(conn, keys).await, (sessions * per) as u64);
 }
 
-/// What the group's order state says: (entries queued, keys with any), from the order hash.
-async fn order_counts(conn: &mut RedisConnection, keys: &StreamKeys) -> (i64, i64) {
-    let (queued, with): (Option<i64>, Option<i64>) = redis::cmd("HMGET")
+/// The order hash's fields but its cursor, held-back count and description (the queues and
+/// their links), sorted.
+async fn queue_fields(conn: &mut RedisConnection, order: &str) -> Vec<(String, String)> {
+    let all: HashMap<String, String> = conn.hgetall(order).await.unwrap();
+    let mut rest: Vec<(String, String)> = all
+        .into_iter()
+        .filter(|(f, _)| !["cursor", "held", "about"].contains(&f.as_str()))
+        .collect();
+    rest.sort();
+    rest
+}
+
+/// How many entries the order hash counts as held back behind their key's head.
+async fn held_count(conn: &mut RedisConnection, order: &str) -> i64 {
+    let held: Option<i64> = conn.hget(order, "held").await.unwrap();
+    held.unwrap_or(0)
+}
+
+/// The order hash holds nothing but its cursor, held-back count (0) and description: every
+/// queue and link is gone. Its encoding is the server's hashtable (see order.lua's `about`
+/// field).
+async fn assert_order_empty(conn: &mut RedisConnection, keys: &StreamKeys) {
+    let order = keys.order_hash(GROUP);
+    assert_eq!(queue_fields(conn, &order).await, [], "queues left");
+    assert_eq!(held_count(conn, &order).await, 0);
+    let encoding: String = redis::cmd("OBJECT")
+        .arg("ENCODING")
         .arg(keys.order_hash(GROUP))
-        .arg("queued")
-        .arg("keys")
         .query_async(conn)
         .await
         .unwrap();
-    (queued.unwrap_or(0), with.unwrap_or(0))
+    assert_eq!(encoding, "hashtable");
 }
 
 /// Four consumers, 200 sessions of 20 events: the scenario of this file, on any server.
@@ -341,13 +364,8 @@ async fn four_consumers_keep_every_session_in_order(url: RedisUrl, stream: &str)
         "each event committed once"
     );
     check_all(&mut conn, &keys, SESSIONS, PER_SESSION).await;
-    // Everything finished: nothing queued, no queue left behind.
-    assert_eq!(order_counts(&mut conn, &keys).await, (0, 0));
-    let order: HashMap<String, String> = conn.hgetall(keys.order_hash(GROUP)).await.unwrap();
-    assert!(
-        order.keys().all(|f| !f.starts_with("k:")),
-        "queues left: {order:?}"
-    );
+    // Everything finished: nothing held back, no queue or link left behind.
+    assert_order_empty(&mut conn, &keys).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -440,8 +458,13 @@ async fn a_retrying_event_holds_back_its_session_and_a_dead_letter_releases_it()
         starts.iter().all(|s| s.ends_with('0')),
         "nothing after the retrying event started: {starts:?}"
     );
-    // Server side: three entries of one key queued, two of them held back.
-    assert_eq!(order_counts(&mut conn, &keys).await, (3, 1));
+    // Server side: three entries of one key queued (its field and two links), two of them
+    // held back.
+    let queues = queue_fields(&mut conn, &keys.order_hash(GROUP)).await;
+    let names: Vec<&str> = queues.iter().map(|(f, _)| &f[..2]).collect();
+    assert_eq!(names, ["n:", "n:", "se"], "{queues:?}");
+    assert_eq!(queues[2].0, "session:s-retry");
+    assert_eq!(held_count(&mut conn, &keys.order_hash(GROUP)).await, 2);
     assert!(c.stats().held_back > 0, "{:?}", c.stats());
     let info = asdlc::get_stream_info(&mut conn, "asdlc:events")
         .await
@@ -469,7 +492,194 @@ async fn a_retrying_event_holds_back_its_session_and_a_dead_letter_releases_it()
         (stats.processed, stats.dead_lettered, stats.retried),
         (8, 1, 2)
     );
-    assert_eq!(order_counts(&mut conn, &keys).await, (0, 0));
+    assert_order_empty(&mut conn, &keys).await;
+}
+
+// The queues through the functions themselves, on one consumer's entries.
+
+/// Five entries of one consumer, `s1 s1 s2 s1 s1`, begun and committed by calling the
+/// library's functions directly.
+struct Protocol {
+    stream: &'static str,
+    order: String,
+    ids: Vec<String>,
+}
+
+impl Protocol {
+    const LEASES: &'static str = "order:queues:leases";
+    const DEAD: &'static str = "order:queues:dead";
+    /// Marks in one hash: one shard, one bucket of 10^13 ms (bucket 0 until the 2280s).
+    const MARK: &'static str = "order:queues:marks:0:0000";
+    const LAYOUT: [&'static str; 5] = ["order:queues:marks:", "10000000000000", "1", "1000", "1"];
+
+    async fn new(conn: &mut RedisConnection) -> Protocol {
+        asdlc::functions::ensure_loaded(conn).await.unwrap();
+        let stream = "order:queues";
+        let mut ids = Vec::new();
+        for s in ["s1", "s1", "s2", "s1", "s1"] {
+            let id: String = redis::cmd("XADD")
+                .arg(stream)
+                .arg("*")
+                .arg("event_type")
+                .arg("task_created")
+                .arg("session_id")
+                .arg(s)
+                .query_async(conn)
+                .await
+                .unwrap();
+            ids.push(id);
+        }
+        asdlc::create_consumer_group(conn, stream, GROUP, asdlc::GroupStart::Beginning)
+            .await
+            .unwrap();
+        let _: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg("c")
+            .arg("STREAMS")
+            .arg(stream)
+            .arg(">")
+            .query_async(conn)
+            .await
+            .unwrap();
+        Protocol {
+            stream,
+            order: StreamKeys::new(stream).order_hash(GROUP),
+            ids,
+        }
+    }
+
+    fn key(i: usize) -> &'static str {
+        if i == 2 { "session:s2" } else { "session:s1" }
+    }
+
+    fn fp(i: usize) -> String {
+        format!("fingerprint{i}")
+    }
+
+    async fn call(
+        &self,
+        conn: &mut RedisConnection,
+        step: &str,
+        keys: &[&str],
+        args: &[String],
+    ) -> Vec<i64> {
+        redis::cmd("FCALL")
+            .arg(format!("{}_{step}", asdlc::functions::library_name()))
+            .arg(keys.len())
+            .arg(keys)
+            .arg(&Self::LAYOUT)
+            .arg(args)
+            .query_async(conn)
+            .await
+            .unwrap()
+    }
+
+    /// The begin step's codes for entries `entries`.
+    async fn begin(&self, conn: &mut RedisConnection, entries: &[usize]) -> Vec<i64> {
+        let mut args: Vec<String> = [GROUP, "token", "", "60000", &self.order, "task_created=s;"]
+            .map(str::to_owned)
+            .to_vec();
+        for &i in entries {
+            args.extend([self.ids[i].clone(), Self::fp(i), Self::key(i).to_owned()]);
+        }
+        let keys = [self.stream, Self::LEASES, Self::MARK, &self.order];
+        self.call(conn, "begin_ordered", &keys, &args).await
+    }
+
+    /// The commit step's replies to `records`: `O` (release), `R` (retry), `s` (success).
+    async fn commit(&self, conn: &mut RedisConnection, records: &[(char, usize)]) -> Vec<i64> {
+        let mut args: Vec<String> = [GROUP, "token", "", "0"].map(str::to_owned).to_vec();
+        for &(kind, i) in records {
+            let id = self.ids[i].clone();
+            match kind {
+                'O' => args.extend([
+                    "O".to_owned(),
+                    id,
+                    self.order.clone(),
+                    Self::key(i).to_owned(),
+                ]),
+                'R' => args.extend(["R".to_owned(), id, Self::fp(i)]),
+                _ => args.extend(["s".to_owned(), id, Self::fp(i)]),
+            }
+        }
+        let keys = [
+            self.stream,
+            Self::DEAD,
+            Self::LEASES,
+            &self.order,
+            Self::MARK,
+        ];
+        self.call(conn, "commit", &keys, &args).await
+    }
+
+    /// The link from entry `i` to entry `j`.
+    fn link(&self, i: usize, j: usize) -> (String, String) {
+        (format!("n:{}", self.ids[i]), self.ids[j].clone())
+    }
+}
+
+fn field(f: &str, v: &str) -> (String, String) {
+    (f.to_owned(), v.to_owned())
+}
+
+#[tokio::test]
+async fn queues_stay_exact_through_releases_out_of_turn_a_stale_head_and_a_repeat() {
+    let server = TestServer::start();
+    let mut conn = RedisConnection::connect(&server.redis_url()).await.unwrap();
+    let p = Protocol::new(&mut conn).await;
+    let ids = &p.ids;
+
+    // s1: 0 1 3 4, s2: 2; only the heads run.
+    assert_eq!(
+        p.begin(&mut conn, &[0, 1, 2, 3, 4]).await,
+        [1, -2, 1, -2, -2]
+    );
+    assert_eq!(
+        queue_fields(&mut conn, &p.order).await,
+        [
+            p.link(0, 1),
+            p.link(1, 3),
+            p.link(3, 4),
+            field("session:s1", &format!("{} {}", ids[0], ids[4])),
+            field("session:s2", &ids[2]),
+        ]
+    );
+    assert_eq!(held_count(&mut conn, &p.order).await, 3);
+    let info = asdlc::get_stream_info(&mut conn, p.stream).await.unwrap();
+    assert_eq!(info.group(GROUP).unwrap().held_back, 3);
+
+    // A retry keeps the hold: nothing changes.
+    let before = queue_fields(&mut conn, &p.order).await;
+    assert_eq!(p.commit(&mut conn, &[('O', 0), ('R', 0)]).await, [1]);
+    assert_eq!(queue_fields(&mut conn, &p.order).await, before);
+    // Released out of turn: a middle entry, then the tail.
+    assert_eq!(p.commit(&mut conn, &[('O', 3), ('s', 3)]).await, [1]);
+    assert_eq!(p.commit(&mut conn, &[('O', 4), ('s', 4)]).await, [1]);
+    assert_eq!(
+        queue_fields(&mut conn, &p.order).await,
+        [
+            p.link(0, 1),
+            field("session:s1", &format!("{} {}", ids[0], ids[1])),
+            field("session:s2", &ids[2]),
+        ]
+    );
+    assert_eq!(held_count(&mut conn, &p.order).await, 1);
+
+    // The head acknowledged by hand: checked again, the next entry finds it gone and runs.
+    let _: i64 = conn.xack(p.stream, GROUP, &[&ids[0]]).await.unwrap();
+    assert_eq!(p.begin(&mut conn, &[1]).await, [1]);
+    assert_eq!(
+        queue_fields(&mut conn, &p.order).await,
+        [field("session:s1", &ids[1]), field("session:s2", &ids[2])]
+    );
+    assert_eq!(held_count(&mut conn, &p.order).await, 0);
+
+    let records = [('O', 1), ('s', 1), ('O', 2), ('s', 2)];
+    assert_eq!(p.commit(&mut conn, &records).await, [1, 1]);
+    // A second commit of a released entry (processed: acknowledged again) changes nothing.
+    assert_eq!(p.commit(&mut conn, &[('O', 1), ('s', 1)]).await, [0]);
+    assert_order_empty(&mut conn, &StreamKeys::new(p.stream)).await;
 }
 
 /// `ordered_by = session` in the attribute becomes the registration's option.

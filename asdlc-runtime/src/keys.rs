@@ -15,7 +15,7 @@
 //! | processed marks | `{asdlc:events}:marks:<group>:<bucket>:<shard>` | `tenant:{acme}:asdlc:events:marks:...` |
 //! | a bucket's mark layout | `{asdlc:events}:marks:<group>:<bucket>:layout` | `tenant:{acme}:asdlc:events:marks:...` |
 //! | in-flight leases (one hash, a field per key) | `{asdlc:events}:lease:<group>` | `tenant:{acme}:asdlc:events:lease:<group>` |
-//! | per-key order (one hash: cursor, counts, a queue per order key) | `{asdlc:events}:order:<group>` | `tenant:{acme}:asdlc:events:order:<group>` |
+//! | per-key order (one hash: cursor, held-back count, a queue per order key) | `{asdlc:events}:order:<group>` | `tenant:{acme}:asdlc:events:order:<group>` |
 //! | consumer locks | `{asdlc:events}:consumer:<group>:<name>` | `tenant:{acme}:asdlc:events:consumer:...` |
 //! | staged effects | `{asdlc:events}:fx:<name>` | `tenant:{acme}:asdlc:events:fx:<name>` |
 
@@ -186,8 +186,9 @@ impl StreamKeys {
         format!("{}:lease:{group}:", self.namespace)
     }
 
-    /// The hash of `group`'s per-key ordering: the cursor of placed entries, the counts of
-    /// queued and held-back entries, and the queue of each order key (`k:<key>`).
+    /// The hash of `group`'s per-key ordering: the cursor of placed entries, the count of
+    /// held-back entries, and the queue of each order key (a field named after the key, with
+    /// its head and tail, and a link from each queued entry to the next).
     pub fn order_hash(&self, group: &str) -> String {
         format!("{}:order:{group}", self.namespace)
     }

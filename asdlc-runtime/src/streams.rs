@@ -283,21 +283,20 @@ pub async fn get_stream_info(
     Ok(out)
 }
 
-/// How many entries of `group`'s ordered handlers wait behind an earlier entry of their key:
-/// the queued entries less one per key (the head, running or retrying), from the order hash.
+/// How many entries of `group`'s ordered handlers wait behind an earlier entry of their key
+/// (every queued entry but the heads, running or retrying): the order hash's `held` count.
 async fn held_back(
     conn: &mut RedisConnection,
     stream: &str,
     group: &str,
 ) -> Result<u64, StreamError> {
-    let (queued, keys): (Option<i64>, Option<i64>) = redis::cmd("HMGET")
+    let held: Option<i64> = redis::cmd("HGET")
         .arg(crate::keys::StreamKeys::new(stream).order_hash(group))
-        .arg("queued")
-        .arg("keys")
+        .arg("held")
         .query_async(conn)
         .await
         .map_err(StreamError::redis(stream))?;
-    Ok((queued.unwrap_or(0) - keys.unwrap_or(0)).max(0) as u64)
+    Ok(held.unwrap_or(0).max(0) as u64)
 }
 
 /// Counts the entries after `last_delivered` when the server does not report a group's lag:

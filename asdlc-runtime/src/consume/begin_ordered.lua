@@ -1,7 +1,7 @@
 -- Begin step of a group with ordered handlers, one call per batch: places each entry in the
 -- queue of its order key (order.lua), then runs the begin step (begin.lua) for the entries
 -- whose turn it is.
--- KEYS: as begin.lua (stream, lease hash, mark hashes), then the order hash
+-- KEYS: as begin.lua (stream, lease hash, mark hashes), then the order hash, last
 -- ARGV: as begin.lua's first nine, then the order hash; the group's order rule, one
 --       `<event type>=<s|t|f>;` per ordered event type (by session, by task, by a key
 --       function); then (entry id, fingerprint, order key) for each entry, in stream order,
@@ -22,20 +22,37 @@
 -- order, and an entry runs at the head of its queue only. A head no longer pending
 -- (acknowledged by hand, deleted and claimed) is stale and dropped when found.
 local stream, group = KEYS[1], ARGV[6]
-local declared = asdlc_declared(KEYS)
-local o = asdlc_order_open(ARGV[10])
-asdlc_check_declared(declared, o.hash, 'order hash')
-local rule = {}
-for t, kind in string.gmatch(ARGV[11], '([^=;]+)=([stf]);') do
-  rule[t] = kind
-end
+-- The order hash is the last key (begin.lua makes the set of all of them, for the marks).
+asdlc_check_declared({ [KEYS[#KEYS]] = true }, ARGV[10], 'order hash')
 local n = (#ARGV - 11) / 3
-local cursor = redis.call('HGET', o.hash, 'cursor') or '0-0'
+
+-- Entry k's id, fingerprint and order key are ARGV[9 + 3k], ARGV[10 + 3k], ARGV[11 + 3k].
+local function entry(k)
+  return ARGV[9 + 3 * k], ARGV[11 + 3 * k]
+end
+
+-- The queues of this call's keys are read up front, with the cursor and the counts.
+local keys = {}
+for k = 1, n do
+  local key = ARGV[11 + 3 * k]
+  if key ~= '' then
+    keys[#keys + 1] = key
+  end
+end
+local o = asdlc_order_open(ARGV[10], keys)
+local cursor = o.cursor
 local moved = false
 
-local function entry(k)
-  local base = 12 + 3 * (k - 1)
-  return ARGV[base], ARGV[base + 2]
+-- The group's order rule, read when another consumer's entry is placed.
+local rule
+local function kind_of(event_type)
+  if not rule then
+    rule = {}
+    for t, kind in string.gmatch(ARGV[11], '([^=;]+)=([stf]);') do
+      rule[t] = kind
+    end
+  end
+  return rule[event_type]
 end
 
 -- Places another consumer's pending entry `id` by its fields; false if its key cannot be
@@ -50,7 +67,7 @@ local function place_other(id)
   for i = 1, #fields, 2 do
     f[fields[i]] = fields[i + 1]
   end
-  local kind = rule[f.event_type or '']
+  local kind = kind_of(f.event_type or '')
   if kind == 'f' then
     return false
   elseif kind == 's' and f.session_id then
@@ -61,16 +78,19 @@ local function place_other(id)
   return true
 end
 
--- The pending entries after the cursor, a page at a time.
-local ahead, p = {}, 1
+-- The pending entries after the cursor, up to this call's last entry, a page at a time (a
+-- page shorter than asked for is the last).
+local ahead, p, more = {}, 1, true
 local last = n > 0 and entry(n) or nil
 local function next_pending()
   if p > #ahead then
-    if not last or not asdlc_id_less(cursor, last) then
+    if not more or not last or not asdlc_id_less(cursor, last) then
       return nil
     end
-    ahead = redis.call('XPENDING', stream, group, '(' .. cursor, last, math.max(n + 1, 64))
+    local count = math.max(n + 1, 64)
+    ahead = redis.call('XPENDING', stream, group, '(' .. cursor, last, count)
     p = 1
+    more = #ahead == count
   end
   return ahead[p] and ahead[p][1]
 end
@@ -93,14 +113,27 @@ end
 local others = 1000
 local out, go = {}, {}
 local blocked = false
+-- Entries up to the cursor were placed before (a held entry checked again, a claimed one).
+-- The entries are in stream order and the cursor only moves to an entry placed, so once
+-- one is past the cursor, every later one is: ids are compared as numbers only up to there
+-- and where the pending entries are not this call's own.
+local past = false
 for k = 1, n do
-  local id, key = entry(k)
-  local placed = true
-  if asdlc_id_less(cursor, id) then
+  local id, key = ARGV[9 + 3 * k], ARGV[11 + 3 * k]
+  -- placed: in its queue (now or before); ready: placed now into an empty queue, its turn.
+  local placed, ready = true, false
+  if not past then
+    past = asdlc_id_less(cursor, id)
+  end
+  if past then
     -- Every pending entry before it, up to the cursor, first.
     while not blocked do
       local first = next_pending()
-      if first == nil or not asdlc_id_less(first, id) then
+      if first == id then
+        p = p + 1
+        break
+      end
+      if first == nil or asdlc_id_less(id, first) then
         break
       end
       if others == 0 or not place_other(first) then
@@ -114,16 +147,13 @@ for k = 1, n do
     if blocked then
       placed = false
     else
-      if next_pending() == id then
-        p = p + 1
-      end
       if key ~= '' then
-        asdlc_order_push(o, key, id)
+        ready = asdlc_order_push(o, key, id)
       end
       cursor, moved = id, true
     end
   end
-  if key == '' then
+  if key == '' or ready then
     go[#go + 1] = k
   elseif not placed then
     out[k] = -3
@@ -138,9 +168,8 @@ if #go > 0 then
   local argv = {}
   for a = 1, 9 do argv[a] = ARGV[a] end
   for _, k in ipairs(go) do
-    local base = 12 + 3 * (k - 1)
-    argv[#argv + 1] = ARGV[base]
-    argv[#argv + 1] = ARGV[base + 1]
+    argv[#argv + 1] = ARGV[9 + 3 * k]
+    argv[#argv + 1] = ARGV[10 + 3 * k]
   end
   local codes = asdlc_step_begin(KEYS, argv)
   for j, k in ipairs(go) do

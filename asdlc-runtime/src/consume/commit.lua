@@ -440,17 +440,31 @@ end
 if #orders > 0 then
   local acked = {}
   for _, id in ipairs(acks) do acked[id] = true end
-  local views = {}
+  -- The releases, by order hash (one, from a consumer): each hash's queues are read and
+  -- written once.
+  local releases, hashes, rel, rel_order = {}, {}, nil, nil
   for _, at in ipairs(orders) do
     local id, order, key = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
     if acked[id] then
-      if not views[order] then
-        views[order] = asdlc_order_open(order)
+      if order ~= rel_order then
+        rel, rel_order = releases[order], order
+        if not rel then
+          -- (declared: checked before the first write)
+          rel = { ids = {}, keys = {} }
+          releases[order] = rel
+          hashes[#hashes + 1] = order
+        end
       end
-      asdlc_order_drop(views[order], key, id)
+      rel.ids[#rel.ids + 1] = id
+      rel.keys[#rel.keys + 1] = key
     end
   end
-  for _, view in pairs(views) do
+  for _, order in ipairs(hashes) do
+    local rel = releases[order]
+    local view = asdlc_order_open(order, rel.keys)
+    for j, id in ipairs(rel.ids) do
+      asdlc_order_drop(view, rel.keys[j], id)
+    end
     asdlc_order_close(view, nil)
   end
 end
