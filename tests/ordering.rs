@@ -510,7 +510,9 @@ impl Protocol {
     const DEAD: &'static str = "order:queues:dead";
     /// Marks in one hash: one shard, one bucket of 10^13 ms (bucket 0 until the 2280s).
     const MARK: &'static str = "order:queues:marks:0:0000";
-    const LAYOUT: [&'static str; 5] = ["order:queues:marks:", "10000000000000", "1", "1000", "1"];
+    /// The layout of those marks: bucket 0, one shard named by 4 digits.
+    const LAYOUT: [&'static str; 5] = ["order:queues:marks:", "10000000000000", "0", "1000", "1:4"];
+    const MARK_LAYOUT: &'static str = "order:queues:marks:0:layout";
 
     async fn new(conn: &mut RedisConnection) -> Protocol {
         asdlc::functions::ensure_loaded(conn).await.unwrap();
@@ -583,13 +585,20 @@ impl Protocol {
         for &i in entries {
             args.extend([self.ids[i].clone(), Self::fp(i), Self::key(i).to_owned()]);
         }
-        let keys = [self.stream, Self::LEASES, Self::MARK, &self.order];
+        let keys = [
+            self.stream,
+            Self::LEASES,
+            Self::MARK_LAYOUT,
+            Self::MARK,
+            &self.order,
+        ];
         self.call(conn, "begin_ordered", &keys, &args).await
     }
 
     /// The commit step's replies to `records`: `O` (release), `R` (retry), `s` (success).
     async fn commit(&self, conn: &mut RedisConnection, records: &[(char, usize)]) -> Vec<i64> {
-        let mut args: Vec<String> = [GROUP, "token", "", "0"].map(str::to_owned).to_vec();
+        // Group, token, the dead-letter retention ('' and 0: none), recheck '0'.
+        let mut args: Vec<String> = [GROUP, "token", "", "0", "0"].map(str::to_owned).to_vec();
         for &(kind, i) in records {
             let id = self.ids[i].clone();
             match kind {
@@ -608,6 +617,7 @@ impl Protocol {
             Self::DEAD,
             Self::LEASES,
             &self.order,
+            Self::MARK_LAYOUT,
             Self::MARK,
         ];
         self.call(conn, "commit", &keys, &args).await
