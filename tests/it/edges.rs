@@ -801,3 +801,42 @@ async fn a_huge_poison_entry_is_kept_cut_to_the_payload_cap_and_never_replayed()
     c.stop();
     run.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn the_lease_hash_is_a_hashtable_while_leases_are_held_and_gone_when_none_are() {
+    let s = server();
+    let mut conn = conn(&s).await;
+    let h = TestHandler::all("h").behave(|_, _| Behavior::Sleep(Duration::from_millis(800)));
+    let c = consumer_with(&s, "g", Some("w1"), h.clone(), |_| {}).await;
+    let run = spawn(&c).await;
+    let p = Publisher::connect(config(&s)).await.unwrap();
+    for i in 0..5 {
+        p.publish(&event(EventType::TaskCreated, &format!("s{i}")))
+            .await
+            .unwrap();
+    }
+    eventually(WAIT, "five handlers running", || async { h.count() == 5 }).await;
+    // A few leases would fit the compact listpack encoding, where every lookup scans them
+    // all; the lease hash is kept a hashtable from its first lease.
+    let encoding: String = redis::cmd("OBJECT")
+        .arg("ENCODING")
+        .arg(lease_hash("g"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(encoding, "hashtable");
+    assert_eq!(
+        hlen(&mut conn, &lease_hash("g")).await,
+        6,
+        "5 leases and `about`"
+    );
+    eventually(WAIT, "all committed", || async { c.stats().processed == 5 }).await;
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(lease_hash("g"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0, "no lease hash once no lease is held");
+    c.stop();
+    run.await.unwrap().unwrap();
+}

@@ -24,8 +24,12 @@ for i = 10, #ARGV, 2 do
   end
 end
 if #want > 0 then
-  local held = redis.call('HMGET', KEYS[2], unpack(fps))
+  -- The hash's `about` field first: without it, it is added (leases.lua).
+  local held = redis.call('HMGET', KEYS[2], 'about', unpack(fps))
   local take = {}
+  if not held[1] then
+    take[1], take[2] = 'about', ASDLC_LEASE_ABOUT
+  end
   local now_text = asdlc_ms_text(now)
   local deadline = asdlc_ms_text(now + lease_ms)
   for j = 1, #want do
@@ -34,7 +38,7 @@ if #want > 0 then
     -- The holder names the delivery, not just the process: a second copy of the same key
     -- in this very consumer must wait too. The same delivery, under this run's token or the
     -- token of the dead process whose name this run took over, takes it again.
-    local holder, live, attempts = asdlc_lease_holder(held[j], now_text)
+    local holder, live, attempts = asdlc_lease_holder(held[j + 1], now_text)
     local again = holder ~= nil
       and (holder == token .. '|' .. id or (pred ~= '' and holder == pred .. '|' .. id))
     if not live or again then
@@ -53,5 +57,6 @@ if #acks > 0 then
   -- A processed key needs no lease or attempt count any more: whatever a crashed delivery
   -- left behind goes with it.
   redis.call('HDEL', KEYS[2], unpack(gone))
+  asdlc_forget_if_empty(KEYS[2])
 end
 return out

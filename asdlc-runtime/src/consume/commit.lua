@@ -473,5 +473,7 @@ if #drop > 0 then
 end
 if #release > 0 then
   redis.call('HSET', KEYS[3], unpack(release))
+elseif #drop > 0 then
+  asdlc_forget_if_empty(KEYS[3])
 end
 return out

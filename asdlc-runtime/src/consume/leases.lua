@@ -14,6 +14,23 @@
 -- committed or dead-lettered. Counting here, not in the entry's delivery count, keeps
 -- re-checks of a busy key and claims before a handler started from counting.
 
+-- The value of the lease hash's `about` field, added by the begin step. A busy consumer has
+-- hundreds of leases; in the server's compact listpack encoding (a hash of up to 128 or 512
+-- short fields, by default) every field read or write scans them all. One value longer than
+-- `hash-max-listpack-value` (64 bytes by default) keeps the hash in the hashtable encoding,
+-- where a field is found at once; and the hash stays when its last lease goes, so it is not
+-- made again in the compact encoding while leases come and go. When only `about` is left,
+-- the hash goes too (asdlc_forget_if_empty), so an idle group keeps no lease hash.
+local ASDLC_LEASE_ABOUT =
+  'asdlc in-flight leases: <key fingerprint> = <deadline ms>|<attempts>|<token>|<entry id>'
+
+-- Deletes the lease hash `key` if nothing but its `about` field is left in it.
+local function asdlc_forget_if_empty(key)
+  if redis.call('HLEN', key) == 1 and redis.call('HEXISTS', key, 'about') == 1 then
+    redis.call('DEL', key)
+  end
+end
+
 -- Milliseconds as the text leases hold (an integer, without a float's formatting).
 local function asdlc_ms_text(ms)
   return string.format('%d', ms)

@@ -11,11 +11,12 @@ local before = asdlc_ms_text(asdlc_now_ms() - tonumber(ARGV[3]))
 local stale = {}
 for i = 1, #fields, 2 do
   local holder, live = asdlc_lease_holder(fields[i + 1], before)
-  if holder == nil or not live then
+  if fields[i] ~= 'about' and (holder == nil or not live) then
     stale[#stale + 1] = fields[i]
   end
 end
 if #stale > 0 then
   redis.call('HDEL', KEYS[1], unpack(stale))
+  asdlc_forget_if_empty(KEYS[1])
 end
 return { reply[1], #stale }
