@@ -34,6 +34,7 @@ const HELPERS: &[&str] = &[
     include_str!("idempotency/marks.lua"),
     include_str!("consume/leases.lua"),
     include_str!("consume/order.lua"),
+    include_str!("consume/effects.lua"),
 ];
 
 const FUNCTIONS: &[(&str, &str)] = &[
