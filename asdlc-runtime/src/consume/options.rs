@@ -80,7 +80,7 @@ pub struct ConsumerOptions {
     pub max_deliveries: u32,
     /// How long one handler call may run (a handler can set its own).
     pub handler_timeout: Duration,
-    /// How long [`EventConsumer::stop`] lets running handlers finish.
+    /// How long [`EventConsumer::stop`](super::EventConsumer::stop) lets running handlers finish.
     pub shutdown_grace: Duration,
     /// Consumers idle this long that own nothing are removed from the group (`None`: never).
     pub forget_idle: Option<Duration>,
@@ -213,7 +213,7 @@ impl ConsumerOptions {
         self
     }
 
-    /// How long [`EventConsumer::stop`] lets running handlers finish.
+    /// How long [`EventConsumer::stop`](super::EventConsumer::stop) lets running handlers finish.
     pub fn with_shutdown_grace(mut self, shutdown_grace: Duration) -> Self {
         self.shutdown_grace = shutdown_grace;
         self

@@ -60,7 +60,7 @@ pub struct ReplayOptions {
     pub to_group: Option<String>,
     /// Replay only dead letters this group gave up on; `None`: every dead letter.
     pub from_group: Option<String>,
-    /// Also replay dead letters that cannot succeed ([`DeadLetter::cannot_succeed`]); they
+    /// Also replay dead letters that cannot succeed ([`DeadLetter::cannot_succeed`](super::DeadLetter::cannot_succeed)); they
     /// are dead-lettered again. A truncated one is never replayed.
     pub include_malformed: bool,
 }
