@@ -1,6 +1,6 @@
 //! Where processed marks live: the time buckets and shards of a group's mark hashes
-//! ([`MarkLayout`]), the layout a bucket was written with, and which of them a lookup of a key
-//! reads ([`mark_floor`], the marks section of a call).
+//! ([`MarkLayout`]), its shard count following the rate it must hold, and a layout's name as a
+//! bucket stores it.
 
 use crate::config::DEFAULT_IDEMPOTENCY_TTL;
 use std::time::Duration;
