@@ -574,3 +574,77 @@ async fn a_call_that_failed_midway_is_committed_again_without_applying_its_recor
         "{stats:?}"
     );
 }
+
+#[tokio::test]
+async fn an_effect_on_the_groups_own_marks_or_a_malformed_layout_is_refused_before_any_write() {
+    let s = server();
+    let mut conn = conn(&s).await;
+    asdlc::functions::ensure_loaded(&mut conn).await.unwrap();
+    let keys = StreamKeys::new(STREAM);
+    let prefix = keys.marks_prefix(GROUP);
+    let lease = keys.lease_prefix(GROUP).trim_end_matches(':').to_owned();
+    // A layout of width 10^9 ms: the server's bucket is now / 10^9.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let bucket = (now / 1_000_000_000).to_string();
+    let fp = [9u8; 12];
+    let shard = format!("{prefix}{bucket}:0909");
+    let layout_key = format!("{prefix}{bucket}:layout");
+    // A success record whose one effect sets `target`.
+    let commit = |layouts: &str, target: &str| {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg(format!("{}_commit", asdlc::functions::library_name()))
+            .arg(6)
+            .arg(keys.stream())
+            .arg(keys.dead_letter())
+            .arg(&lease)
+            .arg(&layout_key)
+            .arg(&shard)
+            .arg(target)
+            .arg(&prefix)
+            .arg(1_000_000_000)
+            .arg(&bucket)
+            .arg(2_000_000_000)
+            .arg(layouts)
+            .arg(GROUP)
+            .arg("token")
+            .arg("")
+            .arg(0)
+            .arg(0)
+            .arg("S")
+            .arg("1-0")
+            .arg(&fp[..])
+            .arg("")
+            .arg(1)
+            .arg("SET")
+            .arg(target)
+            .arg(1)
+            .arg("x");
+        cmd
+    };
+    let reply: redis::Value = commit("16384:4", &layout_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let text = format!("{reply:?}");
+    assert!(
+        text.contains("key is written by the commit itself"),
+        "{text}"
+    );
+    // Zero shards, or a shard count named by the wrong number of digits: refused at the top.
+    for bad in ["0:4", "131072:4", "16384:5"] {
+        let err = commit(bad, &fx("t"))
+            .query_async::<redis::Value>(&mut conn)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("is not <shards>"), "{bad}: {err}");
+    }
+    let written: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(written.is_empty(), "nothing written: {written:?}");
+}

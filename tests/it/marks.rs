@@ -359,7 +359,7 @@ async fn a_call_assuming_another_layout_is_refused_before_it_writes() {
     a.push(fp.clone());
     calls.push(("begin", fcall("begin", &k, a)));
     // commit: stream, dead letters, lease hash, marks; then group, token, the dead letters'
-    // retention, and a success record.
+    // retention, recheck, and a success record.
     let mut k = vec![keys.stream().to_owned(), keys.dead_letter(), lease.clone()];
     k.extend(wrong.keys.clone());
     let mut a = text(&wrong.args);
@@ -367,6 +367,7 @@ async fn a_call_assuming_another_layout_is_refused_before_it_writes() {
         group.into(),
         "token".into(),
         String::new(),
+        "0".into(),
         "0".into(),
         "s".into(),
         id.clone(),

@@ -36,9 +36,10 @@
 -- A call must not fail once it has written: Redis does not roll a function back, so an
 -- error leaves the records before it applied and marked, and runs neither the XACK nor the
 -- lease drops at the end. Hence every key the call builds is checked against KEYS before the
--- first write, and every staged effect is checked before its record applies anything, against
--- what it will find then (effects.lua): a refused effect refuses its own record, as a
--- reply, and the others of the call go on.
+-- first write (but the mark hashes, which the client declares for the bucket and layout the
+-- top of the call checks, marks.lua), and every staged effect is checked before its record
+-- applies anything, against what it will find then (effects.lua): a refused effect refuses
+-- its own record, as a reply, and the others of the call go on.
 --
 -- If a call fails all the same (a server error such as a command the user's ACL denies, or
 -- a reply lost with the connection), the client (commit.rs) sends the same records again,
@@ -49,7 +50,9 @@
 -- their leases, and the begin step, which looks at the marks of every entry it reads,
 -- acknowledges those a failed call marked when the consumer reads its own entries again.
 -- D and R records have no mark: a D record of a call that failed after its XADD adds its
--- dead letter again when the call is tried again.
+-- dead letter again when the call is tried again. Not covered: a call the client counted as
+-- failed (its reply lost) that the server runs only after the retry did, on a connection
+-- replaced meanwhile; it sees its leases as the retry left them.
 local group, token = ARGV[6], ARGV[7]
 local dlq_max_len, dlq_max_age = ARGV[8], tonumber(ARGV[9])
 local recheck = ARGV[10] == '1'

@@ -107,17 +107,23 @@ local function asdlc_view_number(key, k, field)
   return v or '0'
 end
 
+-- Whether `key` is one of the group's processed-mark keys (a mark hash or a bucket's layout,
+-- under the marks prefix ARGV[1]), which the commit itself writes.
+local function asdlc_is_marks_key(ARGV, key)
+  return string.sub(key, 1, #ARGV[1]) == ARGV[1]
+end
+
 -- Checks every effect of a record before any is applied, so that a refused effect leaves
 -- nothing of its record applied, and so that nothing fails once applying begins: an error
 -- in the middle of the call would leave the records before it applied and marked, but
--- neither acknowledged nor released (see the top of this file).
+-- neither acknowledged nor released (see the top of commit.lua).
 --
 -- Each effect is checked against what it will find: a key an earlier effect of the record
 -- wrote, as that effect leaves it (asdlc_view_of); any other key as the server holds it, which
 -- includes the records of this call applied before this one (each is applied right after
 -- its check) and nothing of a refused one. Redis refuses an INCRBY or HINCRBY of a value it
 -- does not read as an integer, or whose result leaves 64 bits: both are foreseen exactly.
--- Returns the index after the record's effects, or nil and the asdlc_refusal.
+-- Returns the index after the record's effects, or nil and the refusal.
 local function asdlc_check_effects(ARGV, KEYS, declared, own, first, n)
   local view = {}
   local i = first
@@ -125,13 +131,13 @@ local function asdlc_check_effects(ARGV, KEYS, declared, own, first, n)
     local cmd, key, nargs = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
     local spec = ASDLC_STAGED[cmd]
     if spec == nil then
-      return nil, 'command ' .. cmd .. ' cannot be ASDLC_STAGED'
+      return nil, 'command ' .. cmd .. ' cannot be staged'
     end
     local want, arity = spec[1], spec[2]
     if not declared[key] then
       return asdlc_refusal(cmd, key, 'key not declared in KEYS')
     end
-    if own[key] or (key == KEYS[1] and cmd ~= 'XADD') then
+    if own[key] or (key == KEYS[1] and cmd ~= 'XADD') or asdlc_is_marks_key(ARGV, key) then
       return asdlc_refusal(cmd, key, 'key is written by the commit itself')
     end
     if arity and nargs ~= arity then
@@ -143,7 +149,7 @@ local function asdlc_check_effects(ARGV, KEYS, declared, own, first, n)
       if not declared[arg] then
         return asdlc_refusal(cmd, arg, 'key not declared in KEYS')
       end
-      if own[arg] or arg == KEYS[1] then
+      if own[arg] or arg == KEYS[1] or asdlc_is_marks_key(ARGV, arg) then
         return asdlc_refusal(cmd, arg, 'key is written by the commit itself')
       end
       local e = asdlc_view_of(view, arg)

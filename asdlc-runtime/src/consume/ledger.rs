@@ -6,7 +6,7 @@
 //! never dispatch the same entry at once in one process. An entry waiting for a retry stays
 //! in the ledger as deferred: it is ours, only not running.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::idempotency::FINGERPRINT_LEN;
@@ -33,10 +33,22 @@ enum Slot {
 /// One stream's running entries and their leases, for the keep-alive.
 pub(crate) type RunningSnapshot = (Arc<str>, Vec<(String, Lease)>);
 
+/// How many of the entries let go last the ledger remembers (see [`Ledger::let_go_since`]).
+const RECENT: usize = 4096;
+
 /// The entries this consumer is working on.
 #[derive(Debug, Default)]
 pub(crate) struct Ledger {
     streams: Mutex<HashMap<Arc<str>, HashMap<String, Slot>>>,
+    recent: Mutex<Recent>,
+}
+
+/// How many entries were let go so far, and the last [`RECENT`] of them: the count before
+/// each, its stream and its id.
+#[derive(Debug, Default)]
+struct Recent {
+    removals: u64,
+    ids: VecDeque<(u64, Arc<str>, String)>,
 }
 
 impl Ledger {
@@ -97,9 +109,45 @@ impl Ledger {
 
     /// Lets an entry go: committed, or left pending for a later run or for a peer.
     pub(crate) fn remove(&self, stream: &Arc<str>, id: &str) {
-        if let Some(m) = self.lock().get_mut(stream) {
-            m.remove(id);
+        let removed = self
+            .lock()
+            .get_mut(stream)
+            .is_some_and(|m| m.remove(id).is_some());
+        if removed {
+            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            let n = recent.removals;
+            recent.removals += 1;
+            recent.ids.push_back((n, stream.clone(), id.to_owned()));
+            if recent.ids.len() > RECENT {
+                recent.ids.pop_front();
+            }
         }
+    }
+
+    /// How many entries were let go so far: a mark to ask [`Ledger::let_go_since`] from.
+    pub(crate) fn removals(&self) -> u64 {
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .removals
+    }
+
+    /// The entries of `stream` let go since `removals` said `since`, or `None` if more were
+    /// let go since than the ledger remembers. A reply read while its entries were running
+    /// may list entries that finished since (committed, dead-lettered): not ours to run again.
+    pub(crate) fn let_go_since(&self, stream: &str, since: u64) -> Option<HashSet<String>> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.removals > since && recent.ids.front().is_none_or(|(n, ..)| *n > since) {
+            return None;
+        }
+        Some(
+            recent
+                .ids
+                .iter()
+                .filter(|(n, s, _)| *n >= since && &**s == stream)
+                .map(|(_, _, id)| id.clone())
+                .collect(),
+        )
     }
 
     /// Whether an entry is running or deferred here.
@@ -172,5 +220,36 @@ mod tests {
         assert_eq!(l.running()[0].1, vec![("1-0".to_owned(), None)]);
         assert_eq!(l.admit(&s, &["1-0"], false), [false]);
         assert_eq!(l.admit(&s, &["1-0"], true), [true]);
+    }
+
+    #[test]
+    fn the_entries_let_go_since_a_mark_are_known_while_remembered() {
+        let l = Ledger::default();
+        let (s, t): (Arc<str>, Arc<str>) = (Arc::from("s"), Arc::from("t"));
+        l.admit(&s, &["1-0", "2-0"], false);
+        l.admit(&t, &["1-0"], false);
+        l.remove(&s, "1-0");
+        let mark = l.removals();
+        assert_eq!(l.let_go_since("s", mark), Some(HashSet::new()));
+        l.remove(&s, "2-0");
+        l.remove(&t, "1-0");
+        // Removing what is not there lets nothing go.
+        l.remove(&s, "9-0");
+        assert_eq!(
+            l.let_go_since("s", mark),
+            Some(HashSet::from(["2-0".to_owned()]))
+        );
+        assert_eq!(
+            l.let_go_since("t", mark),
+            Some(HashSet::from(["1-0".to_owned()]))
+        );
+        // More let go than remembered: unknown.
+        for i in 0..RECENT as u64 + 1 {
+            let id = format!("{i}-1");
+            l.admit(&s, &[id.as_str()], false);
+            l.remove(&s, &id);
+        }
+        assert_eq!(l.let_go_since("s", mark), None);
+        assert!(l.let_go_since("s", l.removals()).is_some());
     }
 }

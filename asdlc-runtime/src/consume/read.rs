@@ -134,7 +134,7 @@ async fn reread_own(shared: &Arc<Shared>, run: &Arc<RunCtx>) -> Result<(), Consu
     for stream in shared.stream_list() {
         let again = dispatch_own_pending(shared, run, &stream, page, None).await?;
         if again > 0 {
-            tracing::info!(stream = %stream.name, group = %shared.group, entries = again, "handled our own pending entries again");
+            tracing::info!(stream = %stream.name, group = %shared.group, entries = again, "read our own pending entries again, to handle them");
         }
     }
     Ok(())

@@ -53,10 +53,17 @@ pub(super) async fn recover_own(
 }
 
 /// Dispatches this consumer's pending entries of `stream` that nobody here is working on, in
-/// pages of `page`, each page read while the one before is dispatched; returns how many. The
-/// pages are this consumer's history (`XREADGROUP` from an id): its pending entries with their
-/// fields in one command a page, which also resets their idle time, so no peer claims them
-/// meanwhile. A deleted entry comes without fields and is acknowledged as gone.
+/// pages of `page`, each page read while the one before is dispatched; returns how many were
+/// read to be dispatched. The pages are this consumer's history (`XREADGROUP` from an id): its
+/// pending entries with their fields in one command a page, which also resets their idle
+/// time, so no peer claims them meanwhile. A deleted entry comes without fields and is
+/// acknowledged as gone.
+///
+/// A page is read while entries of it may be running here, and one of them may finish (be
+/// committed or dead-lettered) before the page arrives: so a page leaves out the entries
+/// running when it arrives and those let go while it was read. Should more have been let go
+/// meanwhile than the ledger remembers, the page is skipped: its entries stay pending, found
+/// by the next re-read or claim.
 pub(super) async fn dispatch_own_pending(
     shared: &Arc<Shared>,
     run: &Arc<RunCtx>,
@@ -64,9 +71,12 @@ pub(super) async fn dispatch_own_pending(
     page: usize,
     pass: Option<&Arc<Pass>>,
 ) -> Result<usize, ConsumeError> {
+    // The page after `after`: the id to read the next one after (none: the end), and its
+    // entries nobody here is working on.
     let read_after = |after: String| {
         let mut conn = shared.conn.clone();
         async move {
+            let since = shared.ledger.removals();
             let reply: Value = redis::cmd("XREADGROUP")
                 .arg("GROUP")
                 .arg(&*shared.group)
@@ -82,34 +92,36 @@ pub(super) async fn dispatch_own_pending(
                 .into_iter()
                 .flat_map(|(_, entries)| entries)
                 .collect();
-            redis::RedisResult::Ok(entries)
+            let last = entries.last().map(|e| e.id.clone());
+            let fresh = match shared.ledger.let_go_since(&stream.name, since) {
+                Some(gone) => entries
+                    .into_iter()
+                    .filter(|e| !gone.contains(&e.id) && !shared.is_tracked(&stream.name, &e.id))
+                    .collect(),
+                None => Vec::new(),
+            };
+            redis::RedisResult::Ok((last, fresh))
         }
     };
-    let mut entries = read_after("0-0".to_owned())
+    let (mut last, mut current) = read_after("0-0".to_owned())
         .await
         .map_err(shared.redis_err(&stream.name))?;
     let mut dispatched = 0;
-    loop {
-        let Some(last) = entries.last() else {
-            return Ok(dispatched);
-        };
+    while let Some(after) = last {
         if shared.stop.is_cancelled() {
-            return Ok(dispatched);
+            break;
         }
-        let next = read_after(last.id.clone());
-        let current: Vec<RawEntry> = std::mem::take(&mut entries)
-            .into_iter()
-            .filter(|e| !shared.is_tracked(&stream.name, &e.id))
-            .collect();
         dispatched += current.len();
+        let entries = std::mem::take(&mut current);
         let dispatch_current = async {
-            if !current.is_empty() {
-                dispatch(shared, run, stream, current, pass.cloned(), false).await;
+            if !entries.is_empty() {
+                dispatch(shared, run, stream, entries, pass.cloned(), false).await;
             }
         };
-        let ((), next) = tokio::join!(dispatch_current, next);
-        entries = next.map_err(shared.redis_err(&stream.name))?;
+        let ((), next) = tokio::join!(dispatch_current, read_after(after));
+        (last, current) = next.map_err(shared.redis_err(&stream.name))?;
     }
+    Ok(dispatched)
 }
 
 /// Entries idle for `min_idle` from any consumer of the group, with XAUTOCLAIM, to the end.

@@ -120,7 +120,16 @@ impl ClockedPart for MarkSet {
         let width = group.layout.width_ms();
         let bucket = server_ms / width;
         let deepest = bucket.saturating_sub(group.layout.lookback() - 1);
-        let oldest = |floor: u64| (floor / width).clamp(deepest, bucket);
+        // A key that says it was born after the server's now (a publisher's clock further
+        // ahead than the margin, a made-up id) says nothing true about its age: every bucket.
+        let oldest = |floor: u64| {
+            let born = floor / width;
+            if born > bucket {
+                deepest
+            } else {
+                born.max(deepest)
+            }
+        };
         let mut layouts = String::new();
         if let Some(last) = self.items.iter().map(|&(_, floor)| oldest(floor)).min() {
             let followed = group
@@ -171,7 +180,8 @@ const BIRTH_MARGIN_MS: u64 = 6 * 3_600_000;
 /// (`evt-<UUIDv7>`, see [`crate::events::unique_idempotency_key`]) and a keyless entry's identity
 /// (`entry:<id>`) say when they were made, less [`BIRTH_MARGIN_MS`] for clock differences;
 /// any other key may be of any age (0). A lookup then reads the buckets from this time on:
-/// one hash for a fresh key instead of every bucket of the TTL.
+/// one hash for a fresh key instead of every bucket of the TTL; a key born after the
+/// server's now, by its own account, is read in every bucket.
 pub(crate) fn mark_floor(key: &str) -> u64 {
     let born = if let Some(uuid) = key.strip_prefix("evt-") {
         uuid::Uuid::try_parse(uuid)
@@ -238,7 +248,7 @@ mod tests {
         let set = g.marks([
             (&fresh[..], 3_500),
             (&fresh[..], 3_000),
-            (&other[..], 9_999),
+            (&other[..], 3_600),
         ]);
         let (keys, _) = rendered(&set, 3_600);
         assert_eq!(
@@ -251,6 +261,20 @@ mod tests {
                 "m:9:0005",
                 "m:8:layout",
                 "m:8:0005"
+            ]
+        );
+        // Born after the server's now, by its own account: every bucket, as for a key of any
+        // age (a mark written when the server was at an earlier bucket is still found).
+        let (keys, _) = rendered(&g.marks([(&other[..], 9_999)]), 3_600);
+        assert_eq!(
+            keys,
+            [
+                "m:10:layout",
+                "m:10:0006",
+                "m:9:layout",
+                "m:9:0006",
+                "m:8:layout",
+                "m:8:0006"
             ]
         );
         // A call without keys reads no bucket.

@@ -26,10 +26,13 @@
 -- the mark was written to and a duplicate gets through. So a bucket's layout is kept next to
 -- its hashes, in <prefix><bucket>:layout: written with the bucket's first mark (SET NX,
 -- expiring with the bucket's hashes) and checked by every call, one GET for each bucket it
--- reads (one for a call of fresh keys). A call that assumes another layout for a bucket than the one stored fails before it
--- writes anything, with `ASDLC_LAYOUT <bucket>=<layout> ...` (every such bucket with its
--- stored layout); the client follows the stored layouts and calls again. A bucket without a
--- stored layout has no mark written under one (nothing to miss), so a call may assume any.
+-- reads (one for a call of fresh keys). A call that assumes another layout for a bucket than
+-- the one stored fails before it writes anything, with `ASDLC_LAYOUT <bucket>=<layout> ...`
+-- (every such bucket with its stored layout); the client follows the stored layouts and
+-- calls again. A bucket without a stored layout has no mark written by this library (its
+-- first mark stores it), so a call may assume any; marks of a build from before layouts were
+-- stored have none either, and are found only in the layout they were written in (book:
+-- Sizing the processed marks).
 --
 -- Every mark hash and layout key a call may touch is declared in its KEYS. The caller
 -- declares, for each bucket it reads, the layout key and each fingerprint's shard, back to
@@ -83,7 +86,9 @@ local function asdlc_marks(now, keys, argv)
       break
     end
     local shards, digits = string.match(layout, '^(%d+):([45])$')
-    if not shards then
+    local n = tonumber(shards)
+    -- 1 to 2^20 shards, named by 4 hex digits up to 65,536 and by 5 above.
+    if not n or n < 1 or n > 1048576 or (n > 65536) ~= (digits == '5') then
       error(redis.error_reply('ERR asdlc: mark layout ' .. layout .. ' is not <shards>:<4 or 5>'))
     end
     m.layouts[b], m.shards[b], m.digits[b] = layout, tonumber(shards), tonumber(digits)
