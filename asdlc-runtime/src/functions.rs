@@ -290,12 +290,16 @@ pub(crate) trait ClockedPart: std::fmt::Debug + Send + Sync {
 /// `ASDLC_CLOCK` refusals, so a process whose clock is off pays for it once, not every call.
 static SERVER_OFFSET_MS: AtomicI64 = AtomicI64::new(0);
 
+/// This process's time, in ms since the epoch.
+fn local_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// The server's time by this process's estimate, in ms since the epoch.
 fn server_now_ms() -> u64 {
-    let local = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    (local + SERVER_OFFSET_MS.load(Ordering::Relaxed)).max(0) as u64
+    (local_now_ms() + SERVER_OFFSET_MS.load(Ordering::Relaxed)).max(0) as u64
 }
 
 /// How many calls were refused for being made for another time than the server's.
@@ -391,8 +395,7 @@ impl Call {
             };
             if let Some(server) = clock_refusal(&e).filter(|_| clock_tries < 3) {
                 CLOCK_REFUSALS.fetch_add(1, Ordering::Relaxed);
-                let local = server_now_ms() as i64 - SERVER_OFFSET_MS.load(Ordering::Relaxed);
-                SERVER_OFFSET_MS.store(server as i64 - local, Ordering::Relaxed);
+                SERVER_OFFSET_MS.store(server as i64 - local_now_ms(), Ordering::Relaxed);
                 tracing::debug!(
                     server_ms = server,
                     "the server's clock differs: calling again for its time"

@@ -36,11 +36,7 @@ pub const FIELD_PREFIX: &str = "f:";
 /// without handling it.
 pub const REPLAY_GROUP_FIELD: &str = "asdlc:replay_group";
 
-/// The identity an entry without an `idempotency_key` is deduplicated under (its entry id),
-/// and the key its replayed copy carries so that identity survives the new entry id.
-pub fn keyless_identity(entry_id: &str) -> String {
-    format!("entry:{entry_id}")
-}
+pub use crate::event::keyless_identity;
 
 /// What the dead-letter stream keeps. Every commit that writes a dead letter trims the
 /// stream to it, exactly.

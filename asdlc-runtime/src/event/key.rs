@@ -7,9 +7,41 @@ use sha2::{Digest, Sha256};
 
 use super::{AsdlcEvent, EventType};
 
+/// The prefix of a fresh key: `evt-<UUIDv7>`.
+const FRESH_PREFIX: &str = "evt-";
+
+/// The prefix of a keyless entry's identity: `entry:<entry id>`.
+const KEYLESS_PREFIX: &str = "entry:";
+
 /// A fresh key, unique per event: `evt-` and a UUIDv7 (time-ordered, so keys sort by creation).
 pub fn unique_idempotency_key() -> String {
     BornKey::fresh().1
+}
+
+/// The identity an entry without an `idempotency_key` is deduplicated under (its entry id),
+/// and the key its replayed copy carries so that identity survives the new entry id.
+pub fn keyless_identity(entry_id: &str) -> String {
+    format!("{KEYLESS_PREFIX}{entry_id}")
+}
+
+/// When `key` says it was made, in ms since the epoch: a fresh key by its UUIDv7 (the
+/// publisher's clock), a keyless entry's identity by its entry id (the server's); `None` for
+/// any other key.
+pub(crate) fn born_ms(key: &str) -> Option<u64> {
+    if let Some(uuid) = key.strip_prefix(FRESH_PREFIX) {
+        uuid::Uuid::try_parse(uuid)
+            .ok()
+            .filter(|u| u.get_version_num() == 7)
+            .and_then(|u| u.get_timestamp())
+            .map(|t| {
+                let (secs, nanos) = t.to_unix();
+                secs * 1000 + u64::from(nanos / 1_000_000)
+            })
+    } else if let Some(id) = key.strip_prefix(KEYLESS_PREFIX) {
+        crate::streams::EntryId::parse(id).map(|id| id.ms)
+    } else {
+        None
+    }
 }
 
 /// The fresh key an [`AsdlcEvent`] was born with, remembered beside its public
@@ -25,7 +57,7 @@ impl BornKey {
     /// A new fresh key, and the marker that remembers it.
     pub(crate) fn fresh() -> (BornKey, String) {
         let id = uuid::Uuid::now_v7();
-        (BornKey(Some(id)), format!("evt-{id}"))
+        (BornKey(Some(id)), format!("{FRESH_PREFIX}{id}"))
     }
 
     /// Whether `key` is the key the event was born with, unchanged.
@@ -34,7 +66,7 @@ impl BornKey {
             return false;
         };
         let mut buf = uuid::Uuid::encode_buffer();
-        key.strip_prefix("evt-")
+        key.strip_prefix(FRESH_PREFIX)
             .is_some_and(|rest| rest == id.hyphenated().encode_lower(&mut buf))
     }
 }

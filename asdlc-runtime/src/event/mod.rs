@@ -21,7 +21,8 @@ use crate::error::ValidationError;
 use crate::tenancy::TenantId;
 
 pub(crate) use key::BornKey;
-pub use key::{generate_idempotency_key, unique_idempotency_key};
+pub(crate) use key::born_ms;
+pub use key::{generate_idempotency_key, keyless_identity, unique_idempotency_key};
 pub use kind::{EventType, UnknownEventType};
 pub use validate::{MAX_EVENT_BYTES, MAX_ID_LEN, MAX_PATH_LEN};
 

@@ -135,7 +135,7 @@ impl HandlerContext {
         HandlerContext {
             tenant,
             attempt,
-            cause_key: format!("entry:{entry_id}"),
+            cause_key: crate::event::keyless_identity(&entry_id),
             entry_id,
             keys,
             group,

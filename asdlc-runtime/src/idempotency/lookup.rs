@@ -130,21 +130,27 @@ impl ClockedPart for MarkSet {
                 born.max(deepest)
             }
         };
+        // Each key's oldest bucket to read, once.
+        let items: Vec<(u32, u64)> = self
+            .items
+            .iter()
+            .map(|&(source, floor)| (source, oldest(floor)))
+            .collect();
         let mut layouts = String::new();
-        if let Some(last) = self.items.iter().map(|&(_, floor)| oldest(floor)).min() {
+        if let Some(last) = items.iter().map(|&(_, from)| from).min() {
             let followed = group
                 .followed
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let mut shards = Vec::with_capacity(self.items.len());
+            let mut shards = Vec::with_capacity(items.len());
             for b in (last..=bucket).rev() {
                 let layout = group.layout_at(&followed, b);
                 keys.push(format!("{}{b}:layout", group.prefix).into_bytes());
                 shards.clear();
                 shards.extend(
-                    self.items
+                    items
                         .iter()
-                        .filter(|&&(_, floor)| oldest(floor) <= b)
+                        .filter(|&&(_, from)| from <= b)
                         .map(|&(source, _)| layout.shard(source)),
                 );
                 shards.sort_unstable();
@@ -183,21 +189,7 @@ const BIRTH_MARGIN_MS: u64 = 6 * 3_600_000;
 /// one hash for a fresh key instead of every bucket of the TTL; a key born after the
 /// server's now, by its own account, is read in every bucket.
 pub(crate) fn mark_floor(key: &str) -> u64 {
-    let born = if let Some(uuid) = key.strip_prefix("evt-") {
-        uuid::Uuid::try_parse(uuid)
-            .ok()
-            .filter(|u| u.get_version_num() == 7)
-            .and_then(|u| u.get_timestamp())
-            .map(|t| {
-                let (secs, nanos) = t.to_unix();
-                secs * 1000 + u64::from(nanos / 1_000_000)
-            })
-    } else if let Some(id) = key.strip_prefix("entry:") {
-        crate::streams::EntryId::parse(id).map(|id| id.ms)
-    } else {
-        None
-    };
-    born.map_or(0, |ms| ms.saturating_sub(BIRTH_MARGIN_MS))
+    crate::event::born_ms(key).map_or(0, |ms| ms.saturating_sub(BIRTH_MARGIN_MS))
 }
 
 #[cfg(test)]
