@@ -585,13 +585,10 @@ impl Protocol {
         for &i in entries {
             args.extend([self.ids[i].clone(), Self::fp(i), Self::key(i).to_owned()]);
         }
-        let keys = [
-            self.stream,
-            Self::LEASES,
-            Self::MARK_LAYOUT,
-            Self::MARK,
-            &self.order,
-        ];
+        // The mark hash once for each entry, at its place (marks.lua).
+        let mut keys = vec![self.stream, Self::LEASES, Self::MARK_LAYOUT];
+        keys.extend(entries.iter().map(|_| Self::MARK));
+        keys.push(&self.order);
         self.call(conn, "begin_ordered", &keys, &args).await
     }
 
@@ -612,14 +609,20 @@ impl Protocol {
                 _ => args.extend(["s".to_owned(), id, Self::fp(i)]),
             }
         }
-        let keys = [
+        // The mark hash once for each success record, at its place (marks.lua).
+        let mut keys = vec![
             self.stream,
             Self::DEAD,
             Self::LEASES,
             &self.order,
             Self::MARK_LAYOUT,
-            Self::MARK,
         ];
+        keys.extend(
+            records
+                .iter()
+                .filter(|(kind, _)| !matches!(kind, 'O' | 'R'))
+                .map(|_| Self::MARK),
+        );
         self.call(conn, "commit", &keys, &args).await
     }
 

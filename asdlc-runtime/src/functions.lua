@@ -1,10 +1,11 @@
 -- Shared by every function of the library (prepended to them).
 
--- The keys a call declared in KEYS, as a set: a function checks each key it builds itself
--- (a mark hash, a staged effect's key) against it, so it never touches an undeclared key.
+-- The keys a call declared in KEYS, as a set (each key -> its first place in KEYS): a
+-- function checks each key it builds itself (a mark hash, a staged effect's key) against
+-- it, so it never touches an undeclared key.
 local function asdlc_declared(keys)
   local set = {}
-  for _, k in ipairs(keys) do set[k] = true end
+  for i, k in ipairs(keys) do set[k] = set[k] or i end
   return set
 end
 

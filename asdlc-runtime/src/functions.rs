@@ -28,7 +28,8 @@ use redis::aio::ConnectionLike;
 use redis::{ErrorKind, FromRedisValue, ParsingError, RedisError, RedisResult, ToRedisArgs, Value};
 
 /// The helpers every function may use, and the functions: (step name, source). A source sees
-/// `KEYS` and `ARGV` as in a script.
+/// `KEYS` and `ARGV` as in a script, and `ITEMS`, nil unless another function calls it
+/// (begin.lua says what it is).
 const HELPERS: &[&str] = &[
     include_str!("functions.lua"),
     include_str!("idempotency/marks.lua"),
@@ -73,7 +74,7 @@ static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
     }
     for (step, source) in FUNCTIONS {
         body.push_str(&format!(
-            "local function asdlc_step_{step}(KEYS, ARGV)\n{source}\nend\n"
+            "local function asdlc_step_{step}(KEYS, ARGV, ITEMS)\n{source}\nend\n"
         ));
     }
     let name = format!("asdlc_{:016x}", fnv1a(body.as_bytes()));

@@ -25,6 +25,7 @@ mod edges;
 mod emit;
 mod gate;
 mod integration;
+mod leases;
 mod marks;
 mod monitoring;
 mod publishing;

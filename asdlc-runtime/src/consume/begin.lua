@@ -3,7 +3,8 @@
 -- KEYS[1] stream, KEYS[2] lease hash, then the mark hashes of the entries' fingerprints
 -- ARGV: marks prefix, width, bucket, ttl, layouts (marks.lua), group, token, predecessor
 --       token ('' for none), lease ms, then (entry id, fingerprint) for each entry
---       (fingerprints distinct within a call).
+--       (fingerprints distinct within a call). Called from begin_ordered.lua with `ITEMS`, the
+--       number of each entry among the call's items (marks.lua), when it begins some only.
 -- Returns one code per entry: 0 duplicate (acknowledged); -1 another delivery holds the
 -- key's live lease (the entry stays pending and is checked again later); n > 0 the lease is
 -- taken and the handler is about to run its attempt n.
@@ -13,7 +14,11 @@ local marks = asdlc_marks(now, KEYS, ARGV)
 local out, acks, want, fps, gone = {}, {}, {}, {}, {}
 for i = 10, #ARGV, 2 do
   local id, fp = ARGV[i], ARGV[i + 1]
-  if asdlc_is_marked(marks, fp) then
+  local item = i / 2 - 4
+  if ITEMS then
+    item = ITEMS[item]
+  end
+  if asdlc_is_marked(marks, fp, item) then
     acks[#acks + 1] = id
     gone[#gone + 1] = fp
     out[#out + 1] = 0
@@ -38,13 +43,21 @@ if #want > 0 then
     -- The holder names the delivery, not just the process: a second copy of the same key
     -- in this very consumer must wait too. The same delivery, under this run's token or the
     -- token of the dead process whose name this run took over, takes it again.
-    local holder, live, attempts = asdlc_lease_holder(held[j + 1], now_text)
-    local again = holder ~= nil
-      and (holder == token .. '|' .. id or (pred ~= '' and holder == pred .. '|' .. id))
-    if not live or again then
+    local value = held[j + 1]
+    if not value then
+      -- No lease and no count yet, the common case: the first attempt, in one concatenation.
       take[#take + 1] = fps[j]
-      take[#take + 1] = asdlc_lease_value(deadline, attempts + 1, token .. '|' .. id)
-      out[k] = attempts + 1
+      take[#take + 1] = deadline .. '|1|' .. token .. '|' .. id
+      out[k] = 1
+    else
+      local holder, live, attempts = asdlc_lease_holder(value, now_text)
+      local again = holder ~= nil
+        and (holder == token .. '|' .. id or (pred ~= '' and holder == pred .. '|' .. id))
+      if not live or again then
+        take[#take + 1] = fps[j]
+        take[#take + 1] = asdlc_lease_value(deadline, attempts + 1, token .. '|' .. id)
+        out[k] = attempts + 1
+      end
     end
   end
   if #take > 0 then

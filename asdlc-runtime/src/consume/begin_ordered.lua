@@ -171,7 +171,7 @@ if #go > 0 then
     argv[#argv + 1] = ARGV[9 + 3 * k]
     argv[#argv + 1] = ARGV[10 + 3 * k]
   end
-  local codes = asdlc_step_begin(KEYS, argv)
+  local codes = asdlc_step_begin(KEYS, argv, go)
   for j, k in ipairs(go) do
     out[k] = codes[j]
     local id, key = entry(k)

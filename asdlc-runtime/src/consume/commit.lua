@@ -59,7 +59,7 @@ local recheck = ARGV[10] == '1'
 local dead = 0
 local now = asdlc_now_ms()
 local marks = asdlc_marks(now, KEYS, ARGV)
-local now_text = asdlc_ms_text(now)
+local now_text, next_text = asdlc_ms_text(now), asdlc_ms_text(now + 1)
 -- Keys of the commit itself, which no effect may write (an effect may only append to the
 -- stream): a changed type would fail the call at its end (the acknowledgement, the leases).
 local own = { [KEYS[2]] = true, [KEYS[3]] = true }
@@ -120,6 +120,14 @@ local function lease_state(r, id, how)
   if not j then
     return 'free'
   end
+  if how ~= 'release' then
+    -- The common case, a lease of ours to drop, told without taking the value apart.
+    local ours, live = asdlc_lease_held_by(held[j], token, id, next_text)
+    if ours then
+      drop[#drop + 1] = fields[j]
+      return live and 'mine' or 'free'
+    end
+  end
   local mine = token .. '|' .. id
   local holder, live, attempts = asdlc_lease_holder(held[j], now_text)
   if holder == mine then
@@ -137,6 +145,8 @@ local function lease_state(r, id, how)
 end
 
 local out = {}
+-- The S and s records are the call's mark items (marks.lua), numbered in their order.
+local item = 0
 -- Acknowledged together at the end: one XACK for the whole call.
 local acks = {}
 -- The O records (their index in ARGV), settled once the acknowledgements are known.
@@ -147,14 +157,15 @@ while i <= #ARGV do
   r = r + 1
   if kind == 's' then
     local id, fp = ARGV[i + 1], ARGV[i + 2]
+    item = item + 1
     local lease = lease_state(r, id)
     if lease == 'other' then
       out[#out + 1] = 2
     else
-      if (recheck or lease ~= 'mine') and asdlc_is_marked(marks, fp) then
+      if (recheck or lease ~= 'mine') and asdlc_is_marked(marks, fp, item) then
         out[#out + 1] = 0
       else
-        asdlc_set_mark(marks, fp)
+        asdlc_set_mark(marks, fp, item)
         out[#out + 1] = 1
       end
       acks[#acks + 1] = id
@@ -164,8 +175,10 @@ while i <= #ARGV do
     local id, fp, n = ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 4])
     local first = i + 5
     local drops = #drop
+    item = item + 1
     local lease = lease_state(r, id)
-    local marked = lease ~= 'other' and (recheck or lease ~= 'mine') and asdlc_is_marked(marks, fp)
+    local marked = lease ~= 'other' and (recheck or lease ~= 'mine')
+      and asdlc_is_marked(marks, fp, item)
     local after, err = nil, nil
     if lease ~= 'other' and not marked then
       after, err = asdlc_check_effects(ARGV, KEYS, marks.declared, own, first, n)
@@ -199,7 +212,7 @@ while i <= #ARGV do
         if args[1] == 'XADD' then emitted[#emitted + 1] = reply end
         j = j + 3 + nargs
       end
-      asdlc_set_mark(marks, fp)
+      asdlc_set_mark(marks, fp, item)
       if #emitted > 0 then
         out[#out + 1] = { 1, unpack(emitted) }
       else

@@ -105,7 +105,10 @@ impl GroupMarks {
 /// back to the oldest any of its keys needs), the bucket's layout key and the mark hashes of
 /// its keys, declared in `KEYS`; in `ARGV`, the layout's five arguments: prefix, width,
 /// bucket, ttl, and the layout assumed for each bucket read, newest first
-/// (`<shards>:<digits>`, comma-separated). Each hash is declared once.
+/// (`<shards>:<digits>`, comma-separated). The current bucket's hashes come one per item, in
+/// the items' order (a hash shared by two items twice), since a call takes item n's hash
+/// from its place instead of building its name (about a tenth of a begin and a commit's
+/// server time); an older bucket's hashes once each.
 #[derive(Debug, Clone)]
 pub(crate) struct MarkSet {
     group: Arc<GroupMarks>,
@@ -153,8 +156,13 @@ impl ClockedPart for MarkSet {
                         .filter(|&&(_, from)| from <= b)
                         .map(|&(source, _)| layout.shard(source)),
                 );
-                shards.sort_unstable();
-                shards.dedup();
+                // The current bucket's hash of each item, in the items' order (so the call
+                // finds item n's hash at its place, without naming it itself); an older
+                // bucket's hashes once each.
+                if b != bucket {
+                    shards.sort_unstable();
+                    shards.dedup();
+                }
                 let digits = layout.digits();
                 for s in &shards {
                     keys.push(format!("{}{b}:{s:0digits$x}", group.prefix).into_bytes());
@@ -235,20 +243,22 @@ mod tests {
         );
         assert_eq!(args[4], "16384:4,16384:4,16384:4");
         // Born two buckets ago; a shard shared with a fresh key is read as deep as the older
-        // key needs, and declared once.
+        // key needs. In the current bucket, each item's hash at its place, in the items'
+        // order (the call takes item n's from there); in older ones, each hash once.
         let other = [0u8, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         let set = g.marks([
+            (&other[..], 3_600),
             (&fresh[..], 3_500),
             (&fresh[..], 3_000),
-            (&other[..], 3_600),
         ]);
         let (keys, _) = rendered(&set, 3_600);
         assert_eq!(
             keys,
             [
                 "m:10:layout",
-                "m:10:0005",
                 "m:10:0006",
+                "m:10:0005",
+                "m:10:0005",
                 "m:9:layout",
                 "m:9:0005",
                 "m:8:layout",

@@ -39,7 +39,11 @@
 -- the oldest bucket a mark of the key can be in: a key born at a known time (a fresh
 -- `evt-<UUIDv7>` key, an entry's own id) cannot have been processed before it was made, so
 -- most lookups read one hash. A lookup reads the buckets newest first and stops at the first
--- one not declared.
+-- one not declared. The current bucket's hashes follow its layout key one per fingerprint
+-- (the call's items, numbered from 1 in the order the caller gave them), so a lookup or a
+-- mark takes item n's hash from its place: building the name costs more than the HEXISTS
+-- (the caller computes the same shards, MarkSet in lookup.rs). Older buckets' hashes are
+-- named here, as they are needed.
 
 local ASDLC_HEX = {
   [0] = '00', '01', '02', '03', '04', '05', '06', '07', '08', '09', '0a', '0b', '0c', '0d', '0e',
@@ -112,6 +116,8 @@ local function asdlc_marks(now, keys, argv)
     -- Written with the bucket's first mark (asdlc_set_mark).
     m.unset = not stored[1]
     m.layout_key = names[1]
+    -- Item n's hash in the current bucket is keys[m.first + n].
+    m.keys, m.first = keys, m.declared[names[1]]
   end
   m.expire_at = string.format('%d', (bucket + 1) * width + ttl)
   return m
@@ -135,18 +141,26 @@ local function asdlc_shard(m, b, fp)
     .. ASDLC_HEX[math.floor(s / 256) % 256] .. ASDLC_HEX[s % 256]
 end
 
-local function asdlc_is_marked(m, fp)
-  local shard = asdlc_shard(m, 1, fp)
-  local key = m.buckets[1] .. shard
-  asdlc_check_declared(m.declared, key, 'mark hash')
-  if redis.call('HEXISTS', key, fp) == 1 then
+-- The current bucket's hash of item `n` (declared at its place, see above).
+local function asdlc_item_hash(m, n)
+  local key = m.first and m.keys[m.first + n]
+  if not key then
+    error(redis.error_reply('ERR asdlc: the call declares no mark hash for its item ' .. n))
+  end
+  return key
+end
+
+-- Whether `fp`, the call's item `n`, is marked.
+local function asdlc_is_marked(m, fp, n)
+  if redis.call('HEXISTS', asdlc_item_hash(m, n), fp) == 1 then
     return true
   end
+  local shard
   for b = 2, #m.buckets do
-    if m.layouts[b] ~= m.layouts[b - 1] then
+    if not shard or m.layouts[b] ~= m.layouts[b - 1] then
       shard = asdlc_shard(m, b, fp)
     end
-    key = m.buckets[b] .. shard
+    local key = m.buckets[b] .. shard
     -- Not declared: no mark of the key can be this old.
     if not m.declared[key] then
       return false
@@ -158,9 +172,9 @@ local function asdlc_is_marked(m, fp)
   return false
 end
 
-local function asdlc_set_mark(m, fp)
-  local key = m.buckets[1] .. asdlc_shard(m, 1, fp)
-  asdlc_check_declared(m.declared, key, 'mark hash')
+-- Marks `fp`, the call's item `n`.
+local function asdlc_set_mark(m, fp, n)
+  local key = asdlc_item_hash(m, n)
   if m.unset then
     -- The bucket's first mark: from now on every call must assume this layout for it.
     redis.call('SET', m.layout_key, m.layouts[1], 'NX', 'PXAT', m.expire_at)

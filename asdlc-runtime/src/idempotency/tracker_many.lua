@@ -6,10 +6,10 @@ local marks = asdlc_marks(asdlc_now_ms(), KEYS, ARGV)
 local out = {}
 for i = 6, #ARGV do
   local fp = ARGV[i]
-  if asdlc_is_marked(marks, fp) then
+  if asdlc_is_marked(marks, fp, i - 5) then
     out[#out + 1] = 0
   else
-    asdlc_set_mark(marks, fp)
+    asdlc_set_mark(marks, fp, i - 5)
     out[#out + 1] = 1
   end
 end
