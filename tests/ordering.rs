@@ -695,6 +695,51 @@ async fn queues_stay_exact_through_releases_out_of_turn_a_stale_head_and_a_repea
     assert_order_empty(&mut conn, &StreamKeys::new(p.stream)).await;
 }
 
+/// The ordered begin runs the begin step for the entries whose turn it is, a subset of the
+/// call's: each is looked up in its own mark hash (the call declares one per entry, in order),
+/// not in the hash of whichever entry sits at its place among those that run.
+#[tokio::test]
+async fn an_entry_begun_behind_one_held_back_is_looked_up_in_its_own_mark_hash() {
+    let server = TestServer::start();
+    let mut conn = RedisConnection::connect(&server.redis_url()).await.unwrap();
+    // Entries 0 and 1 of session s1, 2 of s2; entry 2's key is processed already.
+    let p = Protocol::new(&mut conn).await;
+    let fps: Vec<[u8; 12]> = (1..=3u8).map(|k| [k; 12]).collect();
+    let hash = |fp: &[u8; 12]| {
+        let shard = ((u32::from(fp[0]) << 8) | u32::from(fp[1])) % 16_384;
+        format!("order:queues:marks:0:{shard:04x}")
+    };
+    let () = redis::cmd("HSET")
+        .arg(hash(&fps[2]))
+        .arg(&fps[2][..])
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg(format!(
+        "{}_begin_ordered",
+        asdlc::functions::library_name()
+    ))
+    .arg(7)
+    .arg(p.stream)
+    .arg(Protocol::LEASES)
+    .arg(Protocol::MARK_LAYOUT);
+    for fp in &fps {
+        cmd.arg(hash(fp));
+    }
+    cmd.arg(&p.order)
+        .arg(&Protocol::LAYOUT[..4])
+        .arg("16384:4")
+        .arg(&[GROUP, "token", "", "60000", &p.order, "task_created=s;"][..]);
+    for (i, fp) in fps.iter().enumerate() {
+        cmd.arg(&p.ids[i]).arg(&fp[..]).arg(Protocol::key(i));
+    }
+    let codes: Vec<i64> = cmd.query_async(&mut conn).await.unwrap();
+    // 0 runs, 1 waits behind it, 2 is a duplicate: acknowledged, never run.
+    assert_eq!(codes, [1, -2, 0]);
+}
+
 /// `ordered_by = session` in the attribute becomes the registration's option.
 #[test]
 fn the_macro_option_reaches_the_registration() {

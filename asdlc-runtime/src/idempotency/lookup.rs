@@ -265,6 +265,22 @@ mod tests {
                 "m:8:0005"
             ]
         );
+        // Two keys of one shard, both of any age: the current bucket's hash at each one's
+        // place, an older bucket's once.
+        let twin = [0x40u8, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let (keys, _) = rendered(&g.marks([(&fresh[..], 0), (&twin[..], 0)]), 3_600);
+        assert_eq!(
+            keys,
+            [
+                "m:10:layout",
+                "m:10:0005",
+                "m:10:0005",
+                "m:9:layout",
+                "m:9:0005",
+                "m:8:layout",
+                "m:8:0005"
+            ]
+        );
         // Born after the server's now, by its own account: every bucket, as for a key of any
         // age (a mark written when the server was at an earlier bucket is still found).
         let (keys, _) = rendered(&g.marks([(&other[..], 9_999)]), 3_600);
