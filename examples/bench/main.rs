@@ -18,10 +18,12 @@
 //! ratio asdlc/raw: X.XX`.
 //!
 //! One module per part: [`publish`], [`consume`], [`emit`], [`ordering`], [`recovery`], [`latency`],
-//! [`schedule`], [`memory`]; the workload they share in [`workload`], what a part measures in [`meter`].
+//! [`schedule`], [`memory`], [`faststream`] (with `--faststream`); the workload they share in
+//! [`workload`], what a part measures in [`meter`].
 
 mod consume;
 mod emit;
+mod faststream;
 mod latency;
 mod memory;
 mod meter;
@@ -98,6 +100,11 @@ struct Args {
     /// 1000000,10000000,50000000; with `--quick` 100000; `_` separators allowed).
     #[arg(long, value_name = "N,...", value_delimiter = ',', value_parser = parse_marks)]
     marks: Option<Vec<usize>>,
+    /// Also run FastStream's batch subscriber (Python, from PyPI: a venv under
+    /// `target/bench-venv`, made on first use) beside the consumers, and print
+    /// `consume ratio asdlc/faststream-batch`.
+    #[arg(long)]
+    faststream: bool,
 }
 
 /// The resolved arguments of one run.
@@ -106,6 +113,7 @@ struct Run {
     quick: bool,
     only: Option<String>,
     marks: Vec<usize>,
+    faststream: bool,
 }
 
 impl From<Args> for Run {
@@ -121,6 +129,7 @@ impl From<Args> for Run {
             quick: a.quick,
             only: a.only,
             marks: a.marks.unwrap_or(quick_marks),
+            faststream: a.faststream,
         }
     }
 }
@@ -238,6 +247,7 @@ enum Part {
     Asdlc2,
     Asdlc4,
     AsdlcWide,
+    FastStream,
     RawEmit,
     AsdlcEmit,
     Unordered,
@@ -245,7 +255,7 @@ enum Part {
 }
 
 impl Part {
-    const ALL: [Part; 14] = [
+    const ALL: [Part; 15] = [
         Part::RawSingle,
         Part::AsdlcSingle,
         Part::RawPipelined,
@@ -256,6 +266,7 @@ impl Part {
         Part::Asdlc2,
         Part::Asdlc4,
         Part::AsdlcWide,
+        Part::FastStream,
         Part::RawEmit,
         Part::AsdlcEmit,
         Part::Unordered,
@@ -274,6 +285,7 @@ impl Part {
             Part::Asdlc2 => "consume: asdlc 2 consumers",
             Part::Asdlc4 => "consume: asdlc 4 consumers",
             Part::AsdlcWide => "consume: asdlc concurrency 1024, batch 200, 1 consumer",
+            Part::FastStream => "consume: faststream batch subscriber (Python)",
             Part::RawEmit => "emit: raw + dedup + XADD",
             Part::AsdlcEmit => "emit: asdlc ctx.emit",
             Part::Unordered => "consume: unordered, 1,000 sessions, 1 consumer",
@@ -299,6 +311,7 @@ impl Part {
                 })
                 .await
             }
+            Part::FastStream => faststream::batch(b).await,
             Part::RawEmit => emit::raw(b).await,
             Part::AsdlcEmit => emit::asdlc(b).await,
             Part::Unordered => ordering::consume(b, false).await,
@@ -315,7 +328,8 @@ async fn run_parts(b: &Bench) -> (Vec<Option<Sample>>, Vec<Vec<Sample>>) {
     for round in 1..=RUNS {
         eprintln!("round {round} of {RUNS}...");
         for (i, part) in Part::ALL.iter().enumerate() {
-            if b.wants(part.label()) {
+            // FastStream only when asked for: it needs PyPI.
+            if b.wants(part.label()) && (*part != Part::FastStream || b.args.faststream) {
                 b.flush().await;
                 samples[i].push(part.run(b).await);
             }
@@ -456,9 +470,14 @@ async fn main() {
             Some((name, Some(ratio))) => format!("{ratio:.2}x {name}"),
             _ => String::new(),
         };
+        let switches = if s.switches.is_nan() {
+            "n/a".to_owned()
+        } else {
+            format!("{:.2}", s.switches)
+        };
         println!(
-            "| {what:<52} | {:>8.0} | {:>9.2} | {:>9.2} | {:>8.2} | {cmp:<10} |",
-            s.rate, s.client_us, s.server_us, s.switches
+            "| {what:<52} | {:>8.0} | {:>9.2} | {:>9.2} | {switches:>8} | {cmp:<10} |",
+            s.rate, s.client_us, s.server_us
         );
     };
     println!();
@@ -516,6 +535,11 @@ async fn main() {
         "(g3) asdlc Runtime, 1 consumer, concurrency 1024, batch 200",
         a_hi,
         Some(("(f)", round_ratio(Part::AsdlcWide, Part::RawDedup))),
+    );
+    row(
+        "(l) FastStream batch subscriber (Python), no dedup",
+        part(Part::FastStream),
+        None,
     );
     row(
         "(i) raw: (f) + the follow-ups' XADDs, pipelined with the XACK",
@@ -627,6 +651,13 @@ async fn main() {
         );
     }
     println!("load average: {load_start} at start, {} at end", loadavg());
+    if b.args.faststream {
+        println!(
+            "consume ratio asdlc/faststream-batch: {}",
+            round_ratio(Part::Asdlc1, Part::FastStream)
+                .map_or("n/a".to_owned(), |r| format!("{r:.2}"))
+        );
+    }
     let ratio = |r: Option<f64>| r.map_or("n/a".to_owned(), |r| format!("{r:.2}"));
     println!(
         "ordered ratio by-session/unordered: {}",

@@ -143,9 +143,9 @@ local function asdlc_shard(m, b, fp)
 end
 
 -- The current bucket's hash of item `n` (declared at its place, see above). Only its length
--- is checked, that of the bucket's hash names (a layout key or another bucket's hash is
--- longer or shorter): comparing the name costs a tenth of the lookup, and the caller's order
--- is pinned by tests (tests/ordering.rs, tests/it/marks.rs).
+-- is checked against the bucket's hash names (which a layout key's is not; another bucket's
+-- hash or another key may have it): comparing the name would cost a tenth of the lookup,
+-- and the caller's order is pinned by tests (tests/ordering.rs, tests/it/marks.rs).
 local function asdlc_item_hash(m, n)
   local key = m.first and m.keys[m.first + n]
   if not key or #key ~= m.hash_len then
