@@ -50,6 +50,11 @@ fn python() -> &'static Result<(PathBuf, PathBuf), String> {
     })
 }
 
+/// Makes the venv before the first part runs, so a machine without PyPI says so at once.
+pub(crate) fn prepare() -> Result<(), String> {
+    python().as_ref().map(|_| ()).map_err(Clone::clone)
+}
+
 /// One run: FastStream's subscriber through every event of a fresh stream.
 pub(crate) async fn batch(b: &Bench) -> Sample {
     let (python, script) = match python() {

@@ -271,6 +271,12 @@ async fn main() {
          {} cores; load average {load_start}",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    if b.args.faststream
+        && let Err(e) = faststream::prepare()
+    {
+        eprintln!("--faststream: cannot set up FastStream: {e}");
+        std::process::exit(2);
+    }
     let (parts, rounds) = run_parts(&b).await;
     let index = |p: Part| Part::ALL.iter().position(|q| *q == p).unwrap_or(0);
     let part = |p: Part| parts[index(p)];
