@@ -25,7 +25,10 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use redis::aio::ConnectionLike;
-use redis::{ErrorKind, FromRedisValue, ParsingError, RedisError, RedisResult, ToRedisArgs, Value};
+use redis::{
+    ErrorKind, FromRedisValue, ParsingError, RedisError, RedisResult, RedisWrite, ToRedisArgs,
+    Value,
+};
 
 /// The helpers every function may use, and the functions: (step name, source). A source sees
 /// `KEYS` and `ARGV` as in a script, and `ITEMS`, nil unless another function calls it
@@ -243,8 +246,8 @@ impl Function {
     pub(crate) fn key<T: ToRedisArgs>(self, key: T) -> Call {
         let mut call = Call {
             function: self,
-            keys: Vec::new(),
-            args: Vec::new(),
+            keys: ArgList::default(),
+            args: ArgList::default(),
             clocked: None,
         };
         call.key(key);
@@ -256,9 +259,83 @@ impl Function {
 #[derive(Debug, Clone)]
 pub(crate) struct Call {
     function: Function,
-    keys: Vec<Vec<u8>>,
-    args: Vec<Vec<u8>>,
+    keys: ArgList,
+    args: ArgList,
     clocked: Option<Clocked>,
+}
+
+/// Arguments one after another in one buffer: a begin or commit call has a few hundred, and a
+/// buffer each (as `Vec<Vec<u8>>` keeps them) was an allocation and a free per argument.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ArgList {
+    data: Vec<u8>,
+    /// Where each argument ends in `data`.
+    ends: Vec<usize>,
+}
+
+impl ArgList {
+    /// How many arguments.
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Arguments `range`, in order.
+    fn slices(&self, range: std::ops::Range<usize>) -> impl Iterator<Item = &[u8]> {
+        range.map(|i| {
+            let start = if i == 0 { 0 } else { self.ends[i - 1] };
+            &self.data[start..self.ends[i]]
+        })
+    }
+
+    /// Every argument, in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.slices(0..self.len())
+    }
+
+    /// Adds an argument written by `fmt` (`format_args!`), without a buffer of its own.
+    pub(crate) fn push_fmt(&mut self, fmt: std::fmt::Arguments<'_>) {
+        use std::io::Write as _;
+        // Writing into a Vec cannot fail.
+        let _ = self.data.write_fmt(fmt);
+        self.ends.push(self.data.len());
+    }
+}
+
+impl RedisWrite for ArgList {
+    fn write_arg(&mut self, arg: &[u8]) {
+        self.data.extend_from_slice(arg);
+        self.ends.push(self.data.len());
+    }
+
+    fn writer_for_next_arg(&mut self) -> impl std::io::Write + '_ {
+        /// Ends the argument when dropped.
+        struct Next<'a>(&'a mut ArgList);
+        impl std::io::Write for Next<'_> {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.data.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        impl Drop for Next<'_> {
+            fn drop(&mut self) {
+                self.0.ends.push(self.0.data.len());
+            }
+        }
+        Next(self)
+    }
+
+    fn reserve_space_for_args(&mut self, additional: impl IntoIterator<Item = usize>) {
+        let (mut n, mut bytes) = (0, 0);
+        for size in additional {
+            n += 1;
+            bytes += size;
+        }
+        self.ends.reserve(n);
+        self.data.reserve(bytes);
+    }
 }
 
 /// The part of a call made for the server's current time (the processed marks' section, see
@@ -275,7 +352,7 @@ struct Clocked {
 /// `ASDLC_CLOCK <server ms>`; the call is then made again for that time.
 pub(crate) trait ClockedPart: std::fmt::Debug + Send + Sync {
     /// Writes the keys and the arguments for the server time `server_ms`.
-    fn render(&self, server_ms: u64, keys: &mut Vec<Vec<u8>>, args: &mut Vec<Vec<u8>>);
+    fn render(&self, server_ms: u64, keys: &mut ArgList, args: &mut ArgList);
 
     /// Takes in what the server stored that this part assumed otherwise, when the server
     /// refused the call for it before writing anything (the layout of a group's marks,
@@ -351,20 +428,29 @@ impl Call {
     fn command(&self, server_ms: u64) -> redis::Cmd {
         let mut cmd = redis::cmd("FCALL");
         cmd.arg(format!("{}_{}", LIBRARY.name, self.function.0));
+        let (keys, args) = (self.keys.len(), self.args.len());
         match &self.clocked {
             None => {
-                cmd.arg(self.keys.len()).arg(&self.keys).arg(&self.args);
+                cmd.arg(keys);
+                for a in self.keys.iter().chain(self.args.iter()) {
+                    cmd.write_arg(a);
+                }
             }
             Some(c) => {
-                let (mut keys, mut args) = (Vec::new(), Vec::new());
-                c.part.render(server_ms, &mut keys, &mut args);
-                cmd.arg(self.keys.len() + keys.len())
-                    .arg(&self.keys[..c.key_at])
-                    .arg(&keys)
-                    .arg(&self.keys[c.key_at..])
-                    .arg(&self.args[..c.arg_at])
-                    .arg(&args)
-                    .arg(&self.args[c.arg_at..]);
+                let (mut part_keys, mut part_args) = (ArgList::default(), ArgList::default());
+                c.part.render(server_ms, &mut part_keys, &mut part_args);
+                cmd.arg(keys + part_keys.len());
+                let all = self
+                    .keys
+                    .slices(0..c.key_at)
+                    .chain(part_keys.iter())
+                    .chain(self.keys.slices(c.key_at..keys))
+                    .chain(self.args.slices(0..c.arg_at))
+                    .chain(part_args.iter())
+                    .chain(self.args.slices(c.arg_at..args));
+                for a in all {
+                    cmd.write_arg(a);
+                }
             }
         }
         cmd
@@ -447,11 +533,56 @@ mod tests {
         assert!(e.contains("commit function") && e.contains('7'), "{e}");
     }
 
+    /// A clocked part of one key and two arguments, the second the server time it was made for.
+    #[derive(Debug)]
+    struct Part;
+
+    impl ClockedPart for Part {
+        fn render(&self, server_ms: u64, keys: &mut ArgList, args: &mut ArgList) {
+            keys.write_arg(b"pk");
+            args.write_arg(b"");
+            args.push_fmt(format_args!("{server_ms}"));
+        }
+    }
+
+    /// The arguments of `cmd` after the function's name.
+    fn fcall_args(cmd: &redis::Cmd) -> Vec<String> {
+        cmd.args_iter()
+            .skip(2)
+            .map(|a| match a {
+                redis::Arg::Simple(b) => String::from_utf8(b.to_vec()).unwrap(),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
     #[test]
     fn a_call_puts_keys_before_arguments() {
         let mut call = BEGIN.key("k1");
-        call.arg("a1").key("k2").arg(7);
-        assert_eq!(call.keys, vec![b"k1".to_vec(), b"k2".to_vec()]);
-        assert_eq!(call.args, vec![b"a1".to_vec(), b"7".to_vec()]);
+        call.arg("a1").key("k2").arg(7).arg(&b""[..]);
+        assert_eq!(call.keys.iter().collect::<Vec<_>>(), [&b"k1"[..], b"k2"]);
+        assert_eq!(
+            call.args.iter().collect::<Vec<_>>(),
+            [&b"a1"[..], b"7", b""]
+        );
+        assert_eq!(
+            fcall_args(&call.command(0)),
+            ["2", "k1", "k2", "a1", "7", ""]
+        );
+    }
+
+    #[test]
+    fn a_clocked_part_goes_where_it_was_put_among_keys_and_arguments() {
+        let mut call = BEGIN.key("k1");
+        call.arg("a1").clocked(Part).key("k2").arg("a2");
+        assert_eq!(
+            fcall_args(&call.command(1234)),
+            ["3", "k1", "pk", "k2", "a1", "", "1234", "a2"]
+        );
+        // Made again for another time: the part only changes.
+        assert_eq!(
+            fcall_args(&call.command(99)),
+            ["3", "k1", "pk", "k2", "a1", "", "99", "a2"]
+        );
     }
 }

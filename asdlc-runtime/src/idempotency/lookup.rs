@@ -5,7 +5,9 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::layout::{MarkLayout, shard_source};
-use crate::functions::ClockedPart;
+use redis::RedisWrite;
+
+use crate::functions::{ArgList, ClockedPart};
 
 /// The processed marks of one group on one stream as this process uses them: the configured
 /// layout, and the buckets the server says use another (each keeps the layout its first mark
@@ -118,7 +120,7 @@ pub(crate) struct MarkSet {
 }
 
 impl ClockedPart for MarkSet {
-    fn render(&self, server_ms: u64, keys: &mut Vec<Vec<u8>>, args: &mut Vec<Vec<u8>>) {
+    fn render(&self, server_ms: u64, keys: &mut ArgList, args: &mut ArgList) {
         let group = &*self.group;
         let width = group.layout.width_ms();
         let bucket = server_ms / width;
@@ -148,7 +150,7 @@ impl ClockedPart for MarkSet {
             let mut shards = Vec::with_capacity(items.len());
             for b in (last..=bucket).rev() {
                 let layout = group.layout_at(&followed, b);
-                keys.push(format!("{}{b}:layout", group.prefix).into_bytes());
+                keys.push_fmt(format_args!("{}{b}:layout", group.prefix));
                 shards.clear();
                 shards.extend(
                     items
@@ -165,7 +167,7 @@ impl ClockedPart for MarkSet {
                 }
                 let digits = layout.digits();
                 for s in &shards {
-                    keys.push(format!("{}{b}:{s:0digits$x}", group.prefix).into_bytes());
+                    keys.push_fmt(format_args!("{}{b}:{s:0digits$x}", group.prefix));
                 }
                 if !layouts.is_empty() {
                     layouts.push(',');
@@ -173,11 +175,11 @@ impl ClockedPart for MarkSet {
                 layouts.push_str(&layout.name());
             }
         }
-        args.push(group.prefix.clone().into_bytes());
+        args.write_arg(group.prefix.as_bytes());
         for n in [width, bucket, group.layout.ttl_ms()] {
-            args.push(n.to_string().into_bytes());
+            args.push_fmt(format_args!("{n}"));
         }
-        args.push(layouts.into_bytes());
+        args.write_arg(layouts.as_bytes());
     }
 
     fn follow(&self, refusal: &redis::RedisError) -> bool {
@@ -207,11 +209,11 @@ mod tests {
     use super::*;
 
     fn rendered(set: &MarkSet, server_ms: u64) -> (Vec<String>, Vec<String>) {
-        let (mut keys, mut args) = (Vec::new(), Vec::new());
+        let (mut keys, mut args) = (ArgList::default(), ArgList::default());
         set.render(server_ms, &mut keys, &mut args);
-        let text = |v: Vec<Vec<u8>>| {
-            v.into_iter()
-                .map(|b| String::from_utf8(b).unwrap())
+        let text = |v: ArgList| {
+            v.iter()
+                .map(|b| String::from_utf8(b.to_vec()).unwrap())
                 .collect()
         };
         (text(keys), text(args))
