@@ -470,7 +470,7 @@ mod tests {
         fn render(&self, server_ms: u64, keys: &mut ArgList, args: &mut ArgList) {
             keys.write_arg(b"pk");
             args.write_arg(b"");
-            args.push_fmt(format_args!("{server_ms}"));
+            args.write_arg_fmt(format_args!("{server_ms}"));
         }
     }
 

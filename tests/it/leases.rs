@@ -5,7 +5,7 @@
 
 use asdlc::{RedisConnection, StreamKeys};
 
-use crate::common::{command_calls, conn, server};
+use crate::common::{command_calls, conn, mark_hash_of, server};
 
 const GROUP: &str = "lease-handlers";
 const TOKEN: &str = "token";
@@ -24,8 +24,7 @@ fn fp(k: u8) -> [u8; 12] {
 }
 
 fn mark_hash(prefix: &str, bucket: u64, k: u8) -> String {
-    let shard = ((u32::from(k) << 8) | u32::from(k)) % 16_384;
-    format!("{prefix}{bucket}:{shard:04x}")
+    mark_hash_of(prefix, bucket, 16_384, &fp(k))
 }
 
 #[tokio::test]

@@ -33,18 +33,9 @@ async fn bucket_now(conn: &mut RedisConnection, layout: &MarkLayout) -> u64 {
     server_ms(conn).await / width_ms(layout)
 }
 
-/// The hash the mark of `key` is in, in `bucket` of a layout of `shards` shards: the
-/// fingerprint's first two bytes modulo `shards` in four hex digits up to 65,536 shards, its
-/// first three (the third above the two) in five digits above.
+/// The hash the mark of `key` is in, in `bucket` of a layout of `shards` shards.
 fn mark_hash(prefix: &str, bucket: u64, shards: u32, key: &str) -> String {
-    let fp = fingerprint(key);
-    let two = (u32::from(fp[0]) << 8) | u32::from(fp[1]);
-    if shards > 1 << 16 {
-        let three = (u32::from(fp[2]) << 16) | two;
-        format!("{prefix}{bucket}:{:05x}", three % shards)
-    } else {
-        format!("{prefix}{bucket}:{:04x}", two % shards)
-    }
+    crate::common::mark_hash_of(prefix, bucket, shards, &fingerprint(key))
 }
 
 /// Whether the mark of `key` is in the hash `hash`.

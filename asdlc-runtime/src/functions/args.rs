@@ -29,19 +29,19 @@ impl ArgList {
     pub(crate) fn iter(&self) -> impl Iterator<Item = &[u8]> {
         self.slices(0..self.len())
     }
-
-    /// Adds an argument written by `fmt` (`format_args!`), without a buffer of its own.
-    pub(crate) fn push_fmt(&mut self, fmt: std::fmt::Arguments<'_>) {
-        use std::io::Write as _;
-        // Writing into a Vec cannot fail.
-        let _ = self.data.write_fmt(fmt);
-        self.ends.push(self.data.len());
-    }
 }
 
 impl RedisWrite for ArgList {
     fn write_arg(&mut self, arg: &[u8]) {
         self.data.extend_from_slice(arg);
+        self.ends.push(self.data.len());
+    }
+
+    /// Written in place, without the `String` the default makes (numbers, key names).
+    fn write_arg_fmt(&mut self, arg: impl std::fmt::Display) {
+        use std::io::Write as _;
+        // Writing into a Vec cannot fail.
+        let _ = write!(self.data, "{arg}");
         self.ends.push(self.data.len());
     }
 

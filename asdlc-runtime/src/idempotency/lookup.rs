@@ -150,7 +150,7 @@ impl ClockedPart for MarkSet {
             let mut shards = Vec::with_capacity(items.len());
             for b in (last..=bucket).rev() {
                 let layout = group.layout_at(&followed, b);
-                keys.push_fmt(format_args!("{}{b}:layout", group.prefix));
+                keys.write_arg_fmt(format_args!("{}{b}:layout", group.prefix));
                 shards.clear();
                 shards.extend(
                     items
@@ -167,7 +167,7 @@ impl ClockedPart for MarkSet {
                 }
                 let digits = layout.digits();
                 for s in &shards {
-                    keys.push_fmt(format_args!("{}{b}:{s:0digits$x}", group.prefix));
+                    keys.write_arg_fmt(format_args!("{}{b}:{s:0digits$x}", group.prefix));
                 }
                 if !layouts.is_empty() {
                     layouts.push(',');
@@ -177,7 +177,7 @@ impl ClockedPart for MarkSet {
         }
         args.write_arg(group.prefix.as_bytes());
         for n in [width, bucket, group.layout.ttl_ms()] {
-            args.push_fmt(format_args!("{n}"));
+            args.write_arg_fmt(format_args!("{n}"));
         }
         args.write_arg(layouts.as_bytes());
     }

@@ -460,3 +460,17 @@ pub async fn command_calls(conn: &mut RedisConnection, command: &str) -> u64 {
         .and_then(|rest| rest.split(',').next())
         .map_or(0, |n| n.parse().unwrap())
 }
+
+/// The hash a mark of fingerprint `fp` is in, in `bucket` of a layout of `shards` shards: the
+/// fingerprint's first two bytes modulo `shards` in four hex digits up to 65,536 shards, its
+/// first three (the third above the two) in five digits above. Written out here, apart from
+/// the runtime's, so the tests check the layout rather than repeat it.
+pub fn mark_hash_of(prefix: &str, bucket: u64, shards: u32, fp: &[u8]) -> String {
+    let two = (u32::from(fp[0]) << 8) | u32::from(fp[1]);
+    if shards > 1 << 16 {
+        let three = (u32::from(fp[2]) << 16) | two;
+        format!("{prefix}{bucket}:{:05x}", three % shards)
+    } else {
+        format!("{prefix}{bucket}:{:04x}", two % shards)
+    }
+}
